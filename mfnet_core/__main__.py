@@ -1,0 +1,7 @@
+"""`python -m mfnet_core ...` is the same as the `mfnet` command (the Blender add-on uses it)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
