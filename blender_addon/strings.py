@@ -1,0 +1,68 @@
+"""User-facing strings and operator ids, in one place."""
+
+ADDON_NAME = "MFNet Face"
+CATEGORY = "MFNet"  # View3D sidebar tab
+
+# operator ids (bl_idname)
+OP_RECONSTRUCT = "mfnet.reconstruct"
+OP_CANCEL = "mfnet.cancel"
+OP_CHECK_BACKEND = "mfnet.check_backend"
+OP_DETECT_BACKEND = "mfnet.detect_backend"
+OP_IMPORT_RESULT = "mfnet.import_result"
+OP_CLEAR_PHOTOS = "mfnet.clear_photos"
+OP_EXPR_RESET = "mfnet.expressions_reset"
+OP_EXPR_FITTED = "mfnet.expressions_fitted"
+OP_EXPR_KEYFRAME = "mfnet.expressions_keyframe"
+OP_POSE_SAVE = "mfnet.pose_save"
+OP_POSE_APPLY = "mfnet.pose_apply"
+OP_POSE_DELETE = "mfnet.pose_delete"
+OP_IMPORT_SEQUENCE = "mfnet.import_sequence"
+
+# labels
+LABEL_RECONSTRUCT = "Reconstruct Face"
+LABEL_CANCEL = "Cancel"
+LABEL_CHECK = "Check"
+LABEL_DETECT = "Auto-detect"
+LABEL_IMPORT_RESULT = "Import Result Folder"
+LABEL_PANEL_MAIN = "Reconstruct Face"
+LABEL_PANEL_PHOTOS = "Photos"
+LABEL_PANEL_OPTIONS = "Options"
+LABEL_PANEL_EXPRESSIONS = "Expressions"
+LABEL_PANEL_ANIMATION = "Poses & Animation"
+LABEL_RESET = "Reset"
+LABEL_FITTED = "Fitted"
+LABEL_KEYFRAME = "Keyframe All"
+LABEL_POSE_SAVE = "Save Pose"
+LABEL_POSE_APPLY = "Load Pose"
+LABEL_POSE_DELETE = "Delete Pose"
+LABEL_IMPORT_SEQUENCE = "Import FLAME Sequence"
+VIEW_LABELS = {"left": "Left", "front": "Front", "right": "Right"}
+
+# tooltips
+TIP_RECONSTRUCT = (
+    "Fit a FLAME head to the photos with the mfnet backend (runs in a separate process; "
+    "Esc cancels) and build a rigged, textured head from the result"
+)
+TIP_CANCEL = "Stop the running reconstruction; nothing is left behind"
+TIP_CHECK = "Run `mfnet doctor` with the backend Python and show what it finds"
+TIP_DETECT = "Find a Python where mfnet_core is installed (MFNET_PYTHON, then python3/python on PATH)"
+TIP_IMPORT_RESULT = "Build the rig from an existing mfnet result folder (rig.npz, texture.png)"
+TIP_RESET = "Set every expression to 0 and every bone to its rest rotation"
+TIP_FITTED = "Go back to the expression and jaw/neck/eye pose fitted to the photos"
+TIP_KEYFRAME = "Insert keyframes for all expression keys and bone rotations at the current frame"
+TIP_POSE_SAVE = "Save the current expression and bone rotations as a named pose in the pose library (JSON)"
+TIP_POSE_APPLY = "Apply a named pose from the pose library"
+TIP_POSE_DELETE = "Remove a named pose from the pose library"
+TIP_IMPORT_SEQUENCE = (
+    "Keyframe the rig from per-frame FLAME parameters (expression, jaw, neck, eyes) in a .npz or .json file"
+)
+
+# messages
+MSG_NO_PHOTOS = "Pick at least one photo (left, front or right)."
+MSG_RUNNING = "A reconstruction is already running."
+MSG_CANCELLED = "Reconstruction cancelled; nothing was written."
+MSG_NO_RIG = "Select an MFNet head (its mesh or armature)."
+MSG_BUILD_FAILED = "Building the rig failed: {error}"
+MSG_DONE = "Built {name} from {folder} in {seconds:.1f} s"
+MSG_BACKEND_FAILED = "Backend failed: {error}"
+MSG_PHOTO_MISSING = "{view} photo: file not found: {path}"

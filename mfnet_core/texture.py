@@ -1,0 +1,471 @@
+"""Multi-view UV texture bake: photos + fitted mesh -> one seamless UV texture.
+
+Method (all views at once, no per-view texture files):
+1. Rasterise the UV layout into texture space: each texel inside the layout gets a face and
+   barycentrics (row 0 of the texture is v = 1, the top; UV origin bottom-left).
+2. Per view: the texel's screen position and depth by barycentric interpolation of the view's
+   screen vertices; visibility by comparing that depth with the view's z-buffer (relative
+   tolerance `depth_tol`); weight = visibility * max(0, n_z)^cos_power * fade, where n_z is the
+   cosine between the interpolated camera-space normal and the viewing direction (+z towards
+   the camera; orthographic approximation, the head spans a few degrees of the field of view)
+   and `fade` ramps from 0 to 1 over a few percent of the face size away from silhouettes,
+   depth discontinuities (occluding contours) and the image border. Colours are sampled
+   bilinearly (cv2.remap) in linear light (sRGB decoded with gamma 2.2).
+3. Colour matching: a per-view per-channel gain in linear light (a photo's exposure and white
+   balance act multiplicatively), estimated as the median of colour ratios on texels that the
+   view shares with the views matched so far, starting from the reference view (the view
+   named "front", else the one with the largest total weight). No offset term.
+4. Blending: two-band blending (a two-level Laplacian pyramid). The low band (Gaussian of
+   each view's colours, normalised convolution) is blended with the feathered per-view weights
+   (weight maps blurred in texture space, then cut to where the view sees the texel), the
+   high band (colour minus low band) with the same weights raised to a power, so colour and
+   shading change smoothly across view boundaries while detail comes from the best view and
+   does not ghost. Where one view dominates the result is exactly that view's colour.
+5. Hole filling: texels inside the layout that no view sees well are filled by push-pull
+   (pyramid) interpolation from the seen texels, weighted by confidence so seen and filled
+   regions meet without a step; then a gutter: texels up to `gutter` px outside the UV
+   islands copy the nearest island texel (so mip-mapping in Blender shows no dark seams), and
+   everything further out gets the smooth push-pull colour (no black anywhere).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+
+from .render import rasterize
+
+__all__ = ["BakeView", "BakeResult", "bake_texture", "srgb_to_linear", "linear_to_srgb"]
+
+Progress = Callable[[float, str], None]
+
+_GAMMA = 2.2
+_LUT = ((np.arange(256, dtype=np.float32) / 255.0) ** _GAMMA).astype(np.float32)
+# Total weight at which a texel counts as fully seen (confidence 1) and as seen for the mask.
+_CONF_WEIGHT = 0.05
+_SEEN_WEIGHT = 0.5 * _CONF_WEIGHT
+# Per-texel weight above which a view takes part in colour matching on that texel.
+_MATCH_WEIGHT = 0.05
+_MIN_MATCH_TEXELS = 64
+_GAIN_RANGE = (1 / 3, 3.0)
+
+
+@dataclass
+class BakeView:
+    """One photo and the fitted mesh seen in it.
+
+    rgb: (H,W,3) uint8 photo. verts_screen: (V,3) (u_px, v_px, depth) of the mesh in this
+    photo. normals_cam: (V,3) vertex normals in camera space (the camera looks along -z, so a
+    surface facing the camera has normal z > 0). name: e.g. "left", "front", "right".
+    """
+
+    rgb: np.ndarray
+    verts_screen: Tensor
+    normals_cam: Tensor
+    name: str = "view"
+
+
+@dataclass
+class BakeResult:
+    """texture: (S,S,3) uint8 RGB, row 0 = top (v = 1). mask: (S,S) uint8, 255 where the
+    texture was seen in a photo, 0 where filled. per_view_weight: (N,S,S) float32 blending
+    weight of each view (sums to 1 over views on seen texels, 0 elsewhere). gains: (N,3)
+    per-channel colour gains applied in linear light. layout: (S,S) bool, texels inside the UV
+    layout. reference: index of the reference view of the colour matching."""
+
+    texture: np.ndarray
+    mask: np.ndarray
+    per_view_weight: np.ndarray
+    warnings: list[str] = field(default_factory=list)
+    gains: np.ndarray | None = None
+    layout: np.ndarray | None = None
+    reference: int = 0
+
+
+def srgb_to_linear(rgb: np.ndarray) -> np.ndarray:
+    """uint8 (...,3) -> float32 linear-ish light in [0,1] (gamma 2.2)."""
+    return _LUT[rgb]
+
+
+def linear_to_srgb(lin: np.ndarray) -> np.ndarray:
+    """float (...,3) linear light -> uint8 (gamma 2.2)."""
+    out = np.power(np.clip(lin, 0.0, 1.0, dtype=np.float32), 1.0 / _GAMMA) * 255.0 + 0.5
+    return out.astype(np.uint8)
+
+
+def bake_texture(
+    views: list[BakeView],
+    faces: Tensor | np.ndarray,
+    uv_coords: Tensor | np.ndarray,
+    uv_faces: Tensor | np.ndarray,
+    size: int = 1024,
+    *,
+    progress: Progress | None = None,
+    match_colours: bool = True,
+    reference: int | None = None,
+    cos_power: float = 3.0,
+    depth_tol: float = 1e-2,
+    fade: float = 0.04,
+    gutter: int | None = None,
+    fill: str = "mesh",
+) -> BakeResult:
+    """Bakes the photos of `views` into one UV texture (see the module docstring).
+
+    faces: (F,3) mesh triangles; uv_coords: (T,2) origin bottom-left; uv_faces: (F,3).
+    size: texture side in texels (1024 default; 2048/4096 work). match_colours: estimate and
+    apply per-view colour gains. reference: index of the colour reference view (default: the
+    view named "front", else the one seeing the most). cos_power: exponent p of the
+    cos(angle to the viewing direction) weight. depth_tol: relative depth tolerance of the
+    visibility test. fade: width of the silhouette / border fade as a fraction of the
+    square root of the mesh's pixel area in that view. gutter: texels of dilation beyond the
+    UV islands (default max(4, size // 128)). fill: how texels that no view sees are filled,
+    "mesh" (harmonic interpolation of colours over the mesh surface: continuous across UV
+    seams) or "push-pull" (pyramid fill in texture space).
+    progress: called as progress(fraction, message).
+    """
+    report = progress or (lambda f, m: None)
+    if not views:
+        raise ValueError("bake_texture needs at least one view")
+    size = int(size)
+    if size < 16:
+        raise ValueError(f"texture size must be at least 16, got {size}")
+    gutter = max(4, size // 128) if gutter is None else int(gutter)
+    faces_t = torch.as_tensor(np.asarray(faces) if not isinstance(faces, Tensor) else faces).cpu().long()
+    uv_t = torch.as_tensor(np.asarray(uv_coords) if not isinstance(uv_coords, Tensor) else uv_coords)
+    uv_t = uv_t.detach().cpu().float()
+    uvf_t = torch.as_tensor(np.asarray(uv_faces) if not isinstance(uv_faces, Tensor) else uv_faces).cpu().long()
+    if uvf_t.shape != faces_t.shape:
+        raise ValueError(f"uv_faces {tuple(uvf_t.shape)} must match faces {tuple(faces_t.shape)}")
+    warnings: list[str] = []
+
+    # 1. Texel -> (face, barycentrics).
+    screen_uv = torch.stack([uv_t[:, 0] * size, (1 - uv_t[:, 1]) * size, torch.ones(len(uv_t))], dim=-1)
+    frags = rasterize(screen_uv, uvf_t, size, size)
+    flat_face = frags.face_index.reshape(-1)
+    tex_pix = (flat_face >= 0).nonzero().squeeze(1)
+    layout = np.zeros(size * size, dtype=bool)
+    layout[tex_pix.numpy()] = True
+    layout = layout.reshape(size, size)
+    corners = faces_t[flat_face[tex_pix]]  # (P,3)
+    bary = frags.bary.reshape(-1, 3)[tex_pix].float()  # (P,3)
+    report(0.1, "UV layout rasterised")
+
+    # 2. Per-view samples on the layout texels.
+    cols, wts = [], []
+    for i, view in enumerate(views):
+        c, w = _sample_view(view, faces_t, corners, bary, cos_power, depth_tol, fade)
+        cols.append(c)
+        wts.append(w)
+        if int((w > _MATCH_WEIGHT).sum()) < 0.01 * len(w):
+            warnings.append(f"texture: the {view.name} view sees almost none of the mesh")
+        report(0.1 + 0.5 * (i + 1) / len(views), f"sampled the {view.name} view")
+
+    # 3. Colour matching.
+    ref = _pick_reference(views, wts) if reference is None else int(reference)
+    gains = np.ones((len(views), 3), dtype=np.float32)
+    if match_colours and len(views) > 1:
+        gains, msgs = _match_colours(cols, wts, ref, [v.name for v in views])
+        warnings.extend(msgs)
+        cols = [c * g for c, g in zip(cols, gains, strict=True)]
+    report(0.65, "colours matched")
+
+    # 4. Two-band blend in texture space.
+    blended, total, norm_w = _blend(cols, wts, tex_pix.numpy(), layout)
+    report(0.8, "views blended")
+
+    # 5. Confidence-weighted push-pull fill, gutter, encode.
+    conf = _smoothstep(np.clip(total / _CONF_WEIGHT, 0, 1)) * layout
+    if fill == "mesh":
+        tp = tex_pix.numpy()
+        n_verts = max(int(faces_t.max()) + 1, max(len(v.verts_screen) for v in views))
+        fill_p = _mesh_fill(
+            faces_t.numpy(), n_verts, corners.numpy(), bary.numpy(), blended.reshape(-1, 3)[tp], conf.reshape(-1)[tp]
+        )
+        filled = _to_grid(fill_p, tp, size, 3)
+    elif fill == "push-pull":
+        filled = _push_pull(blended, conf)
+    else:
+        raise ValueError(f"fill must be 'mesh' or 'push-pull', got {fill!r}")
+    inner = conf[..., None] * blended + (1 - conf[..., None]) * filled
+    out = _gutter(inner, layout, gutter)
+    out = np.where(layout[..., None], inner, out)
+    beyond = _push_pull(out, ((~layout) & (out.sum(-1) > 0)) | layout)
+    out = np.where(((~layout) & (out.sum(-1) == 0))[..., None], beyond, out)
+    report(0.95, "holes filled")
+    texture = linear_to_srgb(out)
+    seen = (total >= _SEEN_WEIGHT) & layout
+    mask = np.where(seen, 255, 0).astype(np.uint8)
+    if layout.any():
+        frac = seen.sum() / layout.sum()
+        if frac < 0.1:
+            warnings.append(f"texture: only {100 * frac:.0f}% of the UV layout was seen in the photos")
+    report(1.0, "texture baked")
+    return BakeResult(texture, mask, norm_w, warnings, gains, layout, ref)
+
+
+def _sample_view(
+    view: BakeView,
+    faces: Tensor,
+    corners: Tensor,
+    bary: Tensor,
+    cos_power: float,
+    depth_tol: float,
+    fade: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Colours (P,3) float32 linear and weights (P,) float32 of one view on the layout texels."""
+    rgb = np.asarray(view.rgb)
+    if rgb.ndim == 2:
+        rgb = np.repeat(rgb[..., None], 3, axis=2)
+    if rgb.ndim != 3 or rgb.shape[2] not in (3, 4) or rgb.dtype != np.uint8:
+        raise ValueError(f"{view.name} view: rgb must be (H,W,3) uint8, got {rgb.shape} {rgb.dtype}")
+    rgb = rgb[..., :3]
+    h, w = rgb.shape[:2]
+    vs = view.verts_screen.detach().cpu().float()
+    nc = view.normals_cam.detach().cpu().float()
+    if vs.shape[0] <= int(faces.max()) or nc.shape != vs.shape:
+        raise ValueError(f"{view.name} view: verts_screen {tuple(vs.shape)} / normals {tuple(nc.shape)} do not fit the faces")
+
+    vfr = rasterize(vs, faces, h, w)
+    cover = (vfr.face_index >= 0).numpy()
+    zbuf = vfr.depth.numpy().astype(np.float32)
+
+    pos = (vs[corners] * bary[..., None]).sum(1).numpy()  # (P,3)
+    nrm = (nc[corners] * bary[..., None]).sum(1)
+    nz = (nrm[:, 2] / nrm.norm(dim=1).clamp_min(1e-12)).numpy()
+    u, v, z = pos[:, 0], pos[:, 1], pos[:, 2]
+    xi = np.floor(u).astype(np.int64)
+    yi = np.floor(v).astype(np.int64)
+    inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h) & np.isfinite(z) & (z > 0)
+    xc, yc = np.clip(xi, 0, w - 1), np.clip(yi, 0, h - 1)
+    vis = inside & cover[yc, xc] & (z <= zbuf[yc, xc] * (1 + depth_tol))
+
+    # Fade away from silhouettes, occluding contours and the image border.
+    edge = ~cover
+    zf = np.where(cover, zbuf, np.float32(1e30))
+    jump = 2 * depth_tol * np.where(cover, zbuf, 0)
+    dx = np.abs(np.diff(zf, axis=1)) > np.maximum(jump[:, 1:], jump[:, :-1])
+    dy = np.abs(np.diff(zf, axis=0)) > np.maximum(jump[1:], jump[:-1])
+    edge[:, 1:] |= dx
+    edge[:, :-1] |= dx
+    edge[1:] |= dy
+    edge[:-1] |= dy
+    edge[0, :] = edge[-1, :] = edge[:, 0] = edge[:, -1] = True
+    dist = cv2.distanceTransform((~edge).astype(np.uint8), cv2.DIST_L2, 3)
+    fade_px = max(2.0, fade * math.sqrt(max(1, int(cover.sum()))))
+    ramp = _smoothstep(np.clip(dist[yc, xc] / fade_px, 0, 1))
+
+    weight = np.where(vis, np.clip(nz, 0, 1) ** cos_power * ramp, 0).astype(np.float32)
+    colour = _remap_points(srgb_to_linear(rgb), u - 0.5, v - 0.5)
+    return colour, weight
+
+
+def _remap_points(img: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Bilinear samples of img (H,W,C) float32 at (P,) pixel coordinates (centres at integers)."""
+    n = len(x)
+    cols = 1024
+    rows = max(1, -(-n // cols))
+    mx = np.full(rows * cols, -1.0, dtype=np.float32)
+    my = np.full(rows * cols, -1.0, dtype=np.float32)
+    mx[:n], my[:n] = x, y
+    out = cv2.remap(
+        img, mx.reshape(rows, cols), my.reshape(rows, cols), cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
+    return out.reshape(rows * cols, -1)[:n]
+
+
+def _pick_reference(views: list[BakeView], wts: list[np.ndarray]) -> int:
+    for i, v in enumerate(views):
+        if v.name.lower() in ("front", "centre", "center"):
+            return i
+    return int(np.argmax([float(w.sum()) for w in wts]))
+
+
+def _match_colours(
+    cols: list[np.ndarray], wts: list[np.ndarray], ref: int, names: list[str]
+) -> tuple[np.ndarray, list[str]]:
+    """Per-view (N,3) gains: each view in turn (most overlap first) is matched to the weighted
+    blend of the views matched so far, by the median of per-channel ratios on shared texels."""
+    n = len(cols)
+    gains = np.ones((n, 3), dtype=np.float32)
+    msgs: list[str] = []
+    acc_c = cols[ref] * wts[ref][:, None]
+    acc_w = wts[ref].copy()
+    todo = [i for i in range(n) if i != ref]
+    while todo:
+        overlaps = [int(((wts[j] > _MATCH_WEIGHT) & (acc_w > _MATCH_WEIGHT)).sum()) for j in todo]
+        j = todo.pop(int(np.argmax(overlaps)))
+        sel = (wts[j] > _MATCH_WEIGHT) & (acc_w > _MATCH_WEIGHT)
+        target = acc_c[sel] / acc_w[sel, None]
+        mine = cols[j][sel]
+        ok = (target > 0.005) & (target < 0.98) & (mine > 0.005) & (mine < 0.98)
+        g = np.ones(3, dtype=np.float32)
+        for ch in range(3):
+            m = ok[:, ch]
+            if m.sum() >= _MIN_MATCH_TEXELS:
+                g[ch] = float(np.median(target[m, ch] / mine[m, ch]))
+        if (ok.sum(0) < _MIN_MATCH_TEXELS).any():
+            msgs.append(f"texture: the {names[j]} view overlaps too little with the others to match its colours")
+        lo, hi = _GAIN_RANGE
+        if (g < lo).any() or (g > hi).any():
+            msgs.append(f"texture: the {names[j]} view's exposure differs a lot (gain {np.round(g, 2).tolist()}); clamped")
+            g = np.clip(g, lo, hi)
+        gains[j] = g
+        acc_c += cols[j] * g * wts[j][:, None]
+        acc_w += wts[j]
+    return gains, msgs
+
+
+def _blend(
+    cols: list[np.ndarray], wts: list[np.ndarray], tex_pix: np.ndarray, layout: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two-band blend. Returns (S,S,3) blended linear colour (0 where unseen), (S,S) total raw
+    weight, (N,S,S) normalised feathered weights."""
+    s = layout.shape[0]
+    sig_w, sig_low, sharp = s / 256, s / 128, 4.0
+    lay = layout.astype(np.float32)
+    lay_w = np.maximum(_smooth(lay, sig_w), 1e-6)
+    low_num = np.zeros((s, s, 3), np.float32)
+    high_num = np.zeros((s, s, 3), np.float32)
+    low_den = np.zeros((s, s), np.float32)
+    high_den = np.zeros((s, s), np.float32)
+    total = np.zeros((s, s), np.float32)
+    feathered = np.zeros((len(cols), s, s), np.float32)
+    for i, (c_flat, w_flat) in enumerate(zip(cols, wts, strict=True)):
+        w = _to_grid(w_flat, tex_pix, s)
+        c = _to_grid(c_flat, tex_pix, s, 3)
+        valid = (w > 0).astype(np.float32)
+        total += w
+        ws = _smooth(w, sig_w) / lay_w * valid
+        feathered[i] = ws
+        low = _smooth(c * valid[..., None], sig_low) / np.maximum(_smooth(valid, sig_low), 1e-6)[..., None]
+        wh = ws**sharp
+        low_num += ws[..., None] * low
+        low_den += ws
+        high_num += wh[..., None] * (c - low)
+        high_den += wh
+    out = low_num / np.maximum(low_den, 1e-12)[..., None] + high_num / np.maximum(high_den, 1e-30)[..., None]
+    out[low_den <= 0] = 0
+    norm_w = feathered / np.maximum(feathered.sum(0), 1e-12)
+    return np.clip(out, 0, 1), total, norm_w
+
+
+def _to_grid(vals: np.ndarray, pix: np.ndarray, s: int, c: int | None = None) -> np.ndarray:
+    out = np.zeros(s * s if c is None else (s * s, c), np.float32)
+    out[pix] = vals
+    return out.reshape((s, s) if c is None else (s, s, c))
+
+
+def _smooth(img: np.ndarray, sigma: float) -> np.ndarray:
+    """Approximate Gaussian blur; large sigmas run on a downsampled copy (fast)."""
+    if sigma <= 0:
+        return img
+    h, w = img.shape[:2]
+    f = 1
+    while sigma / f > 3 and min(h, w) // (2 * f) >= 16:
+        f *= 2
+    small = cv2.resize(img, (w // f, h // f), interpolation=cv2.INTER_AREA) if f > 1 else img
+    small = cv2.GaussianBlur(small, (0, 0), sigma / f, borderType=cv2.BORDER_REFLECT)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR) if f > 1 else small
+
+
+def _smoothstep(t: np.ndarray) -> np.ndarray:
+    return (t * t * (3 - 2 * t)).astype(np.float32)
+
+
+def _push_pull(col: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Fills every texel from weighted samples by pyramid push-pull (Gortler et al. 1996).
+
+    col: (S,S,3); weight: (S,S) confidence in [0,1]. Returns (S,S,3); equals col where
+    weight == 1, a smooth interpolation of the weighted samples elsewhere.
+    """
+    sc = (col * weight[..., None]).astype(np.float32)
+    sa = weight.astype(np.float32)
+    pyr = [(sc, sa)]
+    while max(sa.shape) > 1:
+        h, w = sa.shape
+        size = (max(1, (w + 1) // 2), max(1, (h + 1) // 2))
+        sc = cv2.resize(sc, size, interpolation=cv2.INTER_AREA) * 4
+        sa = cv2.resize(sa, size, interpolation=cv2.INTER_AREA) * 4
+        sc = sc.reshape(size[1], size[0], 3)
+        pyr.append((sc, sa))
+    sc, sa = pyr[-1]
+    out = np.where(sa[..., None] > 0, sc / np.maximum(sa, 1e-12)[..., None], 0.5).astype(np.float32)
+    for sc, sa in reversed(pyr[:-1]):
+        h, w = sa.shape
+        up = cv2.resize(out, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, 3)
+        conf = np.clip(sa, 0, 1)[..., None]
+        own = sc / np.maximum(sa, 1e-12)[..., None]
+        out = conf * own + (1 - conf) * up
+    return out
+
+
+def _mesh_fill(
+    faces: np.ndarray,
+    n_verts: int,
+    corners: np.ndarray,
+    bary: np.ndarray,
+    colour: np.ndarray,
+    conf: np.ndarray,
+) -> np.ndarray:
+    """Smooth colours for every layout texel from the seen ones, computed on the mesh.
+
+    Seen texels are splatted to their face's vertices (weights bary * conf); vertices whose
+    neighbourhood is mostly seen keep that average colour, the others get the harmonic
+    interpolation (graph Laplacian on mesh edges, Dirichlet values at the seen vertices, a tiny
+    pull to the mean colour so that parts never seen still get a value); texels interpolate
+    the vertex colours. Because vertices are shared across UV seams, the fill is continuous
+    on the surface where a texture-space fill would show seams between islands.
+    faces: (F,3); corners: (P,3) vertex ids of each texel's face; bary, colour (P,3); conf (P,).
+    Returns (P,3).
+    """
+    import scipy.sparse as sp
+    from scipy.sparse.linalg import spsolve
+
+    idx = corners.reshape(-1)
+    w = (bary * conf[:, None]).reshape(-1).astype(np.float64)
+    inc = np.bincount(idx, bary.reshape(-1).astype(np.float64), minlength=n_verts)
+    wsum = np.bincount(idx, w, minlength=n_verts)
+    csum = np.stack(
+        [np.bincount(idx, w * np.repeat(colour[:, c], 3), minlength=n_verts) for c in range(3)], axis=1
+    )
+    known = (wsum > 0) & (wsum >= 0.5 * inc)
+    x = np.zeros((n_verts, 3))
+    if not known.any():
+        mean = colour[conf > 0].mean(0) if (conf > 0).any() else np.full(3, 0.2)
+        return np.broadcast_to(mean.astype(np.float32), colour.shape).copy()
+    x[known] = csum[known] / wsum[known, None]
+    mean = (x[known] * wsum[known, None]).sum(0) / wsum[known].sum()
+    unknown = np.flatnonzero(~known)
+    if len(unknown):
+        e = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+        e = np.concatenate([e, e[:, ::-1]])
+        adj = sp.coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n_verts, n_verts)).tocsr()
+        adj.data[:] = 1.0
+        deg = np.asarray(adj.sum(1)).ravel()
+        eps = 1e-4
+        a_uu = adj[unknown][:, unknown]
+        lap = sp.diags(deg[unknown] + eps) - a_uu
+        rhs = adj[unknown][:, np.flatnonzero(known)] @ x[known] + eps * mean
+        x[unknown] = np.asarray(spsolve(lap.tocsc(), rhs)).reshape(len(unknown), 3)
+    return (x[corners] * bary[..., None]).sum(1).astype(np.float32)
+
+
+def _gutter(tex: np.ndarray, layout: np.ndarray, width: int) -> np.ndarray:
+    """Texels within `width` px outside the layout copy the nearest layout texel."""
+    if width <= 0 or not layout.any():
+        return tex
+    dist, labels = cv2.distanceTransformWithLabels(
+        (~layout).astype(np.uint8), cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL
+    )
+    seeds = np.flatnonzero(layout.reshape(-1))  # labels are 1.. in raster order of the seeds
+    band = (~layout) & (dist <= width)
+    out = tex.copy()
+    src = seeds[labels[band] - 1]
+    out[band] = tex.reshape(-1, tex.shape[2])[src]
+    return out

@@ -1,0 +1,66 @@
+"""The diagnostic overlay draws where it should and leaves its input alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mfnet_core.overlay import DETECTED_RGB, FITTED_RGB, OUTLINE_RGB, draw_overlay
+
+
+def _grid(n: int = 68, w: int = 400, h: int = 300) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return np.stack([rng.uniform(80, w - 40, n), rng.uniform(60, h - 60, n)], 1).astype(np.float32)
+
+
+def _near(img: np.ndarray, p: np.ndarray, colour: tuple[int, int, int], r: int = 2) -> bool:
+    x, y = int(p[0]), int(p[1])
+    patch = img[max(0, y - r) : y + r + 1, max(0, x - r) : x + r + 1].reshape(-1, 3).astype(int)
+    return bool((np.abs(patch - np.array(colour)).sum(1) < 60).any())
+
+
+def test_dots_crosses_outline_and_title() -> None:
+    rgb = np.zeros((300, 400, 3), np.uint8)
+    det = np.array([[100, 100], [200, 100], [300, 100], [150, 200], [250, 200]], np.float32)
+    fit = det + np.array([12.0, 9.0], np.float32)
+    outline = np.array([[60, 60], [340, 60], [340, 260], [60, 260]], np.float32)
+    out = draw_overlay(rgb, det, fit, outline_px=[outline], title="front: 3.1 px")
+    assert out.shape == rgb.shape and out.dtype == np.uint8
+    assert not rgb.any()  # input untouched
+    for d, f in zip(det, fit, strict=True):
+        assert _near(out, d, DETECTED_RGB)
+        assert _near(out, f, FITTED_RGB)
+        mid = (d + f) / 2
+        assert out[int(mid[1]) - 2 : int(mid[1]) + 3, int(mid[0]) - 2 : int(mid[0]) + 3].any()
+    assert _near(out, np.array([200, 60]), OUTLINE_RGB)  # top edge of the outline
+    assert out[:25, :150].any()  # title text in the top-left corner
+    assert out[-70:, :150].any()  # legend in the bottom-left corner
+    assert not out[140:160, 370:390].any()  # and nothing where nothing was drawn
+
+
+def test_optional_parts_and_bad_points() -> None:
+    rgb = np.full((200, 200, 3), 90, np.uint8)
+    det = _grid(68, 200, 200)
+    det[3] = np.nan
+    only_det = draw_overlay(rgb, det, None)
+    assert _near(only_det, det[0], DETECTED_RGB)
+    assert not _near(only_det, det[0], FITTED_RGB, r=0)
+    only_fit = draw_overlay(rgb, None, det)
+    assert _near(only_fit, det[0], FITTED_RGB)
+    single_outline = draw_overlay(rgb, None, None, outline_px=np.array([[10, 100], [190, 100]]))
+    assert _near(single_outline, np.array([100, 100]), OUTLINE_RGB)
+    grey = draw_overlay(rgb[..., 0], det, None)
+    assert grey.shape == (200, 200, 3)
+    with pytest.raises(ValueError):
+        draw_overlay(np.zeros((5, 5, 2), np.uint8), None, None)
+
+
+def test_markers_scale_with_image() -> None:
+    small = np.zeros((256, 256, 3), np.uint8)
+    big = np.zeros((2048, 2048, 3), np.uint8)
+    p_small = np.array([[128, 128], [20, 20], [230, 230]], np.float32)
+    s_out = draw_overlay(small, p_small, None)
+    b_out = draw_overlay(big, p_small * 8, None)
+    area_s = (s_out[100:156, 100:156].sum(2) > 0).sum()
+    area_b = (b_out[800:1248, 800:1248].sum(2) > 0).sum()
+    assert area_b > 10 * area_s

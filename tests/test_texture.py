@@ -1,0 +1,234 @@
+"""Multi-view UV bake on a synthetic scene with a known texture.
+
+Scene: a unit sphere plus a small sphere in front of it (an occluder for the front view),
+UV-unwrapped by xatlas, with a smooth procedural texture; rendered from three yaw angles
+with `render_textured`, then baked back and compared with the known texture.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import trimesh
+import xatlas
+
+from mfnet_core.render import interpolate, rasterize, render_textured, vertex_normals
+from mfnet_core.texture import BakeView, bake_texture, linear_to_srgb, srgb_to_linear
+
+TEX = 256
+IMG = 320
+YAWS = {"left": -45.0, "front": 0.0, "right": 45.0}
+CAM_DIST = 4.0
+SMALL_C = np.array([0.0, 0.0, 1.3])
+SMALL_R = 0.25
+
+
+@dataclass
+class Scene:
+    faces: torch.Tensor
+    uv: torch.Tensor
+    uv_faces: torch.Tensor
+    verts: torch.Tensor
+    truth: np.ndarray  # (TEX,TEX,3) uint8, dilated beyond the islands
+    layout: np.ndarray  # (TEX,TEX) bool
+    points: np.ndarray  # (TEX,TEX,3) 3D point of each texel
+    normals: np.ndarray  # (TEX,TEX,3) analytic normal of each texel
+    cams: dict[str, np.ndarray]
+
+
+def colour_fn(p: np.ndarray) -> np.ndarray:
+    r = 0.45 + 0.2 * np.sin(7 * p[..., 0] + 3 * p[..., 1]) * np.cos(5 * p[..., 2])
+    g = 0.40 + 0.2 * np.sin(9 * p[..., 1] - 2 * p[..., 2])
+    b = 0.35 + 0.2 * np.cos(6 * p[..., 2] + 4 * p[..., 0])
+    return np.stack([r, g, b], -1)
+
+
+def dilate_nearest(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    _, lab = cv2.distanceTransformWithLabels((~mask).astype(np.uint8), cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
+    out = img.copy()
+    out[~mask] = img.reshape(-1, img.shape[-1])[np.flatnonzero(mask)[lab[~mask] - 1]]
+    return out
+
+
+@pytest.fixture(scope="module")
+def scene() -> Scene:
+    big = trimesh.creation.icosphere(subdivisions=3)
+    small = trimesh.creation.icosphere(subdivisions=2, radius=SMALL_R)
+    small.apply_translation(SMALL_C)
+    mesh = trimesh.util.concatenate([big, small])
+    vmap, idx, uvs = xatlas.parametrize(mesh.vertices, mesh.faces)
+    faces = torch.tensor(vmap[idx].astype(np.int64))
+    uv_faces = torch.tensor(idx.astype(np.int64))
+    uv = torch.tensor(uvs, dtype=torch.float32)
+    verts = torch.tensor(mesh.vertices, dtype=torch.float32)
+    scr = torch.stack([uv[:, 0] * TEX, (1 - uv[:, 1]) * TEX, torch.ones(len(uv))], -1)
+    fr = rasterize(scr, uv_faces, TEX, TEX)
+    layout = (fr.face_index >= 0).numpy()
+    points = interpolate(fr, verts, faces).numpy()
+    on_small = np.linalg.norm(points - SMALL_C, axis=-1) < SMALL_R + 0.05
+    normals = np.where(on_small[..., None], points - SMALL_C, points)
+    normals /= np.linalg.norm(normals, axis=-1, keepdims=True) + 1e-12
+    truth = dilate_nearest(colour_fn(points) * layout[..., None], layout)
+    truth = (truth * 255).round().astype(np.uint8)
+    cams = {n: CAM_DIST * np.array([math.sin(math.radians(y)), 0.0, math.cos(math.radians(y))]) for n, y in YAWS.items()}
+    return Scene(faces, uv, uv_faces, verts, truth, layout, points, normals, cams)
+
+
+def render_views(scene: Scene, gains: dict[str, tuple[float, float, float]] | None = None) -> list[BakeView]:
+    views = []
+    texture = torch.tensor(scene.truth, dtype=torch.float32) / 255
+    for name, yaw in YAWS.items():
+        a = math.radians(yaw)
+        rot = torch.tensor([[math.cos(a), 0, -math.sin(a)], [0, 1, 0], [math.sin(a), 0, math.cos(a)]])
+        vc = scene.verts @ rot.T - torch.tensor([0.0, 0.0, CAM_DIST])
+        f = 1.2 * IMG  # everything stays inside the image in every view
+        scr = torch.stack([IMG / 2 + f * vc[:, 0] / -vc[:, 2], IMG / 2 - f * vc[:, 1] / -vc[:, 2], -vc[:, 2]], -1)
+        normals = vertex_normals(vc, scene.faces)
+        img, mask, _ = render_textured(scr, normals, scene.faces, scene.uv, scene.uv_faces, texture, IMG, IMG)
+        gain = np.array(gains[name] if gains else (1.0, 1.0, 1.0))
+        rgb = img.numpy() * gain + np.array([0.1, 0.6, 0.2]) * (1 - mask.numpy()[..., None])  # green screen
+        views.append(BakeView((rgb.clip(0, 1) * 255).round().astype(np.uint8), scr, normals, name))
+    return views
+
+
+def facing(scene: Scene, name: str) -> np.ndarray:
+    """(TEX,TEX) cosine between a texel's normal and its direction to the camera."""
+    to_cam = scene.cams[name] - scene.points
+    return (scene.normals * to_cam).sum(-1) / np.linalg.norm(to_cam, axis=-1)
+
+
+def occluded_by_small(scene: Scene, name: str) -> np.ndarray:
+    """(TEX,TEX) bool: the segment from the camera to the texel passes through the small sphere."""
+    cam = scene.cams[name]
+    d = scene.points - cam
+    length = np.linalg.norm(d, axis=-1)
+    d = d / length[..., None]
+    oc = cam - SMALL_C
+    b = (d * oc).sum(-1)
+    disc = b**2 - ((oc**2).sum() - SMALL_R**2)
+    t_hit = -b - np.sqrt(np.maximum(disc, 0))
+    on_big = np.linalg.norm(scene.points, axis=-1) < 1.05
+    return (disc > 0) & (t_hit < length - 1e-3) & on_big
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return 10 * math.log10(255**2 / max(mse, 1e-12))
+
+
+@pytest.fixture(scope="module")
+def plain_bake(scene):
+    views = render_views(scene)
+    return views, bake_texture(views, scene.faces, scene.uv, scene.uv_faces, size=TEX)
+
+
+def test_bake_reproduces_the_known_texture(scene, plain_bake, tmp_path):
+    _, res = plain_bake
+    assert res.texture.shape == (TEX, TEX, 3) and res.texture.dtype == np.uint8
+    assert res.mask.shape == (TEX, TEX) and res.mask.dtype == np.uint8
+    seen = res.mask == 255
+    assert seen.sum() > 0.25 * scene.layout.sum()
+    value = psnr(res.texture[seen], scene.truth[seen])
+    assert value > 25, value
+    # Seen means seen: texels facing some camera well and not occluded are all in the mask.
+    good = np.zeros_like(seen)
+    for name in YAWS:
+        good |= (facing(scene, name) > 0.5) & ~occluded_by_small(scene, name)
+    inner = cv2.erode((good & scene.layout).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    assert seen[inner].mean() > 0.98
+    assert not seen[~scene.layout].any()
+    cv2.imwrite(str(tmp_path / "baked.png"), res.texture[..., ::-1])
+
+
+def test_back_side_and_occluded_texels_get_zero_weight(scene, plain_bake):
+    _, res = plain_bake
+    assert res.per_view_weight.shape == (3, TEX, TEX)
+    for i, name in enumerate(YAWS):
+        back = (facing(scene, name) < -0.05) & scene.layout
+        assert back.sum() > 100
+        assert (res.per_view_weight[i][back] == 0).all(), name
+    occ = occluded_by_small(scene, "front") & scene.layout
+    assert occ.sum() > 100
+    assert (res.per_view_weight[1][occ] == 0).all()
+    # Nobody sees the far back of the big sphere (z < -0.8): not in the mask.
+    far_back = (scene.points[..., 2] < -0.8) & scene.layout
+    assert far_back.sum() > 50 and (res.mask[far_back] == 0).all()
+    seen = res.mask == 255
+    assert np.allclose(res.per_view_weight.sum(0)[seen], 1.0, atol=1e-5)
+
+
+def test_holes_are_filled_and_islands_have_a_gutter(scene, plain_bake):
+    _, res = plain_bake
+    holes = scene.layout & (res.mask == 0)
+    assert holes.sum() > 0.2 * scene.layout.sum()
+    # The truth has no texel darker than ~0.15 * 255 per channel; a fill must not be black.
+    assert res.texture[holes].min() > 20
+    ring = (cv2.dilate(scene.layout.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0) & ~scene.layout
+    assert res.texture[ring].min() > 20
+    assert res.texture.reshape(-1, 3).sum(1).min() > 60  # nothing black anywhere
+    # Gutter texels next to seen texels copy their island: close to the truth's own
+    # nearest-texel dilation.
+    near_unseen = cv2.dilate(holes.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
+    ring_seen = ring & ~near_unseen
+    assert ring_seen.sum() > 500
+    assert np.abs(res.texture[ring_seen].astype(int) - scene.truth[ring_seen]).mean() < 3
+
+
+def seam_band(res, scene, width: int = 6) -> np.ndarray:
+    """Texels within `width` of a boundary between regions dominated by different views."""
+    seen = res.mask == 255
+    dom = np.where(seen, res.per_view_weight.argmax(0), -1)
+    edge = np.zeros_like(seen)
+    for axis in (0, 1):
+        a = np.swapaxes(dom, 0, axis)
+        diff = (a[1:] != a[:-1]) & (a[1:] >= 0) & (a[:-1] >= 0)
+        e = np.swapaxes(edge, 0, axis)
+        e[1:] |= diff
+        e[:-1] |= diff
+    band = cv2.dilate(edge.astype(np.uint8), np.ones((2 * width + 1,) * 2, np.uint8)) > 0
+    return band & seen
+
+
+def test_colour_matching_removes_exposure_seams(scene):
+    gains = {"left": (0.75, 0.8, 0.7), "front": (1.0, 1.0, 1.0), "right": (1.25, 1.15, 1.3)}
+    views = render_views(scene, gains)
+    raw = bake_texture(views, scene.faces, scene.uv, scene.uv_faces, size=TEX, match_colours=False)
+    matched = bake_texture(views, scene.faces, scene.uv, scene.uv_faces, size=TEX)
+    assert matched.reference == 1  # the view named "front"
+    # Gains are estimated in linear light: 1 / g^2.2 relative to the front view.
+    np.testing.assert_allclose(matched.gains[0], 1 / np.array(gains["left"]) ** 2.2, rtol=0.04)
+    np.testing.assert_allclose(matched.gains[2], 1 / np.array(gains["right"]) ** 2.2, rtol=0.04)
+    band = seam_band(matched, scene)
+    assert band.sum() > 200
+    err_raw = np.abs(raw.texture[band].astype(float) - scene.truth[band]).mean()
+    err_matched = np.abs(matched.texture[band].astype(float) - scene.truth[band]).mean()
+    assert err_matched < 0.3 * err_raw, (err_raw, err_matched)
+    seen = matched.mask == 255
+    assert psnr(matched.texture[seen], scene.truth[seen]) > 25
+
+
+def test_single_view_bigger_texture_and_input_checks(scene, plain_bake):
+    views, _ = plain_bake
+    calls = []
+    res = bake_texture(
+        views[1:2], scene.faces.numpy(), scene.uv.numpy(), scene.uv_faces.numpy(), size=512,
+        progress=lambda f, m: calls.append((f, m)),
+    )
+    assert res.texture.shape == (512, 512, 3) and res.per_view_weight.shape == (1, 512, 512)
+    assert calls and calls[-1][0] == 1.0 and all(0 <= f <= 1 for f, _ in calls)
+    assert (res.gains == 1).all()
+    bad = BakeView(np.zeros((10, 10, 3), np.float32), views[0].verts_screen, views[0].normals_cam, "left")
+    with pytest.raises(ValueError, match="left"):
+        bake_texture([bad], scene.faces, scene.uv, scene.uv_faces, size=64)
+    with pytest.raises(ValueError):
+        bake_texture([], scene.faces, scene.uv, scene.uv_faces)
+
+
+def test_srgb_round_trip():
+    x = np.arange(256, dtype=np.uint8)
+    assert (linear_to_srgb(srgb_to_linear(x)) == x).all()

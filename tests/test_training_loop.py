@@ -1,0 +1,148 @@
+"""The training machinery: resume == uninterrupted, DDP (2 CPU processes, gloo) == one process
+on the union batch, checkpoints load with weights_only=True, the loss uses mfnet_core's."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from training.config import Config, load_config
+
+STEPS_PER_EPOCH = 3  # 12 toy people / global batch 4
+
+
+def tiny_config(workdir: Path, batch_size: int = 4, bn_mode: str = "batch") -> Config:
+    cfg = load_config(None)
+    m = cfg.model
+    m.backbone, m.width, m.input_size, m.fuse_hidden, m.view_hidden = "resnet10", 8, 32, 32, 32
+    m.n_shape, m.n_expr = 20, 10
+    t = cfg.train
+    t.workdir = str(workdir)
+    t.device = "cpu"
+    t.batch_size = batch_size
+    t.epochs = 100
+    t.lr = 1e-3
+    t.bn_mode = bn_mode
+    t.checkpoint_every = 0
+    t.eval_every_epochs = 0
+    t.progress = False
+    t.log_every = 1
+    cfg.data.num_workers = 0
+    return cfg
+
+
+_FLAME = None
+
+
+def flame():
+    global _FLAME
+    if _FLAME is None:
+        from training.train import load_flame
+
+        cfg = load_config(None)
+        cfg.model.n_shape, cfg.model.n_expr = 20, 10
+        _FLAME = load_flame(cfg, torch.device("cpu"))
+    return _FLAME
+
+
+def toy_sets(fl):
+    from training.toy import ToyDataset
+
+    return ToyDataset(fl, 12, crop_size=32), ToyDataset(fl, 2, crop_size=32, seed=1, augment=False)
+
+
+def make_trainer(cfg: Config, resume: str | None = None):
+    from training.train import Trainer
+
+    fl = flame()
+    return Trainer(cfg, flame=fl, datasets=toy_sets(fl), log=lambda m: None, resume=resume)
+
+
+def test_loss_falls_and_checkpoint_is_weights_only(tmp_path: Path):
+    tr = make_trainer(tiny_config(tmp_path))
+    summary = tr.fit(max_steps=12)
+    losses = [h["loss"] for h in tr.history]
+    assert set(tr.history[0]) >= {"landmarks", "eye", "lip", "reg", "loss"}
+    assert sum(losses[-3:]) < sum(losses[:3])
+    ck = torch.load(summary["checkpoint"], map_location="cpu", weights_only=True)
+    assert ck["step"] == 12 and ck["epoch"] == 4
+    assert (tmp_path / "checkpoints" / "last.pt").is_file()
+    assert (tmp_path / "logs" / "metrics.jsonl").is_file()
+    from mfnet_core.model import load_checkpoint
+
+    net, meta = load_checkpoint(summary["checkpoint"])
+    assert meta["step"] == 12
+
+
+def test_resume_matches_uninterrupted_run(tmp_path: Path):
+    total, cut = 2 * STEPS_PER_EPOCH + 2, STEPS_PER_EPOCH + 1  # resume mid-epoch, cross epochs
+    straight = make_trainer(tiny_config(tmp_path / "a"))
+    straight.fit(max_steps=total)
+    first = make_trainer(tiny_config(tmp_path / "b"))
+    first.fit(max_steps=cut)
+    resumed = make_trainer(tiny_config(tmp_path / "b"), resume="auto")
+    assert resumed.step == cut
+    resumed.fit(max_steps=total)
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    la = [h["loss"] for h in straight.history][cut:]
+    lb = [h["loss"] for h in resumed.history]
+    assert la == pytest.approx(lb, abs=1e-6)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, workdir: str, steps: int) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        cfg = tiny_config(Path(workdir), batch_size=2, bn_mode="frozen")
+        tr = make_trainer(cfg)
+        tr.fit(max_steps=steps)
+        torch.save(tr.model.state_dict(), Path(workdir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_equal_one_process_on_the_union_batch(tmp_path: Path):
+    steps = 4
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path / "ddp"), steps), nprocs=2, join=True)
+    r0 = torch.load(tmp_path / "ddp" / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "ddp" / "rank1.pt", weights_only=True)
+    single = make_trainer(tiny_config(tmp_path / "one", batch_size=4, bn_mode="frozen"))
+    single.fit(max_steps=steps)
+    ref = single.model.state_dict()
+    moved = 0
+    for k in ref:
+        torch.testing.assert_close(r0[k], r1[k], rtol=0, atol=0, msg=f"ranks differ: {k}")
+        torch.testing.assert_close(r0[k], ref[k], rtol=1e-4, atol=1e-5, msg=f"DDP != single: {k}")
+        moved += int(not torch.equal(ref[k], make_initial()[k]))
+    assert moved > 0
+
+
+_INIT = None
+
+
+def make_initial():
+    global _INIT
+    if _INIT is None:
+        from mfnet_core.model import MFNet
+
+        cfg = tiny_config(Path("."))
+        torch.manual_seed(cfg.train.seed)
+        _INIT = MFNet(cfg.model).state_dict()
+    return _INIT

@@ -1,0 +1,167 @@
+"""The synthetic multi-view training/evaluation set, rendered once and cached.
+
+Each subject is a random FLAME person (shape, expression, jaw) rendered by
+``mfnet_core.synthetic.make_subject`` from a few yaw angles with a procedural skin texture,
+random SH light and background, and exact plus noisy landmarks. Everything is
+deterministic from ``seed``: subject i of split "train" uses seed ``seed * 1_000_003 + i``,
+of split "val" ``seed * 1_000_003 + 500_000 + i``, so the two never share a person.
+
+Cache layout (``root``/<key>/ where key hashes the settings and the head model)::
+
+    index.json                 settings, model identity, counts
+    train/subject_00000.npz    images (N,H,W,3) uint8, landmarks (N,68,2) (noisy, the
+                               "detections"), landmarks_true, intrinsics (N,4) fx fy cx cy,
+                               head_rot (N,3), head_trans (N,3), yaws (N,), shape, expression,
+                               jaw_pose, eye_pose, neck_pose, vertices (V,3) (no head pose)
+    val/subject_00000.npz
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from mfnet_core.errors import MfnetError
+
+from .config import SyntheticData
+
+FORMAT_VERSION = 1
+SPLIT_OFFSET = {"train": 0, "val": 500_000}
+
+Progress = Callable[[int, int], None]
+
+
+def model_identity(flame) -> dict[str, object]:  # noqa: ANN001 - mfnet_core.flame.FLAME
+    """What distinguishes one head model from another for caching: sizes and a hash."""
+    a = flame.assets
+    h = hashlib.sha1()
+    h.update(np.ascontiguousarray(a.v_template, dtype=np.float32).tobytes())
+    h.update(np.ascontiguousarray(a.faces, dtype=np.int64).tobytes())
+    return {
+        "n_vertices": int(len(a.v_template)),
+        "n_faces": int(len(a.faces)),
+        "n_shape": int(flame.n_shape),
+        "n_expr": int(flame.n_expr),
+        "template_sha1": h.hexdigest()[:16],
+        "name": str(getattr(a, "name", getattr(a, "source", ""))),
+    }
+
+
+def cache_key(cfg: SyntheticData, flame) -> str:  # noqa: ANN001
+    settings = asdict(cfg)
+    settings.pop("root")
+    settings.pop("n_train")
+    settings.pop("n_val")
+    blob = json.dumps(
+        {"v": FORMAT_VERSION, "s": settings, "m": model_identity(flame)}, sort_keys=True
+    )
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def subject_seed(cfg: SyntheticData, split: str, i: int) -> int:
+    return cfg.seed * 1_000_003 + SPLIT_OFFSET[split] + i
+
+
+def ensure_synthetic_set(
+    cfg: SyntheticData,
+    flame,
+    progress: Progress | None = None,  # noqa: ANN001
+) -> Path:
+    """Renders whatever subjects of ``cfg`` are not cached yet; returns the set's folder.
+
+    Safe to call from several processes at once only if they agree on ``cfg`` (DDP: call it
+    on rank 0 first, then barrier). Subjects are written atomically (temp file + rename).
+    """
+    from mfnet_core.synthetic import procedural_texture
+
+    folder = Path(cfg.root) / cache_key(cfg, flame)
+    todo = [
+        (split, i)
+        for split, n in (("train", cfg.n_train), ("val", cfg.n_val))
+        for i in range(n)
+        if not (folder / split / f"subject_{i:05d}.npz").is_file()
+    ]
+    index = folder / "index.json"
+    if todo:
+        for split in ("train", "val"):
+            (folder / split).mkdir(parents=True, exist_ok=True)
+        textures: dict[int, np.ndarray] = {}
+        start = time.perf_counter()
+        for done, (split, i) in enumerate(todo):
+            t = i % max(cfg.n_textures, 1) + (0 if split == "train" else 10_000)
+            if t not in textures:
+                textures[t] = procedural_texture(
+                    flame.assets, cfg.texture_size, seed=cfg.seed * 7919 + t
+                )
+            _write_subject(
+                folder / split / f"subject_{i:05d}.npz", cfg, flame, textures[t], split, i
+            )
+            if progress:
+                progress(done + 1, len(todo))
+        elapsed = time.perf_counter() - start
+    else:
+        elapsed = 0.0
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "settings": asdict(cfg),
+        "model": model_identity(flame),
+        "counts": {
+            s: len(list((folder / s).glob("subject_*.npz"))) if (folder / s).is_dir() else 0
+            for s in ("train", "val")
+        },
+        "last_generation_s": round(elapsed, 2),
+    }
+    tmp = index.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, index)
+    return folder
+
+
+def _write_subject(
+    path: Path, cfg: SyntheticData, flame, texture: np.ndarray, split: str, i: int
+) -> None:  # noqa: ANN001
+    from mfnet_core.synthetic import make_subject
+
+    seed = subject_seed(cfg, split, i)
+    rng = np.random.default_rng(seed + 17)
+    yaws = tuple(float(y + rng.uniform(-1, 1) * cfg.yaw_jitter_deg) for y in cfg.yaws_deg)
+    subj = make_subject(
+        flame,
+        texture,
+        seed=seed,
+        yaws_deg=yaws,
+        image_size=cfg.image_size,
+        landmark_noise_px=cfg.landmark_noise_px,
+    )
+    views = subj.views
+    arrays = {
+        "images": np.stack([v.photo.rgb for v in views]),
+        "landmarks": np.stack([v.landmarks_noisy for v in views]).astype(np.float32),
+        "landmarks_true": np.stack([v.landmarks_true for v in views]).astype(np.float32),
+        "intrinsics": np.stack([v.intrinsics.as_vector() for v in views]).astype(np.float32),
+        "head_rot": np.stack([np.asarray(v.head_rot) for v in views]).astype(np.float32),
+        "head_trans": np.stack([np.asarray(v.head_trans) for v in views]).astype(np.float32),
+        "yaws": np.asarray(yaws, dtype=np.float32),
+        "vertices": subj.vertices_true.astype(np.float32),
+        **{k: np.asarray(v, dtype=np.float32) for k, v in subj.params.items()},
+    }
+    tmp = path.with_name(path.stem + f".tmp{os.getpid()}.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def load_subject(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError) as exc:
+        raise MfnetError(
+            f"synthetic subject {path} is unreadable ({exc}); delete it to regenerate"
+        ) from exc
