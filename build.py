@@ -27,6 +27,7 @@ SRC = ROOT / "blender_addon"
 DIST = ROOT / "dist"
 PKG = "mfnet"  # folder name inside the zip = legacy module name = extension id
 ALLOWED_SUFFIXES = {".py", ".toml"}
+DOC_SUFFIXES = {".md"}
 REQUIRED_MANIFEST = (
     "schema_version", "id", "version", "name", "tagline", "maintainer", "type", "blender_version_min", "license",
 )  # fmt: skip
@@ -47,14 +48,18 @@ def project_version() -> str:
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())
     version = data["project"]["version"]
     if not re.fullmatch(r"\d+\.\d+\.\d+", version):
-        raise BuildError(f"pyproject.toml version {version!r} is not X.Y.Z (Blender needs semantic versions)")
+        raise BuildError(
+            f"pyproject.toml version {version!r} is not X.Y.Z (Blender needs semantic versions)"
+        )
     return version
 
 
 def stamp_manifest(text: str, version: str) -> str:
     new, n = re.subn(r'(?m)^version\s*=\s*"[^"]*"', f'version = "{version}"', text)
     if n != 1:
-        raise BuildError("blender_manifest.toml: expected exactly one top-level `version = ...` line")
+        raise BuildError(
+            "blender_manifest.toml: expected exactly one top-level `version = ...` line"
+        )
     return new
 
 
@@ -72,8 +77,12 @@ def source_files() -> list[Path]:
         rel = p.relative_to(SRC)
         if p.is_dir() or any(part.startswith(".") or part == "__pycache__" for part in rel.parts):
             continue
+        if p.suffix in DOC_SUFFIXES:  # documentation stays in the repository
+            continue
         if p.suffix not in ALLOWED_SUFFIXES:
-            raise BuildError(f"stray file in blender_addon/: {rel} (only .py and the manifest are shipped)")
+            raise BuildError(
+                f"stray file in blender_addon/: {rel} (only .py and the manifest are shipped)"
+            )
         files.append(p)
     return files
 
@@ -100,9 +109,13 @@ def build(version: str) -> Path:
 
 def _bl_info(source: str) -> dict:
     for node in ast.parse(source).body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "bl_info" for t in node.targets):
+        if isinstance(node, ast.Assign) and any(
+            getattr(t, "id", None) == "bl_info" for t in node.targets
+        ):
             return ast.literal_eval(node.value)
-    raise BuildError("__init__.py has no bl_info literal (legacy Blender reads it without running the file)")
+    raise BuildError(
+        "__init__.py has no bl_info literal (legacy Blender reads it without running the file)"
+    )
 
 
 def check(zip_path: Path, version: str) -> list[str]:
@@ -161,10 +174,14 @@ def check(zip_path: Path, version: str) -> list[str]:
                     mods = [node.module or ""]
                 for m in mods:
                     if m.split(".")[0] in FORBIDDEN_IMPORTS:
-                        raise BuildError(f"{n} imports {m}: the add-on uses relative imports and never torch/mfnet_core")
+                        raise BuildError(
+                            f"{n} imports {m}: the add-on uses relative imports and never torch/mfnet_core"
+                        )
         if "classes" not in init or "def register" not in init or "def unregister" not in init:
             raise BuildError("__init__.py must define classes, register and unregister")
-        notes.append(f"{len(names)} files, version {version}, Blender >= {'.'.join(map(str, info['blender']))} (legacy) / {manifest['blender_version_min']} (extension)")
+        notes.append(
+            f"{len(names)} files, version {version}, Blender >= {'.'.join(map(str, info['blender']))} (legacy) / {manifest['blender_version_min']} (extension)"
+        )
     return notes
 
 
@@ -183,13 +200,19 @@ def sync_sources(version: str) -> list[str]:
 def sources_in_sync(version: str) -> bool:
     m = tomllib.loads((SRC / "blender_manifest.toml").read_text())
     info = _bl_info((SRC / "__init__.py").read_text())
-    return m["version"] == version and tuple(info["version"]) == tuple(int(x) for x in version.split("."))
+    return m["version"] == version and tuple(info["version"]) == tuple(
+        int(x) for x in version.split(".")
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", nargs="?", const="", default=None, metavar="ZIP", help="only check a zip")
-    ap.add_argument("--sync", action="store_true", help="write the version into the source manifest and bl_info")
+    ap.add_argument(
+        "--check", nargs="?", const="", default=None, metavar="ZIP", help="only check a zip"
+    )
+    ap.add_argument(
+        "--sync", action="store_true", help="write the version into the source manifest and bl_info"
+    )
     args = ap.parse_args(argv)
     try:
         version = project_version()

@@ -2,7 +2,9 @@
 
     python benchmarks/bm_render.py [--runs 5] [--device cpu|cuda]
 
-Prints one JSON object: median (and min) seconds over the runs for each case.
+Prints one JSON object: median and min wall-clock seconds over the runs for each case, and
+the median CPU seconds of the process (summed over threads), plus the load average at the
+start and end (on a shared machine, compare runs only when the load is low).
 Cases:
 - raster_1024: the mesh covering ~500x500 px of a 1024x1024 image (a head in a photo)
 - raster_2048: the same view at 2048x2048 (~1000x1000 px)
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import statistics
 import time
@@ -29,7 +32,9 @@ from mfnet_core.render import rasterize, render_textured, vertex_normals
 from mfnet_core.texture import BakeView, bake_texture
 
 
-def head_like_mesh(n_lat: int = 50, n_lon: int = 100) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def head_like_mesh(
+    n_lat: int = 50, n_lon: int = 100
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A bumpy ellipsoid, 2 * n_lat * n_lon triangles (10,000 by default), with a lat-long UV
     layout (seam vertices duplicated, so faces index both positions and UVs).
     Returns verts (V,3) metres, faces (F,3), uv (V,2)."""
@@ -37,24 +42,38 @@ def head_like_mesh(n_lat: int = 50, n_lon: int = 100) -> tuple[torch.Tensor, tor
     lon = torch.linspace(0, 2 * math.pi, n_lon + 1, dtype=torch.float64)
     la, lo = torch.meshgrid(lat, lon, indexing="ij")
     bump = 1 + 0.03 * torch.sin(5 * lo) * torch.sin(4 * la)
-    verts = torch.stack(
-        [0.08 * torch.sin(la) * torch.sin(lo), 0.11 * torch.cos(la), 0.095 * torch.sin(la) * torch.cos(lo)], -1
-    ) * bump[..., None]
+    verts = (
+        torch.stack(
+            [
+                0.08 * torch.sin(la) * torch.sin(lo),
+                0.11 * torch.cos(la),
+                0.095 * torch.sin(la) * torch.cos(lo),
+            ],
+            -1,
+        )
+        * bump[..., None]
+    )
     uv = torch.stack([lo / (2 * math.pi), 1 - la / math.pi], -1)
     idx = torch.arange((n_lat + 1) * (n_lon + 1)).view(n_lat + 1, n_lon + 1)
     a, b, c, d = idx[:-1, :-1], idx[1:, :-1], idx[1:, 1:], idx[:-1, 1:]
-    faces = torch.cat([torch.stack([a, b, c], -1).reshape(-1, 3), torch.stack([a, c, d], -1).reshape(-1, 3)])
+    faces = torch.cat(
+        [torch.stack([a, b, c], -1).reshape(-1, 3), torch.stack([a, c, d], -1).reshape(-1, 3)]
+    )
     return verts.reshape(-1, 3).float(), faces, uv.reshape(-1, 2).float()
 
 
-def camera_view(verts: torch.Tensor, yaw_deg: float, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def camera_view(
+    verts: torch.Tensor, yaw_deg: float, size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Screen vertices (u, v, depth) and camera-space normals of the mesh seen from `yaw_deg`,
     0.6 m away, the head ~size/2 px tall."""
     a = math.radians(yaw_deg)
     rot = torch.tensor([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]])
     vc = verts @ rot.T - torch.tensor([0.0, 0.0, 0.6])
     f = size * 0.6 * 0.5 / 0.22
-    scr = torch.stack([size / 2 + f * vc[:, 0] / -vc[:, 2], size / 2 - f * vc[:, 1] / -vc[:, 2], -vc[:, 2]], -1)
+    scr = torch.stack(
+        [size / 2 + f * vc[:, 0] / -vc[:, 2], size / 2 - f * vc[:, 1] / -vc[:, 2], -vc[:, 2]], -1
+    )
     faces = HEAD[1]
     return scr, vertex_normals(vc, faces)
 
@@ -63,15 +82,22 @@ HEAD = head_like_mesh()
 
 
 def timeit(fn, runs: int, sync) -> dict[str, float]:
+    """Wall-clock median / min over `runs` calls after a warm-up, and the median process CPU
+    time (all threads; less sensitive than wall time when other jobs share the cores)."""
     fn()  # warm-up
     sync()
-    times = []
+    times, cpu = [], []
     for _ in range(runs):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         fn()
         sync()
         times.append(time.perf_counter() - t)
-    return {"median_s": round(statistics.median(times), 4), "min_s": round(min(times), 4)}
+        cpu.append(time.process_time() - c)
+    return {
+        "median_s": round(statistics.median(times), 4),
+        "min_s": round(min(times), 4),
+        "cpu_median_s": round(statistics.median(cpu), 4),
+    }
 
 
 def main() -> None:
@@ -92,6 +118,7 @@ def main() -> None:
         "triangles": int(len(faces)),
         "vertices": int(len(verts)),
     }
+    out["loadavg_start"] = [round(x, 2) for x in os.getloadavg()]
     cases: dict[str, dict[str, float]] = {}
 
     scr1024, n1024 = camera_view(verts, 20.0, 1024)
@@ -117,7 +144,9 @@ def main() -> None:
         v = s1.clone().requires_grad_(backward)
         t = tex.clone().requires_grad_(backward)
         light = sh.clone().requires_grad_(backward)
-        img, _, _ = render_textured(v, n_d, faces_d, uv_d, faces_d, t, 1024, 1024, light, normals_kind="normals")
+        img, _, _ = render_textured(
+            v, n_d, faces_d, uv_d, faces_d, t, 1024, 1024, light, normals_kind="normals"
+        )
         if backward:
             img.square().sum().backward()
 
@@ -136,6 +165,7 @@ def main() -> None:
                 lambda size=size: bake_texture(photos, faces, uv, faces, size=size), args.runs, sync
             )
     out["cases"] = cases
+    out["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(out, indent=1))
 
 

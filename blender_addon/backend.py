@@ -115,7 +115,12 @@ def doctor(python: str, flame: str = "", timeout: float = 120.0) -> dict:
         cmd += ["--flame", flame]
     try:
         proc = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=timeout, env=child_env(), creationflags=_no_window_flags()
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=child_env(),
+            creationflags=_no_window_flags(),
         )
     except (OSError, subprocess.TimeoutExpired) as e:
         raise BackendError(f"could not run {python} -m {MODULE} doctor: {e}") from e
@@ -123,7 +128,9 @@ def doctor(python: str, flame: str = "", timeout: float = 120.0) -> dict:
         start = proc.stdout.index("{")
         return json.loads(proc.stdout[start:])
     except ValueError:
-        tail = (proc.stderr.strip() or proc.stdout.strip() or f"exit code {proc.returncode}").splitlines()[-1]
+        tail = (
+            proc.stderr.strip() or proc.stdout.strip() or f"exit code {proc.returncode}"
+        ).splitlines()[-1]
         raise BackendError(f"doctor gave no JSON answer: {tail}") from None
 
 
@@ -156,7 +163,9 @@ def order_photos(photos: dict[str, str]) -> tuple[list[str], list[str]]:
 def photos_in_folder(folder: Path) -> tuple[list[str], list[str] | None]:
     """A person's folder -> (photo paths, view labels or None). Files whose names contain
     left/front/right get those labels (in that order); otherwise all photos, sorted by name."""
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES)
+    files = sorted(
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES
+    )
     named: dict[str, Path] = {}
     for p in files:
         stem = p.stem.lower()
@@ -187,7 +196,14 @@ def reconstruct_command(
     cmd = [python, "-m", MODULE, "reconstruct", *photos, "-o", output, "--progress", "jsonl"]
     if flame:
         cmd += ["--flame", flame]
-    cmd += ["--device", device, "--texture-size", str(int(texture_size)), "--expressions", str(int(expressions))]
+    cmd += [
+        "--device",
+        device,
+        "--texture-size",
+        str(int(texture_size)),
+        "--expressions",
+        str(int(expressions)),
+    ]
     if views:
         cmd += ["--views", ",".join(views)]
     if overwrite:
@@ -278,8 +294,12 @@ class BackendJob:
         except OSError as e:
             raise BackendError(f"could not start the backend ({cmd[0]}): {e}") from e
         self._threads = [
-            threading.Thread(target=self._pump, args=(self.proc.stdout, self._lines.put), daemon=True),
-            threading.Thread(target=self._pump, args=(self.proc.stderr, self._stderr.append), daemon=True),
+            threading.Thread(
+                target=self._pump, args=(self.proc.stdout, self._lines.put), daemon=True
+            ),
+            threading.Thread(
+                target=self._pump, args=(self.proc.stderr, self._stderr.append), daemon=True
+            ),
         ]
         for t in self._threads:
             t.start()
@@ -308,9 +328,18 @@ class BackendJob:
                 self.state.fraction = 1.0
                 self.state.stage = "done"
             else:
-                self.state.stage, self.state.fraction, self.state.message = ev["stage"], ev["fraction"], ev["message"]
+                self.state.stage, self.state.fraction, self.state.message = (
+                    ev["stage"],
+                    ev["fraction"],
+                    ev["message"],
+                )
         rc = self.proc.poll()
-        if rc is not None and not self.state.done and not self._threads[0].is_alive() and self._lines.empty():
+        if (
+            rc is not None
+            and not self.state.done
+            and not self._threads[0].is_alive()
+            and self._lines.empty()
+        ):
             self._threads[1].join(timeout=1.0)
             self.state.returncode = rc
             self.state.done = True

@@ -39,6 +39,8 @@ FITTED_TAG = "mfnet_fitted"  # JSON string: the fitted pose (poses.Pose format)
 HEAD_TAG = "mfnet_head"  # custom property on the mesh object
 OFFSET_PROP = "mfnet_dj"  # pose-bone property: expressed joint offset dJ (3,), FLAME axes
 OFFSET_PARTS_PROP = "mfnet_dj_parts"  # pose-bone property: partial sums of dJ
+# joint drift coefficients below this (metres per unit of expression) are float noise
+PIVOT_TOLERANCE = 1e-10
 
 
 @dataclass
@@ -114,7 +116,9 @@ def build_material(rig: ResultRig, name: str, pack: bool = False) -> bpy.types.M
     bsdf = next((n for n in nt.nodes if n.type == "BSDF_PRINCIPLED"), None)
     if bsdf is None:
         bsdf = nt.nodes.new("ShaderNodeBsdfPrincipled")
-        out = next((n for n in nt.nodes if n.type == "OUTPUT_MATERIAL"), None) or nt.nodes.new("ShaderNodeOutputMaterial")
+        out = next((n for n in nt.nodes if n.type == "OUTPUT_MATERIAL"), None) or nt.nodes.new(
+            "ShaderNodeOutputMaterial"
+        )
         nt.links.new(bsdf.outputs[0], out.inputs["Surface"])
     for key, value in (("Roughness", 0.6), ("Specular IOR Level", 0.3), ("Specular", 0.3)):
         sock = bsdf.inputs.get(key)
@@ -143,11 +147,15 @@ def add_shape_keys(obj: bpy.types.Object, rig: ResultRig) -> None:
     limit = expression_slider_limit(rig.expression)
     for k, name in enumerate(rig.expression_key_names()):
         kb = obj.shape_key_add(name=name, from_mix=False)
-        kb.data.foreach_set("co", (rest + to_blender(rig.expression_basis[k])).astype(np.float32).reshape(-1))
+        kb.data.foreach_set(
+            "co", (rest + to_blender(rig.expression_basis[k])).astype(np.float32).reshape(-1)
+        )
         kb.slider_min, kb.slider_max = -limit, limit
     for p, name in rig.corrective_key_names():
         kb = obj.shape_key_add(name=name, from_mix=False)
-        kb.data.foreach_set("co", (rest + to_blender(rig.pose_correctives[p])).astype(np.float32).reshape(-1))
+        kb.data.foreach_set(
+            "co", (rest + to_blender(rig.pose_correctives[p])).astype(np.float32).reshape(-1)
+        )
         kb.slider_min, kb.slider_max = -2.0, 2.0  # entries of R - I lie in [-2, 2]
 
 
@@ -202,7 +210,9 @@ def add_vertex_groups(obj: bpy.types.Object, rig: ResultRig) -> None:
             vg.add(idx.tolist(), w, "REPLACE")
 
 
-def add_corrective_drivers(mesh_obj: bpy.types.Object, arm_obj: bpy.types.Object, rig: ResultRig) -> int:
+def add_corrective_drivers(
+    mesh_obj: bpy.types.Object, arm_obj: bpy.types.Object, rig: ResultRig
+) -> int:
     """Each pose-corrective key's value = (R_j - I)[r, c] of its bone's quaternion."""
     key = mesh_obj.data.shape_keys
     count = 0
@@ -213,7 +223,9 @@ def add_corrective_drivers(mesh_obj: bpy.types.Object, arm_obj: bpy.types.Object
                 kb = key.key_blocks[corrective_key_name(rig.joint_names[j], r, c)]
                 drv = _scripted(kb.driver_add("value"), dm.rotation_minus_identity_expr(r, c))
                 for i, v in enumerate(dm.QUAT_VARS):
-                    _add_var(drv, v, "OBJECT", arm_obj, f'pose.bones["{bone}"].rotation_quaternion[{i}]')
+                    _add_var(
+                        drv, v, "OBJECT", arm_obj, f'pose.bones["{bone}"].rotation_quaternion[{i}]'
+                    )
                 count += 1
     return count
 
@@ -228,7 +240,9 @@ def add_pivot_drivers(mesh_obj: bpy.types.Object, arm_obj: bpy.types.Object, rig
     count = 0
     for j, name in enumerate(rig.joint_names):
         basis = rig.joint_expression_basis[:, j, :]  # (K,3)
-        chunks = [dm.linear_combination_chunks(basis[:, c]) for c in range(3)]
+        chunks = [
+            dm.linear_combination_chunks(basis[:, c], tolerance=PIVOT_TOLERANCE) for c in range(3)
+        ]
         if not any(chunks):
             continue
         pb = arm_obj.pose.bones[pivot_bone_name(name)]
@@ -263,7 +277,9 @@ def add_pivot_drivers(mesh_obj: bpy.types.Object, arm_obj: bpy.types.Object, rig
         for r in range(3):
             drv = _scripted(pb.driver_add("location", r), dm.pivot_offset_expr(r))
             for i, v in enumerate(dm.QUAT_VARS):
-                _add_var(drv, v, "OBJECT", arm_obj, f'pose.bones["{bone}"].rotation_quaternion[{i}]')
+                _add_var(
+                    drv, v, "OBJECT", arm_obj, f'pose.bones["{bone}"].rotation_quaternion[{i}]'
+                )
             for c, v in enumerate(dm.OFFSET_VARS):
                 _add_var(drv, v, "OBJECT", arm_obj, f'pose.bones["{pivot}"]["{OFFSET_PROP}"][{c}]')
             count += 1
@@ -272,8 +288,12 @@ def add_pivot_drivers(mesh_obj: bpy.types.Object, arm_obj: bpy.types.Object, rig
 
 def fitted_pose_json(rig: ResultRig) -> dict:
     """The pose fitted to the photos, in the pose-library format (poses.Pose)."""
-    bones = {name: quaternion_to_axis_angle(q).tolist() for name, q in rig.fitted_quaternions().items()}
-    expression = {n: float(v) for n, v in zip(rig.expression_key_names(), rig.expression, strict=True)}
+    bones = {
+        name: quaternion_to_axis_angle(q).tolist() for name, q in rig.fitted_quaternions().items()
+    }
+    expression = {
+        n: float(v) for n, v in zip(rig.expression_key_names(), rig.expression, strict=True)
+    }
     return {"expression": expression, "bones": bones}
 
 
@@ -375,7 +395,9 @@ def rig_of(obj) -> tuple[bpy.types.Object, bpy.types.Object] | None:
         if obj.type == "ARMATURE" and RIG_TAG in obj.keys():
             mesh = bpy.data.objects.get(str(obj[RIG_TAG].get("mesh", "")))
             if mesh is None or mesh.parent is not obj:
-                mesh = next((c for c in obj.children if c.type == "MESH" and HEAD_TAG in c.keys()), None)
+                mesh = next(
+                    (c for c in obj.children if c.type == "MESH" and HEAD_TAG in c.keys()), None
+                )
             return (obj, mesh) if mesh is not None else None
         obj = obj.parent
         seen += 1

@@ -76,7 +76,10 @@ def format_number(v: float, digits: int = 7) -> str:
 
 
 def linear_combination_chunks(
-    coefficients: np.ndarray, var_prefix: str = "v", tolerance: float = 0.0, max_len: int = MAX_EXPRESSION_LEN
+    coefficients: np.ndarray,
+    var_prefix: str = "v",
+    tolerance: float = 0.0,
+    max_len: int = MAX_EXPRESSION_LEN,
 ) -> list[tuple[str, list[int]]]:
     """Splits sum_k coefficients[k] * value_k into driver expressions of at most max_len
     characters.
@@ -124,7 +127,9 @@ def _chunk_expression(coeffs: np.ndarray, ks: list[int], var_prefix: str) -> str
     return f"({body})*1e{exponent}"
 
 
-_SIMPLE_TOKEN = re.compile(r"\s*(?:(\d+\.?\d*(?:e[-+]?\d+)?)|([A-Za-z_][A-Za-z0-9_]*)|(\*\*|[-+*/()]))")
+_SIMPLE_TOKEN = re.compile(
+    r"\s*(?:(\d+\.?\d*(?:e[-+]?\d+)?)|([A-Za-z_][A-Za-z0-9_]*)|(\*\*|[-+*/()]))"
+)
 
 
 def evaluate(expression: str, variables: dict[str, float]) -> float:

@@ -24,7 +24,9 @@ from .rigdata import (
 
 def active_rig(context):
     """(armature, mesh) of the MFNet head the active object belongs to, or None."""
-    return builder.rig_of(getattr(context, "active_object", None) or getattr(context, "object", None))
+    return builder.rig_of(
+        getattr(context, "active_object", None) or getattr(context, "object", None)
+    )
 
 
 def joint_bones(arm) -> list[str]:
@@ -63,7 +65,9 @@ def apply_pose(arm, mesh, pose: poses.Pose, reset_missing: bool = True) -> list[
     for name in bones:
         pb = arm.pose.bones[name]
         if name in pose.bones:
-            pb.rotation_quaternion = [float(x) for x in axis_angle_to_quaternion(np.array(pose.bones[name]))]
+            pb.rotation_quaternion = [
+                float(x) for x in axis_angle_to_quaternion(np.array(pose.bones[name]))
+            ]
         elif reset_missing:
             pb.rotation_quaternion = (1.0, 0.0, 0.0, 0.0)
     missing += [b for b in pose.bones if b not in bones]
@@ -71,7 +75,9 @@ def apply_pose(arm, mesh, pose: poses.Pose, reset_missing: bool = True) -> list[
 
 
 def fitted_pose(arm) -> poses.Pose:
-    return poses.Pose.from_json(json.loads(arm.get(builder.FITTED_TAG, '{"expression": {}, "bones": {}}')), "fitted pose")
+    return poses.Pose.from_json(
+        json.loads(arm.get(builder.FITTED_TAG, '{"expression": {}, "bones": {}}')), "fitted pose"
+    )
 
 
 # --------------------------------------------------------------------------- keyframes
@@ -97,7 +103,9 @@ def _fcurves(id_block):
     return anim_utils.action_ensure_channelbag_for_slot(action, slot).fcurves
 
 
-def write_keys(fcurves, data_path: str, index: int, frames: np.ndarray, values: np.ndarray, group: str = "") -> None:
+def write_keys(
+    fcurves, data_path: str, index: int, frames: np.ndarray, values: np.ndarray, group: str = ""
+) -> None:
     """Replaces the keys of one F-Curve within [frames.min(), frames.max()] by (frames,
     values), in bulk (foreach_set)."""
     fc = fcurves.find(data_path, index=index)
@@ -122,7 +130,13 @@ def keyframe_sequence(arm, mesh, seq: poses.Sequence, start_frame: int = 1) -> d
     """Keyframes the rig from a poses.Sequence: expression keys on the mesh's shape keys,
     joint rotations (as continuous quaternions) on the armature. Returns a summary."""
     frames = np.arange(seq.n_frames, dtype=np.float64) + start_frame
-    summary = {"frames": seq.n_frames, "start": start_frame, "expression_keys": 0, "bones": [], "dropped_columns": 0}
+    summary = {
+        "frames": seq.n_frames,
+        "start": start_frame,
+        "expression_keys": 0,
+        "bones": [],
+        "dropped_columns": 0,
+    }
     keys = expression_keys(mesh)
     if seq.expression is not None and keys:
         values, dropped = poses.fit_expression_columns(seq.expression, len(keys))
@@ -133,7 +147,14 @@ def keyframe_sequence(arm, mesh, seq: poses.Sequence, start_frame: int = 1) -> d
             lim = expression_slider_limit(values[:, k])
             if lim > kb.slider_max:
                 kb.slider_min, kb.slider_max = -lim, lim
-            write_keys(fcs, f'key_blocks["{bpy.utils.escape_identifier(kb.name)}"].value', 0, frames, values[:, k], "Expression")
+            write_keys(
+                fcs,
+                f'key_blocks["{bpy.utils.escape_identifier(kb.name)}"].value',
+                0,
+                frames,
+                values[:, k],
+                "Expression",
+            )
         summary["expression_keys"] = len(keys)
     rotations = seq.joint_rotations(joint_bones(arm))
     if rotations:
@@ -223,7 +244,9 @@ class MFNET_OT_pose_save(_RigOperator, bpy.types.Operator):
     bl_description = S.TIP_POSE_SAVE
 
     name: StringProperty(name="Name", default="pose")
-    filepath: StringProperty(name="Library", subtype="FILE_PATH", default="", description="Empty: the preference")
+    filepath: StringProperty(
+        name="Library", subtype="FILE_PATH", default="", description="Empty: the preference"
+    )
 
     def invoke(self, context, event):
         return context.window_manager.invoke_props_dialog(self)
@@ -254,8 +277,12 @@ class MFNET_OT_pose_apply(_RigOperator, bpy.types.Operator):
     bl_property = "pose"
 
     pose: EnumProperty(name="Pose", items=_pose_items)
-    name: StringProperty(name="Name", default="", description="Pose name (overrides the list; for scripts)")
-    filepath: StringProperty(name="Library", subtype="FILE_PATH", default="", description="Empty: the preference")
+    name: StringProperty(
+        name="Name", default="", description="Pose name (overrides the list; for scripts)"
+    )
+    filepath: StringProperty(
+        name="Library", subtype="FILE_PATH", default="", description="Empty: the preference"
+    )
 
     def invoke(self, context, event):
         context.window_manager.invoke_search_popup(self)
@@ -341,8 +368,14 @@ class MFNET_OT_import_sequence(_RigOperator, bpy.types.Operator):
             scene.frame_start = self.start_frame
             scene.frame_end = self.start_frame + seq.n_frames - 1
         if summary["dropped_columns"]:
-            self.report({"WARNING"}, f"{summary['dropped_columns']} expression columns beyond the rig's keys were ignored")
-        self.report({"INFO"}, f"Keyed {seq.n_frames} frames ({summary['expression_keys']} expression keys, bones {summary['bones']})")
+            self.report(
+                {"WARNING"},
+                f"{summary['dropped_columns']} expression columns beyond the rig's keys were ignored",
+            )
+        self.report(
+            {"INFO"},
+            f"Keyed {seq.n_frames} frames ({summary['expression_keys']} expression keys, bones {summary['bones']})",
+        )
         return {"FINISHED"}
 
 
@@ -357,10 +390,14 @@ class MFNET_UL_expressions(bpy.types.UIList):
 
     def filter_items(self, context, data, propname):
         items = getattr(data, propname)
-        flags = [self.bitflag_filter_item if kb.name.startswith(EXPRESSION_PREFIX) else 0 for kb in items]
+        flags = [
+            self.bitflag_filter_item if kb.name.startswith(EXPRESSION_PREFIX) else 0 for kb in items
+        ]
         if self.filter_name:
             pattern = self.filter_name.lower()
-            flags = [f if pattern in kb.name.lower() else 0 for f, kb in zip(flags, items, strict=True)]
+            flags = [
+                f if pattern in kb.name.lower() else 0 for f, kb in zip(flags, items, strict=True)
+            ]
         return flags, []
 
 
@@ -384,12 +421,14 @@ class MFNET_PT_expressions(bpy.types.Panel):
         row.operator(S.OP_EXPR_FITTED, icon="USER")
         row.operator(S.OP_EXPR_KEYFRAME, icon="KEY_HLT")
         layout.template_list(
-            "MFNET_UL_expressions", "", mesh.data.shape_keys, "key_blocks", context.scene.mfnet, "expression_index", rows=8
+            "MFNET_UL_expressions",
+            "",
+            mesh.data.shape_keys,
+            "key_blocks",
+            context.scene.mfnet,
+            "expression_index",
+            rows=8,
         )
-        col = layout.column(align=True)
-        for name in ("jaw", "neck"):
-            if name in arm.pose.bones:
-                col.prop(arm.pose.bones[name], "rotation_quaternion", text=name.capitalize())
 
 
 class MFNET_PT_animation(bpy.types.Panel):

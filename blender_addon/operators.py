@@ -12,7 +12,14 @@ import time
 from pathlib import Path
 
 import bpy
-from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
+from bpy.props import (
+    BoolProperty,
+    EnumProperty,
+    FloatProperty,
+    IntProperty,
+    PointerProperty,
+    StringProperty,
+)
 
 from . import backend, builder, preferences
 from . import strings as S
@@ -23,7 +30,9 @@ TEXTURE_ITEMS = (
     ("2048", "2K", "2048 x 2048 texture"),
     ("4096", "4K", "4096 x 4096 texture"),
 )
-DEVICE_ITEMS = (("PREFS", "Default", "The device set in the add-on preferences"),) + preferences.DEVICE_ITEMS
+DEVICE_ITEMS = (
+    ("PREFS", "Default", "The device set in the add-on preferences"),
+) + preferences.DEVICE_ITEMS
 VIEWS = backend.VIEW_ORDER
 
 _active_job: backend.BackendJob | None = None
@@ -45,15 +54,27 @@ atexit.register(_cancel_active_job)
 class MFNET_PG_settings(bpy.types.PropertyGroup):
     """Per-scene inputs of the Reconstruct Face panel."""
 
-    left: PointerProperty(name="Left", type=bpy.types.Image, description="Photo of the face turned to its left")
-    front: PointerProperty(name="Front", type=bpy.types.Image, description="Photo of the face from the front")
-    right: PointerProperty(name="Right", type=bpy.types.Image, description="Photo of the face turned to its right")
+    left: PointerProperty(
+        name="Left", type=bpy.types.Image, description="Photo of the face turned to its left"
+    )
+    front: PointerProperty(
+        name="Front", type=bpy.types.Image, description="Photo of the face from the front"
+    )
+    right: PointerProperty(
+        name="Right", type=bpy.types.Image, description="Photo of the face turned to its right"
+    )
     texture_size: EnumProperty(name="Texture", items=TEXTURE_ITEMS, default="1024")
     expression_keys: IntProperty(
-        name="Expression Keys", description="How many FLAME expression components become shape keys", default=50, min=1, max=300
+        name="Expression Keys",
+        description="How many FLAME expression components become shape keys",
+        default=50,
+        min=1,
+        max=300,
     )
     device: EnumProperty(name="Device", items=DEVICE_ITEMS, default="PREFS")
-    name: StringProperty(name="Name", description="Name of the new head (empty: from the photo)", default="")
+    name: StringProperty(
+        name="Name", description="Name of the new head (empty: from the photo)", default=""
+    )
     expression_index: IntProperty(default=0)  # active row of the expressions list
     pose_name: StringProperty(name="Pose", default="")
 
@@ -134,7 +155,9 @@ def head_name(context, paths: list[str], views: list[str]) -> str:
 
 def build_from_result(context, result_dir: str, name: str) -> builder.BuildReport:
     prefs = preferences.get(context)
-    return builder.build_rig(result_dir, name, context=context, pack_texture=bool(prefs.pack_texture))
+    return builder.build_rig(
+        result_dir, name, context=context, pack_texture=bool(prefs.pack_texture)
+    )
 
 
 # --------------------------------------------------------------------------- operators
@@ -200,7 +223,11 @@ class MFNET_OT_reconstruct(bpy.types.Operator):
         shutil.rmtree(self._tmp, ignore_errors=True)
         _status(context, None)
         if st.error:
-            job.error = S.MSG_CANCELLED if self._job.cancelled else S.MSG_BACKEND_FAILED.format(error=st.error)
+            job.error = (
+                S.MSG_CANCELLED
+                if self._job.cancelled
+                else S.MSG_BACKEND_FAILED.format(error=st.error)
+            )
             self.report({"WARNING"} if self._job.cancelled else {"ERROR"}, job.error)
             _redraw(context)
             return {"CANCELLED"}
@@ -212,10 +239,12 @@ class MFNET_OT_reconstruct(bpy.types.Operator):
             self.report({"ERROR"}, job.error)
             return {"CANCELLED"}
         job.stage = "done"
-        job.info = S.MSG_DONE.format(name=rep.mesh.name, folder=st.result_dir, seconds=time.perf_counter() - self._start)
+        seconds = time.perf_counter() - self._start
+        name, folder = rep.mesh.name, st.result_dir
+        job.info = S.MSG_DONE.format(name=name, folder=Path(folder).name, seconds=seconds)
         for w in rep.warnings:
             self.report({"WARNING"}, w)
-        self.report({"INFO"}, job.info)
+        self.report({"INFO"}, S.MSG_DONE.format(name=name, folder=folder, seconds=seconds))
         _redraw(context)
         return {"FINISHED"}
 
@@ -305,7 +334,9 @@ class MFNET_OT_detect_backend(bpy.types.Operator):
             return {"CANCELLED"}
         if hasattr(prefs, "bl_rna"):
             prefs.backend_python = found.path
-        preferences.doctor_lines[:] = [f"Found mfnet_core {found.version} in {found.path} ({found.source})"]
+        preferences.doctor_lines[:] = [
+            f"Found mfnet_core {found.version} in {found.path} ({found.source})"
+        ]
         self.report({"INFO"}, preferences.doctor_lines[0])
         return {"FINISHED"}
 
@@ -319,7 +350,9 @@ class MFNET_OT_check_backend(bpy.types.Operator):
         prefs = preferences.get(context)
         try:
             found = backend.find_backend_python(prefs.backend_python)
-            report = backend.doctor(found.path, bpy.path.abspath(prefs.flame_model) if prefs.flame_model else "")
+            report = backend.doctor(
+                found.path, bpy.path.abspath(prefs.flame_model) if prefs.flame_model else ""
+            )
         except backend.BackendError as e:
             preferences.doctor_lines[:] = [f"Error: {e}"]
             self.report({"ERROR"}, str(e))
@@ -328,7 +361,11 @@ class MFNET_OT_check_backend(bpy.types.Operator):
         lines += backend.summarize_doctor(report)
         preferences.doctor_lines[:] = lines
         ok = report.get("ok", True)
-        self.report({"INFO"} if ok else {"WARNING"}, "mfnet doctor: " + ("all required parts found" if ok else "something is missing (see preferences)"))
+        self.report(
+            {"INFO"} if ok else {"WARNING"},
+            "mfnet doctor: "
+            + ("all required parts found" if ok else "something is missing (see preferences)"),
+        )
         for line in lines:
             print(line)
         if not bpy.app.background:
@@ -337,7 +374,9 @@ class MFNET_OT_check_backend(bpy.types.Operator):
                 for line in lines:
                     menu.layout.label(text=line)
 
-            context.window_manager.popup_menu(draw, title="mfnet doctor", icon="INFO" if ok else "ERROR")
+            context.window_manager.popup_menu(
+                draw, title="mfnet doctor", icon="INFO" if ok else "ERROR"
+            )
         return {"FINISHED"}
 
 
@@ -368,14 +407,47 @@ class MFNET_OT_import_result(bpy.types.Operator):
         return {"FINISHED"}
 
 
+VIEW_ENUM = tuple((v, S.VIEW_LABELS[v], f"The {v} photo") for v in VIEWS)
+
+
+class MFNET_OT_pick_photo(bpy.types.Operator):
+    bl_idname = S.OP_PICK_PHOTO
+    bl_label = S.LABEL_PICK_PHOTO
+    bl_description = S.TIP_PICK_PHOTO
+
+    view: EnumProperty(name="View", items=VIEW_ENUM)
+    filepath: StringProperty(subtype="FILE_PATH")
+    filter_image: BoolProperty(default=True, options={"HIDDEN"})
+    filter_folder: BoolProperty(default=True, options={"HIDDEN"})
+
+    def invoke(self, context, event):
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+    def execute(self, context):
+        path = bpy.path.abspath(self.filepath)
+        try:
+            img = bpy.data.images.load(path, check_existing=True)
+        except RuntimeError as e:
+            self.report({"ERROR"}, f"{path}: {e}")
+            return {"CANCELLED"}
+        setattr(_settings(context), self.view, img)
+        return {"FINISHED"}
+
+
 class MFNET_OT_clear_photos(bpy.types.Operator):
     bl_idname = S.OP_CLEAR_PHOTOS
-    bl_label = "Clear Photos"
-    bl_description = "Empty the three photo slots"
+    bl_label = S.LABEL_CLEAR_PHOTO
+    bl_description = S.TIP_CLEAR_PHOTO
+
+    view: EnumProperty(
+        name="View", items=(("ALL", "All", "All three slots"),) + VIEW_ENUM, default="ALL"
+    )
 
     def execute(self, context):
         s = _settings(context)
-        s.left = s.front = s.right = None
+        for view in VIEWS if self.view == "ALL" else (self.view,):
+            setattr(s, view, None)
         return {"FINISHED"}
 
 
@@ -387,6 +459,7 @@ classes = (
     MFNET_OT_detect_backend,
     MFNET_OT_check_backend,
     MFNET_OT_import_result,
+    MFNET_OT_pick_photo,
     MFNET_OT_clear_photos,
 )
 

@@ -79,7 +79,9 @@ def load_library(path: str | Path) -> dict[str, Pose]:
     if not isinstance(obj, dict) or obj.get("format") != POSES_FORMAT:
         raise PoseError(f"{path}: not an mfnet pose library (format must be {POSES_FORMAT!r})")
     if int(obj.get("version", 0)) > POSES_VERSION:
-        raise PoseError(f"{path}: pose library version {obj.get('version')} is newer than this add-on")
+        raise PoseError(
+            f"{path}: pose library version {obj.get('version')} is newer than this add-on"
+        )
     poses = obj.get("poses", {})
     if not isinstance(poses, dict):
         raise PoseError(f"{path}: 'poses' must be an object")
@@ -164,7 +166,11 @@ def _json_to_arrays(obj: object, path: Path) -> dict:
         raise PoseError(f"{path}: expected a JSON object")
     if "frames" in obj:
         frames = obj["frames"]
-        if not isinstance(frames, list) or not frames or not all(isinstance(f, dict) for f in frames):
+        if (
+            not isinstance(frames, list)
+            or not frames
+            or not all(isinstance(f, dict) for f in frames)
+        ):
             raise PoseError(f"{path}: 'frames' must be a non-empty list of objects")
         keys = set().union(*(f.keys() for f in frames))
         raw = {}
@@ -206,7 +212,11 @@ def sequence_from_arrays(raw: dict, where: str = "sequence") -> Sequence:
         left, right = arr("leye_pose", 3), arr("reye_pose", 3)
         t = len(left) if left is not None else len(right)
         eyes = np.concatenate(
-            [left if left is not None else np.zeros((t, 3)), right if right is not None else np.zeros((t, 3))], axis=1
+            [
+                left if left is not None else np.zeros((t, 3)),
+                right if right is not None else np.zeros((t, 3)),
+            ],
+            axis=1,
         )
     if "pose" in raw:
         full = arr("pose", None)
@@ -219,8 +229,20 @@ def sequence_from_arrays(raw: dict, where: str = "sequence") -> Sequence:
             root = full[:, 0:3] if root is None else root
             jaw = full[:, 3:6] if jaw is None else jaw
         else:
-            raise PoseError(f"{where}: pose has {full.shape[1]} columns; expected 15 (FLAME) or 6 (DECA)")
-    present = {k: v for k, v in {"expression": expression, "root": root, "neck": neck, "jaw": jaw, "eyes": eyes}.items() if v is not None}
+            raise PoseError(
+                f"{where}: pose has {full.shape[1]} columns; expected 15 (FLAME) or 6 (DECA)"
+            )
+    present = {
+        k: v
+        for k, v in {
+            "expression": expression,
+            "root": root,
+            "neck": neck,
+            "jaw": jaw,
+            "eyes": eyes,
+        }.items()
+        if v is not None
+    }
     if not present:
         raise PoseError(f"{where}: no expression, jaw_pose, neck_pose, eye_pose or pose found")
     lengths = {k: len(v) for k, v in present.items()}

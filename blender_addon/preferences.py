@@ -85,7 +85,12 @@ classes = (MFNET_AP_preferences,)
 
 def _defaults() -> SimpleNamespace:
     return SimpleNamespace(
-        backend_python="", flame_model="", device="auto", output_folder="", pose_library="", pack_texture=True
+        backend_python="",
+        flame_model="",
+        device="auto",
+        output_folder="",
+        pose_library="",
+        pack_texture=True,
     )
 
 
@@ -95,7 +100,10 @@ def get(context=None):
     addons = context.preferences.addons
     entry = addons.get(ADDON_ID)
     if entry is None:  # batch.py imports the package under another name: find the add-on
-        entry = next((a for a in addons.values() if a.module.split(".")[-1] in ("mfnet", "blender_addon")), None)
+        entry = next(
+            (a for a in addons.values() if a.module.split(".")[-1] in ("mfnet", "blender_addon")),
+            None,
+        )
     prefs = getattr(entry, "preferences", None) if entry else None
     return prefs if prefs is not None else _defaults()
 

@@ -83,7 +83,9 @@ def axis_angle_to_quaternion(aa: np.ndarray) -> np.ndarray:
     half = 0.5 * angle
     # sin(half)/angle, with its limit 1/2 at angle 0
     with np.errstate(invalid="ignore", divide="ignore"):
-        k = np.where(angle > 1e-8, np.sin(half) / np.where(angle > 1e-8, angle, 1.0), 0.5 - angle**2 / 48.0)
+        k = np.where(
+            angle > 1e-8, np.sin(half) / np.where(angle > 1e-8, angle, 1.0), 0.5 - angle**2 / 48.0
+        )
     return np.concatenate([np.cos(half), aa * k], axis=-1)
 
 
@@ -273,7 +275,9 @@ def load_result(folder: str | Path) -> ResultRig:
                 )
     n_j = sizes["J"]
     if sizes["P"] != 9 * (n_j - 1):
-        raise ResultError(f"{path}: pose_correctives has {sizes['P']} components, expected 9*(J-1)={9 * (n_j - 1)}")
+        raise ResultError(
+            f"{path}: pose_correctives has {sizes['P']} components, expected 9*(J-1)={9 * (n_j - 1)}"
+        )
     faces = np.asarray(data["faces"], dtype=np.int64)
     uv_faces = np.asarray(data["uv_faces"], dtype=np.int64)
     if faces.size and (faces.min() < 0 or faces.max() >= sizes["V"]):
@@ -348,7 +352,14 @@ class BoneSpec:
 
 
 # Bone length as a fraction of the head's height, per FLAME joint name.
-_BONE_LENGTH = {"root": 0.25, "neck": 0.25, "jaw": 0.12, "eye_L": 0.06, "eye_R": 0.06, HEAD_SOCKET: 0.3}
+_BONE_LENGTH = {
+    "root": 0.25,
+    "neck": 0.25,
+    "jaw": 0.12,
+    "eye_L": 0.06,
+    "eye_R": 0.06,
+    HEAD_SOCKET: 0.3,
+}
 MECHANISM_PREFIX = "MCH-"
 
 
@@ -375,7 +386,16 @@ def bone_specs(rig: ResultRig) -> list[BoneSpec]:
         length = _BONE_LENGTH.get(name, 0.1) * height
         parent = None if rig.parents[j] < 0 else rig.joint_names[int(rig.parents[j])]
         pivot = pivot_bone_name(name)
-        specs.append(BoneSpec(pivot, _t(head), _t(head + (0.0, 0.0, 0.5 * length)), parent, deform=False, mechanism=True))
+        specs.append(
+            BoneSpec(
+                pivot,
+                _t(head),
+                _t(head + (0.0, 0.0, 0.5 * length)),
+                parent,
+                deform=False,
+                mechanism=True,
+            )
+        )
         specs.append(BoneSpec(name, _t(head), _t(head + (0.0, 0.0, length)), pivot))
     names = rig.joint_names
     if HEAD_SOCKET not in names and len(names) > 1:

@@ -10,6 +10,7 @@ OP_CHECK_BACKEND = "mfnet.check_backend"
 OP_DETECT_BACKEND = "mfnet.detect_backend"
 OP_IMPORT_RESULT = "mfnet.import_result"
 OP_CLEAR_PHOTOS = "mfnet.clear_photos"
+OP_PICK_PHOTO = "mfnet.pick_photo"
 OP_EXPR_RESET = "mfnet.expressions_reset"
 OP_EXPR_FITTED = "mfnet.expressions_fitted"
 OP_EXPR_KEYFRAME = "mfnet.expressions_keyframe"
@@ -24,6 +25,8 @@ LABEL_CANCEL = "Cancel"
 LABEL_CHECK = "Check"
 LABEL_DETECT = "Auto-detect"
 LABEL_IMPORT_RESULT = "Import Result Folder"
+LABEL_PICK_PHOTO = "Open Photo"
+LABEL_CLEAR_PHOTO = "Clear Photo"
 LABEL_PANEL_MAIN = "Reconstruct Face"
 LABEL_PANEL_PHOTOS = "Photos"
 LABEL_PANEL_OPTIONS = "Options"
@@ -45,17 +48,21 @@ TIP_RECONSTRUCT = (
 )
 TIP_CANCEL = "Stop the running reconstruction; nothing is left behind"
 TIP_CHECK = "Run `mfnet doctor` with the backend Python and show what it finds"
-TIP_DETECT = "Find a Python where mfnet_core is installed (MFNET_PYTHON, then python3/python on PATH)"
+TIP_DETECT = (
+    "Find a Python where mfnet_core is installed (MFNET_PYTHON, then python3/python on PATH)"
+)
+TIP_PICK_PHOTO = "Choose the photo for this view (jpg, png, ...)"
+TIP_CLEAR_PHOTO = "Empty this photo slot (any of the three may be empty)"
 TIP_IMPORT_RESULT = "Build the rig from an existing mfnet result folder (rig.npz, texture.png)"
 TIP_RESET = "Set every expression to 0 and every bone to its rest rotation"
 TIP_FITTED = "Go back to the expression and jaw/neck/eye pose fitted to the photos"
 TIP_KEYFRAME = "Insert keyframes for all expression keys and bone rotations at the current frame"
-TIP_POSE_SAVE = "Save the current expression and bone rotations as a named pose in the pose library (JSON)"
+TIP_POSE_SAVE = (
+    "Save the current expression and bone rotations as a named pose in the pose library (JSON)"
+)
 TIP_POSE_APPLY = "Apply a named pose from the pose library"
 TIP_POSE_DELETE = "Remove a named pose from the pose library"
-TIP_IMPORT_SEQUENCE = (
-    "Keyframe the rig from per-frame FLAME parameters (expression, jaw, neck, eyes) in a .npz or .json file"
-)
+TIP_IMPORT_SEQUENCE = "Keyframe the rig from per-frame FLAME parameters (expression, jaw, neck, eyes) in a .npz or .json file"
 
 # messages
 MSG_NO_PHOTOS = "Pick at least one photo (left, front or right)."
@@ -63,6 +70,6 @@ MSG_RUNNING = "A reconstruction is already running."
 MSG_CANCELLED = "Reconstruction cancelled; nothing was written."
 MSG_NO_RIG = "Select an MFNet head (its mesh or armature)."
 MSG_BUILD_FAILED = "Building the rig failed: {error}"
-MSG_DONE = "Built {name} from {folder} in {seconds:.1f} s"
+MSG_DONE = "Built {name} in {seconds:.1f} s (result folder: {folder})"
 MSG_BACKEND_FAILED = "Backend failed: {error}"
 MSG_PHOTO_MISSING = "{view} photo: file not found: {path}"

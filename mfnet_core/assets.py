@@ -22,6 +22,8 @@ __all__ = [
     "flame_dir",
     "find_flame_model",
     "find_dlib_predictor",
+    "find_side_file",
+    "SIDE_FILES",
     "doctor_report",
     "load_model_or_test_head",
     "ENV_MODEL",
@@ -107,6 +109,24 @@ def find_flame_model(explicit: Path | None = None) -> Path | None:
     return _model_in_folder(flame_dir())
 
 
+# Side files looked for next to a model, in order; `<model stem>_<name>` beats `<name>`.
+SIDE_FILES: dict[str, tuple[str, ...]] = {
+    "landmarks": ("landmark_embedding.npy", "flame_static_embedding.pkl"),
+    "uv": ("texture.npz", "FLAME_texture.npz", "head_template.obj", "head_template_mesh.obj"),
+    "masks": ("masks.pkl", "FLAME_masks.pkl"),
+}
+
+
+def find_side_file(model_path: Path, kind: str) -> Path | None:
+    """The side file of `kind` ('landmarks', 'uv', 'masks') next to the model, or None."""
+    folder, stem = model_path.parent, model_path.stem
+    for name in SIDE_FILES[kind]:
+        for cand in (folder / f"{stem}_{name}", folder / name):
+            if cand.is_file():
+                return cand
+    return None
+
+
 def find_dlib_predictor() -> Path | None:
     """dlib's 68-point predictor from face_recognition_models, found without importing it
     (its __init__ imports pkg_resources, which newer setuptools no longer has)."""
@@ -123,7 +143,9 @@ def find_dlib_predictor() -> Path | None:
     return None
 
 
-def _item(name: str, ok: bool, detail: str, fix: str = "", optional: bool = False) -> dict[str, Any]:
+def _item(
+    name: str, ok: bool, detail: str, fix: str = "", optional: bool = False
+) -> dict[str, Any]:
     return {"name": name, "ok": ok, "detail": detail, "fix": fix, "optional": optional}
 
 
@@ -145,19 +167,23 @@ def doctor_report(explicit: Path | None = None) -> dict[str, Any]:
     else:
         if model is None:
             items.append(
-                _item("FLAME model", False, "not found; the generated test head (not FLAME) is used", flame_fix, True)
+                _item(
+                    "FLAME model",
+                    False,
+                    "not found; the generated test head (not FLAME) is used",
+                    flame_fix,
+                    True,
+                )
             )
         else:
             items.append(_item("FLAME model", True, str(model)))
 
     folder = model.parent if model else data
-    stem = model.stem if model else ""
-    lmk = [folder / f"{stem}_landmark_embedding.npy", folder / "landmark_embedding.npy"]
-    static = folder / "flame_static_embedding.pkl"
-    dynamic = folder / "flame_dynamic_embedding.npy"
-    found_lmk = next((p for p in lmk if p.is_file()), None)
-    if found_lmk is None and static.is_file() and dynamic.is_file():
-        found_lmk = static
+    probe = model if model else data / MODEL_NAMES[0]
+    found_lmk = find_side_file(probe, "landmarks")
+    if found_lmk is not None and found_lmk.name == "flame_static_embedding.pkl":
+        if not (folder / "flame_dynamic_embedding.npy").is_file():
+            found_lmk = None
     items.append(
         _item(
             "landmark embedding",
@@ -168,8 +194,7 @@ def doctor_report(explicit: Path | None = None) -> dict[str, Any]:
             optional=model is None,
         )
     )
-    uv_names = ("FLAME_texture.npz", "head_template.obj", "head_template_mesh.obj")
-    found_uv = next((folder / n for n in uv_names if (folder / n).is_file()), None)
+    found_uv = find_side_file(probe, "uv")
     items.append(
         _item(
             "UV layout",
@@ -179,12 +204,12 @@ def doctor_report(explicit: Path | None = None) -> dict[str, Any]:
             optional=True,
         )
     )
-    masks = folder / "FLAME_masks.pkl"
+    masks = find_side_file(probe, "masks")
     items.append(
         _item(
             "FLAME masks",
-            masks.is_file(),
-            str(masks) if masks.is_file() else "none; the face region is estimated geometrically",
+            masks is not None,
+            str(masks) if masks else "none; the face region is estimated geometrically",
             f"download FLAME_masks.pkl (FLAME vertex masks) from {FLAME_URL} into {folder}/",
             optional=True,
         )
@@ -207,7 +232,15 @@ def doctor_report(explicit: Path | None = None) -> dict[str, Any]:
 
         cuda = torch.cuda.is_available()
         detail = f"torch {torch.__version__}; CUDA {'available: ' + torch.cuda.get_device_name(0) if cuda else 'not available (CPU is used)'}"
-        items.append(_item("torch / CUDA", cuda, detail, "install a CUDA build of torch for speed", optional=True))
+        items.append(
+            _item(
+                "torch / CUDA",
+                cuda,
+                detail,
+                "install a CUDA build of torch for speed",
+                optional=True,
+            )
+        )
     except ImportError:
         items.append(_item("torch", False, "torch is not installed", "pip install torch"))
     ok = all(i["ok"] or i["optional"] for i in items)

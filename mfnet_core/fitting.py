@@ -1,8 +1,11 @@
 """Test-time multi-view fitting (paper section 3.5, without a trained network).
 
 One shape and expression for the person, one jaw/eye/neck pose, and a rigid head pose
-per view (the head pose plays the camera, as in the paper's section 3.6). Landmark stages
-run coarse to fine with L-BFGS; dense terms (flow, photometric) plug in as extra stages.
+per view (the head pose plays the camera, as in the paper's section 3.6). The landmark
+stages are a robust least-squares problem of a few hundred unknowns, solved coarse to fine
+by Levenberg-Marquardt with iteratively reweighted residuals: the L1 of eq. 7-9 and a
+Cauchy down-weighting of landmarks far off the fit. Dense terms (flow, photometric) plug in
+as later stages through `extra_terms`.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from .camera import (
     yaw_pitch_roll_deg,
 )
 from .flame import FLAME
+from .landmark_rig import LandmarkRig
 from .losses import (
     EYELID_PAIRS,
     LIP_PAIRS,
@@ -40,26 +44,27 @@ RIGID_LANDMARKS = list(range(17, 48))
 
 LOSS_TERMS = ("landmarks", "eye", "lip", "flow", "photo", "reg")
 
+# Charbonnier epsilon in face-normalised units (~0.15 px on a 300 px face).
+_EPS = 1e-3
+
 
 @dataclass
 class FitOptions:
-    """Knobs of the fit; defaults are the paper's lambdas and a schedule measured on the
-    synthetic benchmark (docs/BENCHMARKS.md)."""
+    """Knobs of the fit; the loss weights default to the paper's lambdas."""
 
     n_shape: int = 100
     n_expr: int = 50
     weights: LossWeights = field(default_factory=LossWeights)
     losses: tuple[str, ...] = ("landmarks", "eye", "lip", "reg")
-    jaw_reg: float = 1e-2
-    expression_reg_scale: float = 1.0
-    iterations: tuple[int, int, int] = (25, 40, 60)
+    jaw_prior: float = 1e-3
+    iterations: tuple[int, int, int] = (8, 10, 12)
     outlier_rounds: int = 2
     seed: int = 0
 
 
 @dataclass
 class FitParams:
-    """Optimisable parameters. N views."""
+    """Optimisable parameters; N views."""
 
     shape: Tensor  # (1,S)
     expression: Tensor  # (1,E)
@@ -81,12 +86,13 @@ class FitParams:
         ]
 
     def detached_numpy(self) -> dict[str, np.ndarray]:
+        first = lambda t: t.detach().cpu().numpy()[0]  # noqa: E731
         return {
-            "shape": self.shape.detach().cpu().numpy()[0],
-            "expression": self.expression.detach().cpu().numpy()[0],
-            "jaw_pose": self.jaw_pose.detach().cpu().numpy()[0],
-            "eye_pose": self.eye_pose.detach().cpu().numpy()[0],
-            "neck_pose": self.neck_pose.detach().cpu().numpy()[0],
+            "shape": first(self.shape),
+            "expression": first(self.expression),
+            "jaw_pose": first(self.jaw_pose),
+            "eye_pose": first(self.eye_pose),
+            "neck_pose": first(self.neck_pose),
             "head_pose": self.head_rot.detach().cpu().numpy(),
             "head_translation": self.head_trans.detach().cpu().numpy(),
         }
@@ -105,8 +111,11 @@ class FitResult:
     history: list[dict[str, float]]
 
 
+Free = list[tuple[str, slice]]
+
+
 class MultiViewFitter:
-    """Holds the model, the observations and the parameters; stages call `step`."""
+    """Holds the model, the observations and the parameters; stages update `params`."""
 
     def __init__(
         self,
@@ -117,6 +126,7 @@ class MultiViewFitter:
         device: torch.device,
     ) -> None:
         self.flame = flame
+        self.rig = LandmarkRig(flame).to(device)
         self.options = options
         self.device = device
         self.dtype = torch.float32
@@ -137,9 +147,14 @@ class MultiViewFitter:
             z(1, ns), z(1, ne), z(1, 3), z(1, 6), z(1, 3), z(self.n_views, 3), z(self.n_views, 3)
         )
 
-    # -- model evaluation -------------------------------------------------------------
+    # -- model evaluation ------------------------------------------------------------------
+    def contour_yaw(self, head_rot: Tensor | None = None) -> Tensor:
+        """(N,) yaw in degrees that picks each view's contour landmarks."""
+        rot = axis_angle_to_matrix((self.params.head_rot if head_rot is None else head_rot).detach())
+        return yaw_pitch_roll_deg(rot)[:, 0]
+
     def evaluate(self, with_vertices: bool = False) -> dict[str, Tensor]:
-        """FLAME once without head pose, then a rigid pose per view about the root joint."""
+        """The full FLAME once without head pose, then a rigid pose per view."""
         p = self.params
         out = self.flame(
             shape=p.shape,
@@ -150,11 +165,10 @@ class MultiViewFitter:
             eye_pose=p.eye_pose,
         )
         rot = axis_angle_to_matrix(p.head_rot)  # (N,3,3)
-        yaw = yaw_pitch_roll_deg(rot.detach())[:, 0]
         verts = out.vertices.expand(self.n_views, -1, -1)
-        lmk_model = self.flame.landmarks_3d(verts, yaw)  # (N,68,3)
+        lmk_model = self.flame.landmarks_3d(verts, self.contour_yaw())  # (N,68,3)
         pivot = out.joints[:, 0]  # (1,3)
-        lmk_cam = self._pose(lmk_model, rot, pivot, p.head_trans)
+        lmk_cam = pose_points(lmk_model, rot, pivot, p.head_trans)
         result = {
             "rotation": rot,
             "pivot": pivot,
@@ -163,112 +177,178 @@ class MultiViewFitter:
             "vertices_model": out.vertices[0],
         }
         if with_vertices:
-            result["vertices_cam"] = self._pose(verts, rot, pivot, p.head_trans)
+            result["vertices_cam"] = pose_points(verts, rot, pivot, p.head_trans)
         return result
 
-    @staticmethod
-    def _pose(points: Tensor, rot: Tensor, pivot: Tensor, trans: Tensor) -> Tensor:
-        """X_cam = R (X - pivot) + pivot + t. points (N,P,3), rot (N,3,3), pivot (1,3)."""
-        centred = points - pivot[:, None]
-        return centred @ rot.transpose(1, 2) + pivot[:, None] + trans[:, None]
-
-    # -- objective --------------------------------------------------------------------
-    def objective(self, lmk_subset: list[int] | None = None) -> tuple[Tensor, dict[str, float]]:
-        o = self.options
-        w = o.weights
+    def objective(self) -> tuple[Tensor, dict[str, float]]:
+        """The paper's eq. 11 (landmark part) at the current parameters, for reporting and
+        for the dense stages that continue from the landmark fit."""
+        o, w, p = self.options, self.options.weights, self.params
         ev = self.evaluate(with_vertices=bool(self.extra_terms))
         pred = ev["landmarks_px"]
-        weights = self.lm_weights
-        if lmk_subset is not None:
-            mask = torch.zeros_like(weights)
-            mask[:, lmk_subset] = 1
-            weights = weights * mask
         terms: dict[str, Tensor] = {}
         if "landmarks" in o.losses:
-            terms["landmarks"] = w.landmarks * landmark_loss(pred, self.detected, weights, self.scale)
+            terms["landmarks"] = w.landmarks * landmark_loss(pred, self.detected, self.lm_weights, self.scale)
         if "eye" in o.losses:
-            terms["eye"] = w.eye * offset_loss(pred, self.detected, EYELID_PAIRS, weights, self.scale)
+            terms["eye"] = w.eye * offset_loss(pred, self.detected, EYELID_PAIRS, self.lm_weights, self.scale)
         if "lip" in o.losses:
-            terms["lip"] = w.lip * offset_loss(pred, self.detected, LIP_PAIRS, weights, self.scale)
+            terms["lip"] = w.lip * offset_loss(pred, self.detected, LIP_PAIRS, self.lm_weights, self.scale)
         if "reg" in o.losses:
-            p = self.params
-            terms["reg"] = w.reg * regularisation(p.shape, p.expression * o.expression_reg_scale)
-        p = self.params
-        # Keep the jaw a hinge and the unobserved eyes and neck at rest unless data says otherwise.
-        terms["pose_prior"] = o.jaw_reg * (
-            (p.jaw_pose[:, 1:] ** 2).sum() * 10 + (p.jaw_pose[:, 0].clamp(max=0) ** 2).sum() * 10
-        ) + 1e-2 * ((p.eye_pose**2).sum() + (p.neck_pose**2).sum())
+            terms["reg"] = w.reg * regularisation(p.shape, p.expression)
         for name, fn in self.extra_terms.items():
             terms[name] = fn(ev)
         total = torch.stack(list(terms.values())).sum()
         return total, {k: float(v.detach()) for k, v in terms.items()}
 
-    def run_stage(
-        self,
-        name: str,
-        trainable: list[Tensor],
-        iterations: int,
-        lmk_subset: list[int] | None = None,
-        grad_masks: dict[int, Tensor] | None = None,
-    ) -> None:
-        """L-BFGS on the given parameters; deterministic for fixed inputs.
+    # -- Levenberg-Marquardt on the landmark residuals -------------------------------------
+    def free_entries(self, stage: str) -> Free:
+        """Which parameter entries move in a stage (coarse to fine)."""
+        rigid: Free = [("head_rot", slice(None)), ("head_trans", slice(None))]
+        if stage == "rigid":
+            return rigid
+        if stage == "coarse":
+            return [
+                ("shape", slice(0, 20)),
+                ("expression", slice(0, 10)),
+                ("jaw_pose", slice(None)),
+                *rigid,
+            ]
+        return [("shape", slice(None)), ("expression", slice(None)), ("jaw_pose", slice(None)), *rigid]
 
-        grad_masks (keyed by id of a parameter) freeze parts of a parameter: L-BFGS then
-        moves only in the unmasked subspace (coarse stages use the leading components).
+    def _gather(self, free: Free) -> Tensor:
+        return torch.cat([getattr(self.params, n)[..., sl].reshape(-1) for n, sl in free])
+
+    def _values(self, free: Free, x: Tensor) -> dict[str, Tensor]:
+        """Parameter tensors with the free entries taken from x (functional, for jacfwd)."""
+        vals = {n: getattr(self.params, n) for n in ("shape", "expression", "jaw_pose", "head_rot", "head_trans")}
+        i = 0
+        for n, sl in free:
+            base = vals[n]
+            start, stop, _ = sl.indices(base.shape[-1])
+            count = base.shape[0] * (stop - start)
+            part = x[i : i + count].reshape(base.shape[0], stop - start)
+            vals[n] = torch.cat([base[:, :start], part, base[:, stop:]], dim=1)
+            i += count
+        return vals
+
+    def landmarks_px(self, vals: dict[str, Tensor], yaw: Tensor) -> Tensor:
+        """(N,68,2) projections of the model landmarks for the given parameter values."""
+        p = self.params
+        betas = torch.cat([vals["shape"], vals["expression"]], dim=1)
+        n_j = self.flame.n_joints
+        pose = torch.cat([torch.zeros_like(p.neck_pose), p.neck_pose, vals["jaw_pose"], p.eye_pose], 1)
+        if pose.shape[1] < 3 * n_j:
+            pose = torch.cat([pose, pose.new_zeros(1, 3 * n_j - pose.shape[1])], 1)
+        lmk, joints = self.rig.landmarks(betas.expand(self.n_views, -1), pose[:, : 3 * n_j].expand(self.n_views, -1), yaw)
+        rot = axis_angle_to_matrix(vals["head_rot"])
+        cam = pose_points(lmk, rot, joints[:1, 0], vals["head_trans"])
+        return project(cam, self.camera)
+
+    def residuals(self, free: Free, x: Tensor, yaw: Tensor, irls: dict[str, Tensor], lmk_mask: Tensor) -> Tensor:
+        """Weighted residual vector r; the stage minimises |r|^2.
+
+        With IRLS weights 1/sqrt(|e|^2+eps^2) from the previous iterate, |r|^2 equals the
+        paper's L1 terms (eq. 7-9) at convergence; the regulariser (eq. 10) is quadratic.
         """
-        hooks = []
-        for t in self.params.tensors():
-            t.requires_grad_(any(t is x for x in trainable))
-            if grad_masks and id(t) in grad_masks:
-                mask = grad_masks[id(t)]
-                hooks.append(t.register_hook(lambda g, m=mask: g * m))
-        opt = torch.optim.LBFGS(
-            trainable,
-            lr=1.0,
-            max_iter=iterations,
-            history_size=20,
-            line_search_fn="strong_wolfe",
-            tolerance_grad=1e-9,
-            tolerance_change=1e-12,
-        )
-        last: dict[str, float] = {}
+        o, w = self.options, self.options.weights
+        vals = self._values(free, x)
+        pred = self.landmarks_px(vals, yaw)
+        err = (pred - self.detected) / self.scale[:, None, None]  # (N,68,2)
+        parts = []
+        wl = self.lm_weights * lmk_mask
+        n = float(self.n_views)
+        if "landmarks" in o.losses:
+            parts.append((err * torch.sqrt(w.landmarks * wl * irls["lmk"] / n)[..., None]).reshape(-1))
+        for name, pairs, lam in (("eye", EYELID_PAIRS, w.eye), ("lip", LIP_PAIRS, w.lip)):
+            if name in o.losses:
+                i = [a for a, _ in pairs]
+                j = [b for _, b in pairs]
+                d = err[:, i] - err[:, j]
+                pw = wl[:, i] * wl[:, j]
+                parts.append((d * torch.sqrt(lam * pw * irls[name] / n)[..., None]).reshape(-1))
+        if "reg" in o.losses:
+            parts.append(np.sqrt(w.reg) * torch.cat([vals["shape"], vals["expression"]], 1).reshape(-1))
+        jaw = vals["jaw_pose"][0]
+        # The jaw is a hinge about x that opens with positive rotation.
+        parts.append(np.sqrt(o.jaw_prior) * torch.stack([10 * jaw[1], 10 * jaw[2], 10 * jaw[0].clamp(max=0)]))
+        return torch.cat(parts)
 
-        def closure() -> Tensor:
-            opt.zero_grad()
-            total, parts = self.objective(lmk_subset)
-            total.backward()
-            last.clear()
-            last.update(parts)
-            return total
+    def _irls(self, free: Free, x: Tensor, yaw: Tensor) -> dict[str, Tensor]:
+        with torch.no_grad():
+            pred = self.landmarks_px(self._values(free, x), yaw)
+            err = (pred - self.detected) / self.scale[:, None, None]
+            inv = lambda e: 1.0 / torch.sqrt((e * e).sum(-1) + _EPS**2)  # noqa: E731
+            out = {"lmk": inv(err)}
+            for name, pairs in (("eye", EYELID_PAIRS), ("lip", LIP_PAIRS)):
+                i = [a for a, _ in pairs]
+                j = [b for _, b in pairs]
+                out[name] = inv(err[:, i] - err[:, j])
+            return out
 
-        opt.step(closure)
-        for h in hooks:
-            h.remove()
-        for t in self.params.tensors():
-            t.requires_grad_(False)
-        self.history.append({"stage": name, **last})  # type: ignore[dict-item]
+    def run_stage(self, stage: str, iterations: int, lmk_subset: list[int] | None = None) -> None:
+        """Levenberg-Marquardt (Marquardt's diagonal damping) with IRLS reweighting per step."""
+        free = self.free_entries(stage)
+        x = self._gather(free).detach()
+        yaw = self.contour_yaw()
+        mask = torch.ones_like(self.lm_weights)
+        if lmk_subset is not None:
+            mask = torch.zeros_like(mask)
+            mask[:, lmk_subset] = 1
+        mu = 1e-3
+        cost = float("nan")
+        for _ in range(iterations):
+            irls = self._irls(free, x, yaw)
 
-    # -- initialisation ----------------------------------------------------------------
+            def fn(v: Tensor, irls: dict[str, Tensor] = irls) -> Tensor:
+                return self.residuals(free, v, yaw, irls, mask)
+
+            r = fn(x)
+            cost = float(r @ r)
+            jac = torch.func.jacfwd(fn)(x)  # (R,P)
+            jtj = jac.T @ jac
+            g = jac.T @ r
+            diag = torch.diagonal(jtj).clamp_min(1e-9)
+            improved = False
+            for _try in range(8):
+                step = torch.linalg.solve(jtj + mu * torch.diag(diag), -g)
+                r_new = fn(x + step)
+                new_cost = float(r_new @ r_new)
+                if new_cost < cost:
+                    x = x + step
+                    mu = max(mu * 0.3, 1e-7)
+                    improved = cost - new_cost > 1e-7 * cost
+                    cost = new_cost
+                    break
+                mu *= 10
+            if not improved:
+                break
+            # Contour landmarks follow the silhouette: re-pick their bins as the pose moves.
+            yaw = self.contour_yaw(self._values(free, x)["head_rot"])
+        vals = self._values(free, x)
+        for name, _ in free:
+            getattr(self.params, name).copy_(vals[name].detach())
+        self.history.append({"stage": stage, "cost": cost})  # type: ignore[dict-item]
+
+    # -- initialisation --------------------------------------------------------------------
     def initialise_poses(self) -> None:
         """PnP of the mean head's landmarks against each view's detections."""
         with torch.no_grad():
             out = self.flame(
                 shape=self.params.shape,
                 expression=self.params.expression,
-                global_pose=torch.zeros(1, 3, device=self.device),
                 neck_pose=self.params.neck_pose,
                 jaw_pose=self.params.jaw_pose,
                 eye_pose=self.params.eye_pose,
             )
             pivot = out.joints[0, 0].cpu().numpy().astype(np.float64)
             rots, trans = [], []
+            idx = RIGID_LANDMARKS + list(range(48, 68)) + list(range(0, 17))
             for v in range(self.n_views):
                 det = self.detected[v].cpu().numpy()
-                # Two passes: frontal contour, then the contour for the yaw just found.
                 yaw = torch.zeros(1, device=self.device)
+                # Twice: frontal contour first, then the contour for the yaw just found.
                 for _ in range(2):
                     lmk = self.flame.landmarks_3d(out.vertices, yaw)[0].cpu().numpy()
-                    idx = RIGID_LANDMARKS + list(range(48, 68)) + list(range(0, 17))
                     rot, t = solve_head_pose_pnp(lmk[idx], det[idx], self.intrinsics[v], pivot)
                     rt = torch.as_tensor(rot, dtype=self.dtype, device=self.device)[None]
                     yaw = yaw_pitch_roll_deg(rt)[:, 0]
@@ -283,7 +363,7 @@ class MultiViewFitter:
             res = (pred - self.detected).norm(dim=-1)
             self.lm_weights = outlier_weights(res, self.scale)
 
-    # -- results -----------------------------------------------------------------------
+    # -- results ---------------------------------------------------------------------------
     def result(self) -> FitResult:
         with torch.no_grad():
             ev = self.evaluate(with_vertices=True)
@@ -303,6 +383,15 @@ class MultiViewFitter:
         )
 
 
+def pose_points(points: Tensor, rot: Tensor, pivot: Tensor, trans: Tensor) -> Tensor:
+    """X_cam = R (X - pivot) + pivot + t.
+
+    points (N,P,3), rot (N,3,3), pivot (1,3) (FLAME's root joint), trans (N,3) -> (N,P,3).
+    """
+    centred = points - pivot[:, None]
+    return centred @ rot.transpose(1, 2) + pivot[:, None] + trans[:, None]
+
+
 def fit_landmarks(
     flame: FLAME,
     landmarks_px: np.ndarray,
@@ -311,46 +400,24 @@ def fit_landmarks(
     device: torch.device | str = "cpu",
     progress: ProgressFn | None = None,
 ) -> MultiViewFitter:
-    """The landmark part of the fit: PnP start, rigid, coarse, fine with outlier rounds.
-
-    landmarks_px: (N,68,2) detections per view. Returns the fitter so that dense stages
-    (flow, photometric) can continue from it.
-    """
+    """The landmark part of the fit: PnP start, rigid, coarse, then fine rounds with
+    outlier re-weighting. landmarks_px: (N,68,2). Returns the fitter so that dense stages
+    (flow, photometric) can continue from it."""
     options = options or FitOptions()
     torch.manual_seed(options.seed)
     fitter = MultiViewFitter(flame, landmarks_px, intrinsics, options, torch.device(device))
     report = progress or (lambda f, m: None)
-    p = fitter.params
     it_rigid, it_coarse, it_fine = options.iterations
     report(0.0, "initialising head poses (PnP)")
     fitter.initialise_poses()
     report(0.15, "rigid alignment")
-    fitter.run_stage("rigid", [p.head_rot, p.head_trans], it_rigid, RIGID_LANDMARKS)
+    fitter.run_stage("rigid", it_rigid, RIGID_LANDMARKS)
     report(0.3, "coarse shape and expression")
-    coarse = {
-        id(p.shape): _leading_mask(p.shape, 20),
-        id(p.expression): _leading_mask(p.expression, 10),
-    }
-    fitter.run_stage(
-        "coarse",
-        [p.shape, p.expression, p.jaw_pose, p.head_rot, p.head_trans],
-        it_coarse,
-        grad_masks=coarse,
-    )
-    for r in range(options.outlier_rounds + 1):
-        report(0.5 + 0.5 * r / (options.outlier_rounds + 1), f"fine fit, round {r + 1}")
+    fitter.run_stage("coarse", it_coarse)
+    rounds = options.outlier_rounds + 1
+    for r in range(rounds):
+        report(0.5 + 0.5 * r / rounds, f"fine fit, round {r + 1}/{rounds}")
         fitter.update_outlier_weights()
-        fitter.run_stage(
-            f"fine{r}",
-            [p.shape, p.expression, p.jaw_pose, p.head_rot, p.head_trans],
-            it_fine,
-        )
+        fitter.run_stage("fine", it_fine)
     report(1.0, "landmark fit done")
     return fitter
-
-
-def _leading_mask(param: Tensor, count: int) -> Tensor:
-    """(1,K) mask with ones on the first `count` components."""
-    mask = torch.zeros_like(param)
-    mask[:, :count] = 1
-    return mask

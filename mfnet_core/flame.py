@@ -21,6 +21,7 @@ import torch
 from smplx.lbs import batch_rigid_transform, batch_rodrigues, lbs
 from torch import Tensor, nn
 
+from .assets import find_side_file, user_cache_dir
 from .errors import MfnetError, ModelNotFoundError
 from .safe_pickle import load_npy_object, load_restricted_pickle
 
@@ -31,7 +32,6 @@ __all__ = [
     "FlameOutput",
     "FLAME",
     "load_flame_assets",
-    "landmark_file_candidates",
     "N_YAW_BINS",
     "MAX_YAW_DEG",
     "yaw_bin",
@@ -148,7 +148,9 @@ def yaw_bin(yaw_deg: Tensor) -> Tensor:
 # -- plain maths -------------------------------------------------------------------------------
 
 
-def vertices2landmarks(vertices: Tensor, faces: Tensor, lmk_faces: Tensor, lmk_bary: Tensor) -> Tensor:
+def vertices2landmarks(
+    vertices: Tensor, faces: Tensor, lmk_faces: Tensor, lmk_bary: Tensor
+) -> Tensor:
     """Barycentric interpolation of landmarks on triangles.
 
     vertices: (B,V,3); faces: (F,3) long; lmk_faces: (B,L) or (L,) long face ids;
@@ -246,7 +248,9 @@ class FLAME(nn.Module):
         self.register_buffer("lmk_vertex_ids", torch.as_tensor(lmk_v, dtype=torch.long))
         remap = np.full(v, -1, dtype=np.int64)
         remap[lmk_v] = np.arange(len(lmk_v))
-        self.register_buffer("lmk_faces_local", torch.as_tensor(remap[assets.faces], dtype=torch.long))
+        self.register_buffer(
+            "lmk_faces_local", torch.as_tensor(remap[assets.faces], dtype=torch.long)
+        )
         support = np.flatnonzero(np.abs(assets.j_regressor).sum(0) > 0)
         self.register_buffer("reg_support", torch.as_tensor(support, dtype=torch.long))
 
@@ -319,7 +323,14 @@ class FLAME(nn.Module):
         betas = self._betas(shape, expression, b)
         pose = self.full_pose(global_pose, neck_pose, jaw_pose, eye_pose, b)
         verts, joints = lbs(
-            betas, pose, self.v_template, self.blend_dirs, self.posedirs, self.j_regressor, self.parents, self.lbs_weights
+            betas,
+            pose,
+            self.v_template,
+            self.blend_dirs,
+            self.posedirs,
+            self.j_regressor,
+            self.parents,
+            self.lbs_weights,
         )
         v_shaped = self.v_template + torch.einsum("bk,vck->bvc", betas, self.blend_dirs)
         if translation is not None:
@@ -333,7 +344,9 @@ class FLAME(nn.Module):
         k = shape.shape[-1]
         if k > self.n_shape:
             raise ValueError(f"shape has {k} coefficients; this FLAME uses {self.n_shape}")
-        return self.v_template + torch.einsum("bk,vck->bvc", shape.to(self.v_template.dtype), self.blend_dirs[:, :, :k])
+        return self.v_template + torch.einsum(
+            "bk,vck->bvc", shape.to(self.v_template.dtype), self.blend_dirs[:, :, :k]
+        )
 
     def joints_rest(self, vertices: Tensor) -> Tensor:
         """(B,V,3) unposed vertices -> (B,J,3) joint positions (FLAME's regressor)."""
@@ -443,25 +456,6 @@ def _array(data: dict[str, Any], key: str, path: Path, ndim: int, dtype: Any) ->
     return a
 
 
-def _side_file(folder: Path, stem: str, names: tuple[str, ...]) -> Path | None:
-    """The first existing side file: `<model stem>_<name>` beats the plain FLAME name."""
-    for name in names:
-        for cand in (folder / f"{stem}_{name}", folder / name):
-            if cand.is_file():
-                return cand
-    return None
-
-
-def landmark_file_candidates(model_path: Path) -> list[Path]:
-    """Where landmark embeddings are looked for, in order (for error messages and doctor)."""
-    folder, stem = model_path.parent, model_path.stem
-    return [
-        folder / f"{stem}_landmark_embedding.npy",
-        folder / "landmark_embedding.npy",
-        folder / "flame_static_embedding.pkl",
-    ]
-
-
 def _load_landmarks(path: Path, n_faces: int, model_path: Path) -> LandmarkEmbedding:
     """DECA `landmark_embedding.npy`, or smplx/TF_FLAME `flame_static_embedding.pkl` with
     `flame_dynamic_embedding.npy` beside it."""
@@ -499,7 +493,9 @@ def _load_landmarks(path: Path, n_faces: int, model_path: Path) -> LandmarkEmbed
             )
         dd = load_npy_object(dyn_path)
         if not isinstance(dd, dict):
-            raise MfnetError(f"{dyn_path}: expected a pickled dict with lmk_face_idx and lmk_b_coords")
+            raise MfnetError(
+                f"{dyn_path}: expected a pickled dict with lmk_face_idx and lmk_b_coords"
+            )
         dyn_f = arr(dd, "lmk_face_idx", dyn_path, np.int64)
         dyn_b = arr(dd, "lmk_b_coords", dyn_path, np.float32)
         full_f = full_b = None
@@ -507,7 +503,9 @@ def _load_landmarks(path: Path, n_faces: int, model_path: Path) -> LandmarkEmbed
             full_f, full_b = static_f, static_b
             static_f, static_b = static_f[17:], static_b[17:]
     if static_f.shape != (51,) or static_b.shape != (51, 3):
-        raise MfnetError(f"{path}: static landmarks have shape {static_f.shape}, expected 51 points")
+        raise MfnetError(
+            f"{path}: static landmarks have shape {static_f.shape}, expected 51 points"
+        )
     if dyn_f.shape != (N_YAW_BINS, 17) or dyn_b.shape != (N_YAW_BINS, 17, 3):
         raise MfnetError(f"{path}: dynamic contour has shape {dyn_f.shape}, expected (79, 17)")
     dyn_f = flame_bins_to_ours(dyn_f)
@@ -566,7 +564,9 @@ def _load_uv(path: Path, faces: np.ndarray) -> UVLayout:
         with np.load(path, allow_pickle=False) as z:
             if "vt" not in z.files or "ft" not in z.files:
                 missing = [k for k in ("vt", "ft") if k not in z.files]
-                raise MfnetError(f"{path}: missing key(s) {missing} (expected FLAME_texture.npz with vt, ft)")
+                raise MfnetError(
+                    f"{path}: missing key(s) {missing} (expected FLAME_texture.npz with vt, ft)"
+                )
             vt = np.asarray(z["vt"], dtype=np.float32)
             ft = np.asarray(z["ft"], dtype=np.int64)
     except MfnetError:
@@ -583,8 +583,6 @@ def _load_uv(path: Path, faces: np.ndarray) -> UVLayout:
 def generated_uv(vertices: np.ndarray, faces: np.ndarray) -> UVLayout:
     """A UV layout made with xatlas, cached per topology (sha256 of the faces) because it
     takes seconds and must be identical between runs."""
-    from .assets import user_cache_dir
-
     key = hashlib.sha256(np.ascontiguousarray(faces, dtype=np.int64).tobytes()).hexdigest()[:32]
     cache = user_cache_dir() / "uv" / f"{key}.npz"
     if cache.is_file():
@@ -595,7 +593,9 @@ def generated_uv(vertices: np.ndarray, faces: np.ndarray) -> UVLayout:
             pass  # a damaged cache entry is simply regenerated
     import xatlas
 
-    vmapping, indices, uvs = xatlas.parametrize(vertices.astype(np.float32), faces.astype(np.uint32))
+    vmapping, indices, uvs = xatlas.parametrize(
+        vertices.astype(np.float32), faces.astype(np.uint32)
+    )
     uv = UVLayout(np.asarray(uvs, dtype=np.float32), np.asarray(indices, dtype=np.int64))
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -608,7 +608,11 @@ def generated_uv(vertices: np.ndarray, faces: np.ndarray) -> UVLayout:
 
 
 def geometric_face_region(
-    v_template: np.ndarray, faces: np.ndarray, lbs_weights: np.ndarray, joint_names: tuple[str, ...], emb: LandmarkEmbedding
+    v_template: np.ndarray,
+    faces: np.ndarray,
+    lbs_weights: np.ndarray,
+    joint_names: tuple[str, ...],
+    emb: LandmarkEmbedding,
 ) -> np.ndarray:
     """Face vertices when no mask file exists: between the contour's ears, from a little
     under the chin to well above the brows, in front of the ears, skin only (no eyeballs)."""
@@ -629,7 +633,10 @@ def geometric_face_region(
 
 
 def load_flame_assets(
-    model_path: Path | str, *, landmark_path: Path | str | None = None, uv_path: Path | str | None = None
+    model_path: Path | str,
+    *,
+    landmark_path: Path | str | None = None,
+    uv_path: Path | str | None = None,
 ) -> FlameAssets:
     """Reads a FLAME model (.pkl or .npz) and its side files into a `FlameAssets`.
 
@@ -670,20 +677,22 @@ def load_flame_assets(
         raise MfnetError(f"{path}: 'kintree_table' parents must come before their children")
     posedirs = _array(data, "posedirs", path, 3, np.float32)
     if posedirs.shape != (n_v, 3, 9 * (n_j - 1)):
-        raise MfnetError(f"{path}: 'posedirs' has shape {posedirs.shape}, expected ({n_v},3,{9 * (n_j - 1)})")
+        raise MfnetError(
+            f"{path}: 'posedirs' has shape {posedirs.shape}, expected ({n_v},3,{9 * (n_j - 1)})"
+        )
     j_regressor = _array(data, "J_regressor", path, 2, np.float32)
     if j_regressor.shape != (n_j, n_v):
-        raise MfnetError(f"{path}: 'J_regressor' has shape {j_regressor.shape}, expected ({n_j},{n_v})")
+        raise MfnetError(
+            f"{path}: 'J_regressor' has shape {j_regressor.shape}, expected ({n_j},{n_v})"
+        )
     weights = _array(data, "weights", path, 2, np.float32)
     if weights.shape != (n_v, n_j):
         raise MfnetError(f"{path}: 'weights' has shape {weights.shape}, expected ({n_v},{n_j})")
     joint_names = DEFAULT_JOINT_NAMES if n_j == 5 else tuple(f"joint_{i}" for i in range(n_j))
     kind = "test-head" if bool(data.get("mfnet_test_head", False)) else "flame"
 
-    folder, stem = path.parent, path.stem
-    lmk_file = Path(landmark_path) if landmark_path else _side_file(
-        folder, stem, ("landmark_embedding.npy", "flame_static_embedding.pkl")
-    )
+    folder = path.parent
+    lmk_file = Path(landmark_path) if landmark_path else find_side_file(path, "landmarks")
     if lmk_file is None or not lmk_file.is_file():
         where = lmk_file or folder
         raise ModelNotFoundError(
@@ -693,9 +702,7 @@ def load_flame_assets(
         )
     landmarks = _load_landmarks(lmk_file, faces.shape[0], path)
 
-    uv_file = Path(uv_path) if uv_path else _side_file(
-        folder, stem, ("texture.npz", "FLAME_texture.npz", "head_template.obj", "head_template_mesh.obj")
-    )
+    uv_file = Path(uv_path) if uv_path else find_side_file(path, "uv")
     if uv_file is not None:
         if not uv_file.is_file():
             raise ModelNotFoundError(f"UV layout file not found: {uv_file}")
@@ -703,7 +710,7 @@ def load_flame_assets(
     else:
         uv = generated_uv(v_template, faces)
 
-    mask_file = _side_file(folder, stem, ("masks.pkl", "FLAME_masks.pkl"))
+    mask_file = find_side_file(path, "masks")
     face_region = None
     if mask_file is not None:
         masks = load_restricted_pickle(mask_file)
@@ -733,4 +740,3 @@ def load_flame_assets(
         sha256=_sha256(path),
         source_path=path,
     )
-

@@ -250,6 +250,9 @@ class MFNet(nn.Module):
         d = self.backbone.out_dim
         self.fuse_head = _mlp(c.n_views * d, c.fuse_hidden, c.n_shape + c.n_expr + 3)
         self.view_head = _mlp(d, c.view_hidden, POSE_DIM + LIGHT_DIM + c.n_albedo)
+        # Views arrive in a fixed order (left, front, right): each slot has its own output
+        # bias (the typical yaw of that camera), the shared head predicts the rest.
+        self.view_slot_bias = nn.Parameter(torch.zeros(c.n_views, POSE_DIM + LIGHT_DIM + c.n_albedo))
         # Start at the mean head, frontal, centred, at the reference depth, ambient light.
         for head in (self.fuse_head, self.view_head):
             last = head[-1]
@@ -276,7 +279,7 @@ class MFNet(nn.Module):
         x = (images.flatten(0, 1) - self.pixel_mean) / self.pixel_std
         feats = self.backbone(x).view(b, n, -1)  # (B,N,D)
         fused = self.fuse_head(feats.flatten(1))
-        view = self.view_head(feats)  # (B,N,P)
+        view = self.view_head(feats) + self.view_slot_bias  # (B,N,P)
         s, e = c.n_shape, c.n_expr
         return MFNetOutput(
             shape=fused[:, :s],
@@ -344,7 +347,7 @@ def pose_points(points: Tensor, rot: Tensor, pivot: Tensor, trans: Tensor) -> Te
 class Decoded:
     """Network outputs pushed through FLAME and the cameras. B people, N views, V vertices."""
 
-    vertices: Tensor  # (B,V,3) model space, no head pose
+    vertices: Tensor | None  # (B,V,3) model space, no head pose (when asked for)
     pivot: Tensor  # (B,3)
     head_rot: Tensor  # (B,N,3)
     head_trans: Tensor  # (B,N,3)
@@ -360,43 +363,63 @@ def decode(
     crop_size: int,
     with_vertices: bool = False,
 ) -> Decoded:
-    """FLAME once per person (no head pose), then each view's rigid pose and projection.
+    """Network outputs -> FLAME landmarks in each view's crop (and optionally the meshes).
 
-    flame: mfnet_core.flame.FLAME; camera: (B,N,4) crop intrinsics. Runs in float32.
+    flame: mfnet_core.flame.FLAME; camera: (B,N,4) crop intrinsics. Runs in float32. The
+    landmarks come from ``FLAME.landmarks_only`` (skinning only the vertices the landmark
+    triangles use) and the pivot from the root joint's linear dependence on the blend
+    shapes, so training never evaluates the full mesh unless ``with_vertices`` asks for it
+    (``vertices`` is then (B,V,3) and ``vertices_cam`` (B,N,V,3); else both are None).
     """
     b, n = out.pose.shape[:2]
-    dev = out.shape.device
     f32 = torch.float32
-    flame_s = int(getattr(flame, "n_shape", out.shape.shape[1]))
-    flame_e = int(getattr(flame, "n_expr", out.expression.shape[1]))
-    zeros3 = torch.zeros(b, 3, device=dev, dtype=f32)
-    fl = flame(
-        shape=_fit_width(out.shape.float(), flame_s),
-        expression=_fit_width(out.expression.float(), flame_e),
-        global_pose=zeros3,
-        neck_pose=zeros3,
-        jaw_pose=out.jaw_pose.float(),
-        eye_pose=torch.zeros(b, 6, device=dev, dtype=f32),
-    )
-    verts = fl.vertices  # (B,V,3)
-    pivot = fl.joints[:, 0]  # (B,3)
+    shape = _fit_width(out.shape.float(), int(flame.n_shape))
+    expr = _fit_width(out.expression.float(), int(flame.n_expr))
+    jaw = out.jaw_pose.float()
+    pivot = root_joint(flame, shape, expr)  # (B,3)
     head_rot, head_trans = decode_pose(
         out.pose.float(), camera.float(), pivot[:, None].expand(b, n, 3), crop_size
     )
     rot = axis_angle_to_matrix(head_rot.reshape(-1, 3)).view(b, n, 3, 3)
     yaw = yaw_pitch_roll_deg(rot.detach().reshape(-1, 3, 3))[:, 0]
-    verts_v = verts[:, None].expand(b, n, -1, 3).reshape(b * n, -1, 3)
-    lmk = flame.landmarks_3d(verts_v, yaw).view(b, n, -1, 3)  # (B,N,68,3)
+
+    def per_view(x: Tensor) -> Tensor:
+        return x[:, None].expand(b, n, x.shape[-1]).reshape(b * n, -1)
+
+    lmk = flame.landmarks_only(
+        shape=per_view(shape), expression=per_view(expr), jaw_pose=per_view(jaw), yaw_deg=yaw
+    ).view(b, n, -1, 3)
     lmk_cam = pose_points(lmk, rot, pivot, head_trans)
-    lmk_px = project(lmk_cam.reshape(b * n, -1, 3), camera.float().reshape(b * n, 4)).view(
-        b, n, -1, 2
-    )
-    vcam = (
-        pose_points(verts[:, None].expand(b, n, -1, 3), rot, pivot, head_trans)
-        if with_vertices
-        else None
-    )
+    cam = camera.float().reshape(b * n, 4)
+    lmk_px = project(lmk_cam.reshape(b * n, -1, 3), cam).view(b, n, -1, 2)
+    verts = vcam = None
+    if with_vertices:
+        z3 = torch.zeros(b, 3, device=shape.device, dtype=f32)
+        fl = flame(
+            shape=shape,
+            expression=expr,
+            global_pose=z3,
+            neck_pose=z3,
+            jaw_pose=jaw,
+            eye_pose=torch.zeros(b, 6, device=shape.device, dtype=f32),
+        )
+        verts = fl.vertices
+        vcam = pose_points(verts[:, None].expand(b, n, -1, 3), rot, pivot, head_trans)
     return Decoded(verts, pivot, head_rot, head_trans, rot, lmk_px, vcam)
+
+
+def root_joint(flame: nn.Module, shape: Tensor, expression: Tensor) -> Tensor:
+    """FLAME's root joint (the head pose's pivot) for (B,S) shape and (B,E) expression: (B,3).
+
+    The joint regressor is linear in the shaped vertices and those are linear in the
+    coefficients, so joint 0 = J0 @ v_template + betas @ (J0 @ blend_dirs); the root does
+    not move with the (zero) global pose.
+    """
+    j0 = flame.j_regressor[0]  # (V,)
+    base = j0 @ flame.v_template  # (3,)
+    dirs = torch.einsum("v,vck->kc", j0, flame.blend_dirs)  # (S+E,3)
+    betas = torch.cat([shape, expression], dim=1).to(base.dtype)
+    return base + betas @ dirs
 
 
 def _fit_width(x: Tensor, k: int) -> Tensor:

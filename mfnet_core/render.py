@@ -54,6 +54,8 @@ _TILE = 32
 _EDGE_EPS = 1e-6
 # Smallest |signed area| (px^2) of a triangle that is rasterised at all.
 _MIN_AREA = 1e-10
+# Fraction of covered pixels above which barycentrics are computed on the whole grid.
+_FULL_GRID_FRACTION = 0.85
 
 
 @dataclass
@@ -135,7 +137,9 @@ def rasterize(
     if use == "pytorch3d":
         face_index = _face_index_pytorch3d(verts, faces, height, width, cull_backfaces)
     else:
-        face_index = _face_index_torch(verts, faces, height, width, cull_backfaces, perspective_correct)
+        face_index = _face_index_torch(
+            verts, faces, height, width, cull_backfaces, perspective_correct
+        )
     return _fragments_from_faces(verts, faces, face_index, perspective_correct)
 
 
@@ -151,7 +155,7 @@ def _pick_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
-def _valid_faces(tri: Tensor, height: int, width: int, cull_backfaces: bool) -> tuple[Tensor, Tensor]:
+def _valid_faces(tri: Tensor, cull_backfaces: bool) -> tuple[Tensor, Tensor]:
     """tri: (F,3,3) float64 screen triangles -> (F,) bool usable faces, (F,) signed area
     (px^2, negative = counter-clockwise in a y-up view)."""
     a, b, c = tri[:, 0], tri[:, 1], tri[:, 2]
@@ -166,7 +170,9 @@ def _valid_faces(tri: Tensor, height: int, width: int, cull_backfaces: bool) -> 
 def _grid(gw: int, gh: int, device_str: str) -> tuple[Tensor, Tensor, Tensor]:
     """(3,K) float32 rows (gx, gy, 1) and (K,) int64 gx, gy of a gh x gw pixel block."""
     device = torch.device(device_str)
-    gy, gx = torch.meshgrid(torch.arange(gh, device=device), torch.arange(gw, device=device), indexing="ij")
+    gy, gx = torch.meshgrid(
+        torch.arange(gh, device=device), torch.arange(gw, device=device), indexing="ij"
+    )
     gx, gy = gx.reshape(-1), gy.reshape(-1)
     g = torch.stack([gx.float(), gy.float(), torch.ones_like(gx, dtype=torch.float32)])
     return g, gx, gy
@@ -184,7 +190,7 @@ def _face_index_torch(
     """Pure-torch z-buffer: (H,W) int64 visible face per pixel, -1 for background."""
     device = verts.device
     tri = verts.to(torch.float64)[faces]  # (F,3,3)
-    ok, area = _valid_faces(tri, height, width, cull)
+    ok, area = _valid_faces(tri, cull)
     u, v = tri[..., 0], tri[..., 1]
     x0 = torch.ceil(u.amin(1) - 0.5).clamp(min=0)
     x1 = torch.floor(u.amax(1) - 0.5).clamp(max=width - 1)
@@ -210,13 +216,23 @@ def _face_index_torch(
     # Work items: one per small face, one per _TILE x _TILE tile of a large face.
     large = (bw > _TILE) | (bh > _TILE)
     small_idx = (~large).nonzero().squeeze(1)
-    items = [(small_idx, x0[small_idx], y0[small_idx], _size_class(bw[small_idx]), _size_class(bh[small_idx]))]
+    items = [
+        (
+            small_idx,
+            x0[small_idx],
+            y0[small_idx],
+            _size_class(bw[small_idx]),
+            _size_class(bh[small_idx]),
+        )
+    ]
     large_idx = large.nonzero().squeeze(1)
     if len(large_idx):
         ntx, nty = (bw[large_idx] + _TILE - 1) // _TILE, (bh[large_idx] + _TILE - 1) // _TILE
         per = ntx * nty
         owner = torch.repeat_interleave(large_idx, per)
-        local = torch.arange(int(per.sum()), device=device) - torch.repeat_interleave(torch.cumsum(per, 0) - per, per)
+        local = torch.arange(int(per.sum()), device=device) - torch.repeat_interleave(
+            torch.cumsum(per, 0) - per, per
+        )
         ntx_o = torch.repeat_interleave(ntx, per)
         tx, ty = local % ntx_o, local // ntx_o
         top = torch.full_like(owner, len(_SIZE_CLASSES) - 1)
@@ -224,7 +240,9 @@ def _face_index_torch(
     item_face = torch.cat([it[0] for it in items])
     item_x = torch.cat([it[1] for it in items])
     item_y = torch.cat([it[2] for it in items])
-    cls = torch.cat([it[3] for it in items]) * len(_SIZE_CLASSES) + torch.cat([it[4] for it in items])
+    cls = torch.cat([it[3] for it in items]) * len(_SIZE_CLASSES) + torch.cat(
+        [it[4] for it in items]
+    )
 
     # Per item: edge functions and depth at the item's first pixel centre (float64, local).
     ox = item_x.to(torch.float64) + 0.5
@@ -281,13 +299,15 @@ def _face_index_torch(
     return face_index.view(height, width)
 
 
-def _face_index_pytorch3d(verts: Tensor, faces: Tensor, height: int, width: int, cull: bool) -> Tensor:
+def _face_index_pytorch3d(
+    verts: Tensor, faces: Tensor, height: int, width: int, cull: bool
+) -> Tensor:
     """pytorch3d's rasterize_meshes picks the face; culling and validity are ours."""
     from pytorch3d.renderer.mesh.rasterize_meshes import rasterize_meshes
     from pytorch3d.structures import Meshes
 
     tri = verts.to(torch.float64)[faces]
-    ok, _ = _valid_faces(tri, height, width, cull)
+    ok, _ = _valid_faces(tri, cull)
     keep = ok.nonzero().squeeze(1)
     if len(keep) == 0:
         return torch.full((height, width), -1, dtype=torch.long, device=verts.device)
@@ -334,28 +354,51 @@ def _bary_from_coeffs(p: Tensor, c: Tensor, perspective: bool) -> tuple[Tensor, 
     Returns (P,3) barycentrics and (P,) depth."""
     dx = (p[:, 0] - c[:, 0])[:, None]
     dy = (p[:, 1] - c[:, 1])[:, None]
-    w = c[:, 2:5] * dx + c[:, 5:8] * dy
+    w = torch.addcmul(c[:, 2:5] * dx, c[:, 5:8], dy)
     w = w + w.new_tensor([1.0, 0.0, 0.0])
     z = c[:, 8:11]
     if perspective:
         q = w / z
-        s = q.sum(1, keepdim=True)
+        s = _sum3(q)[:, None]
         return q / s, 1.0 / s[:, 0]
-    return w, (w * z).sum(1)
+    return w, _sum3(w * z)
 
 
-def _fragments_from_faces(verts: Tensor, faces: Tensor, face_index: Tensor, perspective: bool) -> Fragments:
+def _sum3(x: Tensor) -> Tensor:
+    """(N,3) -> (N,) row sums (faster than a reduction over a length-3 dimension)."""
+    return x[:, 0] + x[:, 1] + x[:, 2]
+
+
+def _fragments_from_faces(
+    verts: Tensor, faces: Tensor, face_index: Tensor, perspective: bool
+) -> Fragments:
     height, width = face_index.shape
     fi = face_index.reshape(-1)
-    pix = (fi >= 0).nonzero().squeeze(1)
+    covered = fi >= 0
     dtype = verts.dtype if verts.is_floating_point() else torch.float32
+    dev = verts.device
     coef = _face_coeffs(verts.to(torch.float64)[faces]).to(dtype)
-    bary_c, depth_c = _bary_from_coeffs(_pixel_centres(pix, width, dtype), coef[fi[pix]], perspective)
-    bary = torch.zeros(height * width, 3, dtype=dtype, device=verts.device)
-    bary[pix] = bary_c
-    depth = torch.full((height * width,), math.inf, dtype=dtype, device=verts.device)
-    depth[pix] = depth_c
-    return Fragments(face_index, bary.view(height, width, 3), depth.view(height, width), perspective)
+    n_cov = int(covered.sum())
+    if n_cov > _FULL_GRID_FRACTION * height * width:
+        # Mostly covered (UV layouts): compute on the whole grid, then blank the background.
+        xs = torch.arange(width, dtype=dtype, device=dev) + 0.5
+        ys = torch.arange(height, dtype=dtype, device=dev) + 0.5
+        p = torch.stack([xs.repeat(height), ys.repeat_interleave(width)], dim=-1)
+        bary, depth = _bary_from_coeffs(p, coef[fi.clamp_min(0)], perspective)
+        bary = bary.masked_fill_(~covered[:, None], 0)
+        depth = depth.masked_fill_(~covered, math.inf)
+    else:
+        pix = covered.nonzero().squeeze(1)
+        bary_c, depth_c = _bary_from_coeffs(
+            _pixel_centres(pix, width, dtype), coef[fi[pix]], perspective
+        )
+        bary = torch.zeros(height * width, 3, dtype=dtype, device=dev)
+        bary[pix] = bary_c
+        depth = torch.full((height * width,), math.inf, dtype=dtype, device=dev)
+        depth[pix] = depth_c
+    return Fragments(
+        face_index, bary.view(height, width, 3), depth.view(height, width), perspective
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -381,7 +424,9 @@ def interpolate(fragments: Fragments, attrs: Tensor, faces: Tensor) -> Tensor:
 
 def _interp_faces(attrs: Tensor, corner_idx: Tensor, bary: Tensor) -> Tensor:
     """attrs (V,C), corner_idx (P,3), bary (P,3) -> (P,C)."""
-    return (attrs[corner_idx] * bary[..., None]).sum(1)
+    out = attrs[corner_idx[:, 0]] * bary[:, 0:1]
+    out = torch.addcmul(out, attrs[corner_idx[:, 1]], bary[:, 1:2])
+    return torch.addcmul(out, attrs[corner_idx[:, 2]], bary[:, 2:3])
 
 
 def _scatter_pixels(vals: Tensor, pix: Tensor, height: int, width: int) -> Tensor:
@@ -504,13 +549,21 @@ def render_textured(
     pix, f = fragments.covered()
     bary, _ = _covered_bary(fragments, verts_screen, faces, pix, f)
     dtype = verts_screen.dtype
-    uv = _interp_faces(uv_coords.to(verts_screen.device, dtype), uv_faces.to(verts_screen.device, torch.long)[f], bary)
+    uv = _interp_faces(
+        uv_coords.to(verts_screen.device, dtype),
+        uv_faces.to(verts_screen.device, torch.long)[f],
+        bary,
+    )
     colour = sample_texture(texture.to(dtype), uv)
     if sh_coeffs is not None:
         if verts_world_or_normals is None:
-            raise ValueError("sh_coeffs needs vertex normals (or positions) in verts_world_or_normals")
+            raise ValueError(
+                "sh_coeffs needs vertex normals (or positions) in verts_world_or_normals"
+            )
         normals = _as_normals(verts_world_or_normals.to(dtype), faces, normals_kind)
-        n = F.normalize(_interp_faces(normals, faces.to(normals.device, torch.long)[f], bary), dim=-1, eps=1e-12)
+        n = F.normalize(
+            _interp_faces(normals, faces.to(normals.device, torch.long)[f], bary), dim=-1, eps=1e-12
+        )
         colour = shade_sh(colour, n, sh_coeffs.to(dtype))
     image = _scatter_pixels(colour, pix, fragments.height, fragments.width)
     return image, face_mask(fragments), fragments
@@ -522,7 +575,9 @@ def sample_texture(texture: Tensor, uv: Tensor) -> Tensor:
     differentiable w.r.t. texture and uv; clamps at the border."""
     grid = torch.stack([uv[:, 0] * 2 - 1, (1 - uv[:, 1]) * 2 - 1], dim=-1)[None, None]  # (1,1,P,2)
     tex = texture.permute(2, 0, 1)[None]
-    out = F.grid_sample(tex, grid.to(tex.dtype), mode="bilinear", padding_mode="border", align_corners=False)
+    out = F.grid_sample(
+        tex, grid.to(tex.dtype), mode="bilinear", padding_mode="border", align_corners=False
+    )
     return out[0, :, 0].T
 
 
@@ -579,9 +634,9 @@ def vertex_visibility(
     _, won = fragments.covered()
     if len(won) and len(faces):
         tri = v.to(torch.float64)[faces]
-        area = (tri[:, 1, 0] - tri[:, 0, 0]) * (tri[:, 2, 1] - tri[:, 0, 1]) - (tri[:, 1, 1] - tri[:, 0, 1]) * (
-            tri[:, 2, 0] - tri[:, 0, 0]
-        )
+        area = (tri[:, 1, 0] - tri[:, 0, 0]) * (tri[:, 2, 1] - tri[:, 0, 1]) - (
+            tri[:, 1, 1] - tri[:, 0, 1]
+        ) * (tri[:, 2, 0] - tri[:, 0, 0])
         front_sign = torch.sign(torch.sign(area[won]).sum())
         if front_sign != 0:
             front = torch.zeros(len(v), dtype=torch.bool, device=v.device)

@@ -51,7 +51,14 @@ _NUMPY_FUNCS = {
 def _codecs_encode(text: str, encoding: str = "utf-8", errors: str = "strict") -> bytes:
     """Python 3 pickles bytes at protocol < 3 as `_codecs.encode(str, 'latin1')`; only
     the plain text codecs are allowed (no zlib bombs or exotic codecs)."""
-    if encoding.lower().replace("_", "-") not in {"latin1", "latin-1", "iso-8859-1", "utf-8", "utf8", "ascii"}:
+    if encoding.lower().replace("_", "-") not in {
+        "latin1",
+        "latin-1",
+        "iso-8859-1",
+        "utf-8",
+        "utf8",
+        "ascii",
+    }:
         raise UnsafePickleError(f"refusing codec {encoding!r} in _codecs.encode")
     return text.encode(encoding, errors)
 
@@ -74,7 +81,13 @@ def _torch_rebuild_tensor(storage: Any, offset: int, size: Any, stride: Any, *_:
     return t.detach().cpu().numpy().copy()
 
 
-_BUILTINS = {"object": object, "set": set, "frozenset": frozenset, "slice": slice, "complex": complex}
+_BUILTINS = {
+    "object": object,
+    "set": set,
+    "frozenset": frozenset,
+    "slice": slice,
+    "complex": complex,
+}
 
 
 # -- placeholders ----------------------------------------------------------------------------
@@ -115,7 +128,9 @@ _placeholder_cache: dict[tuple[str, str], type] = {}
 def _placeholder(base: type, module: str, name: str, **attrs: Any) -> type:
     key = (module, name)
     if key not in _placeholder_cache:
-        _placeholder_cache[key] = type(f"_Placeholder_{name}", (base,), {"_qualname": f"{module}.{name}", **attrs})
+        _placeholder_cache[key] = type(
+            f"_Placeholder_{name}", (base,), {"_qualname": f"{module}.{name}", **attrs}
+        )
     return _placeholder_cache[key]
 
 
@@ -143,7 +158,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return copyreg._reconstructor
         if mod == "builtins" and name in _BUILTINS:
             return _BUILTINS[name]
-        if mod in ("numpy", "numpy.core.multiarray", "numpy._core.multiarray") and name in ("ndarray", "dtype"):
+        if mod in ("numpy", "numpy.core.multiarray", "numpy._core.multiarray") and name in (
+            "ndarray",
+            "dtype",
+        ):
             return getattr(np, name)
         if mod.startswith(("numpy.core.", "numpy._core.")):
             sub = mod.rsplit(".", 1)[1]
@@ -162,7 +180,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return _torch_rebuild_tensor
         if mod == "torch.storage" and name == "_load_from_bytes":
             return _torch_load_from_bytes
-        raise UnsafePickleError(f"refusing to load '{module}.{name}' from {self.source}: not in the allow-list")
+        raise UnsafePickleError(
+            f"refusing to load '{module}.{name}' from {self.source}: not in the allow-list"
+        )
 
 
 # -- conversion of placeholders --------------------------------------------------------------

@@ -21,11 +21,19 @@ Method (all views at once, no per-view texture files):
    high band (colour minus low band) with the same weights raised to a power, so colour and
    shading change smoothly across view boundaries while detail comes from the best view and
    does not ghost. Where one view dominates the result is exactly that view's colour.
-5. Hole filling: texels inside the layout that no view sees well are filled by push-pull
-   (pyramid) interpolation from the seen texels, weighted by confidence so seen and filled
-   regions meet without a step; then a gutter: texels up to `gutter` px outside the UV
-   islands copy the nearest island texel (so mip-mapping in Blender shows no dark seams), and
-   everything further out gets the smooth push-pull colour (no black anywhere).
+5. Hole filling: texels inside the layout that no view sees well get a smooth fill, mixed in
+   by confidence (total weight) so seen and filled regions meet without a step. Default
+   fill="mesh": seen colours are averaged onto the mesh vertices and the rest of the vertices
+   get the harmonic (Laplace) interpolation over the mesh edges, then texels interpolate the
+   vertex colours; because vertices are shared across UV seams, the fill is continuous on the
+   surface (the back of the head shows no island seams). fill="push-pull" is the texture-space
+   alternative (pyramid push-pull, Gortler et al. 1996). Then a gutter: texels up to `gutter`
+   px outside the UV islands copy the nearest island texel (so mip-mapping in Blender shows no
+   dark seams), and everything further out gets a coarse push-pull colour (no black anywhere).
+
+The mask (255 = seen) marks texels whose total weight is at least half the full-confidence
+weight. Everything runs on the CPU in numpy / OpenCV / scipy after the rasterisation (the
+mesh's tensors may live on any device).
 """
 
 from __future__ import annotations
@@ -95,8 +103,11 @@ def srgb_to_linear(rgb: np.ndarray) -> np.ndarray:
 
 def linear_to_srgb(lin: np.ndarray) -> np.ndarray:
     """float (...,3) linear light -> uint8 (gamma 2.2)."""
-    out = np.power(np.clip(lin, 0.0, 1.0, dtype=np.float32), 1.0 / _GAMMA) * 255.0 + 0.5
-    return out.astype(np.uint8)
+    x = np.minimum(np.maximum(np.asarray(lin, dtype=np.float32), 0.0), 1.0)
+    out = cv2.pow(x.reshape(x.shape[0], -1) if x.ndim > 1 else x[None], 1.0 / _GAMMA).reshape(
+        x.shape
+    )
+    return (out * 255.0 + 0.5).astype(np.uint8)
 
 
 def bake_texture(
@@ -136,33 +147,45 @@ def bake_texture(
     if size < 16:
         raise ValueError(f"texture size must be at least 16, got {size}")
     gutter = max(4, size // 128) if gutter is None else int(gutter)
-    faces_t = torch.as_tensor(np.asarray(faces) if not isinstance(faces, Tensor) else faces).cpu().long()
-    uv_t = torch.as_tensor(np.asarray(uv_coords) if not isinstance(uv_coords, Tensor) else uv_coords)
+    faces_t = (
+        torch.as_tensor(np.asarray(faces) if not isinstance(faces, Tensor) else faces).cpu().long()
+    )
+    uv_t = torch.as_tensor(
+        np.asarray(uv_coords) if not isinstance(uv_coords, Tensor) else uv_coords
+    )
     uv_t = uv_t.detach().cpu().float()
-    uvf_t = torch.as_tensor(np.asarray(uv_faces) if not isinstance(uv_faces, Tensor) else uv_faces).cpu().long()
+    uvf_t = (
+        torch.as_tensor(np.asarray(uv_faces) if not isinstance(uv_faces, Tensor) else uv_faces)
+        .cpu()
+        .long()
+    )
     if uvf_t.shape != faces_t.shape:
         raise ValueError(f"uv_faces {tuple(uvf_t.shape)} must match faces {tuple(faces_t.shape)}")
     warnings: list[str] = []
 
     # 1. Texel -> (face, barycentrics).
-    screen_uv = torch.stack([uv_t[:, 0] * size, (1 - uv_t[:, 1]) * size, torch.ones(len(uv_t))], dim=-1)
+    screen_uv = torch.stack(
+        [uv_t[:, 0] * size, (1 - uv_t[:, 1]) * size, torch.ones(len(uv_t))], dim=-1
+    )
     frags = rasterize(screen_uv, uvf_t, size, size)
     flat_face = frags.face_index.reshape(-1)
     tex_pix = (flat_face >= 0).nonzero().squeeze(1)
     layout = np.zeros(size * size, dtype=bool)
     layout[tex_pix.numpy()] = True
     layout = layout.reshape(size, size)
-    corners = faces_t[flat_face[tex_pix]]  # (P,3)
-    bary = frags.bary.reshape(-1, 3)[tex_pix].float()  # (P,3)
+    corners = faces_t[flat_face[tex_pix]].numpy()  # (P,3)
+    bary = frags.bary.reshape(-1, 3)[tex_pix].float().numpy()  # (P,3)
+    n_verts = max(int(faces_t.max()) + 1, max(len(v.verts_screen) for v in views))
+    interp = _interp_matrix(tex_pix.numpy(), corners, bary, size * size, n_verts)
     report(0.1, "UV layout rasterised")
 
-    # 2. Per-view samples on the layout texels.
+    # 2. Per-view samples on the texture grid (zero weight outside the layout).
     cols, wts = [], []
     for i, view in enumerate(views):
-        c, w = _sample_view(view, faces_t, corners, bary, cos_power, depth_tol, fade)
+        c, w = _sample_view(view, faces_t, interp, size, cos_power, depth_tol, fade)
         cols.append(c)
         wts.append(w)
-        if int((w > _MATCH_WEIGHT).sum()) < 0.01 * len(w):
+        if int((w > _MATCH_WEIGHT).sum()) < 0.01 * len(tex_pix):
             warnings.append(f"texture: the {view.name} view sees almost none of the mesh")
         report(0.1 + 0.5 * (i + 1) / len(views), f"sampled the {view.name} view")
 
@@ -172,31 +195,30 @@ def bake_texture(
     if match_colours and len(views) > 1:
         gains, msgs = _match_colours(cols, wts, ref, [v.name for v in views])
         warnings.extend(msgs)
-        cols = [c * g for c, g in zip(cols, gains, strict=True)]
+        for c, g in zip(cols, gains, strict=True):
+            c *= g
     report(0.65, "colours matched")
 
     # 4. Two-band blend in texture space.
-    blended, total, norm_w = _blend(cols, wts, tex_pix.numpy(), layout)
+    blended, total, norm_w = _blend(cols, wts, layout)
+    del cols
     report(0.8, "views blended")
 
-    # 5. Confidence-weighted push-pull fill, gutter, encode.
-    conf = _smoothstep(np.clip(total / _CONF_WEIGHT, 0, 1)) * layout
+    # 5. Fill what no view saw (blended by confidence), gutter, smooth fill beyond, encode.
+    conf = _smoothstep(np.minimum(total * np.float32(1 / _CONF_WEIGHT), 1))
     if fill == "mesh":
-        tp = tex_pix.numpy()
-        n_verts = max(int(faces_t.max()) + 1, max(len(v.verts_screen) for v in views))
-        fill_p = _mesh_fill(
-            faces_t.numpy(), n_verts, corners.numpy(), bary.numpy(), blended.reshape(-1, 3)[tp], conf.reshape(-1)[tp]
-        )
-        filled = _to_grid(fill_p, tp, size, 3)
+        filled = _mesh_fill(
+            faces_t.numpy(), interp, blended.reshape(-1, 3), conf.reshape(-1)
+        ).reshape(size, size, 3)
     elif fill == "push-pull":
         filled = _push_pull(blended, conf)
     else:
         raise ValueError(f"fill must be 'mesh' or 'push-pull', got {fill!r}")
     inner = conf[..., None] * blended + (1 - conf[..., None]) * filled
-    out = _gutter(inner, layout, gutter)
-    out = np.where(layout[..., None], inner, out)
-    beyond = _push_pull(out, ((~layout) & (out.sum(-1) > 0)) | layout)
-    out = np.where(((~layout) & (out.sum(-1) == 0))[..., None], beyond, out)
+    inner[~layout] = 0
+    out, band = _gutter(inner, layout, gutter)
+    known = layout | band
+    out[~known] = _smooth_fill(out, known)[~known]
     report(0.95, "holes filled")
     texture = linear_to_srgb(out)
     seen = (total >= _SEEN_WEIGHT) & layout
@@ -204,46 +226,63 @@ def bake_texture(
     if layout.any():
         frac = seen.sum() / layout.sum()
         if frac < 0.1:
-            warnings.append(f"texture: only {100 * frac:.0f}% of the UV layout was seen in the photos")
+            warnings.append(
+                f"texture: only {100 * frac:.0f}% of the UV layout was seen in the photos"
+            )
     report(1.0, "texture baked")
     return BakeResult(texture, mask, norm_w, warnings, gains, layout, ref)
+
+
+def _interp_matrix(
+    tex_pix: np.ndarray, corners: np.ndarray, bary: np.ndarray, n_texels: int, n_verts: int
+):
+    """(S*S, V) sparse matrix of barycentric weights, rows of texels outside the layout empty:
+    M @ vertex_attrs (V,C) = texel attrs (S*S,C)."""
+    import scipy.sparse as sp
+
+    counts = np.zeros(n_texels, dtype=np.int64)
+    counts[tex_pix] = 3
+    indptr = np.concatenate([[0], np.cumsum(counts)])
+    return sp.csr_matrix(
+        (bary.reshape(-1).astype(np.float32), corners.reshape(-1), indptr),
+        shape=(n_texels, n_verts),
+    )
 
 
 def _sample_view(
     view: BakeView,
     faces: Tensor,
-    corners: Tensor,
-    bary: Tensor,
+    interp,
+    size: int,
     cos_power: float,
     depth_tol: float,
     fade: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Colours (P,3) float32 linear and weights (P,) float32 of one view on the layout texels."""
+    """One view on the texture grid: colours (S,S,3) float32 linear and weights (S,S) float32
+    (0 outside the layout). interp: (S*S,V) sparse barycentric interpolation matrix."""
     rgb = np.asarray(view.rgb)
     if rgb.ndim == 2:
         rgb = np.repeat(rgb[..., None], 3, axis=2)
     if rgb.ndim != 3 or rgb.shape[2] not in (3, 4) or rgb.dtype != np.uint8:
-        raise ValueError(f"{view.name} view: rgb must be (H,W,3) uint8, got {rgb.shape} {rgb.dtype}")
+        raise ValueError(
+            f"{view.name} view: rgb must be (H,W,3) uint8, got {rgb.shape} {rgb.dtype}"
+        )
     rgb = rgb[..., :3]
     h, w = rgb.shape[:2]
     vs = view.verts_screen.detach().cpu().float()
     nc = view.normals_cam.detach().cpu().float()
-    if vs.shape[0] <= int(faces.max()) or nc.shape != vs.shape:
-        raise ValueError(f"{view.name} view: verts_screen {tuple(vs.shape)} / normals {tuple(nc.shape)} do not fit the faces")
+    if vs.ndim != 2 or vs.shape[0] != interp.shape[1] or nc.shape != vs.shape:
+        raise ValueError(
+            f"{view.name} view: verts_screen {tuple(vs.shape)} / normals {tuple(nc.shape)} do not fit the mesh"
+        )
 
     vfr = rasterize(vs, faces, h, w)
     cover = (vfr.face_index >= 0).numpy()
     zbuf = vfr.depth.numpy().astype(np.float32)
 
-    pos = (vs[corners] * bary[..., None]).sum(1).numpy()  # (P,3)
-    nrm = (nc[corners] * bary[..., None]).sum(1)
-    nz = (nrm[:, 2] / nrm.norm(dim=1).clamp_min(1e-12)).numpy()
-    u, v, z = pos[:, 0], pos[:, 1], pos[:, 2]
-    xi = np.floor(u).astype(np.int64)
-    yi = np.floor(v).astype(np.int64)
-    inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h) & np.isfinite(z) & (z > 0)
-    xc, yc = np.clip(xi, 0, w - 1), np.clip(yi, 0, h - 1)
-    vis = inside & cover[yc, xc] & (z <= zbuf[yc, xc] * (1 + depth_tol))
+    attrs = (interp @ np.concatenate([vs.numpy(), nc.numpy()], axis=1)).reshape(size, size, 6)
+    z = attrs[..., 2]  # 0 outside the layout: never visible
+    nz = attrs[..., 5] / np.maximum(np.sqrt((attrs[..., 3:6] ** 2).sum(-1)), 1e-12)
 
     # Fade away from silhouettes, occluding contours and the image border.
     edge = ~cover
@@ -258,25 +297,29 @@ def _sample_view(
     edge[0, :] = edge[-1, :] = edge[:, 0] = edge[:, -1] = True
     dist = cv2.distanceTransform((~edge).astype(np.uint8), cv2.DIST_L2, 3)
     fade_px = max(2.0, fade * math.sqrt(max(1, int(cover.sum()))))
-    ramp = _smoothstep(np.clip(dist[yc, xc] / fade_px, 0, 1))
 
-    weight = np.where(vis, np.clip(nz, 0, 1) ** cos_power * ramp, 0).astype(np.float32)
-    colour = _remap_points(srgb_to_linear(rgb), u - 0.5, v - 0.5)
-    return colour, weight
-
-
-def _remap_points(img: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Bilinear samples of img (H,W,C) float32 at (P,) pixel coordinates (centres at integers)."""
-    n = len(x)
-    cols = 1024
-    rows = max(1, -(-n // cols))
-    mx = np.full(rows * cols, -1.0, dtype=np.float32)
-    my = np.full(rows * cols, -1.0, dtype=np.float32)
-    mx[:n], my[:n] = x, y
-    out = cv2.remap(
-        img, mx.reshape(rows, cols), my.reshape(rows, cols), cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    # Nearest-pixel z-buffer depth (0 on background / outside) and edge distance, and the
+    # bilinear colour, at every texel's screen position (cv2 pixel centres are integers).
+    mx = attrs[..., 0] - np.float32(0.5)
+    my = attrs[..., 1] - np.float32(0.5)
+    aux = np.dstack([np.where(cover, zbuf, 0).astype(np.float32), dist])
+    near = cv2.remap(aux, mx, my, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    colour = cv2.remap(
+        srgb_to_linear(rgb), mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
     )
-    return out.reshape(rows * cols, -1)[:n]
+
+    vis = (near[..., 0] > 0) & (z > 0) & (z <= near[..., 0] * np.float32(1 + depth_tol))
+    ramp = _smoothstep(np.minimum(near[..., 1] * np.float32(1 / fade_px), 1))
+    cosw = np.maximum(nz, 0).astype(np.float32)
+    if float(cos_power).is_integer() and 0 <= cos_power <= 8:
+        c = np.ones_like(cosw)
+        for _ in range(int(cos_power)):
+            c *= cosw
+        cosw = c
+    else:
+        cosw = cosw ** np.float32(cos_power)
+    weight = np.where(vis, cosw * ramp, np.float32(0))
+    return colour, weight
 
 
 def _pick_reference(views: list[BakeView], wts: list[np.ndarray]) -> int:
@@ -292,6 +335,8 @@ def _match_colours(
     """Per-view (N,3) gains: each view in turn (most overlap first) is matched to the weighted
     blend of the views matched so far, by the median of per-channel ratios on shared texels."""
     n = len(cols)
+    cols = [c.reshape(-1, 3) for c in cols]
+    wts = [w.reshape(-1) for w in wts]
     gains = np.ones((n, 3), dtype=np.float32)
     msgs: list[str] = []
     acc_c = cols[ref] * wts[ref][:, None]
@@ -300,7 +345,8 @@ def _match_colours(
     while todo:
         overlaps = [int(((wts[j] > _MATCH_WEIGHT) & (acc_w > _MATCH_WEIGHT)).sum()) for j in todo]
         j = todo.pop(int(np.argmax(overlaps)))
-        sel = (wts[j] > _MATCH_WEIGHT) & (acc_w > _MATCH_WEIGHT)
+        sel = np.flatnonzero((wts[j] > _MATCH_WEIGHT) & (acc_w > _MATCH_WEIGHT))
+        sel = sel[:: max(1, len(sel) // 200_000)]  # a median needs no more
         target = acc_c[sel] / acc_w[sel, None]
         mine = cols[j][sel]
         ok = (target > 0.005) & (target < 0.98) & (mine > 0.005) & (mine < 0.98)
@@ -310,10 +356,14 @@ def _match_colours(
             if m.sum() >= _MIN_MATCH_TEXELS:
                 g[ch] = float(np.median(target[m, ch] / mine[m, ch]))
         if (ok.sum(0) < _MIN_MATCH_TEXELS).any():
-            msgs.append(f"texture: the {names[j]} view overlaps too little with the others to match its colours")
+            msgs.append(
+                f"texture: the {names[j]} view overlaps too little with the others to match its colours"
+            )
         lo, hi = _GAIN_RANGE
         if (g < lo).any() or (g > hi).any():
-            msgs.append(f"texture: the {names[j]} view's exposure differs a lot (gain {np.round(g, 2).tolist()}); clamped")
+            msgs.append(
+                f"texture: the {names[j]} view's exposure differs a lot (gain {np.round(g, 2).tolist()}); clamped"
+            )
             g = np.clip(g, lo, hi)
         gains[j] = g
         acc_c += cols[j] * g * wts[j][:, None]
@@ -322,37 +372,51 @@ def _match_colours(
 
 
 def _blend(
-    cols: list[np.ndarray], wts: list[np.ndarray], tex_pix: np.ndarray, layout: np.ndarray
+    cols: list[np.ndarray], wts: list[np.ndarray], layout: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Two-band blend. Returns (S,S,3) blended linear colour (0 where unseen), (S,S) total raw
-    weight, (N,S,S) normalised feathered weights."""
+    """Two-band blend of the views on the texture grid.
+
+    cols: per view (S,S,3) linear colours; wts: per view (S,S) raw weights. Feathered weight
+    ws = blur(w) (normalised by the blurred layout) where the view sees the texel; low band =
+    normalised-convolution blur of the view's colours, blended with ws; high band = colour -
+    low band, blended with ws^4. Returns (S,S,3) blended colour (0 where unseen), (S,S) total
+    raw weight and (N,S,S) normalised feathered weights.
+    """
     s = layout.shape[0]
-    sig_w, sig_low, sharp = s / 256, s / 128, 4.0
-    lay = layout.astype(np.float32)
-    lay_w = np.maximum(_smooth(lay, sig_w), 1e-6)
+    sig_w, sig_low = s / 256, s / 128
+    lay_w = np.maximum(_smooth(layout.astype(np.float32), sig_w), 1e-6)
     low_num = np.zeros((s, s, 3), np.float32)
     high_num = np.zeros((s, s, 3), np.float32)
     low_den = np.zeros((s, s), np.float32)
     high_den = np.zeros((s, s), np.float32)
     total = np.zeros((s, s), np.float32)
     feathered = np.zeros((len(cols), s, s), np.float32)
-    for i, (c_flat, w_flat) in enumerate(zip(cols, wts, strict=True)):
-        w = _to_grid(w_flat, tex_pix, s)
-        c = _to_grid(c_flat, tex_pix, s, 3)
+    stack = np.empty((s, s, 4), np.float32)
+    for i, (c, w) in enumerate(zip(cols, wts, strict=True)):
         valid = (w > 0).astype(np.float32)
         total += w
-        ws = _smooth(w, sig_w) / lay_w * valid
+        ws = _smooth(w, sig_w)
+        ws /= lay_w
+        ws *= valid
         feathered[i] = ws
-        low = _smooth(c * valid[..., None], sig_low) / np.maximum(_smooth(valid, sig_low), 1e-6)[..., None]
-        wh = ws**sharp
+        np.multiply(c, valid[..., None], out=stack[..., :3])
+        stack[..., 3] = valid
+        sm = _smooth(stack, sig_low)
+        low = sm[..., :3] / np.maximum(sm[..., 3:], 1e-6)
+        wh = ws * ws
+        wh *= wh
         low_num += ws[..., None] * low
         low_den += ws
-        high_num += wh[..., None] * (c - low)
+        low -= c
+        high_num -= wh[..., None] * low
         high_den += wh
-    out = low_num / np.maximum(low_den, 1e-12)[..., None] + high_num / np.maximum(high_den, 1e-30)[..., None]
+    low_num /= np.maximum(low_den, 1e-12)[..., None]
+    high_num /= np.maximum(high_den, 1e-30)[..., None]
+    out = low_num + high_num
     out[low_den <= 0] = 0
-    norm_w = feathered / np.maximum(feathered.sum(0), 1e-12)
-    return np.clip(out, 0, 1), total, norm_w
+    np.clip(out, 0, 1, out=out)
+    feathered /= np.maximum(feathered.sum(0), 1e-12)
+    return out, total, feathered
 
 
 def _to_grid(vals: np.ndarray, pix: np.ndarray, s: int, c: int | None = None) -> np.ndarray:
@@ -375,7 +439,12 @@ def _smooth(img: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def _smoothstep(t: np.ndarray) -> np.ndarray:
-    return (t * t * (3 - 2 * t)).astype(np.float32)
+    t = np.asarray(t, dtype=np.float32)
+    out = t * np.float32(-2)
+    out += 3
+    out *= t
+    out *= t
+    return out
 
 
 def _push_pull(col: np.ndarray, weight: np.ndarray) -> np.ndarray:
@@ -399,20 +468,29 @@ def _push_pull(col: np.ndarray, weight: np.ndarray) -> np.ndarray:
     for sc, sa in reversed(pyr[:-1]):
         h, w = sa.shape
         up = cv2.resize(out, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, 3)
-        conf = np.clip(sa, 0, 1)[..., None]
+        conf = np.minimum(sa, 1)[..., None]
         own = sc / np.maximum(sa, 1e-12)[..., None]
         out = conf * own + (1 - conf) * up
     return out
 
 
-def _mesh_fill(
-    faces: np.ndarray,
-    n_verts: int,
-    corners: np.ndarray,
-    bary: np.ndarray,
-    colour: np.ndarray,
-    conf: np.ndarray,
-) -> np.ndarray:
+def _smooth_fill(img: np.ndarray, known: np.ndarray, coarse: int = 256) -> np.ndarray:
+    """Push-pull fill of img (S,S,3) from the `known` (S,S) texels, computed at about
+    `coarse` px and upsampled: for texels far from any island, where detail does not matter."""
+    s = img.shape[0]
+    f = max(1, s // coarse)
+    if f == 1:
+        return _push_pull(img, known.astype(np.float32))
+    size = (img.shape[1] // f, s // f)
+    k = known.astype(np.float32)
+    ks = cv2.resize(k, size, interpolation=cv2.INTER_AREA)
+    cs = cv2.resize(img * k[..., None], size, interpolation=cv2.INTER_AREA)
+    cs = cs / np.maximum(ks, 1e-12)[..., None]
+    small = _push_pull(cs, np.minimum(ks * 4, 1))
+    return cv2.resize(small, (img.shape[1], s), interpolation=cv2.INTER_LINEAR)
+
+
+def _mesh_fill(faces: np.ndarray, interp, colour: np.ndarray, conf: np.ndarray) -> np.ndarray:
     """Smooth colours for every layout texel from the seen ones, computed on the mesh.
 
     Seen texels are splatted to their face's vertices (weights bary * conf); vertices whose
@@ -421,45 +499,47 @@ def _mesh_fill(
     pull to the mean colour so that parts never seen still get a value); texels interpolate
     the vertex colours. Because vertices are shared across UV seams, the fill is continuous
     on the surface where a texture-space fill would show seams between islands.
-    faces: (F,3); corners: (P,3) vertex ids of each texel's face; bary, colour (P,3); conf (P,).
-    Returns (P,3).
+    faces: (F,3); interp: (P,V) sparse barycentric matrix; colour: (P,3); conf: (P,) in [0,1].
+    Returns (P,3) float32.
     """
     import scipy.sparse as sp
     from scipy.sparse.linalg import spsolve
 
-    idx = corners.reshape(-1)
-    w = (bary * conf[:, None]).reshape(-1).astype(np.float64)
-    inc = np.bincount(idx, bary.reshape(-1).astype(np.float64), minlength=n_verts)
-    wsum = np.bincount(idx, w, minlength=n_verts)
-    csum = np.stack(
-        [np.bincount(idx, w * np.repeat(colour[:, c], 3), minlength=n_verts) for c in range(3)], axis=1
+    n_verts = interp.shape[1]
+    cols = np.concatenate(
+        [np.ones((len(conf), 1), np.float32), conf[:, None], conf[:, None] * colour], axis=1
     )
+    sums = np.asarray(
+        interp.T @ cols, dtype=np.float64
+    )  # (V,5): incidence, weight, weighted colour
+    inc, wsum, csum = sums[:, 0], sums[:, 1], sums[:, 2:]
     known = (wsum > 0) & (wsum >= 0.5 * inc)
-    x = np.zeros((n_verts, 3))
     if not known.any():
         mean = colour[conf > 0].mean(0) if (conf > 0).any() else np.full(3, 0.2)
         return np.broadcast_to(mean.astype(np.float32), colour.shape).copy()
+    x = np.zeros((n_verts, 3))
     x[known] = csum[known] / wsum[known, None]
-    mean = (x[known] * wsum[known, None]).sum(0) / wsum[known].sum()
+    mean = csum[known].sum(0) / wsum[known].sum()
     unknown = np.flatnonzero(~known)
     if len(unknown):
         e = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
         e = np.concatenate([e, e[:, ::-1]])
-        adj = sp.coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n_verts, n_verts)).tocsr()
+        adj = sp.csr_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n_verts, n_verts))
         adj.data[:] = 1.0
         deg = np.asarray(adj.sum(1)).ravel()
         eps = 1e-4
-        a_uu = adj[unknown][:, unknown]
-        lap = sp.diags(deg[unknown] + eps) - a_uu
-        rhs = adj[unknown][:, np.flatnonzero(known)] @ x[known] + eps * mean
+        rows = adj[unknown]
+        lap = sp.diags(deg[unknown] + eps) - rows[:, unknown]
+        rhs = rows[:, np.flatnonzero(known)] @ x[known] + eps * mean
         x[unknown] = np.asarray(spsolve(lap.tocsc(), rhs)).reshape(len(unknown), 3)
-    return (x[corners] * bary[..., None]).sum(1).astype(np.float32)
+    return np.asarray(interp @ x.astype(np.float32), dtype=np.float32)
 
 
-def _gutter(tex: np.ndarray, layout: np.ndarray, width: int) -> np.ndarray:
-    """Texels within `width` px outside the layout copy the nearest layout texel."""
+def _gutter(tex: np.ndarray, layout: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Texels within `width` px outside the layout copy the nearest layout texel.
+    Returns the new texture and the (S,S) bool gutter band."""
     if width <= 0 or not layout.any():
-        return tex
+        return tex.copy(), np.zeros_like(layout)
     dist, labels = cv2.distanceTransformWithLabels(
         (~layout).astype(np.uint8), cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL
     )
@@ -468,4 +548,4 @@ def _gutter(tex: np.ndarray, layout: np.ndarray, width: int) -> np.ndarray:
     out = tex.copy()
     src = seeds[labels[band] - 1]
     out[band] = tex.reshape(-1, tex.shape[2])[src]
-    return out
+    return out, band

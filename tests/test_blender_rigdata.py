@@ -81,7 +81,10 @@ def test_corrective_expressions_equal_r_minus_i():
         q = rng.normal(size=4)  # any norm: Blender normalises when it poses the bone
         want = rigdata.quaternion_to_matrix(q) - np.eye(3)
         vals = dict(zip(dm.QUAT_VARS, q, strict=True))
-        got = [[dm.evaluate(dm.rotation_minus_identity_expr(r, c), vals) for c in range(3)] for r in range(3)]
+        got = [
+            [dm.evaluate(dm.rotation_minus_identity_expr(r, c), vals) for c in range(3)]
+            for r in range(3)
+        ]
         assert_close(got, want, 1e-12)
 
 
@@ -142,7 +145,11 @@ def test_rig_maths_equals_flame_forward(fixture_dir):
             dm.evaluate(dm.rotation_minus_identity_expr(r, c), dict(zip(dm.QUAT_VARS, q[j], strict=True)))
             for j in range(1, rig.n_joints) for r in range(3) for c in range(3)
         ])  # fmt: skip
-        v = rig.vertices + np.einsum("k,kvc->vc", e, rig.expression_basis) + np.einsum("p,pvc->vc", corr, rig.pose_correctives)
+        v = (
+            rig.vertices
+            + np.einsum("k,kvc->vc", e, rig.expression_basis)
+            + np.einsum("p,pvc->vc", corr, rig.pose_correctives)
+        )
         # bones: pivot offsets from the chunked drivers
         world = []
         for j in range(rig.n_joints):
@@ -150,7 +157,9 @@ def test_rig_maths_equals_flame_forward(fixture_dir):
             for c in range(3):
                 for expr, ks in dm.linear_combination_chunks(rig.joint_expression_basis[:, j, c]):
                     d[c] += dm.evaluate(expr, {f"v{i}": e[k] for i, k in enumerate(ks)})
-            vals = dict(zip(dm.QUAT_VARS, q[j], strict=True)) | dict(zip(dm.OFFSET_VARS, d, strict=True))
+            vals = dict(zip(dm.QUAT_VARS, q[j], strict=True)) | dict(
+                zip(dm.OFFSET_VARS, d, strict=True)
+            )
             loc = np.array([dm.evaluate(dm.pivot_offset_expr(r), vals) for r in range(3)])
             jt = rig.joints[j]
             m = np.eye(4)
@@ -302,7 +311,9 @@ def test_sequence_npz_and_json(tmp_path):
 
 
 def test_sequence_errors(tmp_path):
-    (tmp_path / "a.json").write_text(json.dumps({"jaw_pose": [[0, 0, 0]], "neck_pose": [[0, 0, 0], [0, 0, 0]]}))
+    (tmp_path / "a.json").write_text(
+        json.dumps({"jaw_pose": [[0, 0, 0]], "neck_pose": [[0, 0, 0], [0, 0, 0]]})
+    )
     with pytest.raises(poses.PoseError, match="different frame counts"):
         poses.load_sequence(tmp_path / "a.json")
     (tmp_path / "b.json").write_text(json.dumps({"fps": 30}))
@@ -319,13 +330,21 @@ def test_sequence_errors(tmp_path):
 def test_reconstruct_command_and_progress_lines():
     paths, views = backend.order_photos({"front": "/p/f.jpg", "left": "", "right": "/p/r.jpg"})
     assert paths == ["/p/f.jpg", "/p/r.jpg"] and views == ["front", "right"]
-    cmd = backend.reconstruct_command("py", paths, "/out", views=views, device="cpu", texture_size=2048, expressions=30)
+    cmd = backend.reconstruct_command(
+        "py", paths, "/out", views=views, device="cpu", texture_size=2048, expressions=30
+    )
     assert cmd[:4] == ["py", "-m", "mfnet_core", "reconstruct"]
     assert cmd[cmd.index("-o") + 1] == "/out" and cmd[cmd.index("--progress") + 1] == "jsonl"
-    assert cmd[cmd.index("--views") + 1] == "front,right" and cmd[cmd.index("--texture-size") + 1] == "2048"
+    assert (
+        cmd[cmd.index("--views") + 1] == "front,right"
+        and cmd[cmd.index("--texture-size") + 1] == "2048"
+    )
     with pytest.raises(backend.BackendError):
         backend.reconstruct_command("py", [], "/out")
-    assert backend.parse_progress_line('{"stage": "fit", "fraction": 0.5, "message": "x"}')["fraction"] == 0.5
+    assert (
+        backend.parse_progress_line('{"stage": "fit", "fraction": 0.5, "message": "x"}')["fraction"]
+        == 0.5
+    )
     assert backend.parse_progress_line('{"stage": "fit", "fraction": 7}')["fraction"] == 1.0
     assert backend.parse_progress_line("warning: something") is None
     assert backend.parse_progress_line("{not json") is None
@@ -373,3 +392,30 @@ def test_addon_never_imports_torch_or_mfnet_core():
                 continue
             for n in names:
                 assert n.split(".")[0] not in ("torch", "mfnet_core"), f"{py.name} imports {n}"
+
+
+def test_numpy_reference_equals_smplx_lbs(fixture_dir):
+    """The numpy FLAME forward pass the Blender tests compare with is smplx's LBS."""
+    torch = pytest.importorskip("torch")
+    lbs = pytest.importorskip("smplx.lbs")
+    with np.load(fixture_dir / "rig.npz") as z:
+        a = {k: z[k] for k in z.files}
+    rng = np.random.default_rng(7)
+    e = rng.normal(size=len(a["expression"]))
+    pose = rng.normal(size=(5, 3)) * 0.3
+    v = a["vertices"] + np.einsum("k,kvc->vc", e, a["expression_basis"])
+    joints = a["joints"] + np.einsum("k,kjc->jc", e, a["joint_expression_basis"])
+    rot = lbs.batch_rodrigues(torch.tensor(pose)).reshape(1, -1, 3, 3)
+    feat = (rot[:, 1:] - torch.eye(3, dtype=rot.dtype)).reshape(1, -1)
+    pd = torch.tensor(a["pose_correctives"], dtype=torch.float64).reshape(
+        len(a["pose_correctives"]), -1
+    )
+    v_posed = torch.tensor(v)[None] + (feat @ pd).reshape(1, -1, 3)
+    _, rel = lbs.batch_rigid_transform(
+        rot, torch.tensor(joints)[None], torch.tensor(a["parents"]).long()
+    )
+    w = torch.tensor(a["skin_weights"], dtype=torch.float64)[None]
+    t = (w @ rel.reshape(1, 5, 16)).reshape(1, -1, 4, 4)
+    homo = torch.cat([v_posed, torch.ones(1, v_posed.shape[1], 1, dtype=torch.float64)], 2)
+    want = (t @ homo[..., None])[0, :, :3, 0].numpy()
+    assert_close(flame_forward(a, e, pose), want, 1e-9)

@@ -103,7 +103,13 @@ def test_tilted_plane_depth_is_linear():
 
 def test_barycentrics_reproduce_pixel_centres():
     g = torch.Generator().manual_seed(0)
-    verts = torch.cat([torch.rand(30, 2, generator=g) * torch.tensor([90.0, 70.0]), 1 + torch.rand(30, 1, generator=g)], 1)
+    verts = torch.cat(
+        [
+            torch.rand(30, 2, generator=g) * torch.tensor([90.0, 70.0]),
+            1 + torch.rand(30, 1, generator=g),
+        ],
+        1,
+    )
     faces = torch.randint(0, 30, (40, 3), generator=g)
     fr = rasterize(verts, faces, 70, 90)
     uv = interpolate(fr, verts[:, :2], faces)
@@ -118,13 +124,17 @@ def test_matches_brute_force_with_offscreen_large_and_degenerate_triangles():
     g = torch.Generator().manual_seed(1)
     h, w = 48, 64
     n = 60
-    uv = torch.rand(n, 2, generator=g) * torch.tensor([1.6 * w, 1.6 * h]) - torch.tensor([0.3 * w, 0.3 * h])
+    uv = torch.rand(n, 2, generator=g) * torch.tensor([1.6 * w, 1.6 * h]) - torch.tensor(
+        [0.3 * w, 0.3 * h]
+    )
     verts = torch.cat([uv, 1 + 5 * torch.rand(n, 1, generator=g)], 1)
     faces = torch.randint(0, n, (50, 3), generator=g)
     faces = torch.cat([faces, torch.tensor([[0, 0, 1], [2, 3, 3]])])  # degenerate
     # A huge triangle far behind everything, bigger than the image, forces the tiled path.
     big = torch.tensor([[-500.0, -500.0, 50.0], [900.0, -400.0, 50.0], [0.0, 900.0, 50.0]])
-    behind = torch.tensor([[10.0, 10.0, -1.0], [50.0, 10.0, 2.0], [10.0, 40.0, 2.0]])  # crosses the camera plane
+    behind = torch.tensor(
+        [[10.0, 10.0, -1.0], [50.0, 10.0, 2.0], [10.0, 40.0, 2.0]]
+    )  # crosses the camera plane
     verts = torch.cat([verts, big, behind])
     faces = torch.cat([faces, torch.tensor([[n, n + 1, n + 2], [n + 3, n + 4, n + 5]])])
     fr = rasterize(verts, faces, h, w)
@@ -137,7 +147,9 @@ def test_matches_brute_force_with_offscreen_large_and_degenerate_triangles():
 
 
 def test_large_image_tiling_matches_brute_force():
-    verts = torch.tensor([[-3.0, 5.0, 1.0], [300.0, 20.0, 2.0], [40.0, 250.0, 3.0], [200.0, 200.0, 0.5]])
+    verts = torch.tensor(
+        [[-3.0, 5.0, 1.0], [300.0, 20.0, 2.0], [40.0, 250.0, 3.0], [200.0, 200.0, 0.5]]
+    )
     faces = torch.tensor([[0, 1, 2], [1, 3, 2]])
     fr = rasterize(verts, faces, 230, 260)
     ref = brute_force(verts, faces, 230, 260)
@@ -180,7 +192,10 @@ def test_cube_from_a_corner_shows_three_faces():
 def test_perspective_correct_depth_matches_ray_plane_intersection():
     # A tilted plane in camera space, depth at every pixel known analytically.
     f, size = 100.0, 64
-    pts = torch.tensor([[-1.0, -1.0, -2.0], [1.5, -1.0, -4.0], [1.5, 1.2, -4.0], [-1.0, 1.2, -2.0]], dtype=torch.float64)
+    pts = torch.tensor(
+        [[-1.0, -1.0, -2.0], [1.5, -1.0, -4.0], [1.5, 1.2, -4.0], [-1.0, 1.2, -2.0]],
+        dtype=torch.float64,
+    )
     d = -pts[:, 2]
     scr = torch.stack([size / 2 + f * pts[:, 0] / d, size / 2 - f * pts[:, 1] / d, d], -1)
     faces = torch.tensor([[0, 1, 2], [0, 2, 3]])
@@ -198,7 +213,8 @@ def test_perspective_correct_depth_matches_ray_plane_intersection():
 def _grad_case():
     torch.manual_seed(0)
     verts = torch.tensor(
-        [[4.0, 3.0, 2.0], [28.0, 5.0, 2.5], [26.0, 27.0, 3.0], [3.0, 25.0, 2.2], [15.0, 14.0, 1.8]], dtype=torch.float64
+        [[4.0, 3.0, 2.0], [28.0, 5.0, 2.5], [26.0, 27.0, 3.0], [3.0, 25.0, 2.2], [15.0, 14.0, 1.8]],
+        dtype=torch.float64,
     )
     faces = torch.tensor([[0, 1, 4], [1, 2, 4], [2, 3, 4], [3, 0, 4]])
     return verts, faces
@@ -211,12 +227,16 @@ def test_differentiable_bary_gradient_matches_finite_differences(perspective):
     assert_close(differentiable_bary(fr, verts, faces), fr.bary, atol=1e-12)
     verts = verts.clone().requires_grad_(True)
     proj = torch.randn(32, 32, 3, dtype=torch.float64)
-    assert torch.autograd.gradcheck(lambda v: (differentiable_bary(fr, v, faces) * proj).sum(), (verts,), eps=1e-6, atol=1e-6)
+    assert torch.autograd.gradcheck(
+        lambda v: (differentiable_bary(fr, v, faces) * proj).sum(), (verts,), eps=1e-6, atol=1e-6
+    )
 
 
 def test_render_textured_gradients_match_finite_differences():
     verts, faces = _grad_case()
-    uv = torch.tensor([[0.1, 0.9], [0.9, 0.85], [0.8, 0.1], [0.15, 0.2], [0.5, 0.5]], dtype=torch.float64)
+    uv = torch.tensor(
+        [[0.1, 0.9], [0.9, 0.85], [0.8, 0.1], [0.15, 0.2], [0.5, 0.5]], dtype=torch.float64
+    )
     g = torch.Generator().manual_seed(3)
     tex = torch.rand(6, 6, 3, generator=g, dtype=torch.float64)
     sh = torch.zeros(9, 3, dtype=torch.float64)
@@ -229,7 +249,9 @@ def test_render_textured_gradients_match_finite_differences():
     proj = torch.randn(32, 32, 3, generator=g, dtype=torch.float64)
 
     def loss(v, t, s, wv):  # a random projection of the image: one output, all pixels
-        img, _, _ = render_textured(v, wv, faces, uv, faces, t, 32, 32, s, normals_kind="verts", fragments=fr)
+        img, _, _ = render_textured(
+            v, wv, faces, uv, faces, t, 32, 32, s, normals_kind="verts", fragments=fr
+        )
         return (img * proj).sum()
 
     inputs = tuple(x.clone().requires_grad_(True) for x in (verts, tex, sh, world))
@@ -253,7 +275,9 @@ def test_interpolate_gradient_wrt_attributes():
     fr = rasterize(verts, faces, 32, 32)
     attrs = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
     proj = torch.randn(32, 32, 4, dtype=torch.float64)
-    assert torch.autograd.gradcheck(lambda a: (interpolate(fr, a, faces) * proj).sum(), (attrs,), eps=1e-6, atol=1e-6)
+    assert torch.autograd.gradcheck(
+        lambda a: (interpolate(fr, a, faces) * proj).sum(), (attrs,), eps=1e-6, atol=1e-6
+    )
     out = interpolate(fr, attrs[:, 0], faces)
     assert out.shape == (32, 32)
 
@@ -315,7 +339,10 @@ def test_fragments_shapes_and_empty_mesh():
     assert not face_mask(rasterize(verts, faces, 10, 12)).any()
 
 
-@pytest.mark.skipif(not pytorch3d_available(), reason="pytorch3d is not installed (it does not build against torch 2.13 CPU)")
+@pytest.mark.skipif(
+    not pytorch3d_available(),
+    reason="pytorch3d is not installed (it does not build against torch 2.13 CPU)",
+)
 def test_pytorch3d_backend_agrees_with_torch_backend():
     sphere = trimesh.creation.icosphere(subdivisions=4)
     verts = torch.tensor(sphere.vertices)
@@ -331,7 +358,9 @@ def test_pytorch3d_backend_agrees_with_torch_backend():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_matches_cpu():
     sphere = trimesh.creation.icosphere(subdivisions=4)
-    scr, _ = look_at_screen(torch.tensor(sphere.vertices), [0.3, 0.2, 1.0], dist=4.0, f=300.0, size=256)
+    scr, _ = look_at_screen(
+        torch.tensor(sphere.vertices), [0.3, 0.2, 1.0], dist=4.0, f=300.0, size=256
+    )
     faces = torch.tensor(sphere.faces)
     a = rasterize(scr.float(), faces, 256, 256, backend="torch")
     b = rasterize(scr.float().cuda(), faces.cuda(), 256, 256, backend="torch")

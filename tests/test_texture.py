@@ -49,7 +49,9 @@ def colour_fn(p: np.ndarray) -> np.ndarray:
 
 
 def dilate_nearest(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    _, lab = cv2.distanceTransformWithLabels((~mask).astype(np.uint8), cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
+    _, lab = cv2.distanceTransformWithLabels(
+        (~mask).astype(np.uint8), cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL
+    )
     out = img.copy()
     out[~mask] = img.reshape(-1, img.shape[-1])[np.flatnonzero(mask)[lab[~mask] - 1]]
     return out
@@ -75,23 +77,36 @@ def scene() -> Scene:
     normals /= np.linalg.norm(normals, axis=-1, keepdims=True) + 1e-12
     truth = dilate_nearest(colour_fn(points) * layout[..., None], layout)
     truth = (truth * 255).round().astype(np.uint8)
-    cams = {n: CAM_DIST * np.array([math.sin(math.radians(y)), 0.0, math.cos(math.radians(y))]) for n, y in YAWS.items()}
+    cams = {
+        n: CAM_DIST * np.array([math.sin(math.radians(y)), 0.0, math.cos(math.radians(y))])
+        for n, y in YAWS.items()
+    }
     return Scene(faces, uv, uv_faces, verts, truth, layout, points, normals, cams)
 
 
-def render_views(scene: Scene, gains: dict[str, tuple[float, float, float]] | None = None) -> list[BakeView]:
+def render_views(
+    scene: Scene, gains: dict[str, tuple[float, float, float]] | None = None
+) -> list[BakeView]:
     views = []
     texture = torch.tensor(scene.truth, dtype=torch.float32) / 255
     for name, yaw in YAWS.items():
         a = math.radians(yaw)
-        rot = torch.tensor([[math.cos(a), 0, -math.sin(a)], [0, 1, 0], [math.sin(a), 0, math.cos(a)]])
+        rot = torch.tensor(
+            [[math.cos(a), 0, -math.sin(a)], [0, 1, 0], [math.sin(a), 0, math.cos(a)]]
+        )
         vc = scene.verts @ rot.T - torch.tensor([0.0, 0.0, CAM_DIST])
         f = 1.2 * IMG  # everything stays inside the image in every view
-        scr = torch.stack([IMG / 2 + f * vc[:, 0] / -vc[:, 2], IMG / 2 - f * vc[:, 1] / -vc[:, 2], -vc[:, 2]], -1)
+        scr = torch.stack(
+            [IMG / 2 + f * vc[:, 0] / -vc[:, 2], IMG / 2 - f * vc[:, 1] / -vc[:, 2], -vc[:, 2]], -1
+        )
         normals = vertex_normals(vc, scene.faces)
-        img, mask, _ = render_textured(scr, normals, scene.faces, scene.uv, scene.uv_faces, texture, IMG, IMG)
+        img, mask, _ = render_textured(
+            scr, normals, scene.faces, scene.uv, scene.uv_faces, texture, IMG, IMG
+        )
         gain = np.array(gains[name] if gains else (1.0, 1.0, 1.0))
-        rgb = img.numpy() * gain + np.array([0.1, 0.6, 0.2]) * (1 - mask.numpy()[..., None])  # green screen
+        rgb = img.numpy() * gain + np.array([0.1, 0.6, 0.2]) * (
+            1 - mask.numpy()[..., None]
+        )  # green screen
         views.append(BakeView((rgb.clip(0, 1) * 255).round().astype(np.uint8), scr, normals, name))
     return views
 
@@ -168,7 +183,9 @@ def test_holes_are_filled_and_islands_have_a_gutter(scene, plain_bake):
     assert holes.sum() > 0.2 * scene.layout.sum()
     # The truth has no texel darker than ~0.15 * 255 per channel; a fill must not be black.
     assert res.texture[holes].min() > 20
-    ring = (cv2.dilate(scene.layout.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0) & ~scene.layout
+    ring = (
+        cv2.dilate(scene.layout.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    ) & ~scene.layout
     assert res.texture[ring].min() > 20
     assert res.texture.reshape(-1, 3).sum(1).min() > 60  # nothing black anywhere
     # Gutter texels next to seen texels copy their island: close to the truth's own
@@ -216,13 +233,19 @@ def test_single_view_bigger_texture_and_input_checks(scene, plain_bake):
     views, _ = plain_bake
     calls = []
     res = bake_texture(
-        views[1:2], scene.faces.numpy(), scene.uv.numpy(), scene.uv_faces.numpy(), size=512,
+        views[1:2],
+        scene.faces.numpy(),
+        scene.uv.numpy(),
+        scene.uv_faces.numpy(),
+        size=512,
         progress=lambda f, m: calls.append((f, m)),
     )
     assert res.texture.shape == (512, 512, 3) and res.per_view_weight.shape == (1, 512, 512)
     assert calls and calls[-1][0] == 1.0 and all(0 <= f <= 1 for f, _ in calls)
     assert (res.gains == 1).all()
-    bad = BakeView(np.zeros((10, 10, 3), np.float32), views[0].verts_screen, views[0].normals_cam, "left")
+    bad = BakeView(
+        np.zeros((10, 10, 3), np.float32), views[0].verts_screen, views[0].normals_cam, "left"
+    )
     with pytest.raises(ValueError, match="left"):
         bake_texture([bad], scene.faces, scene.uv, scene.uv_faces, size=64)
     with pytest.raises(ValueError):

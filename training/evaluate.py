@@ -55,7 +55,8 @@ def predict_vertices(
     """(B,V,3) predicted model-space vertices (metres, no head pose) for a batch."""
     model.eval()
     out = model(batch["images"].to(device))
-    dec = decode(out, flame, batch["camera"].to(device), model.config.input_size)
+    dec = decode(out, flame, batch["camera"].to(device), model.config.input_size, with_vertices=True)
+    assert dec.vertices is not None
     return dec.vertices.cpu().numpy()
 
 

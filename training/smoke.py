@@ -62,6 +62,7 @@ def run_smoke(workdir: Path, steps: int = 300, log=None) -> dict[str, Any]:  # n
     summary = trainer.fit()
     t_eval = time.perf_counter()
     res = trainer.evaluate() or {}
+    trainer.close()
     losses = [h["loss"] for h in trainer.history]
     out = {
         "loss_first": float(np.mean(losses[:WINDOW])),

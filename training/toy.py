@@ -42,7 +42,7 @@ class ToyDataset(MultiViewDataset):
                 verts, pivot = out.vertices, out.joints[:, 0]
                 lmks = []
                 for yaw in yaws_deg:
-                    y = np.radians(yaw + rng.uniform(-5, 5))
+                    y = float(np.radians(yaw + rng.uniform(-5, 5)))
                     rot = axis_angle_to_matrix(torch.tensor([[0.0, y, 0.0]]))
                     lm = flame.landmarks_3d(verts, torch.tensor([yaw]))
                     t = torch.tensor([[0.0, -0.03, -0.6]])

@@ -204,7 +204,7 @@ class MetricLogger:
             self.note = f"tensorboard is not installed (pip install 'mfnet[training]'): scalars go to {folder / 'metrics.jsonl'} only"
 
     def log(self, step: int, values: dict[str, float], kind: str = "train") -> None:
-        if not self.enabled:
+        if not self.enabled or self.jsonl.closed:
             return
         self.jsonl.write(json.dumps({"kind": kind, "step": step, **values}) + "\n")
         self.jsonl.flush()
@@ -327,7 +327,9 @@ class Trainer:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DDP(self.model, device_ids=ids)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        self.opt = torch.optim.Adam(
+            self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay, foreach=True
+        )
         self.amp = t.amp and self.device.type == "cuda"
         self.amp_dtype = (
             torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported() else torch.float16
@@ -371,7 +373,7 @@ class Trainer:
             "head_model": model_identity(self.flame),
             "flow": self.flow_status.message,
             "eval": self.eval_results[-1] if self.eval_results else {},
-            "torch_version": torch.__version__,
+            "torch_version": str(torch.__version__),
         }
 
     def save_checkpoint(self) -> Path | None:
@@ -551,8 +553,10 @@ class Trainer:
             summary["max_gpu_memory_gb"] = round(
                 torch.cuda.max_memory_allocated(self.device) / 2**30, 3
             )
-        self.metrics.close()
         return summary
+
+    def close(self) -> None:
+        self.metrics.close()
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any] | None:
@@ -619,6 +623,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = trainer.fit(args.max_steps)
         if trainer.eval_results:
             summary["eval"] = trainer.eval_results[-1]
+        trainer.close()
         if trainer.info.main and args.json:
             print(json.dumps(summary, default=str))
         return 0

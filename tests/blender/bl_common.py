@@ -48,7 +48,11 @@ def run(main) -> None:
         out = main()
         out.setdefault("ok", True)
     except Exception as e:  # report everything to pytest
-        out = {"ok": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+        out = {
+            "ok": False,
+            "error": f"{type(e).__name__}: {e}",
+            "traceback": traceback.format_exc(),
+        }
     out["blender"] = bpy.app.version_string
     emit(out)
     sys.stdout.flush()

@@ -41,7 +41,12 @@ def main() -> dict:
     build_s = time.perf_counter() - t0
     arm, mesh = rep.armature, rep.mesh
     rig = rigdata.load_result(args.result_dir)
-    info: dict = {"module": module, "build_seconds": build_s, "timings": rep.timings, "warnings": rep.warnings}
+    info: dict = {
+        "module": module,
+        "build_seconds": build_s,
+        "timings": rep.timings,
+        "warnings": rep.warnings,
+    }
 
     # ---- structure
     me = mesh.data
@@ -51,7 +56,11 @@ def main() -> dict:
     info["bone_deform"] = {b.name: b.use_deform for b in arm.data.bones}
     info["rotation_modes"] = sorted({pb.rotation_mode for pb in arm.pose.bones})
     info["bone_axes_ok"] = all(
-        np.allclose(np.array(b.matrix_local.to_3x3()), np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]]), atol=1e-6)
+        np.allclose(
+            np.array(b.matrix_local.to_3x3()),
+            np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]]),
+            atol=1e-6,
+        )
         for b in arm.data.bones
     )
     info["vertex_groups"] = [vg.name for vg in mesh.vertex_groups]
@@ -79,7 +88,9 @@ def main() -> dict:
                     "index": fc.array_index,
                     "type": d.type,
                     "expression": d.expression,
-                    "simple": bool(getattr(d, "is_simple_expression", True)) if d.type == "SCRIPTED" else True,
+                    "simple": bool(getattr(d, "is_simple_expression", True))
+                    if d.type == "SCRIPTED"
+                    else True,
                     "valid": bool(d.is_valid) and bool(fc.is_valid),
                     "n_vars": len(d.variables),
                 }
@@ -88,10 +99,15 @@ def main() -> dict:
     mat = me.materials[0] if me.materials else None
     info["material"] = mat.name if mat else None
     tex_nodes = [n for n in mat.node_tree.nodes if n.type == "TEX_IMAGE"] if mat else []
-    info["texture_image"] = tex_nodes[0].image.filepath if tex_nodes and tex_nodes[0].image else None
-    info["texture_size"] = list(tex_nodes[0].image.size) if tex_nodes and tex_nodes[0].image else None
+    info["texture_image"] = (
+        tex_nodes[0].image.filepath if tex_nodes and tex_nodes[0].image else None
+    )
+    info["texture_size"] = (
+        list(tex_nodes[0].image.size) if tex_nodes and tex_nodes[0].image else None
+    )
     linked = bool(tex_nodes) and any(
-        link.from_node == tex_nodes[0] and link.to_socket.name == "Base Color" for link in mat.node_tree.links
+        link.from_node == tex_nodes[0] and link.to_socket.name == "Base Color"
+        for link in mat.node_tree.links
     )
     info["texture_linked"] = linked
     info["uv_layers"] = [uv.name for uv in me.uv_layers]
@@ -104,7 +120,9 @@ def main() -> dict:
     info["faces_equal"] = bool(np.array_equal(lv, rig.faces.reshape(-1)))
     co = np.empty(len(me.vertices) * 3, dtype=np.float32)
     me.vertices.foreach_get("co", co)
-    info["rest_max_err"] = float(np.abs(addon.rigdata.to_flame(co.reshape(-1, 3)) - rig.vertices).max())
+    info["rest_max_err"] = float(
+        np.abs(addon.rigdata.to_flame(co.reshape(-1, 3)) - rig.vertices).max()
+    )
     info["expression_values"] = [keys[n].value for n in rig.expression_key_names()]
 
     # ---- the fitted state (as built) and random poses
@@ -121,11 +139,17 @@ def main() -> dict:
     for _ in range(args.poses):
         e = rng.normal(size=rig.n_expressions) * 1.0
         pose = rng.normal(size=(rig.n_joints, 3)) * 0.25
-        pose[2] = [abs(rng.normal()) * 0.3, rng.normal() * 0.05, rng.normal() * 0.05]  # jaw mostly opens
+        pose[2] = [
+            abs(rng.normal()) * 0.3,
+            rng.normal() * 0.05,
+            rng.normal() * 0.05,
+        ]  # jaw mostly opens
         for name, v in zip(rig.expression_key_names(), e, strict=True):
             keys[name].value = float(v)
         for j, name in enumerate(rig.joint_names):
-            arm.pose.bones[name].rotation_quaternion = [float(x) for x in rigdata.axis_angle_to_quaternion(pose[j])]
+            arm.pose.bones[name].rotation_quaternion = [
+                float(x) for x in rigdata.axis_angle_to_quaternion(pose[j])
+            ]
         bpy.context.view_layer.update()
         samples_e.append(e)
         samples_p.append(pose)
@@ -159,7 +183,12 @@ def main() -> dict:
         np.abs(no_pivot - reference_lbs.flame_forward(arrays, samples_e[-1], samples_p[-1])).max()
     )
     info["muted_location_drivers"] = muted
-    np.savez(args.out, expression=np.array(samples_e), pose=np.array(samples_p), vertices=np.array(samples_v))
+    np.savez(
+        args.out,
+        expression=np.array(samples_e),
+        pose=np.array(samples_p),
+        vertices=np.array(samples_v),
+    )
     return info
 
 

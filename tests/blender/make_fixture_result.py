@@ -25,7 +25,13 @@ import numpy as np
 JOINT_NAMES = ("root", "neck", "jaw", "eye_L", "eye_R")
 PARENTS = (-1, 0, 1, 1, 1)
 JOINT_TARGETS = np.array(
-    [[0.0, -0.095, -0.01], [0.0, -0.065, -0.005], [0.0, -0.03, 0.03], [0.032, 0.03, 0.06], [-0.032, 0.03, 0.06]]
+    [
+        [0.0, -0.095, -0.01],
+        [0.0, -0.065, -0.005],
+        [0.0, -0.03, 0.03],
+        [0.032, 0.03, 0.06],
+        [-0.032, 0.03, 0.06],
+    ]
 )
 RADII = np.array([0.075, 0.11, 0.095])
 THETA_MAX = 0.85 * np.pi  # open at the bottom (a "neck hole")
@@ -39,11 +45,19 @@ def write_png(path: Path, image: np.ndarray) -> None:
     raw = b"".join(b"\x00" + img[r].tobytes() for r in range(h))
 
     def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data))
+            + tag
+            + data
+            + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+        )
 
     header = struct.pack(">IIBBBBB", w, h, 8, color, 0, 0, 0)
     Path(path).write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw, 6))
+        + chunk(b"IEND", b"")
     )
 
 
@@ -95,7 +109,10 @@ def skin_weights(verts: np.ndarray) -> np.ndarray:
     x, y, z = verts.T
     root = _sigmoid((-0.07 - y) / 0.008)
     jaw = _sigmoid((-0.005 - y) / 0.008) * _sigmoid((z - 0.02) / 0.01) * (1 - root)
-    eyes = [np.exp(-np.sum((verts - JOINT_TARGETS[j] * [1, 1, 1.4]) ** 2, 1) / (2 * 0.014**2)) for j in (3, 4)]
+    eyes = [
+        np.exp(-np.sum((verts - JOINT_TARGETS[j] * [1, 1, 1.4]) ** 2, 1) / (2 * 0.014**2))
+        for j in (3, 4)
+    ]
     w = np.stack([root, np.zeros_like(x), jaw, eyes[0], eyes[1]], 1)
     w[w < 2e-3] = 0.0
     w[:, 1] = np.clip(1.0 - w.sum(1), 0.0, None)
@@ -103,10 +120,14 @@ def skin_weights(verts: np.ndarray) -> np.ndarray:
     return (w / w.sum(1, keepdims=True)).astype(np.float32)
 
 
-def smooth_fields(verts: np.ndarray, n: int, peak: float, rng: np.random.Generator, mask: np.ndarray | None = None) -> np.ndarray:
+def smooth_fields(
+    verts: np.ndarray, n: int, peak: float, rng: np.random.Generator, mask: np.ndarray | None = None
+) -> np.ndarray:
     """(n,V,3) smooth random displacement fields (quadratic polynomials), max |.| = peak."""
     x, y, z = (verts / RADII).T
-    mono = np.stack([np.ones_like(x), x, y, z, x * y, y * z, x * z, x * x, y * y, z * z], 1)  # (V,10)
+    mono = np.stack(
+        [np.ones_like(x), x, y, z, x * y, y * z, x * z, x * x, y * y, z * z], 1
+    )  # (V,10)
     coef = rng.normal(size=(n, 10, 3))
     fields = np.einsum("vm,nmc->nvc", mono, coef)
     if mask is not None:
@@ -140,7 +161,9 @@ def make_result(
     weights = skin_weights(verts)
     corr = []
     for j in range(1, 5):
-        region = np.clip(weights[:, j] * 4, 0, 1) if j != 1 else (1 - weights[:, 0]) * (verts[:, 1] < 0)
+        region = (
+            np.clip(weights[:, j] * 4, 0, 1) if j != 1 else (1 - weights[:, 0]) * (verts[:, 1] < 0)
+        )
         corr.append(smooth_fields(verts, 9, 0.006, rng, region))
     pose_correctives = np.concatenate(corr).astype(np.float32)
     # joints and their expression drift, from a regressor over the nearest vertices
@@ -184,7 +207,9 @@ def make_result(
     s = texture_size
     yy, xx = np.mgrid[0:s, 0:s] / s
     checker = ((np.floor(xx * 8) + np.floor(yy * 8)) % 2)[..., None]
-    tex = np.concatenate([0.55 + 0.35 * xx[..., None], 0.45 + 0.25 * yy[..., None], 0.4 + 0.1 * checker], -1)
+    tex = np.concatenate(
+        [0.55 + 0.35 * xx[..., None], 0.45 + 0.25 * yy[..., None], 0.4 + 0.1 * checker], -1
+    )
     write_png(out / "texture.png", (np.clip(tex, 0, 1) * 255).astype(np.uint8))
     write_png(out / "texture_mask.png", np.full((s, s), 255, np.uint8))
     params = {
@@ -196,7 +221,10 @@ def make_result(
         "eye_pose": arrays["eye_pose"].tolist(),
     }
     (out / "params.json").write_text(json.dumps(params, indent=2) + "\n")
-    (out / "report.json").write_text(json.dumps({"model_kind": "fixture", "views": ["left", "front", "right"], "warnings": []}) + "\n")
+    (out / "report.json").write_text(
+        json.dumps({"model_kind": "fixture", "views": ["left", "front", "right"], "warnings": []})
+        + "\n"
+    )
     return out
 
 
@@ -207,7 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--expressions", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    path = make_result(args.output, n_expressions=args.expressions, seed=args.seed, flame_sized=args.flame_sized)
+    path = make_result(
+        args.output, n_expressions=args.expressions, seed=args.seed, flame_sized=args.flame_sized
+    )
     print(json.dumps({"result_dir": str(path)}))
     return 0
 

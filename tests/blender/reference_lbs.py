@@ -38,7 +38,9 @@ def flame_forward(arrays: dict, expression: np.ndarray, pose: np.ndarray) -> np.
     rot = rodrigues(np.asarray(pose, np.float64).reshape(-1, 3))
     n_j = rot.shape[0]
     feat = (rot[1:] - np.eye(3)).reshape(-1)
-    v_posed = v_shaped + np.einsum("p,pvc->vc", feat, np.asarray(arrays["pose_correctives"], np.float64))
+    v_posed = v_shaped + np.einsum(
+        "p,pvc->vc", feat, np.asarray(arrays["pose_correctives"], np.float64)
+    )
     parents = np.asarray(arrays["parents"])
     g = np.zeros((n_j, 4, 4))
     for j in range(n_j):

@@ -1,0 +1,55 @@
+"""FLAME restricted to the vertices that landmarks touch, with its linear parts pre-multiplied.
+
+The landmark fit evaluates the model (and its Jacobian) many times; the full mesh is not
+needed for that. Joints are linear in the blend-shape coefficients (J = R (T + D beta)), so
+their basis is computed once; the rest is LBS on a few hundred vertices. Equal to
+`FLAME.landmarks_3d(FLAME.forward(...).vertices)` (tests/test_landmark_rig.py).
+"""
+
+from __future__ import annotations
+
+import torch
+from smplx.lbs import batch_rigid_transform, batch_rodrigues
+from torch import Tensor, nn
+
+from .flame import FLAME, vertices2landmarks
+
+
+class LandmarkRig(nn.Module):
+    def __init__(self, flame: FLAME) -> None:
+        super().__init__()
+        self.flame = flame
+        ids = flame.lmk_vertex_ids
+        s = ids.shape[0]
+        k = flame.blend_dirs.shape[2]
+        self.register_buffer("template", flame.v_template[ids].clone())  # (S,3)
+        self.register_buffer("dirs", flame.blend_dirs[ids].reshape(s * 3, k).contiguous())
+        jreg = flame.j_regressor
+        self.register_buffer("joint_template", jreg @ flame.v_template)  # (J,3)
+        jd = torch.einsum("jv,vck->jck", jreg, flame.blend_dirs)
+        self.register_buffer("joint_dirs", jd.reshape(-1, k).contiguous())  # (J*3,K)
+        cols = (ids[:, None] * 3 + torch.arange(3)).reshape(-1)
+        self.register_buffer("posedirs", flame.posedirs[:, cols].contiguous())  # (P,S*3)
+        self.register_buffer("weights", flame.lbs_weights[ids].contiguous())  # (S,J)
+
+    def vertices(self, betas: Tensor, pose: Tensor) -> tuple[Tensor, Tensor]:
+        """betas (B,K) shape then expression; pose (B,3J) axis-angle per joint.
+        Returns landmark-support vertices (B,S,3) and posed joints (B,J,3)."""
+        b = betas.shape[0]
+        n_j = self.joint_template.shape[0]
+        v = self.template + (betas @ self.dirs.T).reshape(b, -1, 3)
+        joints = self.joint_template + (betas @ self.joint_dirs.T).reshape(b, n_j, 3)
+        rot = batch_rodrigues(pose.reshape(-1, 3)).reshape(b, n_j, 3, 3)
+        ident = torch.eye(3, dtype=rot.dtype, device=rot.device)
+        feat = (rot[:, 1:] - ident).reshape(b, -1)
+        v = v + (feat @ self.posedirs).reshape(b, -1, 3)
+        posed_joints, rel = batch_rigid_transform(rot, joints, self.flame.parents, dtype=rot.dtype)
+        t = torch.einsum("sj,bjmn->bsmn", self.weights, rel)
+        verts = torch.einsum("bsmn,bsn->bsm", t[..., :3, :3], v) + t[..., :3, 3]
+        return verts, posed_joints
+
+    def landmarks(self, betas: Tensor, pose: Tensor, yaw_deg: Tensor) -> tuple[Tensor, Tensor]:
+        """(B,68,3) landmarks for per-item contour yaw (B,), plus posed joints (B,J,3)."""
+        verts, joints = self.vertices(betas, pose)
+        faces, bary = self.flame._landmark_faces(yaw_deg, betas.shape[0])
+        return vertices2landmarks(verts, self.flame.lmk_faces_local, faces, bary), joints

@@ -1,0 +1,24 @@
+"""Shared fixtures: the generated test head (NOT FLAME), built once per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def test_head_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test head's model file, generated fresh into a session temp folder (so tests
+    always exercise the current generator, never a stale cache)."""
+    from mfnet_core.testhead import write_test_head
+
+    return write_test_head(tmp_path_factory.mktemp("testhead"))
+
+
+@pytest.fixture(scope="session")
+def test_head_assets(test_head_path: Path):
+    """`FlameAssets` of the generated test head (kind 'test-head')."""
+    from mfnet_core.flame import load_flame_assets
+
+    return load_flame_assets(test_head_path)
