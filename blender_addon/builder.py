@@ -41,6 +41,7 @@ OFFSET_PROP = "mfnet_dj"  # pose-bone property: expressed joint offset dJ (3,), 
 OFFSET_PARTS_PROP = "mfnet_dj_parts"  # pose-bone property: partial sums of dJ
 # joint drift coefficients below this (metres per unit of expression) are float noise
 PIVOT_TOLERANCE = 1e-10
+SHAPE_KEY_LIMIT = 10.0  # Blender caps shape-key slider ranges at +-10
 
 
 @dataclass
@@ -330,6 +331,13 @@ def build_rig(
     warnings: list[str] = []
     if rig.model_kind == "test-head":
         warnings.append("built from the generated test head, not FLAME")
+    over = [(k, float(v)) for k, v in enumerate(rig.expression) if abs(v) > SHAPE_KEY_LIMIT]
+    if over:
+        listed = ", ".join(f"exp_{k:03d} = {v:.1f}" for k, v in over[:4])
+        more = " ..." if len(over) > 4 else ""
+        warnings.append(
+            f"{listed}{more} clamped to the +-{SHAPE_KEY_LIMIT:g} shape-key range (implausible fit)"
+        )
 
     def lap(label: str, since: list[float] = [t0]) -> None:  # noqa: B006 (local stopwatch)
         now = time.perf_counter()

@@ -89,6 +89,7 @@ class MFNET_PG_job(bpy.types.PropertyGroup):
     fraction: FloatProperty(name="Progress", default=0.0, min=0.0, max=1.0, subtype="FACTOR")
     error: StringProperty(default="")
     info: StringProperty(default="")
+    warnings: StringProperty(default="")
 
 
 def _settings(context) -> MFNET_PG_settings:
@@ -99,11 +100,18 @@ def _job(context) -> MFNET_PG_job:
     return context.window_manager.mfnet_job
 
 
-def _redraw(context) -> None:
+def _redraw(context, sidebar_only: bool = False) -> None:
+    """Redraws the sidebars (cheap: progress ticks) or the whole 3D views and preferences."""
     wm = context.window_manager
     for window in wm.windows:
         for area in window.screen.areas:
-            if area.type in ("VIEW_3D", "PREFERENCES"):
+            if area.type not in ("VIEW_3D", "PREFERENCES"):
+                continue
+            if sidebar_only:
+                for region in area.regions:
+                    if region.type == "UI":
+                        region.tag_redraw()
+            else:
                 area.tag_redraw()
 
 
@@ -206,13 +214,16 @@ class MFNET_OT_reconstruct(bpy.types.Operator):
         job = _job(context)
         job.running, job.cancel_requested = True, False
         job.stage, job.message, job.fraction, job.error, job.info = "starting", "", 0.0, "", ""
+        job.warnings = ""
 
     def _update(self, context, st: backend.JobState) -> None:
         job = _job(context)
+        if (job.stage, job.message, job.fraction) == (st.stage, st.message, st.fraction):
+            return  # nothing new: no redraw, the UI stays light
         job.stage, job.message, job.fraction = st.stage, st.message, st.fraction
         pct = int(round(100 * st.fraction))
         _status(context, f"MFNet: {st.stage} {pct}%  {st.message}   (Esc: cancel)")
-        _redraw(context)
+        _redraw(context, sidebar_only=True)
 
     def _finish(self, context) -> set[str]:
         global _active_job
@@ -242,6 +253,7 @@ class MFNET_OT_reconstruct(bpy.types.Operator):
         seconds = time.perf_counter() - self._start
         name, folder = rep.mesh.name, st.result_dir
         job.info = S.MSG_DONE.format(name=name, folder=Path(folder).name, seconds=seconds)
+        job.warnings = "\n".join(rep.warnings)
         for w in rep.warnings:
             self.report({"WARNING"}, w)
         self.report({"INFO"}, S.MSG_DONE.format(name=name, folder=folder, seconds=seconds))

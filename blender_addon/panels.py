@@ -98,6 +98,10 @@ class MFNET_PT_main(bpy.types.Panel):
             _wrapped(layout.box(), job.error, "ERROR", _chars(context))
         elif job.info and not job.running:
             _wrapped(layout.box(), job.info, "CHECKMARK", _chars(context))
+            if job.warnings:
+                box = layout.box()
+                for w in job.warnings.splitlines():
+                    _wrapped(box, w, "INFO", _chars(context))
 
 
 classes = (MFNET_PT_main,)

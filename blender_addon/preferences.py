@@ -120,5 +120,8 @@ def results_root(prefs) -> Path:
 def pose_library_path(prefs) -> Path:
     if prefs.pose_library:
         return Path(bpy.path.abspath(prefs.pose_library))
-    base = bpy.utils.user_resource("CONFIG", path="mfnet", create=True)
+    if ADDON_ID.startswith("bl_ext.") and hasattr(bpy.utils, "extension_path_user"):
+        base = bpy.utils.extension_path_user(ADDON_ID, create=True)  # the extension's user folder
+    else:
+        base = bpy.utils.user_resource("CONFIG", path="mfnet", create=True)
     return Path(base) / "poses.json"

@@ -32,7 +32,9 @@ class ProgressPrinter:
             from tqdm import tqdm
 
             if self._bar is None:
-                self._bar = tqdm(total=100, unit="%", file=sys.stderr, bar_format="{l_bar}{bar}| {elapsed}")
+                self._bar = tqdm(
+                    total=100, unit="%", file=sys.stderr, bar_format="{l_bar}{bar}| {elapsed}"
+                )
             self._bar.set_description(f"{stage}: {message}"[:60].ljust(60))
             self._bar.n = int(round(fraction * 100))
             self._bar.refresh()
@@ -103,15 +105,26 @@ def cmd_demo(args: argparse.Namespace, progress: ProgressPrinter) -> dict:
     start = time.perf_counter()
     assets = _load_assets(args.flame)
     progress("demo", 0.0, f"rendering 3 synthetic photos of the {assets.kind}")
-    options = ReconstructOptions(device=args.device, texture_size=args.texture_size, overwrite=args.overwrite, fit=_fit_options(args))
+    options = ReconstructOptions(
+        device=args.device,
+        texture_size=args.texture_size,
+        overwrite=args.overwrite,
+        fit=_fit_options(args),
+    )
     flame = FLAME(assets, n_shape=options.fit.n_shape, n_expr=options.fit.n_expr)
     texture = procedural_texture(assets, size=512, seed=args.seed)
-    subject = make_subject(flame, texture, seed=args.seed, image_size=args.image_size, landmark_noise_px=args.noise_px)
+    subject = make_subject(
+        flame, texture, seed=args.seed, image_size=args.image_size, landmark_noise_px=args.noise_px
+    )
     inputs = [
         ViewInput(photo=v.photo, landmarks=v.landmarks_noisy, label=name)
         for v, name in zip(subject.views, ("left", "front", "right"), strict=True)
     ]
-    out = Path(args.output) if args.output else Path(tempfile.mkdtemp(prefix="mfnet-demo-")) / "result"
+    out = (
+        Path(args.output)
+        if args.output
+        else Path(tempfile.mkdtemp(prefix="mfnet-demo-")) / "result"
+    )
     rec = reconstruct(inputs, assets, out, options, progress=progress)
     err = vertex_error_mm(rec.fit.vertices_model, subject.vertices_true, assets.face_region)
     return {
@@ -146,23 +159,36 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--flame", help="FLAME model file (.pkl); default: MFNET_FLAME_MODEL or the data folder")
+        sp.add_argument(
+            "--flame", help="FLAME model file (.pkl); default: MFNET_FLAME_MODEL or the data folder"
+        )
         sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         sp.add_argument("--progress", default="bar", choices=["bar", "jsonl", "none"])
         sp.add_argument("--texture-size", type=int, default=1024, choices=[512, 1024, 2048, 4096])
-        sp.add_argument("--losses", default=",".join(FitOptions().losses), help=f"comma list from {','.join(LOSS_TERMS)}")
-        sp.add_argument("--overwrite", action="store_true", help="replace an existing result folder")
+        sp.add_argument(
+            "--losses",
+            default=",".join(FitOptions().losses),
+            help=f"comma list from {','.join(LOSS_TERMS)}",
+        )
+        sp.add_argument(
+            "--overwrite", action="store_true", help="replace an existing result folder"
+        )
         sp.add_argument("--json", action="store_true", help="print one JSON summary at the end")
 
     r = sub.add_parser("reconstruct", help="photos -> result folder")
     r.add_argument("photos", nargs="+", help="1 to N photos of one person (left, front, right)")
     r.add_argument("-o", "--output", required=True, help="result folder to create")
-    r.add_argument("--views", help="names for the photos in order, e.g. left,front,right (checked against the fit)")
+    r.add_argument(
+        "--views",
+        help="names for the photos in order, e.g. left,front,right (checked against the fit)",
+    )
     r.add_argument("--expressions", type=int, default=50, help="expression shape keys to export")
     r.add_argument("--landmarks", default="dlib", choices=["dlib", "face-alignment"])
     common(r)
 
-    d = sub.add_parser("demo", help="reconstruct 3 synthetic photos of the available head and report the error")
+    d = sub.add_parser(
+        "demo", help="reconstruct 3 synthetic photos of the available head and report the error"
+    )
     d.add_argument("-o", "--output", help="result folder (default: a new temp folder)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--image-size", type=int, default=1024)

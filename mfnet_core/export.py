@@ -109,7 +109,9 @@ def write_obj(folder: Path, vertices: np.ndarray, rig: RigData, texture_name: st
     )
 
 
-def split_by_uv(faces: np.ndarray, uv_faces: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def split_by_uv(
+    faces: np.ndarray, uv_faces: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """glTF needs one UV per vertex: split vertices on UV seams.
 
     Returns (vertex_index (U,), uv_index (U,), new_faces (F,3)) for the U unique pairs.
@@ -159,9 +161,7 @@ def write_glb(path: Path, rig: RigData, texture_png: bytes, n_targets: int) -> N
     pos_acc = accessor(positions, pygltflib.VEC3, fl, array_buf, True)
     uv_acc = accessor(uvs, pygltflib.VEC2, fl, array_buf, False)
     idx_acc = accessor(faces.reshape(-1), pygltflib.SCALAR, ui, elem_buf, False)
-    target_accs = [
-        {"POSITION": accessor(t, pygltflib.VEC3, fl, array_buf, True)} for t in targets
-    ]
+    target_accs = [{"POSITION": accessor(t, pygltflib.VEC3, fl, array_buf, True)} for t in targets]
     image_view = add(texture_png, None)
     names = [f"exp_{k:03d}" for k in range(len(targets))]
     primitive = pygltflib.Primitive(

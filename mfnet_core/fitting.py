@@ -127,6 +127,7 @@ class MultiViewFitter:
     ) -> None:
         self.flame = flame
         self.rig = LandmarkRig(flame).to(device)
+        self._rig64 = LandmarkRig(flame).to(device).double()
         self.options = options
         self.device = device
         self.dtype = torch.float32
@@ -150,7 +151,9 @@ class MultiViewFitter:
     # -- model evaluation ------------------------------------------------------------------
     def contour_yaw(self, head_rot: Tensor | None = None) -> Tensor:
         """(N,) yaw in degrees that picks each view's contour landmarks."""
-        rot = axis_angle_to_matrix((self.params.head_rot if head_rot is None else head_rot).detach())
+        rot = axis_angle_to_matrix(
+            (self.params.head_rot if head_rot is None else head_rot).detach()
+        )
         return yaw_pitch_roll_deg(rot)[:, 0]
 
     def evaluate(self, with_vertices: bool = False) -> dict[str, Tensor]:
@@ -188,11 +191,17 @@ class MultiViewFitter:
         pred = ev["landmarks_px"]
         terms: dict[str, Tensor] = {}
         if "landmarks" in o.losses:
-            terms["landmarks"] = w.landmarks * landmark_loss(pred, self.detected, self.lm_weights, self.scale)
+            terms["landmarks"] = w.landmarks * landmark_loss(
+                pred, self.detected, self.lm_weights, self.scale
+            )
         if "eye" in o.losses:
-            terms["eye"] = w.eye * offset_loss(pred, self.detected, EYELID_PAIRS, self.lm_weights, self.scale)
+            terms["eye"] = w.eye * offset_loss(
+                pred, self.detected, EYELID_PAIRS, self.lm_weights, self.scale
+            )
         if "lip" in o.losses:
-            terms["lip"] = w.lip * offset_loss(pred, self.detected, LIP_PAIRS, self.lm_weights, self.scale)
+            terms["lip"] = w.lip * offset_loss(
+                pred, self.detected, LIP_PAIRS, self.lm_weights, self.scale
+            )
         if "reg" in o.losses:
             terms["reg"] = w.reg * regularisation(p.shape, p.expression)
         for name, fn in self.extra_terms.items():
@@ -213,82 +222,127 @@ class MultiViewFitter:
                 ("jaw_pose", slice(None)),
                 *rigid,
             ]
-        return [("shape", slice(None)), ("expression", slice(None)), ("jaw_pose", slice(None)), *rigid]
+        return [
+            ("shape", slice(None)),
+            ("expression", slice(None)),
+            ("jaw_pose", slice(None)),
+            *rigid,
+        ]
 
     def _gather(self, free: Free) -> Tensor:
         return torch.cat([getattr(self.params, n)[..., sl].reshape(-1) for n, sl in free])
 
     def _values(self, free: Free, x: Tensor) -> dict[str, Tensor]:
-        """Parameter tensors with the free entries taken from x (functional, for jacfwd)."""
-        vals = {n: getattr(self.params, n) for n in ("shape", "expression", "jaw_pose", "head_rot", "head_trans")}
+        """Batched parameter values: x (B,P) free entries -> dict of (B,...) tensors, the
+        fixed entries broadcast from the current parameters. Head pose: (B,N,3)."""
+        b = x.shape[0]
+        p = self.params
+        dt = x.dtype
+        vals = {
+            "shape": p.shape.to(dt).expand(b, -1),
+            "expression": p.expression.to(dt).expand(b, -1),
+            "jaw_pose": p.jaw_pose.to(dt).expand(b, -1),
+            "head_rot": p.head_rot.to(dt)[None].expand(b, -1, -1),
+            "head_trans": p.head_trans.to(dt)[None].expand(b, -1, -1),
+        }
         i = 0
         for n, sl in free:
             base = vals[n]
             start, stop, _ = sl.indices(base.shape[-1])
-            count = base.shape[0] * (stop - start)
-            part = x[i : i + count].reshape(base.shape[0], stop - start)
-            vals[n] = torch.cat([base[:, :start], part, base[:, stop:]], dim=1)
+            rows = base.shape[1] if base.dim() == 3 else 1
+            count = rows * (stop - start)
+            part = x[:, i : i + count].reshape(*base.shape[:-1], stop - start)
+            vals[n] = torch.cat([base[..., :start], part, base[..., stop:]], dim=-1)
             i += count
         return vals
 
     def landmarks_px(self, vals: dict[str, Tensor], yaw: Tensor) -> Tensor:
-        """(N,68,2) projections of the model landmarks for the given parameter values."""
+        """(B,N,68,2) projections of the model landmarks for batched parameter values."""
         p = self.params
+        b, n = vals["head_rot"].shape[:2]
+        dt = vals["shape"].dtype
         betas = torch.cat([vals["shape"], vals["expression"]], dim=1)
         n_j = self.flame.n_joints
-        pose = torch.cat([torch.zeros_like(p.neck_pose), p.neck_pose, vals["jaw_pose"], p.eye_pose], 1)
+        rest = torch.cat([p.neck_pose, torch.zeros_like(p.neck_pose), p.eye_pose], 1).to(dt)
+        pose = torch.cat(
+            [
+                torch.zeros(b, 3, dtype=dt),
+                rest[:, :3].expand(b, 3),
+                vals["jaw_pose"],
+                rest[:, 6:].expand(b, -1),
+            ],
+            dim=1,
+        )
         if pose.shape[1] < 3 * n_j:
-            pose = torch.cat([pose, pose.new_zeros(1, 3 * n_j - pose.shape[1])], 1)
-        lmk, joints = self.rig.landmarks(betas.expand(self.n_views, -1), pose[:, : 3 * n_j].expand(self.n_views, -1), yaw)
-        rot = axis_angle_to_matrix(vals["head_rot"])
-        cam = pose_points(lmk, rot, joints[:1, 0], vals["head_trans"])
-        return project(cam, self.camera)
+            pose = torch.cat([pose, pose.new_zeros(b, 3 * n_j - pose.shape[1])], 1)
+        pose = pose[:, : 3 * n_j]
+        rig = self.rig if dt == torch.float32 else self._rig64
+        lmk, joints = rig.landmarks(betas, pose, yaw)  # (B,N,68,3), (B,J,3)
+        rot = axis_angle_to_matrix(vals["head_rot"].reshape(-1, 3)).reshape(b, n, 3, 3)
+        pivot = joints[:, None, None, 0]  # (B,1,1,3)
+        cam = (lmk - pivot) @ rot.transpose(-1, -2) + pivot + vals["head_trans"][:, :, None]
+        return project(cam.reshape(b * n, 68, 3), self.camera.to(dt).repeat(b, 1)).reshape(
+            b, n, 68, 2
+        )
 
-    def residuals(self, free: Free, x: Tensor, yaw: Tensor, irls: dict[str, Tensor], lmk_mask: Tensor) -> Tensor:
-        """Weighted residual vector r; the stage minimises |r|^2.
+    def residuals(
+        self, free: Free, x: Tensor, yaw: Tensor, irls: dict[str, Tensor], lmk_mask: Tensor
+    ) -> Tensor:
+        """Weighted residuals r (B,R) for parameter vectors x (B,P); a stage minimises |r|^2.
 
         With IRLS weights 1/sqrt(|e|^2+eps^2) from the previous iterate, |r|^2 equals the
         paper's L1 terms (eq. 7-9) at convergence; the regulariser (eq. 10) is quadratic.
         """
         o, w = self.options, self.options.weights
         vals = self._values(free, x)
+        dt = x.dtype
+        b = x.shape[0]
         pred = self.landmarks_px(vals, yaw)
-        err = (pred - self.detected) / self.scale[:, None, None]  # (N,68,2)
+        err = (pred - self.detected.to(dt)) / self.scale.to(dt)[:, None, None]  # (B,N,68,2)
         parts = []
-        wl = self.lm_weights * lmk_mask
+        wl = (self.lm_weights * lmk_mask).to(dt)
         n = float(self.n_views)
         if "landmarks" in o.losses:
-            parts.append((err * torch.sqrt(w.landmarks * wl * irls["lmk"] / n)[..., None]).reshape(-1))
+            parts.append(
+                (err * torch.sqrt(w.landmarks * wl * irls["lmk"] / n)[..., None]).reshape(b, -1)
+            )
         for name, pairs, lam in (("eye", EYELID_PAIRS, w.eye), ("lip", LIP_PAIRS, w.lip)):
             if name in o.losses:
                 i = [a for a, _ in pairs]
-                j = [b for _, b in pairs]
-                d = err[:, i] - err[:, j]
+                j = [c for _, c in pairs]
+                d = err[:, :, i] - err[:, :, j]
                 pw = wl[:, i] * wl[:, j]
-                parts.append((d * torch.sqrt(lam * pw * irls[name] / n)[..., None]).reshape(-1))
+                parts.append((d * torch.sqrt(lam * pw * irls[name] / n)[..., None]).reshape(b, -1))
         if "reg" in o.losses:
-            parts.append(np.sqrt(w.reg) * torch.cat([vals["shape"], vals["expression"]], 1).reshape(-1))
-        jaw = vals["jaw_pose"][0]
+            parts.append(np.sqrt(w.reg) * torch.cat([vals["shape"], vals["expression"]], 1))
+        jaw = vals["jaw_pose"]
         # The jaw is a hinge about x that opens with positive rotation.
-        parts.append(np.sqrt(o.jaw_prior) * torch.stack([10 * jaw[1], 10 * jaw[2], 10 * jaw[0].clamp(max=0)]))
-        return torch.cat(parts)
+        prior = torch.stack([10 * jaw[:, 1], 10 * jaw[:, 2], 10 * jaw[:, 0].clamp(max=0)], 1)
+        parts.append(np.sqrt(o.jaw_prior) * prior)
+        return torch.cat(parts, dim=1)
 
     def _irls(self, free: Free, x: Tensor, yaw: Tensor) -> dict[str, Tensor]:
-        with torch.no_grad():
-            pred = self.landmarks_px(self._values(free, x), yaw)
-            err = (pred - self.detected) / self.scale[:, None, None]
-            inv = lambda e: 1.0 / torch.sqrt((e * e).sum(-1) + _EPS**2)  # noqa: E731
-            out = {"lmk": inv(err)}
-            for name, pairs in (("eye", EYELID_PAIRS), ("lip", LIP_PAIRS)):
-                i = [a for a, _ in pairs]
-                j = [b for _, b in pairs]
-                out[name] = inv(err[:, i] - err[:, j])
-            return out
+        """IRLS weights (N,68) / (N,pairs) that turn squared residuals into eq. 7-9's L1."""
+        pred = self.landmarks_px(self._values(free, x[None]), yaw)[0]
+        err = (pred - self.detected.to(x.dtype)) / self.scale.to(x.dtype)[:, None, None]
+        inv = lambda e: 1.0 / torch.sqrt((e * e).sum(-1) + _EPS**2)  # noqa: E731
+        out = {"lmk": inv(err)}
+        for name, pairs in (("eye", EYELID_PAIRS), ("lip", LIP_PAIRS)):
+            i = [a for a, _ in pairs]
+            j = [c for _, c in pairs]
+            out[name] = inv(err[:, i] - err[:, j])
+        return out
 
+    @torch.no_grad()
     def run_stage(self, stage: str, iterations: int, lmk_subset: list[int] | None = None) -> None:
-        """Levenberg-Marquardt (Marquardt's diagonal damping) with IRLS reweighting per step."""
+        """Levenberg-Marquardt (Marquardt's diagonal damping), IRLS reweighting per step.
+
+        Runs in float64 with a forward-difference Jacobian from ONE batched evaluation of
+        the landmark rig (P+1 parameter vectors): cheaper here than autograd's per-row
+        passes, and exact enough in double precision.
+        """
         free = self.free_entries(stage)
-        x = self._gather(free).detach()
+        x = self._gather(free).double()
         yaw = self.contour_yaw()
         mask = torch.ones_like(self.lm_weights)
         if lmk_subset is not None:
@@ -296,37 +350,36 @@ class MultiViewFitter:
             mask[:, lmk_subset] = 1
         mu = 1e-3
         cost = float("nan")
+        h = 1e-6
+        eye = torch.eye(x.shape[0], dtype=x.dtype) * h
         for _ in range(iterations):
             irls = self._irls(free, x, yaw)
-
-            def fn(v: Tensor, irls: dict[str, Tensor] = irls) -> Tensor:
-                return self.residuals(free, v, yaw, irls, mask)
-
-            r = fn(x)
+            r_all = self.residuals(free, torch.cat([x[None], x[None] + eye]), yaw, irls, mask)
+            r = r_all[0]
+            jac = ((r_all[1:] - r) / h).T  # (R,P)
             cost = float(r @ r)
-            jac = torch.func.jacfwd(fn)(x)  # (R,P)
             jtj = jac.T @ jac
             g = jac.T @ r
-            diag = torch.diagonal(jtj).clamp_min(1e-9)
+            diag = torch.diagonal(jtj).clamp_min(1e-12)
             improved = False
             for _try in range(8):
                 step = torch.linalg.solve(jtj + mu * torch.diag(diag), -g)
-                r_new = fn(x + step)
+                r_new = self.residuals(free, (x + step)[None], yaw, irls, mask)[0]
                 new_cost = float(r_new @ r_new)
                 if new_cost < cost:
                     x = x + step
-                    mu = max(mu * 0.3, 1e-7)
-                    improved = cost - new_cost > 1e-7 * cost
+                    mu = max(mu * 0.3, 1e-9)
+                    improved = cost - new_cost > 1e-6 * cost
                     cost = new_cost
                     break
                 mu *= 10
             if not improved:
                 break
             # Contour landmarks follow the silhouette: re-pick their bins as the pose moves.
-            yaw = self.contour_yaw(self._values(free, x)["head_rot"])
-        vals = self._values(free, x)
+            yaw = self.contour_yaw(self._values(free, x[None])["head_rot"][0].float())
+        vals = self._values(free, x[None])
         for name, _ in free:
-            getattr(self.params, name).copy_(vals[name].detach())
+            getattr(self.params, name).copy_(vals[name][0].to(self.dtype))
         self.history.append({"stage": stage, "cost": cost})  # type: ignore[dict-item]
 
     # -- initialisation --------------------------------------------------------------------

@@ -12,13 +12,14 @@ import torch
 from smplx.lbs import batch_rigid_transform, batch_rodrigues
 from torch import Tensor, nn
 
-from .flame import FLAME, vertices2landmarks
+from .flame import FLAME
 
 
 class LandmarkRig(nn.Module):
     def __init__(self, flame: FLAME) -> None:
         super().__init__()
-        self.flame = flame
+        # A plain reference, not a submodule: .double() on the rig must not touch FLAME.
+        self._flame = (flame,)
         ids = flame.lmk_vertex_ids
         s = ids.shape[0]
         k = flame.blend_dirs.shape[2]
@@ -43,13 +44,22 @@ class LandmarkRig(nn.Module):
         ident = torch.eye(3, dtype=rot.dtype, device=rot.device)
         feat = (rot[:, 1:] - ident).reshape(b, -1)
         v = v + (feat @ self.posedirs).reshape(b, -1, 3)
-        posed_joints, rel = batch_rigid_transform(rot, joints, self.flame.parents, dtype=rot.dtype)
+        posed_joints, rel = batch_rigid_transform(
+            rot, joints, self._flame[0].parents, dtype=rot.dtype
+        )
         t = torch.einsum("sj,bjmn->bsmn", self.weights, rel)
         verts = torch.einsum("bsmn,bsn->bsm", t[..., :3, :3], v) + t[..., :3, 3]
         return verts, posed_joints
 
     def landmarks(self, betas: Tensor, pose: Tensor, yaw_deg: Tensor) -> tuple[Tensor, Tensor]:
-        """(B,68,3) landmarks for per-item contour yaw (B,), plus posed joints (B,J,3)."""
+        """Landmarks of B models seen in N views: (B,N,68,3), plus posed joints (B,J,3).
+
+        betas (B,K), pose (B,3J), yaw_deg (N,) picks each view's contour bin.
+        """
         verts, joints = self.vertices(betas, pose)
-        faces, bary = self.flame._landmark_faces(yaw_deg, betas.shape[0])
-        return vertices2landmarks(verts, self.flame.lmk_faces_local, faces, bary), joints
+        n = yaw_deg.shape[0]
+        faces, bary = self._flame[0]._landmark_faces(yaw_deg, n)  # (N,68), (N,68,3)
+        tri = self._flame[0].lmk_faces_local[faces]  # (N,68,3) local vertex ids
+        corners = verts[:, tri]  # (B,N,68,3 corners,3)
+        lmk = (corners * bary.to(verts.dtype)[None, ..., None]).sum(-2)
+        return lmk, joints

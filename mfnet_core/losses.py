@@ -41,9 +41,7 @@ def robust_l1(residual: Tensor, eps: float = 1e-3) -> Tensor:
     return torch.sqrt((residual * residual).sum(-1) + eps * eps) - eps
 
 
-def landmark_loss(
-    predicted: Tensor, detected: Tensor, weights: Tensor, scale: Tensor
-) -> Tensor:
+def landmark_loss(predicted: Tensor, detected: Tensor, weights: Tensor, scale: Tensor) -> Tensor:
     """Single-view landmark loss, eq. 7, summed over views.
 
     predicted, detected: (N,68,2) pixels; weights: (N,68) (0 for landmarks outside the face
@@ -81,7 +79,9 @@ def regularisation(shape: Tensor, expression: Tensor, albedo: Tensor | None = No
     return reg
 
 
-def outlier_weights(residual_px: Tensor, scale: Tensor, k: float = 3.0, floor: float = 0.03) -> Tensor:
+def outlier_weights(
+    residual_px: Tensor, scale: Tensor, k: float = 3.0, floor: float = 0.03
+) -> Tensor:
     """Down-weights landmarks far off the fit, for robustness to a few wrong detections.
 
     residual_px: (N,68) residual lengths in pixels; scale: (N,) half the face size in pixels.

@@ -21,7 +21,10 @@ def similarity_align(source: np.ndarray, target: np.ndarray, with_scale: bool = 
 
 
 def vertex_error_mm(
-    predicted: np.ndarray, truth: np.ndarray, region: np.ndarray | None = None, with_scale: bool = False
+    predicted: np.ndarray,
+    truth: np.ndarray,
+    region: np.ndarray | None = None,
+    with_scale: bool = False,
 ) -> np.ndarray:
     """Per-vertex distances in mm after aligning `predicted` to `truth` on `region`.
 

@@ -120,15 +120,23 @@ def name_views(yaws: np.ndarray) -> list[str]:
     return [f"view{i}" for i in range(n)]
 
 
-def view_warnings(names: list[str], yaws: np.ndarray, labels: list[str | None], files: list[str]) -> list[str]:
+def view_warnings(
+    names: list[str], yaws: np.ndarray, labels: list[str | None], files: list[str]
+) -> list[str]:
     warnings = []
     for name, yaw, label, file in zip(names, yaws, labels, files, strict=True):
         if label and label != name and len(names) == 3:
-            warnings.append(f"{file}: named '{label}' but the fitted pose says '{name}' (yaw {yaw:+.0f}°); using '{name}'")
+            warnings.append(
+                f"{file}: named '{label}' but the fitted pose says '{name}' (yaw {yaw:+.0f}°); using '{name}'"
+            )
         if name in ("left", "right") and abs(yaw) < 12:
-            warnings.append(f"{name} view ({file}): face turned only {abs(yaw):.0f}°; side views of 25-45° constrain the profile best")
+            warnings.append(
+                f"{name} view ({file}): face turned only {abs(yaw):.0f}°; side views of 25-45° constrain the profile best"
+            )
         if abs(yaw) > 60:
-            warnings.append(f"{file}: face turned {abs(yaw):.0f}°; landmarks are unreliable beyond ~60°")
+            warnings.append(
+                f"{file}: face turned {abs(yaw):.0f}°; landmarks are unreliable beyond ~60°"
+            )
     return warnings
 
 
@@ -244,7 +252,8 @@ def reconstruct(
         }
         if assets.kind != "flame":
             report["warnings"].insert(
-                0, "made with the generated test head, NOT FLAME: install FLAME for real results (mfnet doctor)"
+                0,
+                "made with the generated test head, NOT FLAME: install FLAME for real results (mfnet doctor)",
             )
         with atomic_folder(Path(out_dir), options.overwrite) as tmp:
             np.savez_compressed(tmp / "rig.npz", **rig.arrays)
@@ -255,7 +264,9 @@ def reconstruct(
             write_glb(tmp / "head.glb", rig, png, n_targets=rig.expression_basis.shape[0])
             sub(0.6, "meshes written")
             for i, view in enumerate(inputs):
-                overlay = make_overlay(view.photo.rgb, lmk[i], fit.landmarks_px[i], screen[i], faces_t, names[i])
+                overlay = make_overlay(
+                    view.photo.rgb, lmk[i], fit.landmarks_px[i], screen[i], faces_t, names[i]
+                )
                 save_png(tmp / f"overlay_{names[i]}.png", overlay)
             write_json(tmp / "params.json", params_json(assets, params, names, intrinsics))
             timings = {**timer.timings, "export": round(time.perf_counter() - export_start, 4)}
@@ -266,7 +277,10 @@ def reconstruct(
 
 
 def params_json(
-    assets: FlameAssets, params: dict[str, np.ndarray], names: list[str], intrinsics: list[Intrinsics]
+    assets: FlameAssets,
+    params: dict[str, np.ndarray],
+    names: list[str],
+    intrinsics: list[Intrinsics],
 ) -> dict:
     return {
         "model": {"kind": assets.kind, "file": assets.name, "sha256": assets.sha256},
@@ -280,7 +294,14 @@ def params_json(
                 "name": names[i],
                 "head_pose": params["head_pose"][i],
                 "head_translation": params["head_translation"][i],
-                "camera": {"fx": k.fx, "fy": k.fy, "cx": k.cx, "cy": k.cy, "width": k.width, "height": k.height},
+                "camera": {
+                    "fx": k.fx,
+                    "fy": k.fy,
+                    "cx": k.cx,
+                    "cy": k.cy,
+                    "width": k.width,
+                    "height": k.height,
+                },
             }
             for i, k in enumerate(intrinsics)
         ],

@@ -34,7 +34,9 @@ class SyntheticSubject:
     views: list[SyntheticView]
 
 
-def smooth_noise_3d(points: np.ndarray, rng: np.random.Generator, octaves: int = 5, base_freq: float = 20.0) -> np.ndarray:
+def smooth_noise_3d(
+    points: np.ndarray, rng: np.random.Generator, octaves: int = 5, base_freq: float = 20.0
+) -> np.ndarray:
     """(P,3) -> (P,) band-limited noise in [-1,1]: sums of random plane waves per octave."""
     out = np.zeros(len(points))
     amp_total = 0.0
@@ -105,15 +107,21 @@ def _template_landmarks(assets: FlameAssets) -> np.ndarray:
     return (assets.v_template[tri] * emb.full_bary[..., None]).sum(1)
 
 
-def _paint_near(colour: np.ndarray, pts: np.ndarray, anchors: np.ndarray, radius: float, target: np.ndarray) -> np.ndarray:
+def _paint_near(
+    colour: np.ndarray, pts: np.ndarray, anchors: np.ndarray, radius: float, target: np.ndarray
+) -> np.ndarray:
     """Blends toward `target` near a polyline through the anchor points."""
-    dense = np.concatenate([np.linspace(a, b, 8) for a, b in zip(anchors[:-1], anchors[1:], strict=True)])
+    dense = np.concatenate(
+        [np.linspace(a, b, 8) for a, b in zip(anchors[:-1], anchors[1:], strict=True)]
+    )
     d = np.min(np.linalg.norm(pts[:, None, :] - dense[None], axis=-1), axis=1)
     w = np.exp(-((d / radius) ** 2))[:, None]
     return colour * (1 - w) + target * w
 
 
-def random_params(flame: FLAME, rng: np.random.Generator, expression_scale: float = 0.6) -> dict[str, np.ndarray]:
+def random_params(
+    flame: FLAME, rng: np.random.Generator, expression_scale: float = 0.6
+) -> dict[str, np.ndarray]:
     """A plausible person: shape ~ N(0,1), a mild expression and a slightly open jaw."""
     shape = rng.normal(size=flame.n_shape).astype(np.float32)
     expr = np.zeros(flame.n_expr, dtype=np.float32)
@@ -166,7 +174,9 @@ def make_subject(
         rot_aa = _euler_to_axis_angle(yaw, pitch, roll)
         rot = axis_angle_to_matrix(torch.as_tensor(rot_aa, dtype=torch.float32)[None])[0]
         # Head centred in the photo (face centre ~ 4 cm above the root joint).
-        trans = torch.tensor([rng.uniform(-0.01, 0.01), -0.03 + rng.uniform(-0.01, 0.01), -distance_m])
+        trans = torch.tensor(
+            [rng.uniform(-0.01, 0.01), -0.03 + rng.uniform(-0.01, 0.01), -distance_m]
+        )
         v_cam = (verts - pivot) @ rot.T + pivot + trans
         screen = to_screen(v_cam[None], cam)[0]
         normals = vertex_normals(v_cam[None], faces)[0]

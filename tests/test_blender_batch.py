@@ -97,6 +97,14 @@ def test_reconstruct_operator(kind, addon_zip, photos, tmp_path):
         [photos["grace"], photos["bad"], tmp_path / "work", "--zip", addon_zip],
         tmp_path / "home",
     )
+    prefs = res["prefs"]
+    assert (
+        prefs["detect"] == ["FINISHED"]
+        and Path(prefs["backend_python"]).resolve() == Path(sys.executable).resolve()
+    )
+    assert prefs["check"] == ["FINISHED"] and prefs["doctor_lines"][0].startswith("Backend: ")
+    assert any("dlib" in line for line in prefs["doctor_lines"]), prefs["doctor_lines"]
+    assert prefs["pose_library"].endswith("poses.json")
     ok = res["ok_run"]
     assert ok["result"] == ["FINISHED"] and not ok["error"] and not ok["running"]
     assert ok["mesh"] == "grace_hopper" and ok["armature"] == "grace_hopper_rig"

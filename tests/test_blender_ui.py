@@ -73,6 +73,7 @@ def test_sidebar_reconstruct_cancel_and_screenshot(tmp_path):
     assert not res["after_run"]["error"] and res["mesh"] == "grace_hopper"
     assert {"landmarks", "fit", "texture", "done"} <= set(res["stages"])
     assert res["responsive"]["ticks"] > 10 and res["responsive"]["max_gap_s"] < 2.0
+    print("UI responsiveness while the backend ran:", res["responsive"])
     img = np.asarray(Image.open(shot).convert("RGB"), dtype=np.float64)
     assert img.shape == (1000, 1600, 3)
     centre = img[250:750, 450:850]  # the head in the viewport: textured, not empty grey

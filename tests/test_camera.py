@@ -20,7 +20,9 @@ def test_axis_angle_matches_opencv():
     ours = axis_angle_to_matrix(torch.as_tensor(aa)).numpy()
     for a, r in zip(aa, ours, strict=True):
         np.testing.assert_allclose(r, cv2.Rodrigues(a)[0], atol=1e-10)
-    np.testing.assert_allclose(axis_angle_to_matrix(torch.zeros(1, 3))[0].numpy(), np.eye(3), atol=1e-7)
+    np.testing.assert_allclose(
+        axis_angle_to_matrix(torch.zeros(1, 3))[0].numpy(), np.eye(3), atol=1e-7
+    )
 
 
 def test_projection_convention():
@@ -49,7 +51,9 @@ def test_pnp_recovers_pose():
     r = cv2.Rodrigues(aa_true)[0]
     t = np.array([0.01, -0.02, -0.6])
     cam_pts = (model - pivot) @ r.T + pivot + t
-    uv = project(torch.as_tensor(cam_pts)[None], torch.as_tensor(intr.as_vector(), dtype=torch.float64)[None])[0].numpy()
+    uv = project(
+        torch.as_tensor(cam_pts)[None], torch.as_tensor(intr.as_vector(), dtype=torch.float64)[None]
+    )[0].numpy()
     rot, trans = solve_head_pose_pnp(model, uv, intr, pivot)
     np.testing.assert_allclose(matrix_to_axis_angle(rot), aa_true, atol=1e-5)
     np.testing.assert_allclose(trans, t, atol=1e-5)

@@ -23,9 +23,14 @@ def demo_run(test_head_assets, tmp_path_factory):
     subject = make_subject(flame, texture, seed=3, image_size=512, landmark_noise_px=1.0)
     # Give the views out of order to check that left/front/right come from the fit.
     order = [2, 0, 1]
-    inputs = [ViewInput(photo=subject.views[i].photo, landmarks=subject.views[i].landmarks_noisy) for i in order]
+    inputs = [
+        ViewInput(photo=subject.views[i].photo, landmarks=subject.views[i].landmarks_noisy)
+        for i in order
+    ]
     out = tmp_path_factory.mktemp("rec") / "result"
-    rec = reconstruct(inputs, assets, out, ReconstructOptions(device="cpu", texture_size=512, expression_keys=20))
+    rec = reconstruct(
+        inputs, assets, out, ReconstructOptions(device="cpu", texture_size=512, expression_keys=20)
+    )
     return subject, rec, order, assets
 
 
@@ -51,8 +56,19 @@ def test_result_folder_contract(demo_run):
     _, rec, _, assets = demo_run
     out = rec.result_dir
     names = {p.name for p in out.iterdir()}
-    for f in ("rig.npz", "params.json", "texture.png", "texture_mask.png", "head.obj", "head.mtl",
-              "head.glb", "report.json", "overlay_left.png", "overlay_front.png", "overlay_right.png"):
+    for f in (
+        "rig.npz",
+        "params.json",
+        "texture.png",
+        "texture_mask.png",
+        "head.obj",
+        "head.mtl",
+        "head.glb",
+        "report.json",
+        "overlay_left.png",
+        "overlay_front.png",
+        "overlay_right.png",
+    ):
         assert f in names, f
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".result")]
     rig = np.load(out / "rig.npz", allow_pickle=False)

@@ -39,7 +39,8 @@ Progress = Callable[[int, int], None]
 
 
 def model_identity(flame) -> dict[str, object]:  # noqa: ANN001 - mfnet_core.flame.FLAME
-    """What distinguishes one head model from another for caching: sizes and a hash."""
+    """What distinguishes one head model from another for caching: sizes, the model file's
+    hash (blend shapes can change while the template stays) and the template's."""
     a = flame.assets
     h = hashlib.sha1()
     h.update(np.ascontiguousarray(a.v_template, dtype=np.float32).tobytes())
@@ -50,7 +51,9 @@ def model_identity(flame) -> dict[str, object]:  # noqa: ANN001 - mfnet_core.fla
         "n_shape": int(flame.n_shape),
         "n_expr": int(flame.n_expr),
         "template_sha1": h.hexdigest()[:16],
-        "name": str(getattr(a, "name", getattr(a, "source", ""))),
+        "file_sha256": str(getattr(a, "sha256", "")),
+        "kind": str(getattr(a, "kind", "")),
+        "name": str(getattr(a, "name", "")),
     }
 
 

@@ -38,6 +38,18 @@ def main() -> dict:
     job = bpy.context.window_manager.mfnet_job
     out: dict = {"module": module}
 
+    # preferences: auto-detect fills in the backend Python, Check shows `mfnet doctor`
+    r_detect = bpy.ops.mfnet.detect_backend()
+    detected = prefs.backend_python
+    r_check = bpy.ops.mfnet.check_backend()
+    out["prefs"] = {
+        "detect": list(r_detect),
+        "backend_python": detected,
+        "check": list(r_check),
+        "doctor_lines": list(addon.preferences.doctor_lines),
+        "pose_library": str(addon.preferences.pose_library_path(prefs)),
+    }
+
     res = bpy.ops.mfnet.reconstruct()
     rig = addon.builder.rig_of(bpy.context.view_layer.objects.active)
     out["ok_run"] = {
