@@ -375,6 +375,7 @@ def build_rig(
         "model_kind": rig.model_kind,
         "model_name": rig.model_name,
         "mesh": mesh_obj.name,
+        "joints": list(rig.joint_names),
         "expression_keys": rig.n_expressions,
         "corrective_drivers": n_corr,
         "pivot_drivers": n_piv,

@@ -30,7 +30,11 @@ def active_rig(context):
 
 
 def joint_bones(arm) -> list[str]:
-    """The FLAME joint bones (deforming, animator-rotated), in armature order."""
+    """The FLAME joint bones (animator-rotated) in FLAME's order (root, neck, jaw, eye_L, eye_R)."""
+    tag = arm.get(builder.RIG_TAG)
+    names = list(tag.get("joints", [])) if tag is not None else []
+    if names and all(n in arm.pose.bones for n in names):
+        return names
     return [b.name for b in arm.data.bones if b.use_deform]
 
 

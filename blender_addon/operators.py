@@ -216,6 +216,15 @@ class MFNET_OT_reconstruct(bpy.types.Operator):
         job.stage, job.message, job.fraction, job.error, job.info = "starting", "", 0.0, "", ""
         job.warnings = ""
 
+    def _start_failed(self, context, error: Exception) -> None:
+        tmp = getattr(self, "_tmp", None)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        job = _job(context)
+        job.error, job.info, job.warnings = str(error), "", ""
+        self.report({"ERROR"}, str(error))
+        _redraw(context)
+
     def _update(self, context, st: backend.JobState) -> None:
         job = _job(context)
         if (job.stage, job.message, job.fraction) == (st.stage, st.message, st.fraction):
@@ -248,6 +257,7 @@ class MFNET_OT_reconstruct(bpy.types.Operator):
         except (ResultError, RuntimeError, OSError) as e:
             job.error = S.MSG_BUILD_FAILED.format(error=e)
             self.report({"ERROR"}, job.error)
+            _redraw(context)
             return {"CANCELLED"}
         job.stage = "done"
         seconds = time.perf_counter() - self._start
@@ -265,8 +275,7 @@ class MFNET_OT_reconstruct(bpy.types.Operator):
         try:
             self._start_job(context)
         except (backend.BackendError, OSError, RuntimeError) as e:
-            _job(context).error = str(e)
-            self.report({"ERROR"}, str(e))
+            self._start_failed(context, e)
             return {"CANCELLED"}
 
         def show(st):
@@ -281,9 +290,7 @@ class MFNET_OT_reconstruct(bpy.types.Operator):
         try:
             self._start_job(context)
         except (backend.BackendError, OSError, RuntimeError) as e:
-            _job(context).error = str(e)
-            self.report({"ERROR"}, str(e))
-            _redraw(context)
+            self._start_failed(context, e)
             return {"CANCELLED"}
         wm = context.window_manager
         self._timer = wm.event_timer_add(0.1, window=context.window)

@@ -104,3 +104,39 @@ def test_existing_result_is_not_overwritten(demo_run, test_head_assets):
     inputs = [ViewInput(photo=subject.views[1].photo, landmarks=subject.views[1].landmarks_noisy)]
     with pytest.raises(MfnetError, match="already exists"):
         reconstruct(inputs, test_head_assets, rec.result_dir)
+
+
+def test_fit_is_robust_to_a_few_wrong_landmarks(test_head_assets):
+    """Five landmarks per view moved by 40 px (a detector's bad day) barely move the fit."""
+    from mfnet_core.fitting import fit_landmarks
+
+    flame = FLAME(test_head_assets, n_shape=100, n_expr=50)
+    texture = procedural_texture(test_head_assets, size=64, seed=5)
+    subject = make_subject(flame, texture, seed=5, image_size=512, landmark_noise_px=0.5)
+    lmk = np.stack([v.landmarks_noisy for v in subject.views])
+    rng = np.random.default_rng(0)
+    bad = lmk.copy()
+    for v in range(3):
+        idx = rng.choice(np.arange(17, 68), size=5, replace=False)
+        bad[v, idx] += rng.choice([-1, 1], size=(5, 2)) * 40
+    intr = [v.intrinsics for v in subject.views]
+    clean = fit_landmarks(flame, lmk, intr).result()
+    dirty = fit_landmarks(flame, bad, intr).result()
+    region = test_head_assets.face_region
+    e_clean = np.median(vertex_error_mm(clean.vertices_model, subject.vertices_true, region))
+    e_dirty = np.median(vertex_error_mm(dirty.vertices_model, subject.vertices_true, region))
+    assert e_dirty < e_clean + 0.5, (e_clean, e_dirty)
+    assert (dirty.landmark_weights < 0.5).sum() >= 12  # most outliers were found
+
+
+def test_fit_is_deterministic(test_head_assets):
+    from mfnet_core.fitting import fit_landmarks
+
+    flame = FLAME(test_head_assets, n_shape=100, n_expr=50)
+    texture = procedural_texture(test_head_assets, size=64, seed=6)
+    subject = make_subject(flame, texture, seed=6, image_size=512)
+    lmk = np.stack([v.landmarks_noisy for v in subject.views])
+    intr = [v.intrinsics for v in subject.views]
+    a = fit_landmarks(flame, lmk, intr).result()
+    b = fit_landmarks(flame, lmk, intr).result()
+    np.testing.assert_array_equal(a.vertices_model, b.vertices_model)
