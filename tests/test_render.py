@@ -328,6 +328,8 @@ def test_vertex_visibility_of_a_sphere_and_an_occluder():
     assert not big_vis[facing < -0.15].any()
     assert occluded.sum() > 20 and not big_vis[occluded & (disc > 0.05)].any()
     assert vis[len(sphere.vertices) :][small.vertices[:, 2] > 1.75].all()
+    # No winding convention is assumed: flipped faces give the same answer.
+    assert (vertex_visibility(scr.float(), faces.flip(1), 256, 256).numpy() == vis).all()
 
 
 def test_fragments_shapes_and_empty_mesh():

@@ -1,0 +1,98 @@
+"""The `mfnet` command as users and the Blender add-on run it: real subprocesses, real files."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def run_cli(*args: str, env_extra: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "MFNET_FLAME_MODEL"}
+    env.update({"OMP_NUM_THREADS": "2", **(env_extra or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "mfnet_core", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+@pytest.fixture(scope="module")
+def cache_env(tmp_path_factory):
+    """Empty data and cache folders: no FLAME, the test head generated afresh."""
+    return {
+        "MFNET_CACHE": str(tmp_path_factory.mktemp("cache")),
+        "MFNET_HOME": str(tmp_path_factory.mktemp("home")),
+    }
+
+
+@pytest.fixture(scope="module")
+def astronaut_png(tmp_path_factory):
+    from skimage import data
+
+    path = tmp_path_factory.mktemp("photos") / "astronaut_front.png"
+    Image.fromarray(data.astronaut()).save(path)
+    return path
+
+
+def test_reconstruct_real_photo_jsonl(tmp_path, astronaut_png, cache_env):
+    out = tmp_path / "astro"
+    proc = run_cli("reconstruct", str(astronaut_png), "-o", str(out), "--progress", "jsonl",
+                   "--texture-size", "512", env_extra=cache_env)
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    stages = [line["stage"] for line in lines]
+    assert {"landmarks", "fit", "texture", "export"} <= set(stages)
+    fractions = [line["fraction"] for line in lines]
+    assert fractions == sorted(fractions)
+    assert lines[-1]["stage"] == "done" and Path(lines[-1]["result_dir"]) == out.resolve()
+    report = json.loads((out / "report.json").read_text())
+    assert report["views"][0]["name"] == "front"
+    assert report["views"][0]["landmark_residual_px"]["median"] < 6.0
+    assert any("2 faces" in w for w in report["warnings"])  # dlib's false face on her suit
+    overlay = np.asarray(Image.open(out / "overlay_front.png"))
+    assert overlay.shape == (512, 512, 3)
+    tex = np.asarray(Image.open(out / "texture.png"))
+    mask = np.asarray(Image.open(out / "texture_mask.png"))
+    assert tex.shape == (512, 512, 3) and mask.max() == 255
+    assert tex[mask > 0].std() > 5  # real photo content, not a flat fill
+
+
+def test_bad_photo_gives_clear_error_and_writes_nothing(tmp_path, cache_env):
+    bad = tmp_path / "left.jpg"
+    bad.write_bytes(b"this is not a jpeg")
+    out = tmp_path / "res"
+    proc = run_cli("reconstruct", str(bad), "-o", str(out), "--progress", "none", env_extra=cache_env)
+    assert proc.returncode == 2
+    assert "left.jpg" in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".res")]
+
+
+def test_no_face_error_names_the_file(tmp_path, cache_env):
+    blank = tmp_path / "wall.png"
+    Image.fromarray(np.full((300, 300, 3), 200, np.uint8)).save(blank)
+    proc = run_cli("reconstruct", str(blank), "-o", str(tmp_path / "r"), "--progress", "jsonl", env_extra=cache_env)
+    assert proc.returncode == 2
+    last = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert last["stage"] == "error" and "wall.png" in last["message"]
+
+
+def test_demo_json(tmp_path, cache_env):
+    proc = run_cli("demo", "--json", "-o", str(tmp_path / "demo"), "--image-size", "512",
+                   "--texture-size", "512", env_extra=cache_env)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["model"] == "test-head"
+    assert summary["views"] == ["left", "front", "right"]
+    assert summary["median_vertex_error_mm"] < 2.0
+    assert Path(summary["result_dir"]).is_dir() and summary["seconds"] > 0
+
+
+def test_doctor_json(cache_env):
+    proc = run_cli("doctor", "--json", env_extra=cache_env)
+    report = json.loads(proc.stdout)
+    names = " ".join(item["name"] for item in report["items"]).lower()
+    assert "flame" in names and "dlib" in names
