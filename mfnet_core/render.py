@@ -54,8 +54,6 @@ _TILE = 32
 _EDGE_EPS = 1e-6
 # Smallest |signed area| (px^2) of a triangle that is rasterised at all.
 _MIN_AREA = 1e-10
-# Fraction of covered pixels above which barycentrics are computed on the whole grid.
-_FULL_GRID_FRACTION = 0.85
 
 
 @dataclass
@@ -372,30 +370,22 @@ def _sum3(x: Tensor) -> Tensor:
 def _fragments_from_faces(
     verts: Tensor, faces: Tensor, face_index: Tensor, perspective: bool
 ) -> Fragments:
+    """Barycentrics and depth at the pixel centres for a given face per pixel (in chunks of
+    pixels, to bound memory on large images)."""
     height, width = face_index.shape
     fi = face_index.reshape(-1)
-    covered = fi >= 0
     dtype = verts.dtype if verts.is_floating_point() else torch.float32
     dev = verts.device
     coef = _face_coeffs(verts.to(torch.float64)[faces]).to(dtype)
-    n_cov = int(covered.sum())
-    if n_cov > _FULL_GRID_FRACTION * height * width:
-        # Mostly covered (UV layouts): compute on the whole grid, then blank the background.
-        xs = torch.arange(width, dtype=dtype, device=dev) + 0.5
-        ys = torch.arange(height, dtype=dtype, device=dev) + 0.5
-        p = torch.stack([xs.repeat(height), ys.repeat_interleave(width)], dim=-1)
-        bary, depth = _bary_from_coeffs(p, coef[fi.clamp_min(0)], perspective)
-        bary = bary.masked_fill_(~covered[:, None], 0)
-        depth = depth.masked_fill_(~covered, math.inf)
-    else:
-        pix = covered.nonzero().squeeze(1)
-        bary_c, depth_c = _bary_from_coeffs(
-            _pixel_centres(pix, width, dtype), coef[fi[pix]], perspective
-        )
-        bary = torch.zeros(height * width, 3, dtype=dtype, device=dev)
-        bary[pix] = bary_c
-        depth = torch.full((height * width,), math.inf, dtype=dtype, device=dev)
-        depth[pix] = depth_c
+    bary = torch.zeros(height * width, 3, dtype=dtype, device=dev)
+    depth = torch.full((height * width,), math.inf, dtype=dtype, device=dev)
+    for start in range(0, height * width, _CHUNK):
+        pix = (fi[start : start + _CHUNK] >= 0).nonzero().squeeze(1) + start
+        if len(pix) == 0:
+            continue
+        b, d = _bary_from_coeffs(_pixel_centres(pix, width, dtype), coef[fi[pix]], perspective)
+        bary[pix] = b
+        depth[pix] = d
     return Fragments(
         face_index, bary.view(height, width, 3), depth.view(height, width), perspective
     )
