@@ -301,10 +301,9 @@ class MultiViewFitter:
         err = (pred - self.detected.to(dt)) / self.scale.to(dt)[:, None, None]  # (B,N,68,2)
         parts = []
         wl = (self.lm_weights * lmk_mask).to(dt)
-        n = float(self.n_views)
         if "landmarks" in o.losses:
             parts.append(
-                (err * torch.sqrt(w.landmarks * wl * irls["lmk"] / n)[..., None]).reshape(b, -1)
+                (err * torch.sqrt(w.landmarks * wl * irls["lmk"])[..., None]).reshape(b, -1)
             )
         for name, pairs, lam in (("eye", EYELID_PAIRS, w.eye), ("lip", LIP_PAIRS, w.lip)):
             if name in o.losses:
@@ -312,7 +311,7 @@ class MultiViewFitter:
                 j = [c for _, c in pairs]
                 d = err[:, :, i] - err[:, :, j]
                 pw = wl[:, i] * wl[:, j]
-                parts.append((d * torch.sqrt(lam * pw * irls[name] / n)[..., None]).reshape(b, -1))
+                parts.append((d * torch.sqrt(lam * pw * irls[name])[..., None]).reshape(b, -1))
         if "reg" in o.losses:
             parts.append(np.sqrt(w.reg) * torch.cat([vals["shape"], vals["expression"]], 1))
         jaw = vals["jaw_pose"]

@@ -4,8 +4,11 @@ Method (all views at once, no per-view texture files):
 1. Rasterise the UV layout into texture space: each texel inside the layout gets a face and
    barycentrics (row 0 of the texture is v = 1, the top; UV origin bottom-left).
 2. Per view: the texel's screen position and depth by barycentric interpolation of the view's
-   screen vertices; visibility by comparing that depth with the view's z-buffer (relative
-   tolerance `depth_tol`); weight = visibility * max(0, n_z)^cos_power * fade, where n_z is the
+   screen vertices; visibility by comparing that depth with the view's z-buffer at the nearest
+   pixel, with a tolerance of `depth_tol` * depth plus 1.5 px times the surface's depth slope
+   (so a surface seen at a grazing angle still passes), only where the z-buffer shows the
+   texel's own connected part of the mesh (an eyelid just behind an eyeball never takes the
+   eyeball's colour) and only on faces whose screen-space winding faces the camera; weight = visibility * max(0, n_z)^cos_power * fade, where n_z is the
    cosine between the interpolated camera-space normal and the viewing direction (+z towards
    the camera; orthographic approximation, the head spans a few degrees of the field of view)
    and `fade` ramps from 0 to 1 over a few percent of the face size away from silhouettes,
@@ -62,6 +65,10 @@ _SEEN_WEIGHT = 0.5 * _CONF_WEIGHT
 _MATCH_WEIGHT = 0.05
 _MIN_MATCH_TEXELS = 64
 _GAIN_RANGE = (1 / 3, 3.0)
+# Relative depth step between neighbouring pixels that counts as an occluding contour.
+_JUMP_TOL = 0.02
+# Pixels of depth slope allowed in the visibility test (nearest pixel centre <= 0.71 px away).
+_SLOPE_PX = 1.5
 
 
 @dataclass
@@ -121,7 +128,7 @@ def bake_texture(
     match_colours: bool = True,
     reference: int | None = None,
     cos_power: float = 3.0,
-    depth_tol: float = 1e-2,
+    depth_tol: float = 2e-3,
     fade: float = 0.04,
     gutter: int | None = None,
     fill: str = "mesh",
@@ -133,7 +140,7 @@ def bake_texture(
     apply per-view colour gains. reference: index of the colour reference view (default: the
     view named "front", else the one seeing the most). cos_power: exponent p of the
     cos(angle to the viewing direction) weight. depth_tol: relative depth tolerance of the
-    visibility test. fade: width of the silhouette / border fade as a fraction of the
+    visibility test (on top of 1.5 px of depth slope). fade: width of the silhouette / border fade as a fraction of the
     square root of the mesh's pixel area in that view. gutter: texels of dilation beyond the
     UV islands (default max(4, size // 128)). fill: how texels that no view sees are filled,
     "mesh" (harmonic interpolation of colours over the mesh surface: continuous across UV
@@ -177,12 +184,16 @@ def bake_texture(
     bary = frags.bary.reshape(-1, 3)[tex_pix].float().numpy()  # (P,3)
     n_verts = max(int(faces_t.max()) + 1, max(len(v.verts_screen) for v in views))
     interp = _interp_matrix(tex_pix.numpy(), corners, bary, size * size, n_verts)
+    texel_face = flat_face.numpy().astype(np.int32).reshape(size, size)  # -1 outside
+    face_part = _face_components(faces_t.numpy(), n_verts)
     report(0.1, "UV layout rasterised")
 
     # 2. Per-view samples on the texture grid (zero weight outside the layout).
     cols, wts = [], []
     for i, view in enumerate(views):
-        c, w = _sample_view(view, faces_t, interp, size, cos_power, depth_tol, fade)
+        c, w = _sample_view(
+            view, faces_t, interp, texel_face, face_part, cos_power, depth_tol, fade
+        )
         cols.append(c)
         wts.append(w)
         if int((w > _MATCH_WEIGHT).sum()) < 0.01 * len(tex_pix):
@@ -253,13 +264,17 @@ def _sample_view(
     view: BakeView,
     faces: Tensor,
     interp,
-    size: int,
+    texel_face: np.ndarray,
+    face_part: np.ndarray,
     cos_power: float,
     depth_tol: float,
     fade: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One view on the texture grid: colours (S,S,3) float32 linear and weights (S,S) float32
-    (0 outside the layout). interp: (S*S,V) sparse barycentric interpolation matrix."""
+    (0 outside the layout). interp: (S*S,V) sparse barycentric interpolation matrix;
+    texel_face: (S,S) face of each texel (-1 outside the layout); face_part: (F,) connected
+    component of each face."""
+    size = texel_face.shape[0]
     rgb = np.asarray(view.rgb)
     if rgb.ndim == 2:
         rgb = np.repeat(rgb[..., None], 3, axis=2)
@@ -279,15 +294,21 @@ def _sample_view(
     vfr = rasterize(vs, faces, h, w)
     cover = (vfr.face_index >= 0).numpy()
     zbuf = vfr.depth.numpy().astype(np.float32)
+    front = _front_facing(
+        vs.numpy().astype(np.float64), faces.numpy(), vfr.face_index.numpy()[cover]
+    )
+    texel_front = np.append(front, False)[texel_face]  # index -1 -> False
 
-    attrs = (interp @ np.concatenate([vs.numpy(), nc.numpy()], axis=1)).reshape(size, size, 6)
+    slope = _vertex_depth_slope(vs.numpy().astype(np.float64), faces.numpy())
+    attrs = interp @ np.concatenate([vs.numpy(), nc.numpy(), slope[:, None]], axis=1)
+    attrs = attrs.reshape(size, size, 7)
     z = attrs[..., 2]  # 0 outside the layout: never visible
     nz = attrs[..., 5] / np.maximum(np.sqrt((attrs[..., 3:6] ** 2).sum(-1)), 1e-12)
 
     # Fade away from silhouettes, occluding contours and the image border.
     edge = ~cover
     zf = np.where(cover, zbuf, np.float32(1e30))
-    jump = 2 * depth_tol * np.where(cover, zbuf, 0)
+    jump = np.float32(_JUMP_TOL) * np.where(cover, zbuf, 0)
     dx = np.abs(np.diff(zf, axis=1)) > np.maximum(jump[:, 1:], jump[:, :-1])
     dy = np.abs(np.diff(zf, axis=0)) > np.maximum(jump[1:], jump[:-1])
     edge[:, 1:] |= dx
@@ -302,13 +323,17 @@ def _sample_view(
     # bilinear colour, at every texel's screen position (cv2 pixel centres are integers).
     mx = attrs[..., 0] - np.float32(0.5)
     my = attrs[..., 1] - np.float32(0.5)
-    aux = np.dstack([np.where(cover, zbuf, 0).astype(np.float32), dist])
+    part = np.where(cover, face_part[vfr.face_index.numpy().clip(0)], -1).astype(np.float32)
+    aux = np.dstack([np.where(cover, zbuf, 0).astype(np.float32), dist, part])
     near = cv2.remap(aux, mx, my, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     colour = cv2.remap(
         srgb_to_linear(rgb), mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
     )
 
-    vis = (near[..., 0] > 0) & (z > 0) & (z <= near[..., 0] * np.float32(1 + depth_tol))
+    zref = near[..., 0]
+    tol = zref * np.float32(depth_tol) + np.float32(_SLOPE_PX) * attrs[..., 6]
+    same_part = near[..., 2] == np.append(face_part, -2)[texel_face]
+    vis = texel_front & same_part & (zref > 0) & (z > 0) & (z <= zref + tol)
     ramp = _smoothstep(np.minimum(near[..., 1] * np.float32(1 / fade_px), 1))
     cosw = np.maximum(nz, 0).astype(np.float32)
     if float(cos_power).is_integer() and 0 <= cos_power <= 8:
@@ -320,6 +345,54 @@ def _sample_view(
         cosw = cosw ** np.float32(cos_power)
     weight = np.where(vis, cosw * ramp, np.float32(0))
     return colour, weight
+
+
+def _face_components(faces: np.ndarray, n_verts: int) -> np.ndarray:
+    """(F,) connected-component label of each face (faces sharing vertices are connected).
+    A texel is only seen where the z-buffer shows its own component, so separate parts close
+    behind a surface (an eyelid just behind an eyeball, teeth behind lips) never pass the
+    depth tolerance."""
+    import scipy.sparse as sp
+    from scipy.sparse.csgraph import connected_components
+
+    e = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]]])
+    adj = sp.coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n_verts, n_verts))
+    _, labels = connected_components(adj, directed=False)
+    return labels[faces[:, 0]].astype(np.int64)
+
+
+def _front_facing(vs: np.ndarray, faces: np.ndarray, winners: np.ndarray) -> np.ndarray:
+    """(F,) bool: faces whose screen-space winding is that of the visible surface.
+
+    Exact under perspective (unlike the sign of the camera-space normal's z). Which winding
+    is "front" is read from the faces that win the z-buffer (`winners`, face ids of covered
+    pixels): a closed surface is seen from outside. vs: (V,3) screen vertices; faces: (F,3).
+    """
+    a, b, c = vs[faces[:, 0]], vs[faces[:, 1]], vs[faces[:, 2]]
+    area = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
+    sign = np.sign(np.sign(area[winners]).sum()) if len(winners) else 0.0
+    if sign == 0:
+        return np.ones(len(faces), dtype=bool)
+    return area * sign > 0
+
+
+def _vertex_depth_slope(vs: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """(V,) largest screen-space depth gradient |dz/d(u,v)| (depth per pixel) over each
+    vertex's faces. vs: (V,3) (u, v, depth); faces: (F,3)."""
+    a, b, c = vs[faces[:, 0]], vs[faces[:, 1]], vs[faces[:, 2]]
+    e1, e2 = b - a, c - a
+    area = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
+    gu = e1[:, 2] * e2[:, 1] - e2[:, 2] * e1[:, 1]
+    gv = e2[:, 2] * e1[:, 0] - e1[:, 2] * e2[:, 0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        g = np.hypot(gu, gv) / np.abs(area)
+    # Edge-on faces have no finite slope: cap at 5% of the depth per pixel.
+    cap = 0.05 * np.abs(a[:, 2])
+    g = np.where(np.isfinite(g), np.minimum(g, cap), cap)
+    out = np.zeros(len(vs))
+    for i in range(3):
+        np.maximum.at(out, faces[:, i], g)
+    return out.astype(np.float32)
 
 
 def _pick_reference(views: list[BakeView], wts: list[np.ndarray]) -> int:

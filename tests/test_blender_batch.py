@@ -7,6 +7,7 @@ the dev extras); the backend runs on the generated test head unless FLAME is ins
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -80,10 +81,12 @@ def test_cancel_ends_the_child_and_leaves_nothing(photos, tmp_path):
     assert not out.exists(), "a cancelled run must not leave a result folder"
     assert not backend.partial_folders(out), "nor a partial one"
     time.sleep(0.5)
-    ps = subprocess.run(
-        ["ps", "-o", "pid=", "-g", str(job.proc.pid)], capture_output=True, text=True
-    )
-    assert not ps.stdout.strip(), f"processes left in the child's group: {ps.stdout}"
+    try:  # signal 0 to the child's process group: fails when no process is left in it
+        os.killpg(job.proc.pid, 0)
+        left = True
+    except ProcessLookupError:
+        left = False
+    assert not left, "processes left in the child's process group"
 
 
 # --------------------------------------------------------------------------- operator

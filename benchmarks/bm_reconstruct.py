@@ -1,0 +1,85 @@
+"""Times per stage and end to end for 3 photos of 1024x1024 on this machine.
+
+Two inputs: (a) synthetic renders of the available head (left/front/right, known
+landmarks + 1 px noise, so no detector), and (b) a real face (scikit-image's astronaut,
+upscaled to 1024 px; the same photo three times, once mirrored) through the real dlib
+detector. Prints one JSON object; medians over --repeats runs.
+
+    python benchmarks/bm_reconstruct.py --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mfnet_core.assets import load_model_or_test_head
+from mfnet_core.flame import FLAME
+from mfnet_core.images import photo_from_array
+from mfnet_core.metrics import vertex_error_mm
+from mfnet_core.reconstruct import ReconstructOptions, ViewInput, reconstruct
+from mfnet_core.synthetic import make_subject, procedural_texture
+
+
+def astronaut_views(size: int = 1024) -> list[ViewInput]:
+    from skimage import data
+
+    img = np.asarray(Image.fromarray(data.astronaut()).resize((size, size), Image.BICUBIC))
+    shifted = np.roll(img, 12, axis=1)
+    return [
+        ViewInput(photo=photo_from_array(img, "astronaut_a.png")),
+        ViewInput(photo=photo_from_array(img[:, ::-1].copy(), "astronaut_mirrored.png")),
+        ViewInput(photo=photo_from_array(shifted, "astronaut_shifted.png")),
+    ]
+
+
+def run(inputs: list[ViewInput], assets, out: Path, device: str) -> dict:
+    start = time.perf_counter()
+    rec = reconstruct(inputs, assets, out, ReconstructOptions(device=device, overwrite=True))
+    total = time.perf_counter() - start
+    return {**{k: v for k, v in rec.report["timings_s"].items() if k != "total"}, "end_to_end": total, "_rec": rec}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    assets = load_model_or_test_head(None)
+    flame = FLAME(assets, 100, 50)
+    texture = procedural_texture(assets, 512, seed=0)
+    subject = make_subject(flame, texture, seed=0, image_size=1024, landmark_noise_px=1.0)
+    synth = [ViewInput(photo=v.photo, landmarks=v.landmarks_noisy) for v in subject.views]
+    real = astronaut_views()
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, inputs in (("synthetic_3x1024", synth), ("astronaut_3x1024_dlib", real)):
+            runs = [run(inputs, assets, Path(tmp) / name, args.device) for _ in range(args.repeats)]
+            keys = [k for k in runs[0] if not k.startswith("_")]
+            results[name] = {k: round(statistics.median(r[k] for r in runs), 3) for k in keys}
+            if name.startswith("synthetic"):
+                err = vertex_error_mm(runs[-1]["_rec"].fit.vertices_model, subject.vertices_true, assets.face_region)
+                results[name]["median_vertex_error_mm"] = round(float(np.median(err)), 3)
+    print(json.dumps({
+        "model": assets.kind,
+        "device": args.device,
+        "torch_threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "repeats": args.repeats,
+        "results_s": results,
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
