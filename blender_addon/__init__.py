@@ -18,7 +18,6 @@ bl_info = {
     "blender": (3, 4, 0),
     "location": "View3D > Sidebar > MFNet",
     "description": "Photos to a rigged, textured FLAME head with expression keys",
-    "doc_url": "https://github.com/mfnet/mfnet#readme",
     "category": "Rigging",
 }
 

@@ -140,9 +140,9 @@ def bake_texture(
     apply per-view colour gains. reference: index of the colour reference view (default: the
     view named "front", else the one seeing the most). cos_power: exponent p of the
     cos(angle to the viewing direction) weight. depth_tol: relative depth tolerance of the
-    visibility test (on top of 1.5 px of depth slope). fade: width of the silhouette / border fade as a fraction of the
-    square root of the mesh's pixel area in that view. gutter: texels of dilation beyond the
-    UV islands (default max(4, size // 128)). fill: how texels that no view sees are filled,
+    visibility test (on top of 1.5 px of depth slope). fade: width of the silhouette /
+    border fade as a fraction of the square root of the mesh's pixel area in that view.
+    gutter: texels of dilation beyond the UV islands (default max(4, size // 128)). fill: how texels that no view sees are filled,
     "mesh" (harmonic interpolation of colours over the mesh surface: continuous across UV
     seams) or "push-pull" (pyramid fill in texture space).
     progress: called as progress(fraction, message).
@@ -153,21 +153,18 @@ def bake_texture(
     size = int(size)
     if size < 16:
         raise ValueError(f"texture size must be at least 16, got {size}")
+    if fill not in ("mesh", "push-pull"):
+        raise ValueError(f"fill must be 'mesh' or 'push-pull', got {fill!r}")
+    if reference is not None and not 0 <= int(reference) < len(views):
+        raise ValueError(f"reference view {reference} is not one of the {len(views)} views")
     gutter = max(4, size // 128) if gutter is None else int(gutter)
-    faces_t = (
-        torch.as_tensor(np.asarray(faces) if not isinstance(faces, Tensor) else faces).cpu().long()
-    )
-    uv_t = torch.as_tensor(
-        np.asarray(uv_coords) if not isinstance(uv_coords, Tensor) else uv_coords
-    )
-    uv_t = uv_t.detach().cpu().float()
-    uvf_t = (
-        torch.as_tensor(np.asarray(uv_faces) if not isinstance(uv_faces, Tensor) else uv_faces)
-        .cpu()
-        .long()
-    )
-    if uvf_t.shape != faces_t.shape:
-        raise ValueError(f"uv_faces {tuple(uvf_t.shape)} must match faces {tuple(faces_t.shape)}")
+    faces_t = _cpu_tensor(faces).long()
+    uv_t = _cpu_tensor(uv_coords).float()
+    uvf_t = _cpu_tensor(uv_faces).long()
+    if uvf_t.shape != faces_t.shape or faces_t.ndim != 2 or faces_t.shape[1] != 3:
+        raise ValueError(
+            f"faces {tuple(faces_t.shape)} and uv_faces {tuple(uvf_t.shape)} must both be (F,3)"
+        )
     warnings: list[str] = []
 
     # 1. Texel -> (face, barycentrics).
@@ -221,10 +218,8 @@ def bake_texture(
         filled = _mesh_fill(
             faces_t.numpy(), interp, blended.reshape(-1, 3), conf.reshape(-1)
         ).reshape(size, size, 3)
-    elif fill == "push-pull":
-        filled = _push_pull(blended, conf)
     else:
-        raise ValueError(f"fill must be 'mesh' or 'push-pull', got {fill!r}")
+        filled = _push_pull(blended, conf)
     inner = conf[..., None] * blended + (1 - conf[..., None]) * filled
     inner[~layout] = 0
     out, band = _gutter(inner, layout, gutter)
@@ -242,6 +237,10 @@ def bake_texture(
             )
     report(1.0, "texture baked")
     return BakeResult(texture, mask, norm_w, warnings, gains, layout, ref)
+
+
+def _cpu_tensor(x: Tensor | np.ndarray) -> Tensor:
+    return x.detach().cpu() if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x))
 
 
 def _interp_matrix(

@@ -95,6 +95,7 @@ class TrainConfig:
     lr_schedule: str = "constant"  # "constant" (paper) or "cosine"
     warmup_steps: int = 0
     grad_clip: float = 10.0  # 0: off
+    pose_warmup_steps: int = 0  # first steps train the per-view poses on the mean head only
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 + scaler)

@@ -28,7 +28,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -456,6 +456,10 @@ class Trainer:
         ctx = torch.autocast("cuda", dtype=self.amp_dtype) if self.amp else nullcontext()
         with ctx:
             out = self.net(batch["images"])
+        if self.step < cfg.train.pose_warmup_steps:
+            # Curriculum: poses first, on the mean head, so that shape and expression do not
+            # learn to make up for poses that are still wrong.
+            out = replace(out, shape=out.shape * 0, expression=out.expression * 0, jaw_pose=out.jaw_pose * 0)
         dec = decode(
             out,
             self.flame,
