@@ -47,7 +47,11 @@ def run(inputs: list[ViewInput], assets, out: Path, device: str) -> dict:
     start = time.perf_counter()
     rec = reconstruct(inputs, assets, out, ReconstructOptions(device=device, overwrite=True))
     total = time.perf_counter() - start
-    return {**{k: v for k, v in rec.report["timings_s"].items() if k != "total"}, "end_to_end": total, "_rec": rec}
+    return {
+        **{k: v for k, v in rec.report["timings_s"].items() if k != "total"},
+        "end_to_end": total,
+        "_rec": rec,
+    }
 
 
 def main() -> None:
@@ -68,17 +72,24 @@ def main() -> None:
             keys = [k for k in runs[0] if not k.startswith("_")]
             results[name] = {k: round(statistics.median(r[k] for r in runs), 3) for k in keys}
             if name.startswith("synthetic"):
-                err = vertex_error_mm(runs[-1]["_rec"].fit.vertices_model, subject.vertices_true, assets.face_region)
+                err = vertex_error_mm(
+                    runs[-1]["_rec"].fit.vertices_model, subject.vertices_true, assets.face_region
+                )
                 results[name]["median_vertex_error_mm"] = round(float(np.median(err)), 3)
-    print(json.dumps({
-        "model": assets.kind,
-        "device": args.device,
-        "torch_threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "repeats": args.repeats,
-        "results_s": results,
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "model": assets.kind,
+                "device": args.device,
+                "torch_threads": torch.get_num_threads(),
+                "cpu": platform.processor() or platform.machine(),
+                "cores": os.cpu_count(),
+                "repeats": args.repeats,
+                "results_s": results,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":
