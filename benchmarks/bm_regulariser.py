@@ -16,21 +16,31 @@ from mfnet_core.losses import LossWeights
 from mfnet_core.metrics import vertex_error_mm
 from mfnet_core.synthetic import make_subject, procedural_texture
 
-a = load_model_or_test_head(None)
-flame = FLAME(a, 100, 50)
-tex = procedural_texture(a, 64, 0)
-subs = [make_subject(flame, tex, seed=s, image_size=1024, landmark_noise_px=3.0) for s in range(6)]
-for reg in [1e-4, 3e-3, 1e-2, 3e-2]:
-    for views in ([0, 1, 2], [1]):
-        errs = []
-        ex = []
-        for s in subs:
-            lm = np.stack([s.views[i].landmarks_noisy for i in views])
-            intr = [s.views[i].intrinsics for i in views]
-            f = fit_landmarks(flame, lm, intr, FitOptions(weights=LossWeights(reg=reg)))
-            r = f.result()
-            errs.append(
-                np.median(vertex_error_mm(r.vertices_model, s.vertices_true, a.face_region))
+
+def main() -> None:
+    assets = load_model_or_test_head(None)
+    flame = FLAME(assets, 100, 50)
+    texture = procedural_texture(assets, 64, 0)
+    subjects = [
+        make_subject(flame, texture, seed=s, image_size=1024, landmark_noise_px=3.0)
+        for s in range(6)
+    ]
+    for reg in (1e-4, 3e-3, 1e-2, 3e-2):
+        for views in ([0, 1, 2], [1]):
+            errors, expr = [], []
+            for s in subjects:
+                lmk = np.stack([s.views[i].landmarks_noisy for i in views])
+                intr = [s.views[i].intrinsics for i in views]
+                fit = fit_landmarks(
+                    flame, lmk, intr, FitOptions(weights=LossWeights(reg=reg))
+                ).result()
+                err = vertex_error_mm(fit.vertices_model, s.vertices_true, assets.face_region)
+                errors.append(np.median(err))
+                expr.append(np.abs(fit.params["expression"]).max())
+            print(
+                f"reg {reg:g} views {len(views)}: error {np.median(errors):.3f} mm, max|expr| {np.max(expr):.1f}"
             )
-            ex.append(np.abs(r.params["expression"]).max())
-        print(reg, len(views), "err %.3f" % np.median(errs), "max|expr| %.1f" % np.max(ex))
+
+
+if __name__ == "__main__":
+    main()
