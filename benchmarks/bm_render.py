@@ -8,11 +8,14 @@ start and end (on a shared machine, compare runs only when the load is low).
 Cases:
 - raster_1024: the mesh covering ~500x500 px of a 1024x1024 image (a head in a photo)
 - raster_2048: the same view at 2048x2048 (~1000x1000 px)
-- raster_uv_2048: the UV layout rasterised at 2048x2048 (texture baking; the lat-long
-  layout fills the whole square, the worst case)
+- raster_uv_2048: the lat-long UV layout rasterised at 2048x2048 (it fills the whole
+  square: the worst case for texture baking)
+- raster_uv_atlas_2048: an xatlas UV layout of the same mesh (islands, ~60-70% filled, like
+  FLAME's) at 2048x2048
 - render_textured_1024 / render_textured_1024_backward: textured SH-shaded render at 1024
   (forward; forward + backward to vertices, texture and light, as in a photometric loss)
-- bake_3x1024_to_1024 / bake_3x1024_to_2048: three 1024 px photos baked into a texture
+- bake_3x1024_to_1024 / bake_3x1024_to_2048: three 1024 px photos baked into a texture in
+  the xatlas layout
 """
 
 from __future__ import annotations
@@ -81,6 +84,20 @@ def camera_view(
 HEAD = head_like_mesh()
 
 
+def xatlas_layout(
+    verts: torch.Tensor, faces: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """An xatlas UV layout: faces (F,3) into verts, uv (T,2), uv_faces (F,3) into uv."""
+    import xatlas
+
+    vmap, idx, uvs = xatlas.parametrize(verts.numpy(), faces.numpy())
+    return (
+        torch.as_tensor(vmap[idx].astype(np.int64)),
+        torch.as_tensor(uvs, dtype=torch.float32),
+        torch.as_tensor(idx.astype(np.int64)),
+    )
+
+
 def timeit(fn, runs: int, sync) -> dict[str, float]:
     """Wall-clock median / min over `runs` calls after a warm-up, and the median process CPU
     time (all threads; less sensitive than wall time when other jobs share the cores)."""
@@ -132,6 +149,14 @@ def main() -> None:
     cases["raster_2048"] = timeit(lambda: rasterize(s2, faces_d, 2048, 2048), args.runs, sync)
     suv = torch.stack([uv[:, 0] * 2048, (1 - uv[:, 1]) * 2048, torch.ones(len(uv))], -1).to(dev)
     cases["raster_uv_2048"] = timeit(lambda: rasterize(suv, faces_d, 2048, 2048), args.runs, sync)
+    atlas_faces, atlas_uv, atlas_uv_faces = xatlas_layout(verts, faces)
+    sat = torch.stack(
+        [atlas_uv[:, 0] * 2048, (1 - atlas_uv[:, 1]) * 2048, torch.ones(len(atlas_uv))], -1
+    ).to(dev)
+    fat = atlas_uv_faces.to(dev)
+    fr = rasterize(sat, fat, 2048, 2048)
+    out["atlas_fill"] = round(float((fr.face_index >= 0).float().mean()), 3)
+    cases["raster_uv_atlas_2048"] = timeit(lambda: rasterize(sat, fat, 2048, 2048), args.runs, sync)
 
     rng = np.random.default_rng(0)
     tex = torch.tensor(rng.uniform(0.2, 0.8, size=(512, 512, 3)), dtype=torch.float32, device=dev)
@@ -162,7 +187,11 @@ def main() -> None:
             photos.append(BakeView(rgb, s, n, name))
         for size in (1024, 2048):
             cases[f"bake_3x1024_to_{size}"] = timeit(
-                lambda size=size: bake_texture(photos, faces, uv, faces, size=size), args.runs, sync
+                lambda size=size: bake_texture(
+                    photos, atlas_faces, atlas_uv, atlas_uv_faces, size=size
+                ),
+                args.runs,
+                sync,
             )
     out["cases"] = cases
     out["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]

@@ -40,6 +40,7 @@ __all__ = [
     "sh_basis",
     "shade_sh",
     "render_textured",
+    "sample_texture",
     "vertex_visibility",
     "face_mask",
     "pytorch3d_available",
