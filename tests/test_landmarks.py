@@ -28,7 +28,8 @@ from mfnet_core.landmarks import (
 
 skdata = pytest.importorskip("skimage.data")
 
-JAMES = Path(__file__).resolve().parents[2] / "shared/assets/headscan-james-menpo3d/james.jpg"
+# The James capture's two raw camera views, downscaled (BSD-3; tests/data/james/SOURCES.md).
+JAMES = Path(__file__).resolve().parent / "data/james/james_views_900.jpg"
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +149,6 @@ def test_photo_input_uses_its_name(tmp_path: Path, astronaut: np.ndarray) -> Non
     assert any(w.startswith("front.jpg:") for w in r.warnings)
 
 
-@pytest.mark.skipif(not JAMES.is_file(), reason="shared James scan not present")
 @pytest.mark.parametrize("half", ["left", "right"])
 def test_turned_faces_james_views(half: str) -> None:
     """The scan's two raw camera views are real photos at roughly +-35 degrees yaw."""
