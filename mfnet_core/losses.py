@@ -12,17 +12,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-# iBUG-68 upper/lower eyelid pairs (eq. 8) and upper/lower lip pairs (eq. 9).
-EYELID_PAIRS: tuple[tuple[int, int], ...] = ((37, 41), (38, 40), (43, 47), (44, 46))
-LIP_PAIRS: tuple[tuple[int, int], ...] = (
-    (61, 67),
-    (62, 66),
-    (63, 65),
-    (50, 58),
-    (51, 57),
-    (52, 56),
-)
+# The eyelid (eq. 8) and lip (eq. 9) pairs live with the rest of the iBUG-68 scheme.
+from .landmarks import EYELID_PAIRS, LIP_PAIRS
 
+__all__ = ["EYELID_PAIRS", "LIP_PAIRS", "LossWeights", "landmark_loss", "offset_loss"]
 
 PAPER_REG = 1e-4
 
