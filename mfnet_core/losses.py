@@ -15,7 +15,17 @@ from torch import Tensor
 # The eyelid (eq. 8) and lip (eq. 9) pairs live with the rest of the iBUG-68 scheme.
 from .landmarks import EYELID_PAIRS, LIP_PAIRS
 
-__all__ = ["EYELID_PAIRS", "LIP_PAIRS", "LossWeights", "landmark_loss", "offset_loss"]
+__all__ = [
+    "EYELID_PAIRS",
+    "LIP_PAIRS",
+    "PAPER_REG",
+    "LossWeights",
+    "landmark_loss",
+    "offset_loss",
+    "outlier_weights",
+    "regularisation",
+    "robust_l1",
+]
 
 PAPER_REG = 1e-4
 

@@ -300,15 +300,20 @@ def albedo_rgb(code: Tensor) -> Tensor:
 
 
 def decode_pose(
-    pose: Tensor, camera: Tensor, pivot: Tensor, crop_size: int
+    pose: Tensor, camera: Tensor, pivot: Tensor, crop_size: int, anchor: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
     """Crop-relative pose -> mfnet_core's per-view head pose.
 
-    pose: (...,6) network output; camera: (...,4) fx, fy, cx, cy of the crop in crop pixels;
-    pivot: (...,3) the root joint in model space (FLAME's rotation centre, after shaping);
-    crop_size: crop side in pixels. Returns head_rot (...,3) axis-angle and head_trans (...,3)
-    with X_cam = R (X - pivot) + pivot + t in OpenGL-like camera space. Camera space is the
-    same for the crop and the full photo, so the result is valid with the photo's intrinsics.
+    pose: (...,6) network output: axis-angle (3), where the anchor lands in the crop as an
+    offset from its centre in half-crop units (2), log depth of the anchor relative to
+    ``REF_HALF_SIZE_M`` filling half the crop (1). camera: (...,4) fx, fy, cx, cy of the crop
+    in crop pixels; pivot: (...,3) the root joint in model space (FLAME's rotation centre,
+    after shaping); anchor: (...,3) the model-space point the offset and depth refer to
+    (default: the pivot; training uses the centre of the inner-face landmarks, so that a
+    rotation error does not also move the face); crop_size: crop side in pixels.
+    Returns head_rot (...,3) axis-angle and head_trans (...,3) with
+    X_cam = R (X - pivot) + pivot + t in OpenGL-like camera space. Camera space is the same
+    for the crop and the full photo, so the result is valid with the photo's intrinsics.
     """
     half = crop_size / 2
     fx, fy, cx, cy = camera.unbind(-1)
@@ -317,24 +322,42 @@ def decode_pose(
     depth = fx * REF_HALF_SIZE_M / half * torch.exp(pose[..., 5])
     x = (u - cx) / fx * depth
     y = -(v - cy) / fy * depth
-    root_cam = torch.stack([x, y, -depth], dim=-1)
-    return pose[..., :3], root_cam - pivot
+    target = torch.stack([x, y, -depth], dim=-1)  # where the anchor goes in camera space
+    head_rot = pose[..., :3]
+    if anchor is None:
+        return head_rot, target - pivot
+    rot = axis_angle_to_matrix(head_rot.reshape(-1, 3)).view(*head_rot.shape[:-1], 3, 3)
+    rotated = (rot @ (anchor - pivot)[..., None])[..., 0]
+    return head_rot, target - pivot - rotated
 
 
 def encode_pose(
-    head_rot: Tensor, head_trans: Tensor, camera: Tensor, pivot: Tensor, crop_size: int
+    head_rot: Tensor,
+    head_trans: Tensor,
+    camera: Tensor,
+    pivot: Tensor,
+    crop_size: int,
+    anchor: Tensor | None = None,
 ) -> Tensor:
     """Inverse of ``decode_pose`` (for tests and supervised warm starts): (...,6)."""
     half = crop_size / 2
-    root = head_trans + pivot
-    depth = -root[..., 2]
+    point = head_trans + pivot
+    if anchor is not None:
+        rot = axis_angle_to_matrix(head_rot.reshape(-1, 3)).view(*head_rot.shape[:-1], 3, 3)
+        point = point + (rot @ (anchor - pivot)[..., None])[..., 0]
+    depth = -point[..., 2]
     fx, fy, cx, cy = camera.unbind(-1)
-    u = cx + fx * root[..., 0] / depth
-    v = cy - fy * root[..., 1] / depth
+    u = cx + fx * point[..., 0] / depth
+    v = cy - fy * point[..., 1] / depth
     log_depth = torch.log(depth * half / (fx * REF_HALF_SIZE_M))
     return torch.cat(
         [head_rot, torch.stack([(u - half) / half, (v - half) / half, log_depth], -1)], -1
     )
+
+
+def face_anchor(landmarks_model: Tensor) -> Tensor:
+    """(...,68,3) model-space landmarks -> (...,3) the centre of the inner face (17..67)."""
+    return landmarks_model[..., 17:, :].mean(-2)
 
 
 def pose_points(points: Tensor, rot: Tensor, pivot: Tensor, trans: Tensor) -> Tensor:
@@ -377,9 +400,7 @@ def decode(
     expr = _fit_width(out.expression.float(), int(flame.n_expr))
     jaw = out.jaw_pose.float()
     pivot = root_joint(flame, shape, expr)  # (B,3)
-    head_rot, head_trans = decode_pose(
-        out.pose.float(), camera.float(), pivot[:, None].expand(b, n, 3), crop_size
-    )
+    head_rot = out.pose[..., :3].float()
     rot = axis_angle_to_matrix(head_rot.reshape(-1, 3)).view(b, n, 3, 3)
     yaw = yaw_pitch_roll_deg(rot.detach().reshape(-1, 3, 3))[:, 0]
 
@@ -389,6 +410,10 @@ def decode(
     lmk = flame.landmarks_only(
         shape=per_view(shape), expression=per_view(expr), jaw_pose=per_view(jaw), yaw_deg=yaw
     ).view(b, n, -1, 3)
+    anchor = face_anchor(lmk)  # (B,N,3); the same in every view (inner face is view-independent)
+    _, head_trans = decode_pose(
+        out.pose.float(), camera.float(), pivot[:, None].expand(b, n, 3), crop_size, anchor
+    )
     lmk_cam = pose_points(lmk, rot, pivot, head_trans)
     cam = camera.float().reshape(b * n, 4)
     lmk_px = project(lmk_cam.reshape(b * n, -1, 3), cam).view(b, n, -1, 2)
@@ -712,17 +737,13 @@ def predict_init(
     fe = int(getattr(flame, "n_expr", expr.shape[1]))
     shape, expr = _fit_width(shape, fs), _fit_width(expr, fe)
     fdev = next((b.device for b in flame.buffers()), torch.device("cpu"))
-    z3 = torch.zeros(1, 3, device=fdev)
-    fl = flame(
-        shape=shape.to(fdev),
-        expression=expr.to(fdev),
-        global_pose=z3,
-        neck_pose=z3,
-        jaw_pose=jaw.to(fdev),
-        eye_pose=torch.zeros(1, 6, device=fdev),
+    shape_d, expr_d, jaw_d = shape.to(fdev), expr.to(fdev), jaw.to(fdev)
+    lmk = flame.landmarks_only(shape=shape_d, expression=expr_d, jaw_pose=jaw_d, yaw_deg=0.0)
+    anchor = face_anchor(lmk)[0].cpu().float()
+    pivot = root_joint(flame, shape_d, expr_d)[0].cpu().float()
+    head_rot, head_trans = decode_pose(
+        pose, camera, pivot.expand(n, 3), c.input_size, anchor.expand(n, 3)
     )
-    pivot = fl.joints[0, 0].cpu().float()
-    head_rot, head_trans = decode_pose(pose, camera, pivot.expand(n, 3), c.input_size)
     return {
         "shape": shape[0].numpy(),
         "expression": expr[0].numpy(),
@@ -763,6 +784,8 @@ __all__ = [
     "decode",
     "decode_pose",
     "encode_pose",
+    "face_anchor",
+    "root_joint",
     "load_backbone_weights",
     "load_checkpoint",
     "order_views_by_yaw",

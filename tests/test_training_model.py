@@ -72,7 +72,7 @@ def test_import_torchvision_state_dict(tmp_path: Path):
     assert rep.kind == "torchvision"
     assert "backbone.layer2.0.conv1.weight" in rep.loaded
     assert {"backbone.fc.weight", "backbone.fc.bias"} <= set(rep.unused)
-    assert all(k.startswith(("fuse_head", "view_head")) for k in rep.missing)
+    assert all(k.startswith(("fuse_head", "view_head", "view_slot_bias")) for k in rep.missing)
     assert torch.all(net.backbone.layer2[0].conv1.weight == 0.25)
 
 
@@ -119,6 +119,12 @@ def test_pose_decode_encode_round_trip():
     r2, t2 = decode_pose(enc, cam, pivot, 96)
     torch.testing.assert_close(r2, rot)
     torch.testing.assert_close(t2, trans, atol=1e-6, rtol=1e-5)
+    # With an anchor (the face centre) the offset/depth refer to it, the result is the same pose.
+    anchor = torch.tensor([[0.0, 0.05, 0.08]]).expand(4, 3)
+    enc_a = encode_pose(rot, trans, cam, pivot, 96, anchor)
+    r3, t3 = decode_pose(enc_a, cam, pivot, 96, anchor)
+    torch.testing.assert_close(t3, trans, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(enc_a[:, 3:], enc[:, 3:])
 
 
 def test_crop_box_and_intrinsics_are_consistent():

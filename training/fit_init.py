@@ -20,7 +20,7 @@ from mfnet_core.fitting import RIGID_LANDMARKS, FitOptions, MultiViewFitter, fit
 from mfnet_core.model import MFNet, predict_init
 
 # Iterations (rigid, fine per round) and outlier rounds when starting from the network.
-INIT_ITERATIONS = (10, 40)
+INIT_ITERATIONS = (4, 12)
 INIT_OUTLIER_ROUNDS = 1
 
 

@@ -2,9 +2,12 @@
 
 L = l1 L_multiop + l2 L_singlelmk + l3 L_eye + l4 L_lip + l5 L_reg with the paper's lambdas
 (1, 1, 1, 0.5, 1e-4). The landmark terms are ``mfnet_core.losses.landmark_loss`` and
-``offset_loss`` over all B x N views (means over views, so DDP's gradient averaging over
-equal local batches equals the gradient of the global batch); L_reg is
-``mfnet_core.losses.regularisation`` of shape, expression and albedo, averaged over people.
+``offset_loss``, which sum over a person's views; every term is averaged over the B people
+of the batch (so DDP's averaging of gradients over equal local batches equals the gradient
+of the global batch); L_reg is ``mfnet_core.losses.regularisation`` of shape, expression
+and albedo. lambda_5 is the paper's 1e-4 (``mfnet_core.losses.PAPER_REG``); the test-time
+fit uses a stronger prior (``LossWeights.reg``) because one photo has far less evidence
+than a training set.
 
 L_multiop (eq. 6) comes from ``mfnet_core.flow`` when that module provides it (see
 ``resolve_flow_term``); until then the term is left out and ``flow_status`` says so.
@@ -85,9 +88,10 @@ def mfnet_loss(
     extent = (det.amax(1) - det.amin(1)).amax(-1)  # (BN,) face size in crop pixels
     scale = (0.5 * extent).clamp_min(1.0)
     terms: dict[str, Tensor] = {}
-    terms["landmarks"] = cfg.landmarks * landmark_loss(pred, det, w, scale)
-    terms["eye"] = cfg.eye * offset_loss(pred, det, EYELID_PAIRS, w, scale)
-    terms["lip"] = cfg.lip * offset_loss(pred, det, LIP_PAIRS, w, scale)
+    # mfnet_core sums over views; per person (sum over its N views), mean over people.
+    terms["landmarks"] = cfg.landmarks * landmark_loss(pred, det, w, scale) / b
+    terms["eye"] = cfg.eye * offset_loss(pred, det, EYELID_PAIRS, w, scale) / b
+    terms["lip"] = cfg.lip * offset_loss(pred, det, LIP_PAIRS, w, scale) / b
     albedo = out.albedo.float().reshape(b, -1)
     terms["reg"] = cfg.reg * regularisation(out.shape.float(), out.expression.float(), albedo) / b
     if flow_term is not None and dec.vertices_cam is not None and faces is not None:

@@ -57,6 +57,19 @@ def model_identity(flame) -> dict[str, object]:  # noqa: ANN001 - mfnet_core.fla
     }
 
 
+def generator_hash() -> str:
+    """Hash of the code that renders the set: a change in it invalidates the cache."""
+    import inspect
+
+    import mfnet_core.render as render
+    import mfnet_core.synthetic as synthetic
+
+    h = hashlib.sha1()
+    for mod in (synthetic, render):
+        h.update(inspect.getsource(mod).encode())
+    return h.hexdigest()[:12]
+
+
 def cache_key(cfg: SyntheticData, flame) -> str:  # noqa: ANN001
     settings = asdict(cfg)
     settings.pop("root")
