@@ -34,7 +34,15 @@ from .texture import BakeView, bake_texture
 StageProgress = Callable[[str, float, str], None]
 
 # Fraction of the whole run each stage takes, for one overall progress bar.
-STAGE_SPAN = {"photos": 0.05, "landmarks": 0.15, "fit": 0.45, "texture": 0.25, "export": 0.10}
+STAGE_SPAN = {
+    "photos": 0.05,
+    "landmarks": 0.10,
+    "fit": 0.20,
+    "dense": 0.35,
+    "texture": 0.20,
+    "export": 0.10,
+}
+DENSE_TERMS = ("flow", "photo")
 STAGE_ORDER = list(STAGE_SPAN)
 
 
@@ -182,7 +190,23 @@ def reconstruct(
     flame = FLAME(assets, n_shape=options.fit.n_shape, n_expr=options.fit.n_expr).to(device)
     with timer.stage("fit", "fitting FLAME") as sub:
         fitter = fit_landmarks(flame, lmk, intrinsics, options.fit, device, progress=sub)
-        fit = fitter.result()
+
+    dense = None
+    wants_dense = [t for t in DENSE_TERMS if t in options.fit.losses]
+    if "flow" in wants_dense and len(inputs) < 2:
+        warnings.append("the flow term needs two or more photos; skipped for one photo")
+    if wants_dense:
+        from .dense_fit import DenseOptions, refine_dense
+
+        with timer.stage("dense", "multi-view flow and photometric refinement") as sub:
+            dense = refine_dense(
+                fitter,
+                [v.photo.rgb for v in inputs],
+                DenseOptions(losses=options.fit.losses),
+                progress=sub,
+                view_names=[f"view{i}" for i in range(len(inputs))],
+            )
+    fit = fitter.result()
 
     yaws = fit.yaw_pitch_roll[:, 0]
     names = name_views(yaws)
@@ -246,7 +270,8 @@ def reconstruct(
                 }
                 for i in range(len(inputs))
             ],
-            "losses": fit.loss_terms,
+            "losses": {**fit.loss_terms, **(dense.loss_terms if dense else {})},
+            "loss_terms_used": list(options.fit.losses),
             "timings_s": timer.timings,
             "warnings": warnings,
         }
@@ -268,12 +293,31 @@ def reconstruct(
                     view.photo.rgb, lmk[i], fit.landmarks_px[i], screen[i], faces_t, names[i]
                 )
                 save_png(tmp / f"overlay_{names[i]}.png", overlay)
+            if dense is not None:
+                report["dense"] = {
+                    "views": dense.views,
+                    "pairs": dense.pairs,
+                    "timings_s": dense.timings_s,
+                }
+                for i, view in enumerate(report["views"]):
+                    view.update(
+                        {k: v for k, v in dense.views[i].items() if k.startswith(("psnr", "ssim"))}
+                    )
+                for key, image in dense.images.items():
+                    save_png(tmp / f"overlay_{_rename_views(key, names)}.png", image)
             write_json(tmp / "params.json", params_json(assets, params, names, intrinsics))
             timings = {**timer.timings, "export": round(time.perf_counter() - export_start, 4)}
             timings["total"] = round(sum(timings.values()), 4)
             report["timings_s"] = timings
             write_json(tmp / "report.json", report)
     return Reconstruction(Path(out_dir), fit, names, report)
+
+
+def _rename_views(key: str, names: list[str]) -> str:
+    """Dense overlays are keyed by view0..N-1 until the views are named; use the names."""
+    for i in sorted(range(len(names)), reverse=True):
+        key = key.replace(f"view{i}", names[i])
+    return key
 
 
 def params_json(
