@@ -83,6 +83,7 @@ def cmd_reconstruct(args: argparse.Namespace, progress: ProgressPrinter) -> dict
         landmark_backend=args.landmarks,
         fit=_fit_options(args),
         overwrite=args.overwrite,
+        weights=Path(args.weights) if args.weights else None,
     )
     rec = reconstruct(inputs, assets, Path(args.output), options, progress=progress)
     return {
@@ -184,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--expressions", type=int, default=50, help="expression shape keys to export")
     r.add_argument("--landmarks", default="dlib", choices=["dlib", "face-alignment"])
+    r.add_argument(
+        "--weights", help="trained MFNet checkpoint (training/): start the fit from the network"
+    )
     common(r)
 
     d = sub.add_parser(

@@ -13,12 +13,16 @@ saved by torchvision loads key for key, and so does the ``encoder.*`` part of DE
 ``E_flame`` (DECA's ResNet is a copy of torchvision's without ``fc``).
 
 Pose parameterisation. Each view's head pose is predicted relative to that view's crop:
-an axis-angle rotation (3), the pixel where the root joint (FLAME's rotation pivot) lands,
-as an offset from the crop centre in units of half the crop (2), and the log of its depth
-relative to the depth at which a face of ``REF_HALF_SIZE_M`` fills half the crop (1).
-``decode_pose`` turns that, with the crop's intrinsics, into mfnet_core's
-``head_rot``/``head_trans`` (``X_cam = R (X - pivot) + pivot + t``) so the same numbers work
-at any photo resolution and drop straight into the fitter.
+an axis-angle rotation (3), the pixel where the face centre (the centre of the inner-face
+landmarks 17..67 on the predicted mesh, ``face_anchor``) lands, as an offset from the crop
+centre in units of half the crop (2), and the log of its depth relative to the depth at
+which a face of ``REF_HALF_SIZE_M`` fills half the crop (1). Anchoring at the face rather
+than at FLAME's root joint (in the neck) keeps a rotation error from also moving the face;
+on the synthetic set it halved the loss after 300 steps. ``decode_pose`` turns that, with
+the crop's intrinsics, into mfnet_core's ``head_rot``/``head_trans``
+(``X_cam = R (X - pivot) + pivot + t``) so the same numbers work at any photo resolution
+and drop straight into the fitter. Each view slot (left, front, right) also has a learned
+output bias (``view_slot_bias``: the slot's typical yaw).
 
 Albedo. No FLAME albedo model ships with the project, so the "albedo coefficients" are a
 small per-view colour code (``n_albedo``, default 3): log RGB gains of a flat skin albedo
@@ -252,7 +256,9 @@ class MFNet(nn.Module):
         self.view_head = _mlp(d, c.view_hidden, POSE_DIM + LIGHT_DIM + c.n_albedo)
         # Views arrive in a fixed order (left, front, right): each slot has its own output
         # bias (the typical yaw of that camera), the shared head predicts the rest.
-        self.view_slot_bias = nn.Parameter(torch.zeros(c.n_views, POSE_DIM + LIGHT_DIM + c.n_albedo))
+        self.view_slot_bias = nn.Parameter(
+            torch.zeros(c.n_views, POSE_DIM + LIGHT_DIM + c.n_albedo)
+        )
         # Start at the mean head, frontal, centred, at the reference depth, ambient light.
         for head in (self.fuse_head, self.view_head):
             last = head[-1]
@@ -524,18 +530,24 @@ def to_tensor_image(rgb: np.ndarray) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)
 
 
-def order_views_by_yaw(landmarks: Sequence[np.ndarray]) -> list[int]:
-    """Indices that sort views from the one showing the left cheek most to the right.
-
-    Uses where the nose ridge sits between the two jaw-contour ends ((68,2) each): about 0.5
-    for a frontal face. Matches the synthetic and Multi-PIE order (left, front, right).
-    """
+def yaw_keys(landmarks: Sequence[np.ndarray]) -> np.ndarray:
+    """(N,) where the nose ridge sits between the two jaw-contour ends, per (68,2) view:
+    about 0.5 for a frontal face, ~0.1 / ~0.9 at -35 / +35 degrees of yaw (synthetic set)."""
     keys = []
     for lm in landmarks:
         left, right = lm[0, 0], lm[16, 0]
-        nose = lm[27:31, 0].mean()
-        keys.append((nose - left) / max(right - left, 1e-6))
-    return [int(i) for i in np.argsort(keys, kind="stable")]
+        keys.append((lm[27:31, 0].mean() - left) / max(right - left, 1e-6))
+    return np.asarray(keys, dtype=np.float64)
+
+
+# yaw_keys of the first and last view slot (left and right cameras at about -+35 degrees).
+SLOT_KEY_RANGE = (0.1, 0.9)
+
+
+def order_views_by_yaw(landmarks: Sequence[np.ndarray]) -> list[int]:
+    """Indices that sort views from the one showing the left cheek most to the right: the
+    synthetic and Multi-PIE order (left, front, right) the network is trained with."""
+    return [int(i) for i in np.argsort(yaw_keys(landmarks), kind="stable")]
 
 
 # --------------------------------------------------------------------------------------
@@ -683,8 +695,9 @@ def predict_init(
     photos: N (H,W,3) uint8 RGB; landmarks: N (68,2) pixels; flame: mfnet_core.flame.FLAME;
     intrinsics: per photo (default: ``Intrinsics.from_fov``). Views are put in the trained
     left-front-right order by ``order_views_by_yaw``; with fewer views than the network
-    takes, views are repeated (the paper feeds one photo three times); with more, the
-    person-level outputs are averaged over sliding groups. Returns the keys of
+    takes, the empty slots are filled with the nearest view (the paper feeds one photo three
+    times) and each view's pose comes from the slot nearest its own yaw; with more, the
+    person-level outputs are averaged over sliding groups of consecutive views. Returns the keys of
     ``FitParams.detached_numpy``: shape (S,), expression (E,), jaw_pose (3,), eye_pose (6,),
     neck_pose (3,), head_pose (N,3) axis-angle, head_translation (N,3), in the photos'
     order, sized to ``flame``'s n_shape/n_expr; plus light (N,9,3) and albedo (N,K).
@@ -703,26 +716,45 @@ def predict_init(
         else [Intrinsics.from_fov(p.shape[1], p.shape[0]) for p in photos]
     )
     images, camera, _, _ = prepare_views(photos, landmarks, intr, c.input_size, c.crop_scale)
-    order = order_views_by_yaw([np.asarray(lm) for lm in landmarks])
-    # Groups of n_views views in yaw order: pad short lists by repetition (nearest to centre).
+    keys = yaw_keys([np.asarray(lm) for lm in landmarks])
+    order = [int(i) for i in np.argsort(keys, kind="stable")]
+    # groups[g][slot] = view index; use[g][slot] = whether that slot's per-view outputs count.
     groups: list[list[int]] = []
-    if n >= c.n_views:
-        groups = [order[i : i + c.n_views] for i in range(0, n - c.n_views + 1)]
-    else:
-        idx = np.round(np.linspace(0, n - 1, c.n_views)).astype(int)
-        groups = [[order[i] for i in idx]]
+    use: list[list[bool]] = []
+    if n >= c.n_views:  # sliding windows over the views in yaw order
+        for i in range(0, n - c.n_views + 1):
+            groups.append(order[i : i + c.n_views])
+            use.append([True] * c.n_views)
+    else:  # fill the slots with the nearest views; each view reads its nearest slot
+        nominal = np.linspace(SLOT_KEY_RANGE[0], SLOT_KEY_RANGE[1], c.n_views)
+        cost = np.abs(keys[:, None] - nominal[None])  # (n, slots)
+        slots = [-1] * c.n_views
+        flags = [False] * c.n_views
+        placed: set[int] = set()
+        for flat in np.argsort(cost, axis=None, kind="stable"):  # greedy: one slot per view
+            v, sl = divmod(int(flat), c.n_views)
+            if v not in placed and slots[sl] < 0:
+                slots[sl], flags[sl] = v, True
+                placed.add(v)
+        for sl in range(c.n_views):  # the other slots repeat the nearest view
+            if slots[sl] < 0:
+                slots[sl] = int(np.argmin(cost[:, sl]))
+        groups.append(slots)
+        use.append(flags)
     dev = torch.device(device)
     shapes, exprs, jaws = [], [], []
     pose = torch.zeros(n, POSE_DIM)
     light = torch.zeros(n, 9, 3)
     albedo = torch.zeros(n, c.n_albedo)
     counts = torch.zeros(n)
-    for g in groups:
+    for g, flags in zip(groups, use, strict=True):
         out = model(images[g][None].to(dev))
         shapes.append(out.shape[0].cpu())
         exprs.append(out.expression[0].cpu())
         jaws.append(out.jaw_pose[0].cpu())
-        for j, v in enumerate(g):
+        for j, (v, ok) in enumerate(zip(g, flags, strict=True)):
+            if not ok:
+                continue
             pose[v] += out.pose[0, j].cpu()
             light[v] += out.light[0, j].cpu()
             albedo[v] += out.albedo[0, j].cpu()

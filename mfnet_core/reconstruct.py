@@ -54,6 +54,7 @@ class ReconstructOptions:
     landmark_backend: str = "dlib"
     fit: FitOptions = field(default_factory=FitOptions)
     overwrite: bool = False
+    weights: Path | None = None  # trained MFNet checkpoint: start the fit from its prediction
 
 
 @dataclass
@@ -189,7 +190,22 @@ def reconstruct(
 
     flame = FLAME(assets, n_shape=options.fit.n_shape, n_expr=options.fit.n_expr).to(device)
     with timer.stage("fit", "fitting FLAME") as sub:
-        fitter = fit_landmarks(flame, lmk, intrinsics, options.fit, device, progress=sub)
+        init = None
+        fit_options = options.fit
+        if options.weights is not None:
+            from dataclasses import replace
+
+            from .fitting import INIT_ITERATIONS, INIT_OUTLIER_ROUNDS
+            from .model import predict_init
+
+            sub(0.0, "network prediction")
+            init = predict_init(
+                options.weights, [v.photo.rgb for v in inputs], list(lmk), flame, intrinsics, device
+            )
+            fit_options = replace(
+                fit_options, iterations=INIT_ITERATIONS, outlier_rounds=INIT_OUTLIER_ROUNDS
+            )
+        fitter = fit_landmarks(flame, lmk, intrinsics, fit_options, device, progress=sub, init=init)
 
     dense = None
     wants_dense = [t for t in DENSE_TERMS if t in options.fit.losses]

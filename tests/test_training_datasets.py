@@ -136,3 +136,48 @@ def test_paper_defaults():
     )
     assert cfg.train.lr == 1e-3 and cfg.train.epochs == 10
     assert cfg.model.backbone == "resnet50" and cfg.model.n_views == 3
+
+
+def test_multipie_dataset_detects_once_and_caches(tmp_path: Path, monkeypatch):
+    """Real photo (matplotlib's Grace Hopper) in a fake Multi-PIE tree: dlib landmarks are
+    detected once, cached, and the dataset yields crops in crop pixels."""
+    import matplotlib
+    from PIL import Image
+
+    import mfnet_core.landmarks as lm_mod
+    from training.datasets import build_real_datasets
+
+    src = Path(matplotlib.__file__).parent / "mpl-data/sample_data/grace_hopper.jpg"
+    img = Image.open(src).convert("RGB").resize((256, 320))
+    root = tmp_path / "mpie"
+    for cam in ("05_1", "19_0", "08_0"):
+        p = (
+            root
+            / "data/session01/multiview/001/01"
+            / cam
+            / f"001_01_01_{cam.replace('_', '')}_00.png"
+        )
+        p.parent.mkdir(parents=True, exist_ok=True)
+        img.save(p)
+    cfg = load_config(None)
+    cfg.data.dataset = "multipie"
+    cfg.data.multipie.root = str(root)
+    cfg.data.multipie.val_fraction = 0.0
+    cfg.data.cache_dir = str(tmp_path / "cache")
+    cfg.model.input_size = 64
+    train, val = build_real_datasets(cfg)
+    assert len(train) == 1 and len(val) == 0
+    item = train[0]
+    assert item["images"].shape == (3, 3, 64, 64)
+    lm = item["landmarks"]
+    assert lm.shape == (3, 68, 2) and bool(((lm > 0) & (lm < 64)).all())
+    assert item["lmk_weights"].sum() == 3 * 68
+    cache = list((tmp_path / "cache").glob("multipie-*/landmarks.json"))
+    assert len(cache) == 1 and len(json.loads(cache[0].read_text())["entries"]) == 3
+
+    def no_detection(*a, **k):
+        raise AssertionError("landmarks should come from the cache")
+
+    monkeypatch.setattr(lm_mod, "detect_landmarks", no_detection)
+    train2, _ = build_real_datasets(cfg)
+    np.testing.assert_allclose(train2[0]["landmarks"].numpy(), lm.numpy(), atol=1e-3)

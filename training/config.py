@@ -82,6 +82,8 @@ class LossConfig:
     lip: float = 0.5
     reg: float = 1e-4
     use_flow: bool = True  # used when mfnet_core.flow provides the term
+    flow_start_step: int = 0  # the flow term joins after this many steps
+    flow_samples: int = 200  # flow correspondences per ordered view pair
 
 
 @dataclass

@@ -15,7 +15,8 @@ Two benchmarks:
 
 Methods (``--methods``, comma separated): ``mean`` (mean head), ``network`` (MFNet from
 ``--checkpoint``), ``fit`` (mfnet_core's landmark fit from its PnP start), ``network+fit``
-(the same fit started from the network's prediction). Writes ``results.json`` and a
+(the same fit started from the network's prediction), ``network+fit-short`` (from the
+network, one fine round of 8 iterations). Writes ``results.json`` and a
 Markdown table like the paper's Table 2 (``table.md``) under ``--out``.
 """
 
@@ -55,7 +56,9 @@ def predict_vertices(
     """(B,V,3) predicted model-space vertices (metres, no head pose) for a batch."""
     model.eval()
     out = model(batch["images"].to(device))
-    dec = decode(out, flame, batch["camera"].to(device), model.config.input_size, with_vertices=True)
+    dec = decode(
+        out, flame, batch["camera"].to(device), model.config.input_size, with_vertices=True
+    )
     assert dec.vertices is not None
     return dec.vertices.cpu().numpy()
 
@@ -183,12 +186,16 @@ def evaluate_synthetic(
                 pred = _vertices_from_params(flame, init)
             elif m == "fit":
                 pred = fit_from_scratch(flame, lmks, intr)
-            elif m == "network+fit":
+            elif m in ("network+fit", "network+fit-short"):
                 if model is None:
-                    raise MfnetError("method 'network+fit' needs --checkpoint")
-                pred = fit_from_init(flame, model, photos, lmks, intr, device)
+                    raise MfnetError(f"method {m!r} needs --checkpoint")
+                pred = fit_from_init(
+                    flame, model, photos, lmks, intr, device, short=m.endswith("short")
+                )
             else:
-                raise MfnetError(f"unknown method {m!r}; use mean, network, fit, network+fit")
+                raise MfnetError(
+                    f"unknown method {m!r}; use mean, network, fit, network+fit, network+fit-short"
+                )
             dt = time.perf_counter() - t0
             r = rows[m]
             r["time"].append(dt)
@@ -392,6 +399,7 @@ METHOD_NAMES = {
     "network": "MFNet (network only)",
     "fit": "fitting (landmarks, PnP start)",
     "network+fit": "fitting started from MFNet",
+    "network+fit-short": "fitting started from MFNet, one short round",
 }
 
 

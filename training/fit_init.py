@@ -10,13 +10,14 @@ docs/BENCHMARKS.md ran.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
 from torch import nn
 
 from mfnet_core.camera import Intrinsics
-from mfnet_core.fitting import RIGID_LANDMARKS, FitOptions, MultiViewFitter, fit_landmarks
+from mfnet_core.fitting import FitOptions, MultiViewFitter, fit_landmarks
 from mfnet_core.model import MFNet, predict_init
 
 # Iterations (rigid, fine per round) and outlier rounds when starting from the network.
@@ -35,30 +36,11 @@ def fit_with_init(
     device: str | torch.device = "cpu",
 ) -> MultiViewFitter:
     """Landmark fit from ``init`` (the keys of ``predict_init``). landmarks_px: (N,68,2)."""
-    options = options or FitOptions()
-    torch.manual_seed(options.seed)
-    fitter = MultiViewFitter(
-        flame, np.asarray(landmarks_px), list(intrinsics), options, torch.device(device)
+    base = options or FitOptions()
+    opts = replace(
+        base, iterations=(iterations[0], 0, iterations[1]), outlier_rounds=outlier_rounds
     )
-    p = fitter.params
-    with torch.no_grad():
-        for name, t in (("shape", p.shape), ("expression", p.expression)):
-            v = torch.as_tensor(np.asarray(init[name], np.float32))
-            k = min(v.numel(), t.shape[1])
-            t.zero_()
-            t[0, :k] = v[:k]
-        p.jaw_pose.copy_(torch.as_tensor(np.asarray(init["jaw_pose"], np.float32))[None])
-        p.head_rot.copy_(torch.as_tensor(np.asarray(init["head_pose"], np.float32)))
-        p.head_trans.copy_(torch.as_tensor(np.asarray(init["head_translation"], np.float32)))
-    it_rigid, it_fine = iterations
-    if it_rigid:
-        fitter.run_stage("rigid", [p.head_rot, p.head_trans], it_rigid, RIGID_LANDMARKS)
-    for r in range(outlier_rounds + 1):
-        fitter.update_outlier_weights()
-        fitter.run_stage(
-            f"fine{r}", [p.shape, p.expression, p.jaw_pose, p.head_rot, p.head_trans], it_fine
-        )
-    return fitter
+    return fit_landmarks(flame, np.asarray(landmarks_px), list(intrinsics), opts, device, init=init)
 
 
 def fit_from_scratch(
@@ -74,6 +56,11 @@ def fit_from_scratch(
     return fitter.result().vertices_model.astype(np.float64)
 
 
+# A cheaper schedule from the network's start: no rigid stage, one fine round.
+SHORT_ITERATIONS = (0, 8)
+SHORT_OUTLIER_ROUNDS = 0
+
+
 def fit_from_init(
     flame: nn.Module,
     model: MFNet,
@@ -81,9 +68,15 @@ def fit_from_init(
     landmarks: Sequence[np.ndarray],
     intrinsics: Sequence[Intrinsics],
     device: str | torch.device = "cpu",
+    short: bool = False,
 ) -> np.ndarray:
     """Network prediction, then ``fit_with_init``; returns (V,3) model-space vertices."""
     init = predict_init(model, photos, landmarks, flame, intrinsics, device)
     opts = FitOptions(n_shape=flame.n_shape, n_expr=flame.n_expr)
-    fitter = fit_with_init(flame, np.stack(landmarks), intrinsics, init, opts)
+    its, rounds = (
+        (SHORT_ITERATIONS, SHORT_OUTLIER_ROUNDS)
+        if short
+        else (INIT_ITERATIONS, INIT_OUTLIER_ROUNDS)
+    )
+    fitter = fit_with_init(flame, np.stack(landmarks), intrinsics, init, opts, its, rounds)
     return fitter.result().vertices_model.astype(np.float64)

@@ -10,24 +10,27 @@ fit uses a stronger prior (``LossWeights.reg``) because one photo has far less e
 than a training set.
 
 L_multiop (eq. 6) comes from ``mfnet_core.flow`` when that module provides it (see
-``resolve_flow_term``); until then the term is left out and ``flow_status`` says so.
+``resolve_flow_term``); otherwise the term is left out and the run's log, checkpoint and
+smoke JSON say so.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from mfnet_core.camera import yaw_pitch_roll_deg
 from mfnet_core.losses import EYELID_PAIRS, LIP_PAIRS, landmark_loss, offset_loss, regularisation
 from mfnet_core.model import Decoded, MFNetOutput
 
 from .config import LossConfig
 
-FlowTerm = Callable[..., Tensor]
+# (batch, decoded, per-view face scale (B*N,), step) -> scalar
+FlowTerm = Callable[[dict[str, Tensor], Decoded, Tensor, int], Tensor]
 
 
 @dataclass
@@ -36,36 +39,74 @@ class FlowStatus:
     message: str
 
 
-def resolve_flow_term(cfg: LossConfig) -> tuple[FlowTerm | None, FlowStatus]:
-    """The multi-view flow loss (eq. 6) if ``mfnet_core.flow`` offers a batch function.
+def resolve_flow_term(
+    cfg: LossConfig, faces: np.ndarray, face_region: np.ndarray, crop_size: int
+) -> tuple[FlowTerm | None, FlowStatus]:
+    """The multi-view flow loss (eq. 6) from ``mfnet_core.flow``, when it is there.
 
-    Looked for: ``mfnet_core.flow.multiview_flow_loss(images, vertices_cam, camera, faces,
-    landmarks_px)`` with images (B,N,3,H,W) in [0,1], vertices_cam (B,N,V,3), camera (B,N,4)
-    crop intrinsics, faces (F,3), landmarks_px (B,N,68,2) -> scalar (mean over view pairs).
+    Per person in the batch: the predicted mesh is rendered in each view's crop
+    (``render_views``), every ordered view pair gets I_{a->b}, the covisible mask MC (eq. 5)
+    and a DIS flow (``all_pair_flows``), and ``flow_loss`` turns the flow into fixed
+    correspondence targets that are differentiable through the posed vertices. The batch
+    term is the mean over people. The flow estimator itself is not differentiated (see
+    mfnet_core/flow.py for why).
     """
     if not cfg.use_flow or cfg.flow == 0:
         return None, FlowStatus(False, "multi-view flow term (lambda_1) switched off by the config")
     try:
-        from mfnet_core import flow  # type: ignore[attr-defined]
+        from mfnet_core import flow as mflow
     except ImportError:
         return None, FlowStatus(
             False,
             "mfnet_core.flow is not available: the multi-view flow term (lambda_1) is left out",
         )
-    fn = getattr(flow, "multiview_flow_loss", None)
-    if fn is None:
+    needed = ("render_views", "all_pair_flows", "flow_loss", "face_faces", "FlowOptions")
+    missing = [n for n in needed if not hasattr(mflow, n)]
+    if missing:
         return None, FlowStatus(
             False,
-            "mfnet_core.flow has no multiview_flow_loss(images, vertices_cam, camera, faces, "
-            "landmarks_px): the multi-view flow term (lambda_1) is left out",
+            f"mfnet_core.flow lacks {missing}: the multi-view flow term (lambda_1) is left out",
         )
-    params = list(inspect.signature(fn).parameters)
-    if params[:2] != ["images", "vertices_cam"]:
-        return None, FlowStatus(
-            False,
-            f"mfnet_core.flow.multiview_flow_loss has an unexpected signature {params}: flow term left out",
-        )
-    return fn, FlowStatus(True, "multi-view flow term (lambda_1) from mfnet_core.flow")
+    face_tri = mflow.face_faces(faces, face_region)
+    opts = mflow.FlowOptions(
+        size=crop_size,
+        stride=max(1, crop_size // 64),
+        max_samples=cfg.flow_samples,
+        erode_px=1,
+        valid_erode_px=2,
+    )
+
+    def term(batch: dict[str, Tensor], dec: Decoded, scale: Tensor, step: int) -> Tensor:
+        assert dec.vertices_cam is not None
+        b, n = dec.landmarks_px.shape[:2]
+        faces_t = torch.as_tensor(faces, dtype=torch.long)
+        yaw = yaw_pitch_roll_deg(dec.rotation.detach().reshape(-1, 3, 3))[:, 0].view(b, n)
+        imgs = (batch["images"].detach().float().clamp(0, 1) * 255).round().byte()
+        imgs = imgs.permute(0, 1, 3, 4, 2).cpu().numpy()  # (B,N,S,S,3)
+        total = dec.vertices_cam.new_zeros(())
+        for i in range(b):
+            views = mflow.render_views(
+                dec.vertices_cam[i].detach(),
+                batch["camera"][i].detach(),
+                faces_t,
+                face_tri,
+                list(imgs[i]),
+                dec.landmarks_px[i].detach(),
+                yaw[i],
+                size=crop_size,
+            )
+            # Seeded by the sample, not its place in the batch: the same in every process.
+            seed = step * 100_003 + int(batch["index"][i]) if "index" in batch else step
+            pairs = mflow.all_pair_flows(views, faces_t, opts, seed=seed)
+            cam = batch["camera"][i].to(dec.vertices_cam)
+            total = total + mflow.flow_loss(
+                dec.vertices_cam[i], cam, faces_t.to(cam.device), pairs, scale.view(b, n)[i]
+            )
+        return total / b
+
+    return term, FlowStatus(
+        True, "multi-view flow term (lambda_1) from mfnet_core.flow (DIS flow, eq. 5-6)"
+    )
 
 
 def mfnet_loss(
@@ -73,8 +114,8 @@ def mfnet_loss(
     dec: Decoded,
     batch: dict[str, Tensor],
     cfg: LossConfig,
-    faces: Tensor | None = None,
     flow_term: FlowTerm | None = None,
+    step: int = 0,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Total loss and its weighted terms for B people x N views.
 
@@ -94,13 +135,7 @@ def mfnet_loss(
     terms["lip"] = cfg.lip * offset_loss(pred, det, LIP_PAIRS, w, scale) / b
     albedo = out.albedo.float().reshape(b, -1)
     terms["reg"] = cfg.reg * regularisation(out.shape.float(), out.expression.float(), albedo) / b
-    if flow_term is not None and dec.vertices_cam is not None and faces is not None:
-        terms["flow"] = cfg.flow * flow_term(
-            images=batch["images"],
-            vertices_cam=dec.vertices_cam,
-            camera=batch["camera"],
-            faces=faces,
-            landmarks_px=dec.landmarks_px,
-        )
+    if flow_term is not None and dec.vertices_cam is not None and step >= cfg.flow_start_step:
+        terms["flow"] = cfg.flow * flow_term(batch, dec, scale, step)
     total = torch.stack(list(terms.values())).sum()
     return total, terms

@@ -34,6 +34,7 @@ a pupil distance of 62.85 mm (``STD_PUPIL_DIST_MM``).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,19 +113,37 @@ def closest_points(
     tri = vertices[faces]  # (F,3,3)
     centroid = tri.mean(1)
     radius = np.linalg.norm(tri - centroid[:, None], axis=-1).max(1)
-    r_max = float(radius.max())
     used = np.unique(faces)
     d_vert, _ = cKDTree(vertices[used]).query(points)
-    ctree = cKDTree(centroid)
+    # Two size classes, so that a few large triangles do not widen every point's search.
+    big = radius > 2.0 * float(np.median(radius))
+    classes = []
+    for sel in (~big, big):
+        ids = np.nonzero(sel)[0]
+        if len(ids):
+            classes.append((ids, cKDTree(centroid[ids]), float(radius[ids].max())))
     dist = np.empty(len(points))
     closest = np.empty((len(points), 3))
     face = np.empty(len(points), dtype=np.int64)
     for s in range(0, len(points), chunk):
         p = points[s : s + chunk]
-        cand = ctree.query_ball_point(p, d_vert[s : s + chunk] + r_max + 1e-9, return_sorted=False)
-        counts = np.fromiter((len(c) for c in cand), dtype=np.int64, count=len(cand))
-        pid = np.repeat(np.arange(len(p)), counts)
-        fid = np.fromiter((f for c in cand for f in c), dtype=np.int64, count=int(counts.sum()))
+        pids, fids = [], []
+        for ids, tree, r_max in classes:
+            cand = tree.query_ball_point(
+                p, d_vert[s : s + chunk] + r_max + 1e-9, return_sorted=False
+            )
+            counts = np.fromiter((len(c) for c in cand), dtype=np.int64, count=len(cand))
+            pids.append(np.repeat(np.arange(len(p)), counts))
+            flat = np.fromiter(
+                itertools.chain.from_iterable(cand), dtype=np.int64, count=int(counts.sum())
+            )
+            fids.append(ids[flat])
+        pid, fid = np.concatenate(pids), np.concatenate(fids)
+        # Drop candidates whose bounding sphere is farther than the nearest vertex.
+        keep = (
+            np.linalg.norm(centroid[fid] - p[pid], axis=1) - radius[fid] <= d_vert[s + pid] + 1e-9
+        )
+        pid, fid = pid[keep], fid[keep]
         q = closest_point_on_triangles(p[pid], tri[fid, 0], tri[fid, 1], tri[fid, 2])
         d = np.linalg.norm(q - p[pid], axis=1)
         order = np.lexsort((d, pid))

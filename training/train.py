@@ -337,8 +337,10 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(
             "cuda", enabled=self.amp and self.amp_dtype == torch.float16
         )
-        self.flow_fn, self.flow_status = resolve_flow_term(cfg.loss)
-        self.faces = torch.as_tensor(self.flame.assets.faces, dtype=torch.long, device=self.device)
+        a = self.flame.assets
+        self.flow_fn, self.flow_status = resolve_flow_term(
+            cfg.loss, np.asarray(a.faces), np.asarray(a.face_region, bool), cfg.model.input_size
+        )
         self.step = 0
         self.epoch = 0
         self.step_in_epoch = 0
@@ -459,15 +461,12 @@ class Trainer:
         if self.step < cfg.train.pose_warmup_steps:
             # Curriculum: poses first, on the mean head, so that shape and expression do not
             # learn to make up for poses that are still wrong.
-            out = replace(out, shape=out.shape * 0, expression=out.expression * 0, jaw_pose=out.jaw_pose * 0)
-        dec = decode(
-            out,
-            self.flame,
-            batch["camera"],
-            cfg.model.input_size,
-            with_vertices=self.flow_fn is not None,
-        )
-        loss, terms = mfnet_loss(out, dec, batch, cfg.loss, self.faces, self.flow_fn)
+            out = replace(
+                out, shape=out.shape * 0, expression=out.expression * 0, jaw_pose=out.jaw_pose * 0
+            )
+        use_flow = self.flow_fn is not None and self.step >= cfg.loss.flow_start_step
+        dec = decode(out, self.flame, batch["camera"], cfg.model.input_size, with_vertices=use_flow)
+        loss, terms = mfnet_loss(out, dec, batch, cfg.loss, self.flow_fn, self.step)
         if not torch.isfinite(loss):
             raise MfnetError(
                 f"the loss became {float(loss)} at step {self.step}; lower train.lr or check the data"
@@ -625,6 +624,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         trainer = Trainer(cfg, resume=args.resume)
         summary = trainer.fit(args.max_steps)
+        if not trainer.eval_results or trainer.eval_results[-1].get("step") != trainer.step:
+            trainer.evaluate()  # the final weights (synthetic set only)
         if trainer.eval_results:
             summary["eval"] = trainer.eval_results[-1]
         trainer.close()
