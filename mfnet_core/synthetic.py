@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -288,7 +289,10 @@ def _polyline_distance(points: np.ndarray, anchors: np.ndarray, n: int = 12) -> 
     from scipy.spatial import cKDTree
 
     dense = np.concatenate(
-        [np.linspace(a, b, n, endpoint=False) for a, b in zip(anchors[:-1], anchors[1:], strict=True)]
+        [
+            np.linspace(a, b, n, endpoint=False)
+            for a, b in zip(anchors[:-1], anchors[1:], strict=True)
+        ]
         + [anchors[-1:]]
     )
     return cKDTree(dense).query(points)[0]
@@ -309,7 +313,9 @@ def skin_texture(assets: FlameAssets, size: int = 1024, seed: int = 0) -> np.nda
     lm = _template_landmarks(assets)
     # Person: skin tone from light to dark, slightly varied hue.
     lightness = rng.uniform(0.45, 1.0)
-    base = np.array([0.86, 0.66, 0.55]) * lightness + np.array([0.0, 0.02, 0.03]) * rng.normal(size=3)
+    base = np.array([0.86, 0.66, 0.55]) * lightness + np.array([0.0, 0.02, 0.03]) * rng.normal(
+        size=3
+    )
     colour = np.tile(base, (len(pts), 1))
     # Regional colour.
     eye_d = float(np.linalg.norm(lm[45] - lm[36]))
@@ -356,7 +362,9 @@ def skin_texture(assets: FlameAssets, size: int = 1024, seed: int = 0) -> np.nda
             continue
         d = np.linalg.norm(pts[idx] - c, axis=1)
         w = np.exp(-((d / r) ** 2)) * rng.uniform(0.15, 0.45)
-        colour[idx] = colour[idx] * (1 - w[:, None]) + np.array([0.35, 0.22, 0.15]) * lightness * w[:, None]
+        colour[idx] = (
+            colour[idx] * (1 - w[:, None]) + np.array([0.35, 0.22, 0.15]) * lightness * w[:, None]
+        )
     # Eyebrows: strokes = anisotropic fine noise near the brow line.
     hair = np.array([0.18, 0.12, 0.08]) * rng.uniform(0.6, 1.6)
     for brow in (lm[17:22], lm[22:27]):
@@ -384,7 +392,9 @@ def skin_texture(assets: FlameAssets, size: int = 1024, seed: int = 0) -> np.nda
             sel = eye_joint[tri[:, 0]] == j
             d = pts[sel] - centres_j[j]
             d /= np.linalg.norm(d, axis=1, keepdims=True) + 1e-9
-            c = np.where((d[:, 2] > 0.93)[:, None], np.clip(iris, 0, 1), np.array([0.9, 0.87, 0.85]))
+            c = np.where(
+                (d[:, 2] > 0.93)[:, None], np.clip(iris, 0, 1), np.array([0.9, 0.87, 0.85])
+            )
             c = np.where((d[:, 2] > 0.985)[:, None], np.array([0.03, 0.03, 0.03]), c)
             colour[sel] = c
     tex = np.zeros((size, size, 3))
@@ -415,7 +425,11 @@ class LandmarkErrorModel:
     view_group_px: float = 1.5  # per view and group
 
     def apply(
-        self, landmarks: np.ndarray, yaw_deg: float, person: dict[str, np.ndarray], rng: np.random.Generator
+        self,
+        landmarks: np.ndarray,
+        yaw_deg: float,
+        person: dict[str, np.ndarray],
+        rng: np.random.Generator,
     ) -> np.ndarray:
         """landmarks (68,2) exact -> (68,2) with errors; `person` from `person_bias`."""
         lm = np.asarray(landmarks, np.float64)
@@ -558,7 +572,9 @@ def make_realistic_subject(
         v_cam = (verts - pivot) @ rot.T + pivot + trans
         screen = to_screen(v_cam[None], cam)[0]
         normals = vertex_normals(v_cam[None], faces)[0]
-        sh = sh_base * (1 + o.light_jitter * torch.as_tensor(rng.normal(size=(9, 1)), dtype=torch.float32))
+        sh = sh_base * (
+            1 + o.light_jitter * torch.as_tensor(rng.normal(size=(9, 1)), dtype=torch.float32)
+        )
         img, mask, _ = render_textured(
             screen, normals, faces, uv, uv_faces, tex_t, o.image_size, o.image_size, sh_coeffs=sh
         )
@@ -614,12 +630,16 @@ def _cluttered_background(rng: np.random.Generator, size: int) -> torch.Tensor:
         if rng.uniform() < 0.5:
             cv2.rectangle(img, (x0, y0), (x0 + w, y0 + h), col, -1)
         else:
-            cv2.ellipse(img, (x0, y0), (w // 2, h // 2), float(rng.uniform(0, 180)), 0, 360, col, -1)
+            cv2.ellipse(
+                img, (x0, y0), (w // 2, h // 2), float(rng.uniform(0, 180)), 0, 360, col, -1
+            )
     img = cv2.GaussianBlur(img, (0, 0), 1.0 + 2.0 * rng.uniform())
     return torch.as_tensor(img.clip(0, 1), dtype=torch.float32)
 
 
-def _camera_effects(rgb: np.ndarray, rng: np.random.Generator, blur: float, noise: float) -> np.ndarray:
+def _camera_effects(
+    rgb: np.ndarray, rng: np.random.Generator, blur: float, noise: float
+) -> np.ndarray:
     """float (H,W,3) linear-ish [0,1] -> uint8 with lens blur and sensor noise."""
     import cv2
 
@@ -628,3 +648,157 @@ def _camera_effects(rgb: np.ndarray, rng: np.random.Generator, blur: float, nois
         img = cv2.GaussianBlur(img, (0, 0), blur)
     img = img * 255 + rng.normal(scale=noise, size=img.shape).astype(np.float32)
     return img.round().clip(0, 255).astype(np.uint8)
+
+
+# ------------------------------------------------------------------------------------------
+# A real capture with known geometry (../shared/assets/headscan-james-menpo3d)
+
+# james.ljson lists its 68 points as chin, eyes, eyebrow, nose, eyebrow, mouth; position i of
+# that order is iBUG point _LJSON_TO_IBUG[i].
+_LJSON_TO_IBUG = np.array(
+    [*range(17), *range(36, 48), *range(17, 22), *range(27, 36), *range(22, 27), *range(48, 68)]
+)
+
+
+@dataclass
+class HeadScan:
+    """A textured face capture in metres, FLAME-like axes (y up, face toward +z)."""
+
+    vertices: np.ndarray  # (V,3)
+    faces: np.ndarray  # (F,3)
+    uv_coords: np.ndarray  # (T,2) origin bottom-left
+    uv_faces: np.ndarray  # (F,3)
+    texture: np.ndarray  # (H,W,3) uint8
+    landmarks: np.ndarray  # (68,3) iBUG order
+    name: str = "scan"
+
+    def face_region(self) -> np.ndarray:
+        """(V,) bool: the face as `flame.geometric_face_region` defines it on a model (between
+        the ears' contour points, a little under the chin to 0.6 eye distances above the
+        brows, in front of the contour), from the capture's own landmarks."""
+        lm, (x, y, z) = self.landmarks, self.vertices.T
+        width = 0.5 * (lm[16, 0] - lm[0, 0])
+        cx = 0.5 * (lm[16, 0] + lm[0, 0])
+        eye = np.linalg.norm(lm[45] - lm[36])
+        top = lm[17:27, 1].max() + 0.6 * eye
+        bottom = lm[8, 1] - 0.1 * eye
+        front = min(lm[0, 2], lm[16, 2]) - 0.15 * eye
+        return (np.abs(x - cx) <= 1.05 * abs(width)) & (y <= top) & (y >= bottom) & (z >= front)
+
+
+def load_headscan(folder: str | Path) -> HeadScan:
+    """Reads headscan-james-menpo3d (OBJ in mm with UVs, JPEG texture, LJSON landmarks)."""
+    import json
+
+    import cv2
+
+    folder = Path(folder)
+    verts, uvs, faces, uv_faces = [], [], [], []
+    with open(folder / "james.obj") as fh:
+        for line in fh:
+            if line.startswith("v "):
+                verts.append([float(t) for t in line.split()[1:4]])
+            elif line.startswith("vt "):
+                uvs.append([float(t) for t in line.split()[1:3]])
+            elif line.startswith("f "):
+                idx = [t.split("/") for t in line.split()[1:4]]
+                faces.append([int(i[0]) - 1 for i in idx])
+                uv_faces.append([int(i[1]) - 1 for i in idx])
+    tex = cv2.cvtColor(cv2.imread(str(folder / "james.jpg")), cv2.COLOR_BGR2RGB)
+    lj = json.loads((folder / "james.ljson").read_text())["groups"]["LJSON"]["landmarks"]["points"]
+    lm = np.asarray(lj, np.float64)[np.argsort(_LJSON_TO_IBUG)]
+    v = np.asarray(verts, np.float64) / 1000.0
+    lm = lm / 1000.0
+    centre = lm.mean(0)
+    return HeadScan(
+        vertices=(v - centre).astype(np.float32),
+        faces=np.asarray(faces, np.int64),
+        uv_coords=np.asarray(uvs, np.float32),
+        uv_faces=np.asarray(uv_faces, np.int64),
+        texture=tex,
+        landmarks=(lm - centre).astype(np.float32),
+        name=folder.name,
+    )
+
+
+@dataclass
+class ScanViews:
+    scan: HeadScan
+    views: list[SyntheticView]
+    landmark_source: str  # "dlib" or "projected+errors"
+
+
+def render_scan(
+    scan: HeadScan,
+    yaws_deg: tuple[float, ...] = (-35.0, 0.0, 35.0),
+    image_size: int = 1024,
+    distance_m: float = 0.6,
+    seed: int = 0,
+    landmarks: str = "dlib",
+    error_model: LandmarkErrorModel | None = None,
+) -> ScanViews:
+    """Photoreal views of the capture with its own photo texture (its lighting is baked in),
+    a cluttered background, per-view exposure, lens blur and sensor noise. Landmarks: dlib
+    on each render ("dlib", falling back to the next for a view dlib misses) or the
+    capture's 3D landmarks projected plus `error_model` errors ("projected")."""
+    rng = np.random.default_rng([seed, 11])
+    error_model = error_model or LandmarkErrorModel()
+    person = error_model.person_bias(rng)
+    faces = torch.as_tensor(scan.faces)
+    uv = torch.as_tensor(scan.uv_coords)
+    uv_faces = torch.as_tensor(scan.uv_faces)
+    tex = torch.as_tensor(scan.texture, dtype=torch.float32) / 255.0
+    intr = Intrinsics.from_fov(image_size, image_size)
+    cam = torch.as_tensor(intr.as_vector())[None]
+    # Rotate about a point 9 cm behind the landmarks' centre (roughly the head's centre).
+    pivot = torch.tensor([0.0, 0.0, -0.09])
+    verts = torch.as_tensor(scan.vertices)
+    lmk3 = torch.as_tensor(scan.landmarks)
+    backend = None
+    if landmarks == "dlib":
+        from .landmarks import get_backend
+
+        try:
+            backend = get_backend("dlib")
+        except Exception:  # noqa: BLE001 - no dlib: projected landmarks instead
+            backend = None
+    views, sources = [], []
+    for i, yaw in enumerate(yaws_deg):
+        rot_aa = _euler_to_axis_angle(yaw, rng.uniform(-3, 3), rng.uniform(-2, 2))
+        rot = axis_angle_to_matrix(torch.as_tensor(rot_aa, dtype=torch.float32)[None])[0]
+        trans = torch.tensor([rng.uniform(-0.01, 0.01), rng.uniform(-0.01, 0.01), -distance_m])
+        v_cam = (verts - pivot) @ rot.T + pivot + trans
+        img, mask, _ = render_textured(
+            to_screen(v_cam[None], cam)[0], None, faces, uv, uv_faces, tex, image_size, image_size
+        )
+        bg = _cluttered_background(rng, image_size)
+        m = mask[..., None].float()
+        gain = rng.uniform(0.85, 1.15) * (1 + 0.04 * rng.uniform(-1, 1, size=3))
+        rgb = (img.clamp(0, 1) * m + bg * (1 - m)).numpy() * gain
+        rgb = _camera_effects(rgb, rng, 0.5 * image_size / 1024, 1.5)
+        l_cam = (lmk3 - pivot) @ rot.T + pivot + trans
+        l_px = to_screen(l_cam[None], cam)[0, :, :2].numpy()
+        det = None
+        if backend is not None:
+            found = backend.detect(rgb)
+            if found:
+                best = min(
+                    found, key=lambda fd: np.linalg.norm(fd.landmarks.mean(0) - l_px.mean(0))
+                )
+                if np.linalg.norm(best.landmarks.mean(0) - l_px.mean(0)) < 0.2 * np.ptp(l_px[:, 0]):
+                    det = np.asarray(best.landmarks, np.float32)
+        sources.append("dlib" if det is not None else "projected")
+        if det is None:
+            det = error_model.apply(l_px, yaw, person, rng)
+        views.append(
+            SyntheticView(
+                photo=photo_from_array(rgb, f"{scan.name}_{i}.png"),
+                intrinsics=intr,
+                head_rot=rot_aa,
+                head_trans=trans.numpy(),
+                landmarks_true=l_px,
+                landmarks_noisy=det,
+            )
+        )
+    src = sources[0] if len(set(sources)) == 1 else "+".join(sources)
+    return ScanViews(scan=scan, views=views, landmark_source=src)
