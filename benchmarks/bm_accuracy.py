@@ -1,0 +1,398 @@
+"""Loss ablation of the test-time fit (paper section 4.4, done at test time with known truth).
+
+    python benchmarks/bm_accuracy.py [--subjects 10] [--json] [--no-scan] [--yaw 35]
+                                     [--yaw-sets 20,50] [--repeats 1] [--size 1024]
+
+For each of --subjects synthetic people (`synthetic.make_realistic_subject`: detailed
+procedural skin, shared lighting with per-view exposure and white balance, expression and
+camera jitter between the views, cluttered backgrounds, detector-like structured landmark
+errors; 3 views at -yaw/0/+yaw; seeds 1..n, deterministic) the fit runs with each loss set:
+
+- "landmarks": eq. 7 + eq. 10 (landmarks, reg)
+- "landmarks+eye+lip": + eq. 8-9
+- "landmarks+eye+lip+flow": + the multi-view flow term (eq. 6, `dense_fit.refine_dense`)
+- "all": + the photometric stage
+
+and the median vertex error (mm, face region, after a rigid alignment) against the true mesh
+is recorded, with the seconds each configuration takes per subject. Paired differences per
+subject, with a bootstrap 95% interval of their median, say whether a term helps beyond the
+subject-to-subject spread; --repeats N re-draws the landmark errors N times per subject
+(run-to-run spread of the whole ablation).
+
+The same ablation runs on a real capture with known geometry, ../shared/assets/
+headscan-james-menpo3d (BSD-3, see its SOURCES.md), rendered with its own photo texture at
+-yaw/0/+yaw, with dlib landmarks on the renders: `scan_median_mm` is the median distance from
+the capture's face region to the fitted mesh after a similarity alignment (the 68 3D
+landmarks give the start, ICP refines), as the FaceScape protocol does.
+
+Prints one JSON object with --json (else a table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mfnet_core.dense_fit import DenseOptions, refine_dense
+from mfnet_core.fitting import FitOptions, fit_landmarks
+from mfnet_core.flame import FLAME, load_flame_assets
+from mfnet_core.metrics import vertex_error_mm
+from mfnet_core.synthetic import (
+    HeadScan,
+    RealisticOptions,
+    load_headscan,
+    make_realistic_subject,
+    render_scan,
+)
+
+SCAN_DIR = (
+    Path(__file__).resolve().parents[1] / ".." / "shared" / "assets" / "headscan-james-menpo3d"
+)
+
+CONFIGS: dict[str, tuple[str, ...]] = {
+    "landmarks": ("landmarks", "reg"),
+    "landmarks+eye+lip": ("landmarks", "eye", "lip", "reg"),
+    "landmarks+eye+lip+flow": ("landmarks", "eye", "lip", "flow", "reg"),
+    "all": ("landmarks", "eye", "lip", "flow", "photo", "reg"),
+}
+
+
+def load_model(which: str) -> tuple[FLAME, str]:
+    """The test head (default) or the user's FLAME (--model flame: found as `mfnet doctor`
+    says, e.g. MFNET_FLAME_MODEL)."""
+    if which == "flame":
+        from mfnet_core.assets import find_flame_model
+
+        path = find_flame_model()
+        if path is None:
+            raise SystemExit("--model flame: no FLAME model found (run `mfnet doctor`)")
+        assets = load_flame_assets(path)
+    else:
+        from mfnet_core.testhead import ensure_test_head
+
+        assets = load_flame_assets(ensure_test_head())
+    return FLAME(assets, n_shape=100, n_expr=50), assets.kind
+
+
+def run_config(flame: FLAME, losses: tuple[str, ...], photos, landmarks, intrinsics, cache: dict):
+    """One fit; the landmark stage is shared by the configurations that add dense terms."""
+    lm_losses = tuple(t for t in losses if t not in ("flow", "photo"))
+    t0 = time.perf_counter()
+    if lm_losses not in cache:
+        fitter = fit_landmarks(flame, landmarks, intrinsics, FitOptions(losses=lm_losses))
+        cache[lm_losses] = (
+            fitter,
+            [t.detach().clone() for t in fitter.params.tensors()],
+            time.perf_counter() - t0,
+        )
+    fitter, saved, t_lm = cache[lm_losses]
+    with torch.no_grad():
+        for dst, src in zip(fitter.params.tensors(), saved, strict=True):
+            dst.copy_(src)
+    t1 = time.perf_counter()
+    if "flow" in losses or "photo" in losses:
+        refine_dense(fitter, photos, DenseOptions(losses=losses, images=False, report=False))
+    seconds = t_lm + time.perf_counter() - t1
+    return fitter, seconds
+
+
+def subject_errors(flame, seed: int, yaw: float, size: int, configs, repeat: int) -> dict:
+    opts = RealisticOptions(yaws_deg=(-yaw, 0.0, yaw), image_size=size)
+    subj = make_realistic_subject(flame, seed=seed, options=opts)
+    if repeat:  # re-draw only the landmark errors
+        rng = np.random.default_rng([seed, repeat, 99])
+        person = opts.landmarks.person_bias(rng)
+        for v in subj.views:
+            yaw_v = float(np.degrees(np.arctan2(*_forward(v.head_rot)[[0, 2]])))
+            v.landmarks_noisy = opts.landmarks.apply(v.landmarks_true, yaw_v, person, rng)
+    photos = [v.photo.rgb for v in subj.views]
+    intr = [v.intrinsics for v in subj.views]
+    lmk = np.stack([v.landmarks_noisy for v in subj.views])
+    region = flame.assets.face_region
+    out, cache = {}, {}
+    for name, losses in configs.items():
+        fitter, sec = run_config(flame, losses, photos, lmk, intr, cache)
+        err = vertex_error_mm(fitter.result().vertices_model, subj.vertices_true, region)
+        out[name] = (float(np.median(err)), sec)
+    return out
+
+
+def _forward(rot_aa: np.ndarray) -> np.ndarray:
+    import cv2
+
+    return cv2.Rodrigues(np.asarray(rot_aa, np.float64))[0][:, 2]
+
+
+# -- the real capture ------------------------------------------------------------------------
+
+
+def _similarity(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Umeyama: s, R, t with dst ~ s R src + t."""
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    a, b = src - mu_s, dst - mu_d
+    u, d, vt = np.linalg.svd(b.T @ a / len(src))
+    sign = np.ones(3)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        sign[-1] = -1
+    rot = u @ np.diag(sign) @ vt
+    s = (d * sign).sum() / a.var(0).sum()
+    return s, rot, mu_d - s * rot @ mu_s
+
+
+def closest_on_triangles(p: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Closest points to p on triangles (a, b, c), all (P,3) (Ericson, Real-Time Collision
+    Detection, 5.1.5), vectorised."""
+    ab, ac, ap = b - a, c - a, p - a
+    d1, d2 = (ab * ap).sum(1), (ac * ap).sum(1)
+    bp = p - b
+    d3, d4 = (ab * bp).sum(1), (ac * bp).sum(1)
+    cp = p - c
+    d5, d6 = (ab * cp).sum(1), (ac * cp).sum(1)
+    va = d3 * d6 - d5 * d4
+    vb = d5 * d2 - d1 * d6
+    vc = d1 * d4 - d3 * d2
+    denom = va + vb + vc
+    denom = np.where(np.abs(denom) < 1e-30, 1e-30, denom)
+    v, w = vb / denom, vc / denom
+    out = a + ab * v[:, None] + ac * w[:, None]  # interior
+    # edges
+    e_ab = (vc <= 0) & (d1 >= 0) & (d3 <= 0)
+    t = d1 / np.where(d1 - d3 == 0, 1e-30, d1 - d3)
+    out = np.where(e_ab[:, None], a + ab * t[:, None], out)
+    e_ac = (vb <= 0) & (d2 >= 0) & (d6 <= 0)
+    t = d2 / np.where(d2 - d6 == 0, 1e-30, d2 - d6)
+    out = np.where(e_ac[:, None], a + ac * t[:, None], out)
+    e_bc = (va <= 0) & ((d4 - d3) >= 0) & ((d5 - d6) >= 0)
+    t = (d4 - d3) / np.where((d4 - d3) + (d5 - d6) == 0, 1e-30, (d4 - d3) + (d5 - d6))
+    out = np.where(e_bc[:, None], b + (c - b) * t[:, None], out)
+    # vertices
+    out = np.where(((d1 <= 0) & (d2 <= 0))[:, None], a, out)
+    out = np.where(((d3 >= 0) & (d4 <= d3))[:, None], b, out)
+    out = np.where(((d6 >= 0) & (d5 <= d6))[:, None], c, out)
+    return out
+
+
+class MeshQuery:
+    """Closest points on a triangle mesh: the exact closest point on each of the k triangles
+    whose centroids are nearest (k=12 is exact for meshes of evenly sized triangles)."""
+
+    def __init__(self, verts: np.ndarray, faces: np.ndarray, k: int = 12) -> None:
+        from scipy.spatial import cKDTree
+
+        self.tri = verts[faces]  # (F,3,3)
+        self.tree = cKDTree(self.tri.mean(1))
+        self.k = k
+
+    def on_surface(self, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        _, idx = self.tree.query(pts, k=self.k)  # (P,k)
+        p = np.repeat(pts, self.k, axis=0)
+        t = self.tri[idx.reshape(-1)]
+        cand = closest_on_triangles(p, t[:, 0], t[:, 1], t[:, 2]).reshape(len(pts), self.k, 3)
+        d = np.linalg.norm(cand - pts[:, None], axis=-1)
+        best = d.argmin(1)
+        return cand[np.arange(len(pts)), best], d[np.arange(len(pts)), best]
+
+
+def scan_distance_mm(
+    scan: HeadScan, verts: np.ndarray, faces: np.ndarray, lmk68: np.ndarray, iterations: int = 20
+) -> float:
+    """Median distance (mm) from the capture's face region to the fitted mesh, after a
+    similarity transform of the fitted mesh onto the capture: start from the 51 inner 3D
+    landmarks (17-67; the contour's semantics differ between the two), then ICP with
+    closest points on the fitted surface, trimming pairs beyond 3x the median distance."""
+    pts = scan.vertices[scan.face_region()].astype(np.float64)
+    query = MeshQuery(verts.astype(np.float64), np.asarray(faces))
+    s, rot, t = _similarity(lmk68[17:].astype(np.float64), scan.landmarks[17:].astype(np.float64))
+    rng = np.random.default_rng(0)
+    sub = pts[rng.choice(len(pts), min(1500, len(pts)), replace=False)]
+    for _ in range(iterations):
+        back = (sub - t) @ rot / s  # capture points in the fitted mesh's frame
+        closest, dist = query.on_surface(back)
+        keep = dist <= 3 * np.median(dist) + 1e-9
+        s, rot, t = _similarity(closest[keep], sub[keep])
+    _closest, dist = query.on_surface((pts - t) @ rot / s)
+    return float(np.median(dist) * s * 1000.0)
+
+
+def scan_errors(flame, scan: HeadScan, yaw: float, size: int, configs) -> tuple[dict, str]:
+    views = render_scan(scan, (-yaw, 0.0, yaw), image_size=size, seed=0)
+    photos = [v.photo.rgb for v in views.views]
+    intr = [v.intrinsics for v in views.views]
+    lmk = np.stack([v.landmarks_noisy for v in views.views])
+    faces = flame.assets.faces
+    out, cache = {}, {}
+    for name, losses in configs.items():
+        fitter, sec = run_config(flame, losses, photos, lmk, intr, cache)
+        res = fitter.result()
+        with torch.no_grad():
+            v = torch.as_tensor(res.vertices_model)[None]
+            lm3 = flame.landmarks_frontal(v)[0].numpy()
+        out[name] = (scan_distance_mm(scan, res.vertices_model, faces, lm3), sec)
+    return out, views.landmark_source
+
+
+# -- statistics ---------------------------------------------------------------------------------
+
+
+def bootstrap_median_ci(d: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float]:
+    rng = np.random.default_rng(seed)
+    meds = np.median(rng.choice(d, size=(n, len(d)), replace=True), axis=1)
+    return float(np.percentile(meds, 2.5)), float(np.percentile(meds, 97.5))
+
+
+def paired(per: dict[str, list[float]], a: str, b: str) -> dict:
+    """b minus a per subject (negative: b is better)."""
+    d = np.array(per[b]) - np.array(per[a])
+    lo, hi = bootstrap_median_ci(d)
+    return {
+        "median_diff_mm": round(float(np.median(d)), 4),
+        "mean_diff_mm": round(float(d.mean()), 4),
+        "ci95_median_diff_mm": [round(lo, 4), round(hi, 4)],
+        "improved": f"{int((d < 0).sum())}/{len(d)}",
+        "significant": bool(hi < 0 or lo > 0),
+    }
+
+
+def machine() -> dict:
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_avg": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--subjects", type=int, default=10)
+    ap.add_argument("--yaw", type=float, default=35.0)
+    ap.add_argument("--yaw-sets", default="", help="extra yaw angles, e.g. 20,50 (same subjects)")
+    ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--repeats", type=int, default=1, help="landmark-error draws per subject")
+    ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--model", choices=("test-head", "flame"), default="test-head")
+    ap.add_argument("--no-scan", action="store_true")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    torch.manual_seed(0)
+    configs = {k: CONFIGS[k] for k in args.configs.split(",")}
+    flame, kind = load_model(args.model)
+    start, load0 = time.perf_counter(), machine()["load_avg"]
+
+    def ablation(yaw: float) -> tuple[dict, dict]:
+        per = {k: [] for k in configs}
+        secs = {k: [] for k in configs}
+        for r in range(args.repeats):
+            for seed in range(1, args.subjects + 1):
+                res = subject_errors(flame, seed, yaw, args.size, configs, r)
+                for k, (e, s) in res.items():
+                    per[k].append(e)
+                    secs[k].append(s)
+                if not args.json:
+                    print(
+                        f"yaw {yaw:g} repeat {r} subject {seed}: "
+                        + ", ".join(f"{k} {v[0]:.3f}" for k, v in res.items()),
+                        file=sys.stderr,
+                    )
+        return per, secs
+
+    per, secs = ablation(args.yaw)
+    result: dict = {
+        "subjects": args.subjects,
+        "repeats": args.repeats,
+        "yaw_deg": args.yaw,
+        "image_size": args.size,
+        "model": kind,
+        "configs": {
+            k: {
+                "losses": list(configs[k]),
+                "median_vertex_error_mm": round(float(np.median(per[k])), 4),
+                "mean_vertex_error_mm": round(float(np.mean(per[k])), 4),
+                "per_subject_mm": [round(x, 4) for x in per[k]],
+                "seconds": round(float(np.mean(secs[k])), 3),
+            }
+            for k in configs
+        },
+    }
+    names = list(configs)
+    result["paired"] = {
+        f"{b} vs {a}": paired(per, a, b) for a, b in zip(names[:-1], names[1:], strict=True)
+    }
+    if "landmarks+eye+lip+flow" in per and "landmarks" in per:
+        result["paired"]["landmarks+eye+lip+flow vs landmarks"] = paired(
+            per, "landmarks", "landmarks+eye+lip+flow"
+        )
+    if args.repeats > 1:
+        result["run_to_run_sd_of_median_mm"] = {
+            k: round(
+                float(
+                    np.std(
+                        [
+                            np.median(per[k][r * args.subjects : (r + 1) * args.subjects])
+                            for r in range(args.repeats)
+                        ]
+                    )
+                ),
+                4,
+            )
+            for k in configs
+        }
+    for y in [float(v) for v in args.yaw_sets.split(",") if v]:
+        p2, s2 = ablation(y)
+        result.setdefault("other_yaws", {})[f"{y:g}"] = {
+            "configs": {
+                k: {
+                    "median_vertex_error_mm": round(float(np.median(p2[k])), 4),
+                    "seconds": round(float(np.mean(s2[k])), 3),
+                }
+                for k in configs
+            },
+            "paired": {
+                f"{b} vs {a}": paired(p2, a, b) for a, b in zip(names[:-1], names[1:], strict=True)
+            },
+        }
+    scan_dir = SCAN_DIR.resolve()
+    if not args.no_scan and (scan_dir / "james.obj").is_file():
+        scan = load_headscan(scan_dir)
+        res, source = scan_errors(flame, scan, args.yaw, args.size, configs)
+        for k, (d, s) in res.items():
+            result["configs"][k]["scan_median_mm"] = round(d, 4)
+            result["configs"][k]["scan_seconds"] = round(s, 3)
+        result["scan"] = {
+            "name": scan.name,
+            "landmarks": source,
+            "face_vertices": int(scan.face_region().sum()),
+        }
+    elif not args.no_scan:
+        result["scan"] = {"skipped": f"not found: {scan_dir}"}
+    result["machine"] = {**machine(), "load_avg_start": load0}
+    result["total_seconds"] = round(time.perf_counter() - start, 1)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"{'loss set':26s} {'median mm':>10s} {'mean mm':>9s} {'s/subject':>10s} {'scan mm':>8s}"
+        )
+        for k, v in result["configs"].items():
+            print(
+                f"{k:26s} {v['median_vertex_error_mm']:10.3f} {v['mean_vertex_error_mm']:9.3f} "
+                f"{v['seconds']:10.2f} {v.get('scan_median_mm', float('nan')):8.3f}"
+            )
+        print(json.dumps(result["paired"], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

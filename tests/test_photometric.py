@@ -1,0 +1,121 @@
+"""Photometric terms: the robust per-view SH solve (eq. 2), PSNR / SSIM in a mask, and the
+re-render quality at the true and at a wrong geometry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mfnet_core import photometric as pm
+from mfnet_core.fitting import FitOptions, MultiViewFitter
+from mfnet_core.flame import FLAME
+from mfnet_core.flow import face_faces
+from mfnet_core.render import sh_basis
+from mfnet_core.synthetic import RealisticOptions, make_realistic_subject
+
+
+def _normals(n: int, rng: np.random.Generator) -> np.ndarray:
+    v = rng.normal(size=(n, 3))
+    v[:, 2] = np.abs(v[:, 2]) + 0.3  # facing the camera
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_solve_sh_recovers_light_and_ignores_occluders():
+    rng = np.random.default_rng(0)
+    n = _normals(5000, rng)
+    albedo = rng.uniform(0.2, 0.9, size=(5000, 3))
+    sh = np.zeros((9, 3))
+    sh[0] = [2.6, 2.4, 2.2]
+    sh[1:4] = np.array([0.2, 0.3, 0.6])[:, None]
+    sh[4:] = rng.normal(scale=0.05, size=(5, 3))
+    h = sh_basis(torch.as_tensor(n)).numpy()
+    obs = albedo * (h @ sh)
+    est, w = pm.solve_sh(albedo, n, obs)
+    np.testing.assert_allclose(h @ est, h @ sh, rtol=2e-3)  # the shading (band 0 and 2 trade off)
+    assert w.min() > 0.99
+    # 20% of the pixels are hair / a hand: dark, unrelated colours.
+    bad = rng.random(5000) < 0.2
+    obs2 = obs.copy()
+    obs2[bad] = rng.uniform(0.0, 0.15, size=(bad.sum(), 3))
+    est2, w2 = pm.solve_sh(albedo, n, obs2)
+    shade_err = np.abs(h @ est2 - h @ sh).mean() / np.abs(h @ sh).mean()
+    assert shade_err < 0.03, shade_err
+    assert w2[bad].mean() < 0.3 < w2[~bad].mean()
+    plain, _ = pm.solve_sh(albedo, n, obs2, iterations=1)  # no reweighting: bent by outliers
+    assert np.abs(h @ plain - h @ sh).mean() / np.abs(h @ sh).mean() > 2 * shade_err
+
+
+def test_masked_psnr_and_ssim():
+    rng = np.random.default_rng(1)
+    a = rng.uniform(0, 1, size=(64, 64, 3))
+    mask = np.zeros((64, 64), bool)
+    mask[10:50, 5:60] = True
+    b = a.copy()
+    b[mask] += 0.1
+    assert pm.masked_psnr(b, a, mask) == pytest.approx(20.0, abs=1e-6)
+    assert pm.masked_ssim(a, a, mask) == pytest.approx(1.0)
+    skm = pytest.importorskip("skimage.metrics")
+    img = np.clip(a + rng.normal(scale=0.05, size=a.shape), 0, 1)
+    full = np.ones((64, 64), bool)
+    ours = pm.masked_ssim(img, a, full)
+    ref = skm.structural_similarity(
+        img,
+        a,
+        channel_axis=2,
+        data_range=1.0,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+    )
+    assert ours == pytest.approx(ref, abs=0.02)
+
+
+@pytest.fixture(scope="module")
+def setup(test_head_assets):
+    flame = FLAME(test_head_assets, n_shape=100, n_expr=50)
+    opts = RealisticOptions(image_size=512, texture_size=512, expression_jitter=0.0, jaw_jitter=0.0)
+    subj = make_realistic_subject(flame, seed=4, options=opts)
+    lm = np.stack([v.landmarks_true for v in subj.views])
+    f = MultiViewFitter(
+        flame, lm, [v.intrinsics for v in subj.views], FitOptions(), torch.device("cpu")
+    )
+    with torch.no_grad():
+        p = f.params
+        p.shape.copy_(torch.as_tensor(subj.params["shape"])[None])
+        p.expression.copy_(torch.as_tensor(subj.params["expression"])[None])
+        p.jaw_pose.copy_(torch.as_tensor(subj.params["jaw_pose"])[None])
+        p.head_rot.copy_(torch.as_tensor(np.stack([v.head_rot for v in subj.views])))
+        p.head_trans.copy_(torch.as_tensor(np.stack([v.head_trans for v in subj.views])))
+    return flame, subj, f
+
+
+def test_rerender_quality_drops_with_wrong_geometry(setup):
+    flame, subj, f = setup
+    photos = [v.photo.rgb for v in subj.views]
+    tri = face_faces(flame.faces.numpy(), flame.assets.face_region)
+    good = pm.view_quality(f, photos, 384, tri)
+    assert all(q["psnr_face"] > 27 and q["ssim_face"] > 0.8 for q in good), good
+    saved = f.params.head_trans.clone()
+    with torch.no_grad():
+        f.params.head_trans[0, 0] += 0.003  # the left view's head 3 mm off
+    bad = pm.view_quality(f, photos, 384, tri)
+    with torch.no_grad():
+        f.params.head_trans.copy_(saved)
+    assert bad[0]["psnr_face"] < good[0]["psnr_face"] - 1.0
+    assert bad[0]["ssim_face"] < good[0]["ssim_face"]
+    assert good[0]["image"].shape == (384, 3 * 384, 3)
+
+
+def test_photometric_term_is_stationary_at_truth(setup):
+    flame, subj, f = setup
+    photos = [v.photo.rgb for v in subj.views]
+    tri = face_faces(flame.faces.numpy(), flame.assets.face_region)
+    smp = pm.photo_samples(f, photos, 256, tri, per_view=300)
+    term = pm._photo_term_class()(f, smp, 0.1)
+    free = f.free_entries("fine")
+    x = f._gather(free).double()
+    e = term.errors(free, x[None])[0]
+    assert float(e.abs().median()) < 1.0  # median below one PHOTO_SIGMA (5% intensity)
+    r, jac = term.linearise(free, x, term.irls(free, x))
+    assert jac.shape == (len(r), len(x)) and torch.isfinite(jac).all()
