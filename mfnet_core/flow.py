@@ -14,9 +14,9 @@ For an ordered pair of views (a, b):
    the far side of the nose on the half of the face that view a (or view b) sees turned
    away (|yaw| > 12 degrees), with the mouth excluded. We also multiply by the valid part of
    `I_{a->b}` (S(p) visible in view a, a few pixels in from its border), which eq. 5 leaves
-   implicit. Pairs whose yaws differ by more than 60 degrees (left-right at +-35) are
-   skipped: their MB is a thin strip along the nose seen at grazing angles, and their flow
-   was measured to be biased by 1-2 px at the true geometry.
+   implicit. Pairs turned to opposite sides (left-right) are skipped: their MB is a thin
+   strip along the nose seen at grazing angles, and their flow was measured to be biased
+   by 1-2 px at the true geometry.
 3. Flow `F(I_b, I_{a->b})` (OpenCV DIS by default, offline; RAFT from torchvision only when
    the user gives a weights file, never downloaded): for each pixel p of `I_{a->b}`, the
    displacement d(p) with `I_{a->b}(p) ≈ I_b(p + d(p))`. Both images are converted to a
@@ -118,7 +118,8 @@ class FlowOptions:
     depth_tol: float = 0.008  # visibility test in view a, relative to depth (5 mm at 60 cm)
     erode_px: int = 2  # erode MC (working px)
     valid_erode_px: int = 5  # keep samples this far (working px) from where I_{a->b} is undefined
-    max_pair_yaw_deg: float = 60.0  # skip pairs whose views differ more in yaw (too little overlap)
+    max_pair_yaw_deg: float = 75.0  # skip pairs whose views differ more in yaw
+    skip_opposite: bool = True  # skip pairs turned to opposite sides (beyond side_threshold)
     fb_threshold: float = 0.75  # forward-backward consistency, working px
     stride: int = 4  # sample one covisible pixel in stride x stride (working px)
     max_samples: int = 500  # per ordered pair
@@ -537,13 +538,18 @@ def pair_flow(
 def all_pair_flows(
     views: list[ViewRender], faces: Tensor, options: FlowOptions | None = None, seed: int = 0
 ) -> list[PairFlow]:
-    """Every ordered pair (a, b), a != b, whose views differ in yaw by at most
-    `options.max_pair_yaw_deg` and whose covisible mask is not empty."""
+    """Every ordered pair (a, b), a != b, with a non-empty covisible mask, except pairs whose
+    views are turned to opposite sides (each beyond `side_threshold_deg`: their MB is the
+    strip along the nose, seen at grazing angles by both; measured biased by 1-2 px at the
+    true geometry) and pairs more than `max_pair_yaw_deg` apart."""
     o = options or FlowOptions()
     out = []
+    thr = o.side_threshold_deg
     for b in range(len(views)):
         for a in range(len(views)):
-            if a == b or abs(views[a].yaw_deg - views[b].yaw_deg) > o.max_pair_yaw_deg:
+            ya, yb = views[a].yaw_deg, views[b].yaw_deg
+            opposite = (ya > thr and yb < -thr) or (ya < -thr and yb > thr)
+            if a == b or abs(ya - yb) > o.max_pair_yaw_deg or (o.skip_opposite and opposite):
                 continue
             rng = np.random.default_rng([seed, a, b])
             pf = pair_flow(views[a], views[b], faces, a, b, options, rng)
