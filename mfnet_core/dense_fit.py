@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from . import flow as fl
 from .camera import axis_angle_to_matrix
-from .fitting import MultiViewFitter
+from .fitting import MultiViewFitter, lm_step
 from .flame import FLAME
 
 __all__ = ["DenseOptions", "DenseReport", "refine_dense", "VertexRig"]
@@ -369,22 +369,9 @@ def _lm_dense(
         lin = [t.linearise(free, x, w) for t, w in zip(terms, irls_d, strict=True)]
         r = torch.cat([r_all[0], *[li[0] for li in lin]])
         jac = torch.cat([((r_all[1:] - r_all[0]) / h).T, *[li[1] for li in lin]])
-        cost = float(r @ r)
-        jtj = jac.T @ jac
-        g = jac.T @ r
-        diag = torch.diagonal(jtj).clamp_min(1e-12)
-        improved = False
-        for _try in range(8):
-            step = torch.linalg.solve(jtj + mu * torch.diag(diag), -g)
-            r_new = resid((x + step)[None], irls_l, irls_d)[0]
-            new_cost = float(r_new @ r_new)
-            if new_cost < cost:
-                x = x + step
-                mu = max(mu * 0.3, 1e-9)
-                improved = cost - new_cost > 1e-6 * cost
-                cost = new_cost
-                break
-            mu *= 10
+        x, cost, mu, improved = lm_step(
+            x, r, jac, lambda v, a=irls_l, b=irls_d: resid(v[None], a, b)[0], mu
+        )
         if not improved:
             break
     vals = fitter._values(free, x[None])

@@ -366,22 +366,11 @@ class MultiViewFitter:
             r_all = self.residuals(free, torch.cat([x[None], x[None] + eye]), yaw, irls, mask)
             r = r_all[0]
             jac = ((r_all[1:] - r) / h).T  # (R,P)
-            cost = float(r @ r)
-            jtj = jac.T @ jac
-            g = jac.T @ r
-            diag = torch.diagonal(jtj).clamp_min(1e-12)
-            improved = False
-            for _try in range(8):
-                step = torch.linalg.solve(jtj + mu * torch.diag(diag), -g)
-                r_new = self.residuals(free, (x + step)[None], yaw, irls, mask)[0]
-                new_cost = float(r_new @ r_new)
-                if new_cost < cost:
-                    x = x + step
-                    mu = max(mu * 0.3, 1e-9)
-                    improved = cost - new_cost > 1e-6 * cost
-                    cost = new_cost
-                    break
-                mu *= 10
+
+            def resid(v: Tensor, irls: dict[str, Tensor] = irls, yaw: Tensor = yaw) -> Tensor:
+                return self.residuals(free, v[None], yaw, irls, mask)[0]
+
+            x, cost, mu, improved = lm_step(x, r, jac, resid, mu)
             if not improved:
                 break
             # Contour landmarks follow the silhouette: re-pick their bins as the pose moves.
@@ -443,6 +432,29 @@ class MultiViewFitter:
             loss_terms={**parts, "total": float(total)},
             history=self.history,
         )
+
+
+def lm_step(
+    x: Tensor, r: Tensor, jac: Tensor, residual: Callable[[Tensor], Tensor], mu: float
+) -> tuple[Tensor, float, float, bool]:
+    """One Levenberg-Marquardt step with Marquardt's diagonal damping.
+
+    x (P,) parameters, r (R,) residuals at x, jac (R,P); residual(v) -> (R,) at other v.
+    Raises the damping until the cost falls (at most 8 tries). Returns the new x, its cost,
+    the new damping and whether the cost fell by more than 1e-6 relative.
+    """
+    cost = float(r @ r)
+    jtj = jac.T @ jac
+    g = jac.T @ r
+    diag = torch.diagonal(jtj).clamp_min(1e-12)
+    for _try in range(8):
+        step = torch.linalg.solve(jtj + mu * torch.diag(diag), -g)
+        r_new = residual(x + step)
+        new_cost = float(r_new @ r_new)
+        if new_cost < cost:
+            return x + step, new_cost, max(mu * 0.3, 1e-9), cost - new_cost > 1e-6 * cost
+        mu *= 10
+    return x, cost, mu, False
 
 
 def pose_points(points: Tensor, rot: Tensor, pivot: Tensor, trans: Tensor) -> Tensor:
