@@ -3,7 +3,10 @@
 Two inputs: (a) synthetic renders of the available head (left/front/right, known
 landmarks + 1 px noise, so no detector), and (b) a real face (scikit-image's astronaut,
 upscaled to 1024 px; the same photo three times, once mirrored) through the real dlib
-detector. Prints one JSON object; medians over --repeats runs.
+detector. Default losses (landmarks, eye, lip, flow, reg: the flow term's dense stage runs);
+`--losses` picks others, e.g. landmarks,eye,lip,reg for the landmark fit alone. Prints one
+JSON object: medians over --repeats runs, and the load average before and after (the
+machine may be shared).
 
     python benchmarks/bm_reconstruct.py --repeats 3
 """
@@ -24,6 +27,7 @@ import torch
 from PIL import Image
 
 from mfnet_core.assets import load_model_or_test_head
+from mfnet_core.fitting import FitOptions
 from mfnet_core.flame import FLAME
 from mfnet_core.images import photo_from_array
 from mfnet_core.metrics import vertex_error_mm
@@ -43,9 +47,9 @@ def astronaut_views(size: int = 1024) -> list[ViewInput]:
     ]
 
 
-def run(inputs: list[ViewInput], assets, out: Path, device: str) -> dict:
+def run(inputs: list[ViewInput], assets, out: Path, options: ReconstructOptions) -> dict:
     start = time.perf_counter()
-    rec = reconstruct(inputs, assets, out, ReconstructOptions(device=device, overwrite=True))
+    rec = reconstruct(inputs, assets, out, options)
     total = time.perf_counter() - start
     return {
         **{k: v for k, v in rec.report["timings_s"].items() if k != "total"},
@@ -58,7 +62,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--losses", default=",".join(FitOptions().losses))
     args = ap.parse_args()
+    losses = tuple(t for t in args.losses.split(",") if t)
+    options = ReconstructOptions(device=args.device, overwrite=True, fit=FitOptions(losses=losses))
+    load_before = os.getloadavg()
     assets = load_model_or_test_head(None)
     flame = FLAME(assets, 100, 50)
     texture = procedural_texture(assets, 512, seed=0)
@@ -68,9 +76,11 @@ def main() -> None:
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, inputs in (("synthetic_3x1024", synth), ("astronaut_3x1024_dlib", real)):
-            runs = [run(inputs, assets, Path(tmp) / name, args.device) for _ in range(args.repeats)]
+            runs = [run(inputs, assets, Path(tmp) / name, options) for _ in range(args.repeats)]
             keys = [k for k in runs[0] if not k.startswith("_")]
             results[name] = {k: round(statistics.median(r[k] for r in runs), 3) for k in keys}
+            psnr = [v["psnr_face"] for v in runs[-1]["_rec"].report["views"]]
+            results[name]["psnr_face_mean"] = round(float(np.mean(psnr)), 2)
             if name.startswith("synthetic"):
                 err = vertex_error_mm(
                     runs[-1]["_rec"].fit.vertices_model, subject.vertices_true, assets.face_region
@@ -81,6 +91,9 @@ def main() -> None:
             {
                 "model": assets.kind,
                 "device": args.device,
+                "losses": list(losses),
+                "load_average_before": [round(x, 2) for x in load_before],
+                "load_average_after": [round(x, 2) for x in os.getloadavg()],
                 "torch_threads": torch.get_num_threads(),
                 "cpu": platform.processor() or platform.machine(),
                 "cores": os.cpu_count(),

@@ -9,10 +9,14 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import MfnetError
 from .fitting import LOSS_TERMS, FitOptions
+
+if TYPE_CHECKING:
+    from .dense_fit import DenseOptions
 
 ProgressFn = Callable[[str, float, str], None]
 
@@ -64,6 +68,19 @@ def _fit_options(args: argparse.Namespace) -> FitOptions:
     return FitOptions(losses=losses)
 
 
+def _dense_options(args: argparse.Namespace) -> DenseOptions:
+    """--flow-method / --raft-weights, checked before anything slow runs."""
+    from .dense_fit import DenseOptions
+    from .flow import FlowOptions
+    from .reconstruct import check_flow_options
+
+    if args.raft_weights and args.flow_method != "raft":
+        raise MfnetError("--raft-weights is only used with --flow-method raft")
+    flow = FlowOptions(method=args.flow_method, raft_weights=args.raft_weights)
+    check_flow_options(flow)
+    return DenseOptions(flow=flow)
+
+
 def _load_assets(flame_path: str | None):
     from .assets import load_model_or_test_head
 
@@ -73,6 +90,7 @@ def _load_assets(flame_path: str | None):
 def cmd_reconstruct(args: argparse.Namespace, progress: ProgressPrinter) -> dict:
     from .reconstruct import ReconstructOptions, load_inputs, reconstruct
 
+    fit, dense = _fit_options(args), _dense_options(args)
     assets = _load_assets(args.flame)
     labels = args.views.split(",") if args.views else None
     inputs = load_inputs([Path(p) for p in args.photos], labels)
@@ -81,7 +99,8 @@ def cmd_reconstruct(args: argparse.Namespace, progress: ProgressPrinter) -> dict
         texture_size=args.texture_size,
         expression_keys=args.expressions,
         landmark_backend=args.landmarks,
-        fit=_fit_options(args),
+        fit=fit,
+        dense=dense,
         overwrite=args.overwrite,
         weights=Path(args.weights) if args.weights else None,
     )
@@ -91,6 +110,7 @@ def cmd_reconstruct(args: argparse.Namespace, progress: ProgressPrinter) -> dict
         "model": assets.kind,
         "views": rec.view_names,
         "seconds": rec.report["timings_s"]["total"],
+        "loss_terms_used": rec.report["loss_terms_used"],
         "warnings": rec.report["warnings"],
     }
 
@@ -104,13 +124,15 @@ def cmd_demo(args: argparse.Namespace, progress: ProgressPrinter) -> dict:
     from .synthetic import make_subject, procedural_texture
 
     start = time.perf_counter()
+    fit, dense = _fit_options(args), _dense_options(args)
     assets = _load_assets(args.flame)
     progress("demo", 0.0, f"rendering 3 synthetic photos of the {assets.kind}")
     options = ReconstructOptions(
         device=args.device,
         texture_size=args.texture_size,
         overwrite=args.overwrite,
-        fit=_fit_options(args),
+        fit=fit,
+        dense=dense,
     )
     flame = FLAME(assets, n_shape=options.fit.n_shape, n_expr=options.fit.n_expr)
     texture = procedural_texture(assets, size=512, seed=args.seed)
@@ -169,7 +191,18 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument(
             "--losses",
             default=",".join(FitOptions().losses),
-            help=f"comma list from {','.join(LOSS_TERMS)}",
+            help=f"comma list from {','.join(LOSS_TERMS)} (flow needs 2+ photos; photo is opt-in)",
+        )
+        sp.add_argument(
+            "--flow-method",
+            default="dis",
+            choices=["dis", "raft"],
+            help="optical flow for the flow term: dis (OpenCV, default) or raft (needs --raft-weights)",
+        )
+        sp.add_argument(
+            "--raft-weights",
+            metavar="PATH",
+            help="local RAFT-large state dict (torchvision layout) for --flow-method raft; never downloaded",
         )
         sp.add_argument(
             "--overwrite", action="store_true", help="replace an existing result folder"

@@ -110,23 +110,50 @@ def _ascii(text: str) -> str:
     return text.replace("°", " deg").encode("ascii", "replace").decode("ascii")
 
 
-def _legend(out: np.ndarray, s: float, det: bool, fit: bool, outline: bool, title: str) -> None:
-    font = cv2.FONT_HERSHEY_SIMPLEX
+def title_panels(image: np.ndarray, titles: Sequence[str]) -> np.ndarray:
+    """A copy of a side-by-side picture of len(titles) equal-width panels with each panel's
+    title at its top left (white on black, sized like the overlays' titles), so that a
+    picture read on its own says which view and which quantity it shows."""
+    out = np.ascontiguousarray(np.asarray(image)[..., :3], dtype=np.uint8).copy()
+    if not titles:
+        return out
+    h, w = out.shape[:2]
+    panel_w = w // len(titles)
+    s = max(h, panel_w) / 512.0
+    _, th, _, pad, _ = _text_metrics(s)
+    for i, text in enumerate(titles):
+        if text:
+            _label(out, _ascii(text), i * panel_w + pad, pad + th, (255, 255, 255), s)
+    return out
+
+
+def _text_metrics(s: float) -> tuple[float, int, int, int, int]:
+    """(font scale, text height, baseline, padding, thickness) for image scale s."""
     scale = 0.45 * s
     thick = max(1, round(s))
     pad = max(3, round(5 * s))
-    (_, th), base = cv2.getTextSize("Ag", font, scale, thick)
+    (_, th), base = cv2.getTextSize("Ag", cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+    return scale, th, base, pad, thick
+
+
+def _label(
+    out: np.ndarray, text: str, x: int, y: int, colour: tuple[int, int, int], s: float
+) -> None:
+    """Text with its baseline at (x, y) on a black box, drawn into `out`."""
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    scale, th, base, pad, thick = _text_metrics(s)
+    (tw, _), _ = cv2.getTextSize(text, font, scale, thick)
+    cv2.rectangle(
+        out, (x - pad // 2, y - th - pad // 2), (x + tw + pad // 2, y + base), (0, 0, 0), -1
+    )
+    cv2.putText(out, text, (x, y), font, scale, colour, thick, cv2.LINE_AA)
+
+
+def _legend(out: np.ndarray, s: float, det: bool, fit: bool, outline: bool, title: str) -> None:
+    _, th, base, pad, _ = _text_metrics(s)
     line_h = th + base + pad
-
-    def label(text: str, x: int, y: int, colour: tuple[int, int, int]) -> None:
-        (tw, _), _ = cv2.getTextSize(text, font, scale, thick)
-        cv2.rectangle(
-            out, (x - pad // 2, y - th - pad // 2), (x + tw + pad // 2, y + base), (0, 0, 0), -1
-        )
-        cv2.putText(out, text, (x, y), font, scale, colour, thick, cv2.LINE_AA)
-
     if title:
-        label(_ascii(title), pad, pad + th, (255, 255, 255))
+        _label(out, _ascii(title), pad, pad + th, (255, 255, 255), s)
     entries = []
     if det:
         entries.append(("o detected", DETECTED_RGB))
@@ -136,5 +163,5 @@ def _legend(out: np.ndarray, s: float, det: bool, fit: bool, outline: bool, titl
         entries.append(("- mesh outline", OUTLINE_RGB))
     y = out.shape[0] - pad - base
     for text, colour in reversed(entries):
-        label(text, pad, y, colour)
+        _label(out, text, pad, y, colour, s)
         y -= line_h

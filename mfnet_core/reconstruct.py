@@ -6,7 +6,8 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from itertools import permutations
 from pathlib import Path
 
 import cv2
@@ -15,6 +16,7 @@ import torch
 
 from . import __version__
 from .camera import Intrinsics, to_screen
+from .dense_fit import DenseOptions, DenseReport, refine_dense
 from .errors import MfnetError
 from .export import (
     atomic_folder,
@@ -25,9 +27,12 @@ from .export import (
     write_json,
     write_obj,
 )
-from .fitting import FitOptions, FitResult, fit_landmarks
+from .fitting import FitOptions, FitResult, MultiViewFitter, fit_landmarks
 from .flame import FLAME, FlameAssets
+from .flow import FlowOptions, estimate_flow, face_faces
 from .images import Photo, load_photo
+from .overlay import title_panels
+from .photometric import view_quality
 from .render import rasterize, vertex_normals
 from .texture import BakeView, bake_texture
 
@@ -38,12 +43,15 @@ STAGE_SPAN = {
     "photos": 0.05,
     "landmarks": 0.10,
     "fit": 0.20,
-    "dense": 0.35,
+    "dense": 0.30,
+    "quality": 0.05,  # PSNR / SSIM re-render when no dense term ran (else part of "dense")
     "texture": 0.20,
     "export": 0.10,
 }
 DENSE_TERMS = ("flow", "photo")
+FLOW_METHODS = ("dis", "raft")
 STAGE_ORDER = list(STAGE_SPAN)
+NAMED_VIEWS = ("left", "front", "right")
 
 
 @dataclass
@@ -53,6 +61,8 @@ class ReconstructOptions:
     expression_keys: int = 50
     landmark_backend: str = "dlib"
     fit: FitOptions = field(default_factory=FitOptions)
+    # the dense stages' knobs (flow estimator, rounds...); which terms run follows fit.losses
+    dense: DenseOptions = field(default_factory=DenseOptions)
     overwrite: bool = False
     weights: Path | None = None  # trained MFNet checkpoint: start the fit from its prediction
 
@@ -149,6 +159,125 @@ def view_warnings(
     return warnings
 
 
+def plan_losses(requested: tuple[str, ...], n_views: int) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The loss terms that can run on `n_views` photos, and why the others are skipped.
+
+    The flow term compares views with each other, so one photo runs without it (and
+    report.json says so) instead of failing: flow is on by default.
+    """
+    skipped = {}
+    if "flow" in requested and n_views < 2:
+        skipped["flow"] = f"needs two or more photos; {n_views} given"
+    return tuple(t for t in requested if t not in skipped), skipped
+
+
+def check_flow_options(flow: FlowOptions) -> None:
+    """Refuses a flow estimator that cannot run before any work is done (otherwise it would
+    fail after the landmark fit). RAFT weights are the user's file: nothing is downloaded."""
+    if flow.method not in FLOW_METHODS:
+        raise MfnetError(f"unknown flow method {flow.method!r}; use {' or '.join(FLOW_METHODS)}")
+    if flow.method != "raft":
+        return
+    if not flow.raft_weights:
+        raise MfnetError(
+            "--flow-method raft needs --raft-weights PATH (a local RAFT-large state dict; "
+            "nothing is downloaded)"
+        )
+    path = Path(flow.raft_weights).expanduser()
+    if not path.is_file():
+        raise MfnetError(f"--raft-weights: RAFT weights file not found: {path}")
+
+
+def probe_raft(flow: FlowOptions) -> None:
+    """Runs RAFT once on a small blank image with the user's weights, so a wrong file or a
+    missing torchvision fails in one line before the fit; flow.py caches the loaded model,
+    so the dense stage does not load it again."""
+    blank = np.zeros((128, 128), np.uint8)
+    try:
+        estimate_flow(blank, blank, "raft", raft_weights=flow.raft_weights)
+    except MfnetError:
+        raise
+    except Exception as exc:
+        lines = str(exc).strip().splitlines()
+        detail = lines[0][:200] if lines else type(exc).__name__
+        raise MfnetError(
+            f"--raft-weights {flow.raft_weights}: not a usable RAFT-large state dict ({detail})"
+        ) from exc
+
+
+def view_labels(names: list[str], files: list[str]) -> list[str]:
+    """Titles for the pictures: left/front/right where the fit named the view, else the
+    photo's file stem (a user knows 'IMG_0412', not 'view1'); always unique."""
+    labels = [
+        n if n in NAMED_VIEWS else (Path(f).stem or n) for n, f in zip(names, files, strict=True)
+    ]
+    if len(set(labels)) < len(labels):
+        labels = [lab if lab == n else f"{n} ({lab})" for n, lab in zip(names, labels, strict=True)]
+    return labels
+
+
+def rerender_picture(picture: np.ndarray, label: str, quality: dict) -> np.ndarray:
+    """Titles `photometric.view_quality`'s photo | re-render | difference picture."""
+    return title_panels(
+        picture,
+        [
+            f"{label}: photo",
+            f"re-rendered: PSNR {quality['psnr_face']:.1f} dB, SSIM {quality['ssim_face']:.3f}",
+            "|difference| x4, face mask",
+        ],
+    )
+
+
+def measure_quality(
+    fitter: MultiViewFitter, photos: list[np.ndarray], dense: DenseOptions
+) -> list[dict]:
+    """Per-view PSNR / SSIM of the re-rendered face against the photo inside the face mask,
+    for runs without dense terms: the dense report's own measure (`view_quality`, same
+    resolution), so numbers compare across --losses, without its flow estimation."""
+    flame = fitter.flame
+    face_tri = face_faces(flame.faces.cpu().numpy(), flame.assets.face_region)
+    return view_quality(fitter, photos, dense.report_size, face_tri)
+
+
+def _safe_key(key: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", key)
+
+
+def dense_pictures(
+    dense: DenseReport, labels: list[str], names: list[str]
+) -> dict[str, np.ndarray]:
+    """refine_dense keys (and titles) its pictures by the labels it was given; the files
+    are named by view name (`overlay_flow_left_to_front.png`), re-renders get titles."""
+    files = {f"rerender_{lab}": f"rerender_{n}" for lab, n in zip(labels, names, strict=True)}
+    for a, b in permutations(range(len(names)), 2):
+        files[f"flow_{labels[a]}_to_{labels[b]}"] = f"flow_{names[a]}_to_{names[b]}"
+    rerender = {f"rerender_{lab}": i for i, lab in enumerate(labels)}
+    out = {}
+    for key, image in dense.images.items():
+        if key in rerender and dense.views:
+            i = rerender[key]
+            image = rerender_picture(image, labels[i], dense.views[i])
+        out[files.get(key, _safe_key(key))] = image
+    return out
+
+
+def dense_section(
+    dense: DenseReport, labels: list[str], names: list[str], flow: FlowOptions
+) -> dict:
+    """report.json's "dense" entry, with views and pairs named like report["views"]."""
+    by_label = dict(zip(labels, names, strict=True))
+    pairs = [
+        {**p, "from": by_label.get(p["from"], p["from"]), "to": by_label.get(p["to"], p["to"])}
+        for p in dense.pairs
+    ]
+    return {
+        "flow": {"method": flow.method, "raft_weights": flow.raft_weights},
+        "views": [{**v, "name": names[i]} for i, v in enumerate(dense.views)],
+        "pairs": pairs,
+        "timings_s": dense.timings_s,
+    }
+
+
 def reconstruct(
     inputs: list[ViewInput],
     assets: FlameAssets,
@@ -161,10 +290,15 @@ def reconstruct(
     if not inputs:
         raise MfnetError("no photos given")
     check_destination(Path(out_dir), options.overwrite)
+    losses, skipped = plan_losses(options.fit.losses, len(inputs))
+    check_flow_options(options.dense.flow)
+    if "flow" in losses and options.dense.flow.method == "raft":
+        probe_raft(options.dense.flow)
     device = resolve_device(options.device)
     timer = StageTimer(progress)
-    warnings: list[str] = []
+    warnings = [f"{term} term skipped: {why}" for term, why in skipped.items()]
     files = [v.photo.name for v in inputs]
+    photos = [v.photo.rgb for v in inputs]
 
     with timer.stage("photos", "photos loaded"):
         intrinsics = [
@@ -190,44 +324,35 @@ def reconstruct(
 
     flame = FLAME(assets, n_shape=options.fit.n_shape, n_expr=options.fit.n_expr).to(device)
     with timer.stage("fit", "fitting FLAME") as sub:
-        init = None
-        fit_options = options.fit
-        if options.weights is not None:
-            from dataclasses import replace
+        fitter = _landmark_fit(flame, photos, lmk, intrinsics, options, device, sub)
 
-            from .fitting import INIT_ITERATIONS, INIT_OUTLIER_ROUNDS
-            from .model import predict_init
-
-            sub(0.0, "network prediction")
-            init = predict_init(
-                options.weights, [v.photo.rgb for v in inputs], list(lmk), flame, intrinsics, device
-            )
-            fit_options = replace(
-                fit_options, iterations=INIT_ITERATIONS, outlier_rounds=INIT_OUTLIER_ROUNDS
-            )
-        fitter = fit_landmarks(flame, lmk, intrinsics, fit_options, device, progress=sub, init=init)
-
+    # Views are named from the landmark fit's yaw, before the dense stages, so that their
+    # pictures carry the names (the dense stages move the yaws by a few degrees at most).
+    names = name_views(fitter.contour_yaw().cpu().numpy())
+    labels = view_labels(names, files)
     dense = None
-    wants_dense = [t for t in DENSE_TERMS if t in options.fit.losses]
-    if "flow" in wants_dense and len(inputs) < 2:
-        warnings.append("the flow term needs two or more photos; skipped for one photo")
-    if wants_dense:
-        from .dense_fit import DenseOptions, refine_dense
-
-        with timer.stage("dense", "multi-view flow and photometric refinement") as sub:
-            dense = refine_dense(
-                fitter,
-                [v.photo.rgb for v in inputs],
-                DenseOptions(losses=options.fit.losses),
-                progress=sub,
-                view_names=[f"view{i}" for i in range(len(inputs))],
-            )
+    dense_terms = [t for t in DENSE_TERMS if t in losses]
+    if dense_terms:
+        with timer.stage("dense", f"dense refinement ({', '.join(dense_terms)})") as sub:
+            dense_opts = replace(options.dense, losses=losses)
+            dense = refine_dense(fitter, photos, dense_opts, progress=sub, view_names=labels)
+    pictures: dict[str, np.ndarray] = {}
+    if dense is not None and dense.views:
+        quality = dense.views
+        if options.dense.images:
+            pictures = dense_pictures(dense, labels, names)
+    else:
+        with timer.stage("quality", "re-rendering the views (PSNR / SSIM)"):
+            quality = measure_quality(fitter, photos, options.dense)
+        for i, q in enumerate(quality):
+            picture = q.pop("image", None)
+            if options.dense.images and picture is not None:
+                pictures[f"rerender_{names[i]}"] = rerender_picture(picture, labels[i], q)
     fit = fitter.result()
 
     yaws = fit.yaw_pitch_roll[:, 0]
-    names = name_views(yaws)
-    labels = [v.label or label_from_filename(v.photo.path) for v in inputs]
-    warnings.extend(view_warnings(names, yaws, labels, files))
+    given = [v.label or label_from_filename(v.photo.path) for v in inputs]
+    warnings.extend(view_warnings(names, yaws, given, files))
 
     with timer.stage("texture", "baking the texture") as sub:
         faces_t = torch.as_tensor(assets.faces, dtype=torch.long, device=device)
@@ -268,29 +393,20 @@ def reconstruct(
             "device": str(device),
             "views": [
                 {
-                    "name": names[i],
-                    "file": files[i],
-                    "yaw_deg": float(fit.yaw_pitch_roll[i, 0]),
-                    "pitch_deg": float(fit.yaw_pitch_roll[i, 1]),
-                    "roll_deg": float(fit.yaw_pitch_roll[i, 2]),
-                    "focal_px": intrinsics[i].fx,
-                    "focal_source": "exif" if inputs[i].photo.focal_px else "default",
-                    "image_size": [intrinsics[i].width, intrinsics[i].height],
-                    "landmark_residual_px": {
-                        "median": float(np.median(fit.residuals_px[i])),
-                        "mean": float(fit.residuals_px[i].mean()),
-                        "max": float(fit.residuals_px[i].max()),
-                        "per_landmark": fit.residuals_px[i].round(3).tolist(),
-                    },
-                    "landmarks_downweighted": int((fit.landmark_weights[i] < 0.5).sum()),
+                    **_view_report(fit, i, names[i], files[i], intrinsics[i], inputs[i].photo),
+                    **{k: v for k, v in quality[i].items() if k.startswith(("psnr", "ssim"))},
                 }
                 for i in range(len(inputs))
             ],
             "losses": {**fit.loss_terms, **(dense.loss_terms if dense else {})},
-            "loss_terms_used": list(options.fit.losses),
+            "loss_terms_requested": list(options.fit.losses),
+            "loss_terms_used": list(losses),
+            "loss_terms_skipped": skipped,
             "timings_s": timer.timings,
             "warnings": warnings,
         }
+        if dense is not None:
+            report["dense"] = dense_section(dense, labels, names, options.dense.flow)
         if assets.kind != "flame":
             report["warnings"].insert(
                 0,
@@ -306,21 +422,11 @@ def reconstruct(
             sub(0.6, "meshes written")
             for i, view in enumerate(inputs):
                 overlay = make_overlay(
-                    view.photo.rgb, lmk[i], fit.landmarks_px[i], screen[i], faces_t, names[i]
+                    view.photo.rgb, lmk[i], fit.landmarks_px[i], screen[i], faces_t, labels[i]
                 )
                 save_png(tmp / f"overlay_{names[i]}.png", overlay)
-            if dense is not None:
-                report["dense"] = {
-                    "views": dense.views,
-                    "pairs": dense.pairs,
-                    "timings_s": dense.timings_s,
-                }
-                for i, view in enumerate(report["views"]):
-                    view.update(
-                        {k: v for k, v in dense.views[i].items() if k.startswith(("psnr", "ssim"))}
-                    )
-                for key, image in dense.images.items():
-                    save_png(tmp / f"overlay_{_rename_views(key, names)}.png", image)
+            for key, image in pictures.items():
+                save_png(tmp / f"overlay_{key}.png", image)
             write_json(tmp / "params.json", params_json(assets, params, names, intrinsics))
             timings = {**timer.timings, "export": round(time.perf_counter() - export_start, 4)}
             timings["total"] = round(sum(timings.values()), 4)
@@ -329,11 +435,50 @@ def reconstruct(
     return Reconstruction(Path(out_dir), fit, names, report)
 
 
-def _rename_views(key: str, names: list[str]) -> str:
-    """Dense overlays are keyed by view0..N-1 until the views are named; use the names."""
-    for i in sorted(range(len(names)), reverse=True):
-        key = key.replace(f"view{i}", names[i])
-    return key
+def _landmark_fit(
+    flame: FLAME,
+    photos: list[np.ndarray],
+    lmk: np.ndarray,
+    intrinsics: list[Intrinsics],
+    options: ReconstructOptions,
+    device: torch.device,
+    sub: Callable[[float, str], None],
+) -> MultiViewFitter:
+    """The landmark fit, started from the trained network's prediction when weights are given
+    (a shorter schedule then: the start is already close)."""
+    if options.weights is None:
+        return fit_landmarks(flame, lmk, intrinsics, options.fit, device, progress=sub)
+    from .fitting import INIT_ITERATIONS, INIT_OUTLIER_ROUNDS
+    from .model import predict_init
+
+    sub(0.0, "network prediction")
+    init = predict_init(options.weights, photos, list(lmk), flame, intrinsics, device)
+    fit_options = replace(
+        options.fit, iterations=INIT_ITERATIONS, outlier_rounds=INIT_OUTLIER_ROUNDS
+    )
+    return fit_landmarks(flame, lmk, intrinsics, fit_options, device, progress=sub, init=init)
+
+
+def _view_report(fit: FitResult, i: int, name: str, file: str, k: Intrinsics, photo: Photo) -> dict:
+    """report.json's entry for view i: pose, camera and landmark residuals."""
+    res = fit.residuals_px[i]
+    return {
+        "name": name,
+        "file": file,
+        "yaw_deg": float(fit.yaw_pitch_roll[i, 0]),
+        "pitch_deg": float(fit.yaw_pitch_roll[i, 1]),
+        "roll_deg": float(fit.yaw_pitch_roll[i, 2]),
+        "focal_px": k.fx,
+        "focal_source": "exif" if photo.focal_px else "default",
+        "image_size": [k.width, k.height],
+        "landmark_residual_px": {
+            "median": float(np.median(res)),
+            "mean": float(res.mean()),
+            "max": float(res.max()),
+            "per_landmark": res.round(3).tolist(),
+        },
+        "landmarks_downweighted": int((fit.landmark_weights[i] < 0.5).sum()),
+    }
 
 
 def params_json(

@@ -58,6 +58,12 @@ def test_reconstruct_real_photo_jsonl(tmp_path, astronaut_png, cache_env):
     mask = np.asarray(Image.open(out / "texture_mask.png"))
     assert tex.shape == (512, 512, 3) and mask.max() == 255
     assert tex[mask > 0].std() > 5  # real photo content, not a flat fill
+    # One photo with the default losses: flow is requested but skipped, and the report says so.
+    assert "flow" in report["loss_terms_requested"] and "flow" not in report["loss_terms_used"]
+    assert "two or more photos" in report["loss_terms_skipped"]["flow"]
+    assert "dense" not in report and "quality" in report["timings_s"]
+    assert 10 < report["views"][0]["psnr_face"] < 60 and 0 < report["views"][0]["ssim_face"] <= 1
+    assert (out / "overlay_rerender_front.png").is_file()
 
 
 def test_bad_photo_gives_clear_error_and_writes_nothing(tmp_path, cache_env):
@@ -89,6 +95,87 @@ def test_demo_json(tmp_path, cache_env):
     assert summary["views"] == ["left", "front", "right"]
     assert summary["median_vertex_error_mm"] < 2.0
     assert Path(summary["result_dir"]).is_dir() and summary["seconds"] > 0
+    # The default losses run the flow term: its pairs, pictures and value are in the report.
+    report = json.loads((Path(summary["result_dir"]) / "report.json").read_text())
+    assert report["loss_terms_used"] == ["landmarks", "eye", "lip", "flow", "reg"]
+    assert report["dense"]["flow"]["method"] == "dis" and report["losses"]["flow"] > 0
+    assert {(p["from"], p["to"]) for p in report["dense"]["pairs"]} >= {("left", "front"), ("front", "right")}
+    assert (Path(summary["result_dir"]) / "overlay_flow_left_to_front.png").is_file()
+    assert all(v["psnr_face"] > 20 for v in report["views"])
+
+
+def test_demo_with_photo_term(tmp_path, cache_env):
+    out = tmp_path / "demo_photo"
+    proc = run_cli("demo", "--json", "-o", str(out), "--image-size", "512", "--texture-size", "512",
+                   "--losses", "landmarks,eye,lip,flow,reg,photo", env_extra=cache_env)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["median_vertex_error_mm"] < 2.0
+    report = json.loads((out / "report.json").read_text())
+    assert "photo" in report["loss_terms_used"] and "photo" in report["dense"]["timings_s"]
+    assert report["losses"]["photo"] > 0
+    assert all(0.5 < v["ssim_face"] <= 1 for v in report["views"])
+
+
+def _blank_photo(tmp_path: Path) -> Path:
+    path = tmp_path / "blank.png"
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(path)
+    return path
+
+
+def _assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("mfnet: error: "), proc.stderr
+    assert any(n in lines[0] for n in needles), lines[0]
+    return lines[0]
+
+
+def test_raft_without_weights_is_a_clear_error(tmp_path, cache_env):
+    out = tmp_path / "r"
+    proc = run_cli("reconstruct", str(_blank_photo(tmp_path)), "-o", str(out), "--progress", "none",
+                   "--flow-method", "raft", env_extra=cache_env)
+    line = _assert_one_line_error(proc, "--raft-weights")
+    assert "--flow-method raft" in line
+    assert not out.exists()
+
+
+def test_raft_weights_missing_file_is_a_clear_error(tmp_path, cache_env):
+    missing = tmp_path / "no" / "raft_large.pth"
+    proc = run_cli("reconstruct", str(_blank_photo(tmp_path)), "-o", str(tmp_path / "r"),
+                   "--progress", "none", "--flow-method", "raft", "--raft-weights", str(missing),
+                   env_extra=cache_env)
+    line = _assert_one_line_error(proc, str(missing))
+    assert "not found" in line
+
+
+def test_raft_weights_unusable_fail_before_the_fit(tmp_path, cache_env):
+    """A file that is not a RAFT state dict (or no torchvision) fails at the start, in one line."""
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a state dict")
+    photo = _blank_photo(tmp_path)  # no face: the run would fail later at landmarks otherwise
+    proc = run_cli("reconstruct", str(photo), str(photo), "-o", str(tmp_path / "r"),
+                   "--progress", "jsonl", "--flow-method", "raft", "--raft-weights", str(junk),
+                   env_extra=cache_env)
+    _assert_one_line_error(proc, "torchvision", str(junk))
+    stages = [json.loads(line)["stage"] for line in proc.stdout.splitlines() if line.strip()]
+    assert stages == ["error"]  # nothing ran before the check
+
+
+def test_raft_weights_need_the_raft_method(tmp_path, cache_env):
+    weights = tmp_path / "raft.pth"
+    weights.write_bytes(b"x")
+    proc = run_cli("reconstruct", str(_blank_photo(tmp_path)), "-o", str(tmp_path / "r"),
+                   "--progress", "none", "--raft-weights", str(weights), env_extra=cache_env)
+    _assert_one_line_error(proc, "--flow-method raft")
+
+
+def test_unknown_flow_method_is_refused(tmp_path, cache_env):
+    proc = run_cli("reconstruct", str(_blank_photo(tmp_path)), "-o", str(tmp_path / "r"),
+                   "--flow-method", "farneback", env_extra=cache_env)
+    assert proc.returncode == 2
+    assert "--flow-method" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_doctor_json(cache_env):

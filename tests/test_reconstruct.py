@@ -9,9 +9,20 @@ import pytest
 import trimesh
 
 from mfnet_core.errors import MfnetError
+from mfnet_core.fitting import FitOptions
 from mfnet_core.flame import FLAME
+from mfnet_core.flow import FlowOptions
+from mfnet_core.images import photo_from_array
 from mfnet_core.metrics import vertex_error_mm
-from mfnet_core.reconstruct import ReconstructOptions, ViewInput, reconstruct
+from mfnet_core.overlay import title_panels
+from mfnet_core.reconstruct import (
+    ReconstructOptions,
+    ViewInput,
+    check_flow_options,
+    plan_losses,
+    reconstruct,
+    view_labels,
+)
 from mfnet_core.synthetic import make_subject, procedural_texture
 
 
@@ -84,6 +95,132 @@ def test_result_folder_contract(demo_run):
     assert any("NOT FLAME" in w for w in report["warnings"])
     assert set(report["timings_s"]) >= {"photos", "landmarks", "fit", "texture", "export", "total"}
     assert len(report["views"][0]["landmark_residual_px"]["per_landmark"]) == 68
+    for view in ("left", "front", "right"):
+        assert f"overlay_rerender_{view}.png" in names
+    assert "overlay_flow_left_to_front.png" in names and "overlay_flow_front_to_right.png" in names
+    assert not [n for n in names if "view0" in n]
+
+
+def test_default_losses_run_the_flow_term(demo_run):
+    """Flow is on by default (and photo is not); the run records what the flow did."""
+    assert "flow" in FitOptions().losses and "photo" not in FitOptions().losses
+    _, rec, _, _ = demo_run
+    report = json.loads((rec.result_dir / "report.json").read_text())
+    assert report["loss_terms_used"] == ["landmarks", "eye", "lip", "flow", "reg"]
+    assert report["loss_terms_skipped"] == {}
+    assert report["losses"]["flow"] > 0 and "dense" in report["timings_s"]
+    pairs = report["dense"]["pairs"]
+    assert len(pairs) == 4  # left<->front, front<->right; the opposite sides are skipped
+    assert {p["from"] for p in pairs} | {p["to"] for p in pairs} == {"left", "front", "right"}
+    # The refinement shrinks the flow between the views (eq. 6 towards its fixed point).
+    before = np.mean([p["mean_flow_px_before"] for p in pairs])
+    after = np.mean([p["mean_flow_px"] for p in pairs])
+    assert after < before, (before, after)
+    assert [v["name"] for v in report["dense"]["views"]] == [v["name"] for v in report["views"]]
+    for v in report["views"]:
+        assert 20 < v["psnr_face"] < 60 and 0.5 < v["ssim_face"] <= 1, v
+
+
+def test_quality_is_reported_without_dense_terms(demo_run, test_head_assets, tmp_path):
+    subject, rec, _, _ = demo_run
+    inputs = [ViewInput(photo=v.photo, landmarks=v.landmarks_noisy) for v in subject.views]
+    options = ReconstructOptions(
+        device="cpu",
+        texture_size=512,
+        expression_keys=5,
+        fit=FitOptions(losses=("landmarks", "reg")),
+    )
+    plain = reconstruct(inputs, test_head_assets, tmp_path / "plain", options)
+    report = json.loads((plain.result_dir / "report.json").read_text())
+    assert report["loss_terms_used"] == ["landmarks", "reg"]
+    assert "dense" not in report and "dense" not in report["timings_s"]
+    assert report["timings_s"]["quality"] < 10
+    for v in report["views"]:
+        assert 20 < v["psnr_face"] < 60 and 0.5 < v["ssim_face"] <= 1, v
+    files = {p.name for p in plain.result_dir.iterdir()}
+    assert {"overlay_rerender_left.png", "overlay_rerender_right.png"} <= files
+    assert not [f for f in files if f.startswith("overlay_flow_")]
+    # Same measure as the dense run's, so the two compare: the flow fit is not worse.
+    dense = {v["name"]: v["psnr_face"] for v in rec.report["views"]}
+    assert np.mean(list(dense.values())) > np.mean([v["psnr_face"] for v in report["views"]]) - 1.0
+
+
+def test_single_photo_with_default_losses(demo_run, test_head_assets, tmp_path):
+    subject, _, _, _ = demo_run
+    front = subject.views[1]
+    rec = reconstruct(
+        [ViewInput(photo=front.photo, landmarks=front.landmarks_noisy)],
+        test_head_assets,
+        tmp_path / "one",
+        ReconstructOptions(device="cpu", texture_size=512, expression_keys=5),
+    )
+    report = json.loads((rec.result_dir / "report.json").read_text())
+    assert rec.view_names == ["front"]
+    assert report["loss_terms_requested"] == list(FitOptions().losses)
+    assert "flow" not in report["loss_terms_used"] and "flow" in report["loss_terms_skipped"]
+    assert any(w.startswith("flow term skipped") for w in report["warnings"])
+    assert "dense" not in report and "flow" not in report["losses"]
+    assert 20 < report["views"][0]["psnr_face"] < 60
+    assert np.median(rec.fit.residuals_px) < 3.0
+
+
+def test_two_photos_are_titled_by_file_name(demo_run, test_head_assets, tmp_path):
+    """Two views have no left/front/right names: files say view0/view1, pictures the stems."""
+    subject, _, _, _ = demo_run
+    inputs = [
+        ViewInput(photo=photo_from_array(v.photo.rgb, f"IMG_{i}.jpg"), landmarks=v.landmarks_noisy)
+        for i, v in enumerate(subject.views[:2])
+    ]
+    options = ReconstructOptions(device="cpu", texture_size=512, expression_keys=5)
+    rec = reconstruct(inputs, test_head_assets, tmp_path / "two", options)
+    files = {p.name for p in rec.result_dir.iterdir()}
+    assert {"overlay_flow_view0_to_view1.png", "overlay_flow_view1_to_view0.png"} <= files
+    assert {"overlay_rerender_view0.png", "overlay_rerender_view1.png"} <= files
+    pairs = rec.report["dense"]["pairs"]
+    assert {(p["from"], p["to"]) for p in pairs} == {("view0", "view1"), ("view1", "view0")}
+    assert view_labels(rec.view_names, ["IMG_0.jpg", "IMG_1.jpg"]) == ["IMG_0", "IMG_1"]
+
+
+def test_view_labels():
+    assert view_labels(["left", "front", "right"], ["a.jpg", "b.jpg", "c.jpg"]) == [
+        "left",
+        "front",
+        "right",
+    ]
+    assert view_labels(["view0", "view1"], ["a/me.jpg", "b/me.jpg"]) == [
+        "view0 (me)",
+        "view1 (me)",
+    ]
+
+
+def test_title_panels_titles_each_panel():
+    picture = np.zeros((512, 3 * 512, 3), np.uint8)
+    titled = title_panels(picture, ["left: photo", "", "third"])
+    assert not picture.any()  # input untouched
+    panels = [titled[:40, i * 512 : (i + 1) * 512] for i in range(3)]
+    assert panels[0].max() > 200 and panels[2].max() > 200  # white text
+    assert not panels[1].any()  # an empty title draws nothing
+    assert not titled[60:].any()  # only the top is written
+
+
+def test_plan_losses_skips_flow_for_one_photo():
+    used, skipped = plan_losses(("landmarks", "flow", "photo", "reg"), 1)
+    assert used == ("landmarks", "photo", "reg") and set(skipped) == {"flow"}
+    used, skipped = plan_losses(("landmarks", "flow", "reg"), 3)
+    assert used == ("landmarks", "flow", "reg") and skipped == {}
+
+
+def test_flow_options_are_checked(tmp_path):
+    check_flow_options(FlowOptions())  # dis needs nothing
+    with pytest.raises(MfnetError, match="--raft-weights PATH"):
+        check_flow_options(FlowOptions(method="raft"))
+    with pytest.raises(MfnetError, match="not found"):
+        check_flow_options(FlowOptions(method="raft", raft_weights=str(tmp_path / "none.pth")))
+    with pytest.raises(MfnetError, match="unknown flow method"):
+        check_flow_options(FlowOptions(method="farneback"))
+    weights = tmp_path / "raft.pth"
+    weights.write_bytes(b"x")
+    check_flow_options(FlowOptions(method="raft", raft_weights=str(weights)))  # exists: ok here
 
 
 def test_glb_and_obj_read_back(demo_run):
