@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -238,7 +240,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _cancel_on_sigint() -> None:
+    """Ctrl-C / the add-on's Cancel (SIGINT) must stop a run even when the parent process
+    ignores SIGINT: Python keeps an inherited SIG_IGN instead of raising KeyboardInterrupt
+    (background jobs of a shell, some launchers), and the run would finish anyway."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _cancel_on_sigint()
     args = build_parser().parse_args(argv)
     mode = getattr(args, "progress", "none")
     if getattr(args, "json", False) and mode == "bar":

@@ -272,7 +272,7 @@ class MultiViewFitter:
         rest = torch.cat([p.neck_pose, torch.zeros_like(p.neck_pose), p.eye_pose], 1).to(dt)
         pose = torch.cat(
             [
-                torch.zeros(b, 3, dtype=dt),
+                torch.zeros(b, 3, dtype=dt, device=rest.device),
                 rest[:, :3].expand(b, 3),
                 vals["jaw_pose"],
                 rest[:, 6:].expand(b, -1),
@@ -366,7 +366,7 @@ class MultiViewFitter:
         mu = 1e-3
         cost = float("nan")
         h = 1e-6
-        eye = torch.eye(x.shape[0], dtype=x.dtype) * h
+        eye = torch.eye(x.shape[0], dtype=x.dtype, device=x.device) * h
         for _ in range(iterations):
             irls = self._irls(free, x, yaw)
             r_all = self.residuals(free, torch.cat([x[None], x[None] + eye]), yaw, irls, mask)

@@ -29,7 +29,7 @@ class LandmarkRig(nn.Module):
         self.register_buffer("joint_template", jreg @ flame.v_template)  # (J,3)
         jd = torch.einsum("jv,vck->jck", jreg, flame.blend_dirs)
         self.register_buffer("joint_dirs", jd.reshape(-1, k).contiguous())  # (J*3,K)
-        cols = (ids[:, None] * 3 + torch.arange(3)).reshape(-1)
+        cols = (ids[:, None] * 3 + torch.arange(3, device=ids.device)).reshape(-1)
         self.register_buffer("posedirs", flame.posedirs[:, cols].contiguous())  # (P,S*3)
         self.register_buffer("weights", flame.lbs_weights[ids].contiguous())  # (S,J)
 

@@ -61,9 +61,19 @@ def test_backend_error_message_reaches_the_add_on(photos, tmp_path):
     assert not (tmp_path / "out").exists() and not backend.partial_folders(tmp_path / "out")
 
 
-def test_cancel_ends_the_child_and_leaves_nothing(photos, tmp_path):
+@pytest.mark.parametrize("parent_ignores_sigint", [False, True])
+def test_cancel_ends_the_child_and_leaves_nothing(photos, tmp_path, parent_ignores_sigint):
+    """Also when the parent ignores SIGINT (a shell's background job): the child inherits
+    SIG_IGN, and the backend must still stop on Cancel."""
+    import signal
+
     out = tmp_path / "out"
-    job = backend.BackendJob(_cmd(photos["grace"], out), out)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if parent_ignores_sigint else None
+    try:
+        job = backend.BackendJob(_cmd(photos["grace"], out), out)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     deadline = time.time() + 120
     while time.time() < deadline:
         st = job.poll()

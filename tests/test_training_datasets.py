@@ -181,3 +181,30 @@ def test_multipie_dataset_detects_once_and_caches(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(lm_mod, "detect_landmarks", no_detection)
     train2, _ = build_real_datasets(cfg)
     np.testing.assert_allclose(train2[0]["landmarks"].numpy(), lm.numpy(), atol=1e-3)
+
+
+@pytest.mark.slow
+def test_synthetic_set_rendered_by_processes_equals_one_process(tmp_path: Path):
+    """Subjects are seeded by index, so 2 rendering processes write byte-identical files to
+    one process, and the worker count is not part of the cache key."""
+    from mfnet_core.assets import load_model_or_test_head
+    from mfnet_core.flame import FLAME
+    from training.config import SyntheticData
+    from training.synthetic_set import ensure_synthetic_set, render_worker_count
+
+    flame = FLAME(load_model_or_test_head(None), 20, 10).eval()
+    common = dict(n_train=3, n_val=2, image_size=64, n_textures=2, texture_size=64)
+    one = ensure_synthetic_set(SyntheticData(root=str(tmp_path / "a"), **common), flame)
+    cfg_two = SyntheticData(root=str(tmp_path / "b"), render_workers=2, **common)
+    assert render_worker_count(cfg_two, 5) == 2
+    two = ensure_synthetic_set(cfg_two, flame)
+    assert one.name == two.name
+    files = sorted(p.relative_to(one) for p in one.rglob("subject_*.npz"))
+    assert len(files) == 5
+    assert files == sorted(p.relative_to(two) for p in two.rglob("subject_*.npz"))
+    for rel in files:
+        with np.load(one / rel) as za, np.load(two / rel) as zb:
+            assert za.files == zb.files
+            for k in za.files:
+                np.testing.assert_array_equal(za[k], zb[k], err_msg=f"{rel}:{k}")
+    assert render_worker_count(SyntheticData(), 100) == 1  # small sets: no process start-up

@@ -31,6 +31,9 @@ class SyntheticData:
     landmark_noise_px: float = 1.0  # Gaussian noise on the "detected" landmarks, render pixels
     n_textures: int = 8  # procedural skin textures shared round-robin by the subjects
     texture_size: int = 256
+    # Processes that render the set (0: one per CPU core, up to 16, for sets of 200+ subjects).
+    # Subjects are seeded by index, so the set is the same for any count. Not part of the cache key.
+    render_workers: int = 0
 
 
 @dataclass
@@ -84,6 +87,10 @@ class LossConfig:
     use_flow: bool = True  # used when mfnet_core.flow provides the term
     flow_start_step: int = 0  # the flow term joins after this many steps
     flow_samples: int = 200  # flow correspondences per ordered view pair
+    # Processes that render and run DIS for the people of a batch at once (0: one per CPU
+    # core when the network is on a GPU, else 1). Results do not depend on it: each person
+    # is seeded by its index.
+    flow_workers: int = 0
 
 
 @dataclass

@@ -16,9 +16,13 @@ smoke JSON say so.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from torch import Tensor
@@ -39,8 +43,70 @@ class FlowStatus:
     message: str
 
 
+def flow_worker_count(configured: int, batch: int, network_on_gpu: bool) -> int:
+    """Processes that make the per-person flow targets (0 in ``configured``: automatic).
+
+    The targets come from the CPU (rasteriser, OpenCV DIS) and take ~90% of a step when
+    the network runs on a GPU; threads do not help (the rasteriser's many small torch ops
+    hold the GIL), processes do. Automatic: one per CPU core (shared by the processes of
+    this machine under torchrun) when the network is on a GPU, else none, since a CPU
+    network needs the cores itself.
+    """
+    if configured > 0:
+        return max(1, min(configured, batch))
+    if not network_on_gpu:
+        return 1
+    local_world = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min((os.cpu_count() or 1) // local_world, batch, 32))
+
+
+_WORKER_CONTEXT: dict[str, Any] = {}
+
+
+def _flow_worker_init(faces: np.ndarray, face_tri: np.ndarray, crop_size: int, opts: Any) -> None:
+    """Per process: one core each (no nested thread pools), the mesh and options kept."""
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    _WORKER_CONTEXT.update(faces=faces, face_tri=face_tri, crop_size=crop_size, opts=opts)
+
+
+def person_flow_targets(task: tuple, context: dict[str, Any] | None = None) -> list:
+    """Flow correspondences of one person: render the predicted mesh in each view, then
+    I_{a->b}, MC and DIS for every ordered pair. Only the correspondences come back (the
+    pictures are for overlays, not for the loss).
+
+    task: (vertices_cam (N,V,3), camera (N,4), images (N,S,S,3) uint8, landmarks (N,68,2),
+    yaw (N,) degrees, seed) as numpy arrays.
+    """
+    from mfnet_core import flow as mflow
+
+    ctx = context if context is not None else _WORKER_CONTEXT
+    verts, cams, imgs, lmks, yaw, seed = task
+    faces_t = torch.as_tensor(ctx["faces"], dtype=torch.long)
+    views = mflow.render_views(
+        torch.from_numpy(verts),
+        torch.from_numpy(cams),
+        faces_t,
+        ctx["face_tri"],
+        list(imgs),
+        lmks,
+        yaw,
+        size=ctx["crop_size"],
+    )
+    pairs = mflow.all_pair_flows(views, faces_t, ctx["opts"], seed=seed)
+    empty = np.zeros(0, np.float32)
+    return [
+        replace(p, warped=empty, valid=empty, box=empty, mask=empty, flow=empty, consistent=empty)
+        for p in pairs
+    ]
+
+
 def resolve_flow_term(
-    cfg: LossConfig, faces: np.ndarray, face_region: np.ndarray, crop_size: int
+    cfg: LossConfig,
+    faces: np.ndarray,
+    face_region: np.ndarray,
+    crop_size: int,
+    network_on_gpu: bool = False,
 ) -> tuple[FlowTerm | None, FlowStatus]:
     """The multi-view flow loss (eq. 6) from ``mfnet_core.flow``, when it is there.
 
@@ -76,33 +142,60 @@ def resolve_flow_term(
         valid_erode_px=2,
     )
 
+    context = {
+        "faces": np.asarray(faces),
+        "face_tri": face_tri,
+        "crop_size": crop_size,
+        "opts": opts,
+    }
+    pool: list[ProcessPoolExecutor] = []  # made on first use, shared by the steps
+
+    def targets_for_batch(tasks: list[tuple]) -> list[list]:
+        workers = flow_worker_count(cfg.flow_workers, len(tasks), network_on_gpu)
+        if workers <= 1:
+            return [person_flow_targets(t, context) for t in tasks]
+        if not pool:
+            import multiprocessing as mp
+
+            pool.append(
+                ProcessPoolExecutor(
+                    workers,
+                    mp_context=mp.get_context("spawn"),  # the parent may hold a CUDA context
+                    initializer=_flow_worker_init,
+                    initargs=(context["faces"], face_tri, crop_size, opts),
+                )
+            )
+        return list(pool[0].map(person_flow_targets, tasks))
+
     def term(batch: dict[str, Tensor], dec: Decoded, scale: Tensor, step: int) -> Tensor:
         assert dec.vertices_cam is not None
         b, n = dec.landmarks_px.shape[:2]
-        faces_t = torch.as_tensor(faces, dtype=torch.long)
         yaw = yaw_pitch_roll_deg(dec.rotation.detach().reshape(-1, 3, 3))[:, 0].view(b, n)
         imgs = (batch["images"].detach().float().clamp(0, 1) * 255).round().byte()
         imgs = imgs.permute(0, 1, 3, 4, 2).cpu().numpy()  # (B,N,S,S,3)
+        verts = dec.vertices_cam.detach().float().cpu().numpy()
+        cams = batch["camera"].detach().float().cpu().numpy()
+        lmks = dec.landmarks_px.detach().float().cpu().numpy()
+        yaws = yaw.float().cpu().numpy()
+        index = batch["index"].cpu().tolist() if "index" in batch else None
+        # Seeded by the sample, not its place in the batch: the same in every process.
+        seeds = [step * 100_003 + int(index[i]) if index is not None else step for i in range(b)]
+        tasks = [(verts[i], cams[i], imgs[i], lmks[i], yaws[i], seeds[i]) for i in range(b)]
+        per_person = targets_for_batch(tasks)
         total = dec.vertices_cam.new_zeros(())
-        for i in range(b):
-            views = mflow.render_views(
-                dec.vertices_cam[i].detach(),
-                batch["camera"][i].detach(),
-                faces_t,
-                face_tri,
-                list(imgs[i]),
-                dec.landmarks_px[i].detach(),
-                yaw[i],
-                size=crop_size,
-            )
-            # Seeded by the sample, not its place in the batch: the same in every process.
-            seed = step * 100_003 + int(batch["index"][i]) if "index" in batch else step
-            pairs = mflow.all_pair_flows(views, faces_t, opts, seed=seed)
+        faces_dev = torch.as_tensor(faces, dtype=torch.long, device=dec.vertices_cam.device)
+        for i, pairs in enumerate(per_person):
             cam = batch["camera"][i].to(dec.vertices_cam)
             total = total + mflow.flow_loss(
-                dec.vertices_cam[i], cam, faces_t.to(cam.device), pairs, scale.view(b, n)[i]
+                dec.vertices_cam[i], cam, faces_dev, pairs, scale.view(b, n)[i]
             )
         return total / b
+
+    def close() -> None:
+        if pool:
+            pool.pop().shutdown(cancel_futures=True)
+
+    term.close = close  # type: ignore[attr-defined]
 
     return term, FlowStatus(
         True, "multi-view flow term (lambda_1) from mfnet_core.flow (DIS flow, eq. 5-6)"

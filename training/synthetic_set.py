@@ -75,6 +75,7 @@ def cache_key(cfg: SyntheticData, flame) -> str:  # noqa: ANN001
     settings.pop("root")
     settings.pop("n_train")
     settings.pop("n_val")
+    settings.pop("render_workers", None)
     blob = json.dumps(
         {"v": FORMAT_VERSION, "s": settings, "m": model_identity(flame)}, sort_keys=True
     )
@@ -95,7 +96,6 @@ def ensure_synthetic_set(
     Safe to call from several processes at once only if they agree on ``cfg`` (DDP: call it
     on rank 0 first, then barrier). Subjects are written atomically (temp file + rename).
     """
-    from mfnet_core.synthetic import procedural_texture
 
     folder = Path(cfg.root) / cache_key(cfg, flame)
     todo = [
@@ -108,19 +108,12 @@ def ensure_synthetic_set(
     if todo:
         for split in ("train", "val"):
             (folder / split).mkdir(parents=True, exist_ok=True)
-        textures: dict[int, np.ndarray] = {}
         start = time.perf_counter()
-        for done, (split, i) in enumerate(todo):
-            t = i % max(cfg.n_textures, 1) + (0 if split == "train" else 10_000)
-            if t not in textures:
-                textures[t] = procedural_texture(
-                    flame.assets, cfg.texture_size, seed=cfg.seed * 7919 + t
-                )
-            _write_subject(
-                folder / split / f"subject_{i:05d}.npz", cfg, flame, textures[t], split, i
-            )
-            if progress:
-                progress(done + 1, len(todo))
+        workers = render_worker_count(cfg, len(todo))
+        if workers > 1:
+            _render_parallel(folder, cfg, flame, todo, workers, progress)
+        else:
+            _render_serial(folder, cfg, _on_cpu(flame), todo, progress)
         elapsed = time.perf_counter() - start
     else:
         elapsed = 0.0
@@ -138,6 +131,101 @@ def ensure_synthetic_set(
     tmp.write_text(json.dumps(meta, indent=2))
     os.replace(tmp, index)
     return folder
+
+
+def render_worker_count(cfg: SyntheticData, n_todo: int) -> int:
+    """Processes for rendering ``n_todo`` subjects: start-up (importing torch) costs a few
+    seconds per process, so small sets render in this process."""
+    if cfg.render_workers > 0:
+        return min(cfg.render_workers, max(n_todo, 1))
+    if n_todo < 200:
+        return 1
+    return max(1, min(os.cpu_count() or 1, 16))
+
+
+def _on_cpu(flame):  # noqa: ANN001, ANN202 - mfnet_core.flame.FLAME
+    """The renderer works on CPU tensors: a CUDA model (the trainer's) gets a CPU twin."""
+    if next(flame.buffers()).device.type == "cpu":
+        return flame
+    from mfnet_core.flame import FLAME
+
+    return FLAME(flame.assets, int(flame.n_shape), int(flame.n_expr)).eval()
+
+
+def _texture_index(cfg: SyntheticData, split: str, i: int) -> int:
+    return i % max(cfg.n_textures, 1) + (0 if split == "train" else 10_000)
+
+
+def _render_serial(
+    folder: Path,
+    cfg: SyntheticData,
+    flame,  # noqa: ANN001
+    todo: list[tuple[str, int]],
+    progress: Progress | None,
+) -> None:
+    from mfnet_core.synthetic import procedural_texture
+
+    textures: dict[int, np.ndarray] = {}
+    for done, (split, i) in enumerate(todo):
+        t = _texture_index(cfg, split, i)
+        if t not in textures:
+            textures[t] = procedural_texture(
+                flame.assets, cfg.texture_size, seed=cfg.seed * 7919 + t
+            )
+        _write_subject(folder / split / f"subject_{i:05d}.npz", cfg, flame, textures[t], split, i)
+        if progress:
+            progress(done + 1, len(todo))
+
+
+_WORKER_FLAME = None
+
+
+def _worker_init(assets, n_shape: int, n_expr: int) -> None:  # noqa: ANN001
+    """Each process builds its own CPU head model: a CUDA model cannot cross processes."""
+    global _WORKER_FLAME
+    import torch
+
+    from mfnet_core.flame import FLAME
+
+    torch.set_num_threads(1)
+    _WORKER_FLAME = FLAME(assets, n_shape, n_expr).eval()
+
+
+def _worker_render(folder: Path, cfg: SyntheticData, chunk: list[tuple[str, int]]) -> int:
+    _render_serial(folder, cfg, _WORKER_FLAME, chunk, None)
+    return len(chunk)
+
+
+def _render_parallel(
+    folder: Path,
+    cfg: SyntheticData,
+    flame,  # noqa: ANN001
+    todo: list[tuple[str, int]],
+    workers: int,
+    progress: Progress | None,
+) -> None:
+    """Renders chunks of subjects in spawned processes; each subject file is written
+    atomically, so an interrupted run keeps what it finished."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    # Chunks grouped by texture so each process makes few textures; small enough to keep
+    # the progress bar moving.
+    ordered = sorted(todo, key=lambda s: (_texture_index(cfg, *s), s))
+    size = max(1, min(32, len(ordered) // (workers * 4) or 1))
+    chunks = [ordered[k : k + size] for k in range(0, len(ordered), size)]
+    done = 0
+    with ProcessPoolExecutor(
+        workers,
+        mp_context=mp.get_context("spawn"),
+        initializer=_worker_init,
+        initargs=(flame.assets, int(flame.n_shape), int(flame.n_expr)),
+    ) as pool:
+        futures = [pool.submit(_worker_render, folder, cfg, c) for c in chunks]
+        for fut in as_completed(futures):
+            done += fut.result()
+            if progress:
+                progress(done, len(todo))
 
 
 def _write_subject(

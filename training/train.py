@@ -68,6 +68,35 @@ class DistInfo:
         return self.rank == 0
 
 
+TIMING_REPORT_STEP = 10  # the log says where a step's time goes after this many steps
+
+
+class PhaseTimer:
+    """Wall time per phase of a training step (data, forward, loss, flow, backward), so a
+    run says where its time goes. On CUDA it synchronises at phase ends: the GPU's queue
+    would otherwise bill one phase's kernels to the next."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        self.total: dict[str, float] = {}
+        self.steps = 0
+        self._t = time.perf_counter()
+
+    def mark(self, phase: str) -> None:
+        """Bills the time since the previous mark to ``phase``."""
+        self.sync()
+        now = time.perf_counter()
+        self.total[phase] = self.total.get(phase, 0.0) + now - self._t
+        self._t = now
+
+    def restart(self) -> None:
+        self._t = time.perf_counter()
+
+    def means(self) -> dict[str, float]:
+        n = max(self.steps, 1)
+        return {k: round(v / n, 4) for k, v in self.total.items()}
+
+
 def init_distributed(device_pref: str) -> DistInfo:
     """Joins the process group that torchrun describes in the environment (if any)."""
     if dist.is_available() and dist.is_initialized():
@@ -339,12 +368,17 @@ class Trainer:
         )
         a = self.flame.assets
         self.flow_fn, self.flow_status = resolve_flow_term(
-            cfg.loss, np.asarray(a.faces), np.asarray(a.face_region, bool), cfg.model.input_size
+            cfg.loss,
+            np.asarray(a.faces),
+            np.asarray(a.face_region, bool),
+            cfg.model.input_size,
+            network_on_gpu=self.device.type == "cuda",
         )
         self.step = 0
         self.epoch = 0
         self.step_in_epoch = 0
         self.history: list[dict[str, float]] = []
+        self.timer = PhaseTimer(self.device)
         self.eval_results: list[dict[str, Any]] = []
         self.metrics = MetricLogger(self.workdir / "logs", enabled=self.info.main)
         if resume:
@@ -456,8 +490,11 @@ class Trainer:
         for g in self.opt.param_groups:
             g["lr"] = lr
         ctx = torch.autocast("cuda", dtype=self.amp_dtype) if self.amp else nullcontext()
+        timer = self.timer
+        timer.mark("data_to_device")
         with ctx:
             out = self.net(batch["images"])
+        timer.mark("network_forward")
         if self.step < cfg.train.pose_warmup_steps:
             # Curriculum: poses first, on the mean head, so that shape and expression do not
             # learn to make up for poses that are still wrong.
@@ -466,7 +503,9 @@ class Trainer:
             )
         use_flow = self.flow_fn is not None and self.step >= cfg.loss.flow_start_step
         dec = decode(out, self.flame, batch["camera"], cfg.model.input_size, with_vertices=use_flow)
-        loss, terms = mfnet_loss(out, dec, batch, cfg.loss, self.flow_fn, self.step)
+        flow_fn = self._timed_flow if self.flow_fn is not None else None
+        loss, terms = mfnet_loss(out, dec, batch, cfg.loss, flow_fn, self.step)
+        timer.mark("losses_without_flow")
         if not torch.isfinite(loss):
             raise MfnetError(
                 f"the loss became {float(loss)} at step {self.step}; lower train.lr or check the data"
@@ -481,9 +520,19 @@ class Trainer:
             )
         self.scaler.step(self.opt)
         self.scaler.update()
+        timer.mark("backward_and_update")
+        timer.steps += 1
         values = {"loss": float(loss.detach()), "lr": lr, "grad_norm": gnorm}
         values.update({k: float(v.detach()) for k, v in terms.items()})
         return values
+
+    def _timed_flow(self, *args: Any) -> Tensor:
+        """The flow term, billed to its own phase (it renders and runs DIS per person)."""
+        assert self.flow_fn is not None
+        self.timer.mark("losses_without_flow")
+        value = self.flow_fn(*args)
+        self.timer.mark("flow_term")
+        return value
 
     # -- the loop -------------------------------------------------------------------------
     def fit(self, max_steps: int | None = None) -> dict[str, Any]:
@@ -515,7 +564,9 @@ class Trainer:
         while self.step < stop:
             t_epoch = time.perf_counter()
             it = self._loader(self.epoch, self.step_in_epoch)
+            self.timer.restart()
             for batch in it:
+                self.timer.mark("data_loading")
                 values = self.train_step(batch)
                 self.step += 1
                 self.step_in_epoch += 1
@@ -525,12 +576,21 @@ class Trainer:
                     bar.set_postfix(loss=f"{values['loss']:.4f}", epoch=self.epoch)
                 if self.step % max(1, cfg.train.log_every) == 0 or self.step == 1:
                     self.metrics.log(self.step, values)
+                if self.timer.steps == TIMING_REPORT_STEP:
+                    self.log(
+                        f"seconds per step after {TIMING_REPORT_STEP} steps: {self.timer.means()}"
+                    )
                 if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0:
                     last_ckpt = self.save_checkpoint() or last_ckpt
                 if self.step >= stop:
                     break
+                self.timer.restart()  # logging and checkpoints are not data loading
             if self.step_in_epoch >= self.steps_per_epoch:
                 epoch_times.append(time.perf_counter() - t_epoch)
+                self.log(
+                    f"epoch {self.epoch + 1} took {epoch_times[-1]:.1f} s; "
+                    f"seconds per step: {self.timer.means()}"
+                )
                 self.epoch += 1
                 self.step_in_epoch = 0
                 if cfg.train.eval_every_epochs and self.epoch % cfg.train.eval_every_epochs == 0:
@@ -551,6 +611,7 @@ class Trainer:
             "checkpoint": str(last_ckpt) if last_ckpt else None,
             "flow": self.flow_status.message,
             "loss_terms": sorted(self.history[-1]) if self.history else [],
+            "seconds_per_step": self.timer.means(),
         }
         if self.device.type == "cuda":
             summary["max_gpu_memory_gb"] = round(
@@ -560,6 +621,9 @@ class Trainer:
 
     def close(self) -> None:
         self.metrics.close()
+        close_flow = getattr(self.flow_fn, "close", None)
+        if close_flow is not None:
+            close_flow()
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any] | None:
