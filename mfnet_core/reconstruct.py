@@ -324,7 +324,7 @@ def reconstruct(
 
     flame = FLAME(assets, n_shape=options.fit.n_shape, n_expr=options.fit.n_expr).to(device)
     with timer.stage("fit", "fitting FLAME") as sub:
-        fitter = _landmark_fit(flame, photos, lmk, intrinsics, options, device, sub)
+        fitter, fit_start = _landmark_fit(flame, photos, lmk, intrinsics, options, device, sub)
 
     # Views are named from the landmark fit's yaw, before the dense stages, so that their
     # pictures carry the names (the dense stages move the yaws by a few degrees at most).
@@ -402,6 +402,7 @@ def reconstruct(
             "loss_terms_requested": list(options.fit.losses),
             "loss_terms_used": list(losses),
             "loss_terms_skipped": skipped,
+            "fit_start": fit_start,
             "timings_s": timer.timings,
             "warnings": warnings,
         }
@@ -443,20 +444,32 @@ def _landmark_fit(
     options: ReconstructOptions,
     device: torch.device,
     sub: Callable[[float, str], None],
-) -> MultiViewFitter:
+) -> tuple[MultiViewFitter, dict]:
     """The landmark fit, started from the trained network's prediction when weights are given
-    (a shorter schedule then: the start is already close)."""
+    (a shorter schedule then: the start is already close). Also returns report.json's
+    "fit_start": where the fit began, so a result says whether a network was used."""
     if options.weights is None:
-        return fit_landmarks(flame, lmk, intrinsics, options.fit, device, progress=sub)
+        fitter = fit_landmarks(flame, lmk, intrinsics, options.fit, device, progress=sub)
+        return fitter, {"from": "pnp"}
     from .fitting import INIT_ITERATIONS, INIT_OUTLIER_ROUNDS
-    from .model import predict_init
+    from .model import load_checkpoint, predict_init
 
     sub(0.0, "network prediction")
-    init = predict_init(options.weights, photos, list(lmk), flame, intrinsics, device)
+    model, meta = load_checkpoint(options.weights, device)
+    init = predict_init(model, photos, list(lmk), flame, intrinsics, device)
     fit_options = replace(
         options.fit, iterations=INIT_ITERATIONS, outlier_rounds=INIT_OUTLIER_ROUNDS
     )
-    return fit_landmarks(flame, lmk, intrinsics, fit_options, device, progress=sub, init=init)
+    fitter = fit_landmarks(flame, lmk, intrinsics, fit_options, device, progress=sub, init=init)
+    c = model.config
+    start = {
+        "from": "network",
+        "weights": str(options.weights),
+        "network": {"backbone": c.backbone, "n_views": c.n_views, "input_size": c.input_size},
+        "trained_steps": meta.get("step"),
+        "iterations": list(INIT_ITERATIONS),
+    }
+    return fitter, start
 
 
 def _view_report(fit: FitResult, i: int, name: str, file: str, k: Intrinsics, photo: Photo) -> dict:

@@ -183,3 +183,62 @@ def test_doctor_json(cache_env):
     report = json.loads(proc.stdout)
     names = " ".join(item["name"] for item in report["items"]).lower()
     assert "flame" in names and "dlib" in names
+
+
+@pytest.fixture(scope="module")
+def trained_checkpoint(tmp_path_factory) -> Path:
+    """A real MFNet checkpoint from `training` (a tiny network, a few steps on the toy set):
+    what `python -m training.train` writes, read back with weights_only=True."""
+    import torch
+
+    from training.config import load_config
+    from training.toy import ToyDataset
+    from training.train import Trainer, load_flame
+
+    work = tmp_path_factory.mktemp("train")
+    cfg = load_config(None)
+    m = cfg.model
+    m.backbone, m.width, m.input_size, m.fuse_hidden, m.view_hidden = "resnet10", 8, 32, 32, 32
+    m.n_shape, m.n_expr = 20, 10
+    t = cfg.train
+    t.workdir, t.device, t.batch_size, t.checkpoint_every = str(work), "cpu", 4, 0
+    t.eval_every_epochs, t.progress = 0, False
+    cfg.data.num_workers = 0
+    cfg.loss.use_flow = False
+    flame = load_flame(cfg, torch.device("cpu"))
+    sets = ToyDataset(flame, 8, crop_size=32), ToyDataset(flame, 2, crop_size=32, seed=1)
+    trainer = Trainer(cfg, flame=flame, datasets=sets, log=lambda m: None)
+    summary = trainer.fit(max_steps=3)
+    trainer.close()
+    return Path(summary["checkpoint"])
+
+
+def test_reconstruct_starts_from_a_trained_network(
+    tmp_path, astronaut_png, cache_env, trained_checkpoint
+):
+    """`mfnet reconstruct --weights CKPT`: the network's prediction starts the fit, the
+    result is complete and report.json says where the fit began."""
+    out = tmp_path / "from_net"
+    proc = run_cli("reconstruct", str(astronaut_png), "-o", str(out), "--progress", "jsonl",
+                   "--texture-size", "512", "--weights", str(trained_checkpoint),
+                   env_extra=cache_env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    messages = [json.loads(line).get("message", "") for line in proc.stdout.splitlines()]
+    assert any("network prediction" in m for m in messages)
+    report = json.loads((out / "report.json").read_text())
+    start = report["fit_start"]
+    assert start["from"] == "network" and Path(start["weights"]) == trained_checkpoint
+    assert start["network"]["backbone"] == "resnet10" and start["trained_steps"] == 3
+    assert report["views"][0]["landmark_residual_px"]["median"] < 6.0
+    assert (out / "head.glb").is_file() and (out / "rig.npz").is_file()
+
+
+def test_reconstruct_with_a_file_that_is_not_a_checkpoint(tmp_path, astronaut_png, cache_env):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    out = tmp_path / "never"
+    proc = run_cli("reconstruct", str(astronaut_png), "-o", str(out), "--progress", "none",
+                   "--weights", str(junk), env_extra=cache_env)  # fmt: skip
+    assert proc.returncode == 2
+    assert "junk.pt" in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists()

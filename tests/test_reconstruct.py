@@ -107,6 +107,7 @@ def test_default_losses_run_the_flow_term(demo_run):
     _, rec, _, _ = demo_run
     report = json.loads((rec.result_dir / "report.json").read_text())
     assert report["loss_terms_used"] == ["landmarks", "eye", "lip", "flow", "reg"]
+    assert report["fit_start"] == {"from": "pnp"}  # no --weights
     assert report["loss_terms_skipped"] == {}
     assert report["losses"]["flow"] > 0 and "dense" in report["timings_s"]
     pairs = report["dense"]["pairs"]
