@@ -101,6 +101,56 @@ def person_flow_targets(task: tuple, context: dict[str, Any] | None = None) -> l
     ]
 
 
+def flow_context(
+    faces: np.ndarray, face_region: np.ndarray, crop_size: int, flow_samples: int
+) -> dict[str, Any]:
+    """What every person's flow targets share: the mesh, its face-region triangles and the
+    flow options at the crop's resolution."""
+    from mfnet_core import flow as mflow
+
+    opts = mflow.FlowOptions(
+        size=crop_size,
+        stride=max(1, crop_size // 64),
+        max_samples=flow_samples,
+        erode_px=1,
+        valid_erode_px=2,
+    )
+    face_tri = mflow.face_faces(faces, face_region)
+    return {"faces": np.asarray(faces), "face_tri": face_tri, "crop_size": crop_size, "opts": opts}
+
+
+def flow_target_pool(workers: int, context: dict[str, Any]) -> ProcessPoolExecutor:
+    """Spawned processes (the parent may hold a CUDA context) that run
+    ``person_flow_targets`` with ``context`` set once per process."""
+    import multiprocessing as mp
+
+    return ProcessPoolExecutor(
+        workers,
+        mp_context=mp.get_context("spawn"),
+        initializer=_flow_worker_init,
+        initargs=(context["faces"], context["face_tri"], context["crop_size"], context["opts"]),
+    )
+
+
+def flow_tasks(batch: dict[str, Tensor], dec: Decoded, step: int) -> list[tuple]:
+    """One ``person_flow_targets`` task per person of the batch, as CPU numpy arrays.
+
+    Seeded by the sample's index and the step, not by its place in the batch, so every
+    process and every worker count makes the same targets."""
+    assert dec.vertices_cam is not None
+    b, n = dec.landmarks_px.shape[:2]
+    yaw = yaw_pitch_roll_deg(dec.rotation.detach().reshape(-1, 3, 3))[:, 0].view(b, n)
+    imgs = (batch["images"].detach().float().clamp(0, 1) * 255).round().byte()
+    imgs = imgs.permute(0, 1, 3, 4, 2).cpu().numpy()  # (B,N,S,S,3)
+    verts = dec.vertices_cam.detach().float().cpu().numpy()
+    cams = batch["camera"].detach().float().cpu().numpy()
+    lmks = dec.landmarks_px.detach().float().cpu().numpy()
+    yaws = yaw.float().cpu().numpy()
+    index = batch["index"].cpu().tolist() if "index" in batch else None
+    seeds = [step * 100_003 + int(index[i]) if index is not None else step for i in range(b)]
+    return [(verts[i], cams[i], imgs[i], lmks[i], yaws[i], seeds[i]) for i in range(b)]
+
+
 def resolve_flow_term(
     cfg: LossConfig,
     faces: np.ndarray,
@@ -133,21 +183,7 @@ def resolve_flow_term(
             False,
             f"mfnet_core.flow lacks {missing}: the multi-view flow term (lambda_1) is left out",
         )
-    face_tri = mflow.face_faces(faces, face_region)
-    opts = mflow.FlowOptions(
-        size=crop_size,
-        stride=max(1, crop_size // 64),
-        max_samples=cfg.flow_samples,
-        erode_px=1,
-        valid_erode_px=2,
-    )
-
-    context = {
-        "faces": np.asarray(faces),
-        "face_tri": face_tri,
-        "crop_size": crop_size,
-        "opts": opts,
-    }
+    context = flow_context(faces, face_region, crop_size, cfg.flow_samples)
     pool: list[ProcessPoolExecutor] = []  # made on first use, shared by the steps
 
     def targets_for_batch(tasks: list[tuple]) -> list[list]:
@@ -155,32 +191,13 @@ def resolve_flow_term(
         if workers <= 1:
             return [person_flow_targets(t, context) for t in tasks]
         if not pool:
-            import multiprocessing as mp
-
-            pool.append(
-                ProcessPoolExecutor(
-                    workers,
-                    mp_context=mp.get_context("spawn"),  # the parent may hold a CUDA context
-                    initializer=_flow_worker_init,
-                    initargs=(context["faces"], face_tri, crop_size, opts),
-                )
-            )
+            pool.append(flow_target_pool(workers, context))
         return list(pool[0].map(person_flow_targets, tasks))
 
     def term(batch: dict[str, Tensor], dec: Decoded, scale: Tensor, step: int) -> Tensor:
         assert dec.vertices_cam is not None
         b, n = dec.landmarks_px.shape[:2]
-        yaw = yaw_pitch_roll_deg(dec.rotation.detach().reshape(-1, 3, 3))[:, 0].view(b, n)
-        imgs = (batch["images"].detach().float().clamp(0, 1) * 255).round().byte()
-        imgs = imgs.permute(0, 1, 3, 4, 2).cpu().numpy()  # (B,N,S,S,3)
-        verts = dec.vertices_cam.detach().float().cpu().numpy()
-        cams = batch["camera"].detach().float().cpu().numpy()
-        lmks = dec.landmarks_px.detach().float().cpu().numpy()
-        yaws = yaw.float().cpu().numpy()
-        index = batch["index"].cpu().tolist() if "index" in batch else None
-        # Seeded by the sample, not its place in the batch: the same in every process.
-        seeds = [step * 100_003 + int(index[i]) if index is not None else step for i in range(b)]
-        tasks = [(verts[i], cams[i], imgs[i], lmks[i], yaws[i], seeds[i]) for i in range(b)]
+        tasks = flow_tasks(batch, dec, step)
         per_person = targets_for_batch(tasks)
         total = dec.vertices_cam.new_zeros(())
         faces_dev = torch.as_tensor(faces, dtype=torch.long, device=dec.vertices_cam.device)

@@ -1,0 +1,153 @@
+"""The training flow term's CPU side: per-person flow targets, serially and in processes.
+
+    python benchmarks/bm_flow_targets.py [--people 16] [--workers 0] [--crop 224] [--repeats 3]
+
+On a GPU, most of a training step goes into the flow term's correspondences. They are made
+on the CPU, one person at a time or in worker processes (`loss.flow_workers`); see
+docs/BENCHMARKS.md, "GPU run". This benchmark makes one real batch the way training does:
+synthetic people rendered at 384 px, a small untrained MFNet, the predicted meshes in
+--crop px crops. It times `person_flow_targets` for each person in this process, then
+the whole batch through a pool of --workers spawned processes (0: one per core, up to
+--people), after a warm-up batch. It also reports what the machine offers: cores, CPU
+affinity, the cgroup CPU quota, the load. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def cpu_offer() -> dict[str, object]:
+    """Cores as the process sees them: a VM or container may give fewer than it lists."""
+    quota = None
+    for path in ("/sys/fs/cgroup/cpu.max", "/sys/fs/cgroup/cpu/cpu.cfs_quota_us"):
+        try:
+            quota = Path(path).read_text().strip()
+            break
+        except OSError:
+            continue
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "affinity": affinity,
+        "cgroup_cpu_quota": quota,
+        "torch_threads": torch.get_num_threads(),
+        "load_avg": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def make_batch(people: int, crop: int, root: Path):  # noqa: ANN201
+    """(trainer, batch, decoded) for one training batch of `people`, on the CPU."""
+    from mfnet_core.model import decode
+    from training.config import load_config
+    from training.train import Trainer
+
+    cfg = load_config(
+        None,
+        [
+            f"data.synthetic.root={root / 'synthetic'}",
+            f"data.synthetic.n_train={people}",
+            "data.synthetic.n_val=2",
+            "data.synthetic.image_size=384",
+            f"train.workdir={root / 'run'}",
+            "train.device=cpu",
+            f"train.batch_size={people}",
+            "data.num_workers=0",
+            "model.backbone=resnet10",
+            "model.width=16",
+            f"model.input_size={crop}",
+            "train.progress=false",
+        ],
+    )
+    trainer = Trainer(cfg, log=lambda m: None)
+    batch = next(trainer._loader(0, 0))
+    with torch.no_grad():
+        out = trainer.net(batch["images"])
+        dec = decode(out, trainer.flame, batch["camera"], crop, with_vertices=True)
+    return trainer, batch, dec
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--people", type=int, default=16)
+    ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--crop", type=int, default=224)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args(argv)
+    from training.losses import (
+        flow_context,
+        flow_target_pool,
+        flow_tasks,
+        flow_worker_count,
+        person_flow_targets,
+    )
+
+    offer_start = cpu_offer()
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer, batch, dec = make_batch(args.people, args.crop, Path(tmp))
+        a = trainer.flame.assets
+        context = flow_context(a.faces, a.face_region, args.crop, trainer.cfg.loss.flow_samples)
+        tasks = flow_tasks(batch, dec, step=0)
+        trainer.close()
+    person_flow_targets(tasks[0], context)  # warm-up: imports, OpenCV's first DIS
+    threads = torch.get_num_threads()
+    per_person_threads: dict[str, float] = {}
+    for n_threads in sorted({1, threads}):
+        torch.set_num_threads(n_threads)
+        times = []
+        for task in tasks:
+            t = time.perf_counter()
+            person_flow_targets(task, context)
+            times.append(time.perf_counter() - t)
+        per_person_threads[str(n_threads)] = round(1000 * statistics.median(times), 1)
+    torch.set_num_threads(threads)
+    workers = args.workers or flow_worker_count(0, len(tasks), network_on_gpu=True)
+    pool = flow_target_pool(workers, context)
+    try:
+        t = time.perf_counter()
+        pairs = list(pool.map(person_flow_targets, tasks))  # warm-up: the processes start
+        start_s = time.perf_counter() - t
+        batch_times = []
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            list(pool.map(person_flow_targets, tasks))
+            batch_times.append(time.perf_counter() - t)
+    finally:
+        pool.shutdown()
+    serial_batch_s = per_person_threads["1"] * len(tasks) / 1000
+    pool_s = statistics.median(batch_times)
+    print(
+        json.dumps(
+            {
+                "people": len(tasks),
+                "crop_px": args.crop,
+                "pairs_per_person": round(sum(len(p) for p in pairs) / len(pairs), 2),
+                "per_person_ms_by_torch_threads": per_person_threads,
+                "serial_batch_s": round(serial_batch_s, 3),
+                "workers": workers,
+                "pool_first_batch_s": round(start_s, 3),
+                "pool_batch_s": round(pool_s, 3),
+                "pool_speedup": round(serial_batch_s / pool_s, 2),
+                "machine_start": offer_start,
+                "machine_end": cpu_offer(),
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
