@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from itertools import permutations
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
 from . import __version__
 from .camera import Intrinsics, to_screen
-from .dense_fit import DenseOptions, DenseReport, refine_dense
+from .dense_fit import DenseOptions, refine_dense
 from .errors import MfnetError
 from .export import (
     atomic_folder,
@@ -31,10 +28,18 @@ from .fitting import FitOptions, FitResult, MultiViewFitter, fit_landmarks
 from .flame import FLAME, FlameAssets
 from .flow import FlowOptions, estimate_flow, face_faces
 from .images import Photo, load_photo
-from .overlay import title_panels
 from .photometric import view_quality
-from .render import rasterize, vertex_normals
+from .render import vertex_normals
+from .report import (
+    dense_pictures,
+    dense_section,
+    make_overlay,
+    params_json,
+    rerender_picture,
+    view_report,
+)
 from .texture import BakeView, bake_texture
+from .view_names import label_from_filename, name_views, view_labels, view_warnings
 
 StageProgress = Callable[[str, float, str], None]
 
@@ -51,7 +56,6 @@ STAGE_SPAN = {
 DENSE_TERMS = ("flow", "photo")
 FLOW_METHODS = ("dis", "raft")
 STAGE_ORDER = list(STAGE_SPAN)
-NAMED_VIEWS = ("left", "front", "right")
 
 
 @dataclass
@@ -116,49 +120,6 @@ class StageTimer:
         self._done = base + span
 
 
-def label_from_filename(path: Path | None) -> str | None:
-    if path is None:
-        return None
-    m = re.search(r"(left|front|right|center|centre)", path.stem.lower())
-    if not m:
-        return None
-    return {"center": "front", "centre": "front"}.get(m.group(1), m.group(1))
-
-
-def name_views(yaws: np.ndarray) -> list[str]:
-    """Left/front/right from fitted yaw (negative yaw: the camera sees the left cheek)."""
-    n = len(yaws)
-    if n == 1:
-        return ["front"]
-    if n == 3:
-        order = np.argsort(yaws)
-        names = [""] * 3
-        for name, idx in zip(("left", "front", "right"), order, strict=True):
-            names[idx] = name
-        return names
-    return [f"view{i}" for i in range(n)]
-
-
-def view_warnings(
-    names: list[str], yaws: np.ndarray, labels: list[str | None], files: list[str]
-) -> list[str]:
-    warnings = []
-    for name, yaw, label, file in zip(names, yaws, labels, files, strict=True):
-        if label and label != name and len(names) == 3:
-            warnings.append(
-                f"{file}: named '{label}' but the fitted pose says '{name}' (yaw {yaw:+.0f}°); using '{name}'"
-            )
-        if name in ("left", "right") and abs(yaw) < 12:
-            warnings.append(
-                f"{name} view ({file}): face turned only {abs(yaw):.0f}°; side views of 25-45° constrain the profile best"
-            )
-        if abs(yaw) > 60:
-            warnings.append(
-                f"{file}: face turned {abs(yaw):.0f}°; landmarks are unreliable beyond ~60°"
-            )
-    return warnings
-
-
 def plan_losses(requested: tuple[str, ...], n_views: int) -> tuple[tuple[str, ...], dict[str, str]]:
     """The loss terms that can run on `n_views` photos, and why the others are skipped.
 
@@ -205,29 +166,6 @@ def probe_raft(flow: FlowOptions) -> None:
         ) from exc
 
 
-def view_labels(names: list[str], files: list[str]) -> list[str]:
-    """Titles for the pictures: left/front/right where the fit named the view, else the
-    photo's file stem (a user knows 'IMG_0412', not 'view1'); always unique."""
-    labels = [
-        n if n in NAMED_VIEWS else (Path(f).stem or n) for n, f in zip(names, files, strict=True)
-    ]
-    if len(set(labels)) < len(labels):
-        labels = [lab if lab == n else f"{n} ({lab})" for n, lab in zip(names, labels, strict=True)]
-    return labels
-
-
-def rerender_picture(picture: np.ndarray, label: str, quality: dict) -> np.ndarray:
-    """Titles `photometric.view_quality`'s photo | re-render | difference picture."""
-    return title_panels(
-        picture,
-        [
-            f"{label}: photo",
-            f"re-rendered: PSNR {quality['psnr_face']:.1f} dB, SSIM {quality['ssim_face']:.3f}",
-            "|difference| x4, face mask",
-        ],
-    )
-
-
 def measure_quality(
     fitter: MultiViewFitter, photos: list[np.ndarray], dense: DenseOptions
 ) -> list[dict]:
@@ -237,45 +175,6 @@ def measure_quality(
     flame = fitter.flame
     face_tri = face_faces(flame.faces.cpu().numpy(), flame.assets.face_region)
     return view_quality(fitter, photos, dense.report_size, face_tri)
-
-
-def _safe_key(key: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", key)
-
-
-def dense_pictures(
-    dense: DenseReport, labels: list[str], names: list[str]
-) -> dict[str, np.ndarray]:
-    """refine_dense keys (and titles) its pictures by the labels it was given; the files
-    are named by view name (`overlay_flow_left_to_front.png`), re-renders get titles."""
-    files = {f"rerender_{lab}": f"rerender_{n}" for lab, n in zip(labels, names, strict=True)}
-    for a, b in permutations(range(len(names)), 2):
-        files[f"flow_{labels[a]}_to_{labels[b]}"] = f"flow_{names[a]}_to_{names[b]}"
-    rerender = {f"rerender_{lab}": i for i, lab in enumerate(labels)}
-    out = {}
-    for key, image in dense.images.items():
-        if key in rerender and dense.views:
-            i = rerender[key]
-            image = rerender_picture(image, labels[i], dense.views[i])
-        out[files.get(key, _safe_key(key))] = image
-    return out
-
-
-def dense_section(
-    dense: DenseReport, labels: list[str], names: list[str], flow: FlowOptions
-) -> dict:
-    """report.json's "dense" entry, with views and pairs named like report["views"]."""
-    by_label = dict(zip(labels, names, strict=True))
-    pairs = [
-        {**p, "from": by_label.get(p["from"], p["from"]), "to": by_label.get(p["to"], p["to"])}
-        for p in dense.pairs
-    ]
-    return {
-        "flow": {"method": flow.method, "raft_weights": flow.raft_weights},
-        "views": [{**v, "name": names[i]} for i, v in enumerate(dense.views)],
-        "pairs": pairs,
-        "timings_s": dense.timings_s,
-    }
 
 
 def reconstruct(
@@ -393,7 +292,7 @@ def reconstruct(
             "device": str(device),
             "views": [
                 {
-                    **_view_report(fit, i, names[i], files[i], intrinsics[i], inputs[i].photo),
+                    **view_report(fit, i, names[i], files[i], intrinsics[i], inputs[i].photo),
                     **{k: v for k, v in quality[i].items() if k.startswith(("psnr", "ssim"))},
                 }
                 for i in range(len(inputs))
@@ -470,82 +369,6 @@ def _landmark_fit(
         "iterations": list(INIT_ITERATIONS),
     }
     return fitter, start
-
-
-def _view_report(fit: FitResult, i: int, name: str, file: str, k: Intrinsics, photo: Photo) -> dict:
-    """report.json's entry for view i: pose, camera and landmark residuals."""
-    res = fit.residuals_px[i]
-    return {
-        "name": name,
-        "file": file,
-        "yaw_deg": float(fit.yaw_pitch_roll[i, 0]),
-        "pitch_deg": float(fit.yaw_pitch_roll[i, 1]),
-        "roll_deg": float(fit.yaw_pitch_roll[i, 2]),
-        "focal_px": k.fx,
-        "focal_source": "exif" if photo.focal_px else "default",
-        "image_size": [k.width, k.height],
-        "landmark_residual_px": {
-            "median": float(np.median(res)),
-            "mean": float(res.mean()),
-            "max": float(res.max()),
-            "per_landmark": res.round(3).tolist(),
-        },
-        "landmarks_downweighted": int((fit.landmark_weights[i] < 0.5).sum()),
-    }
-
-
-def params_json(
-    assets: FlameAssets,
-    params: dict[str, np.ndarray],
-    names: list[str],
-    intrinsics: list[Intrinsics],
-) -> dict:
-    return {
-        "model": {"kind": assets.kind, "file": assets.name, "sha256": assets.sha256},
-        "shape": params["shape"],
-        "expression": params["expression"],
-        "jaw_pose": params["jaw_pose"],
-        "neck_pose": params["neck_pose"],
-        "eye_pose": params["eye_pose"],
-        "views": [
-            {
-                "name": names[i],
-                "head_pose": params["head_pose"][i],
-                "head_translation": params["head_translation"][i],
-                "camera": {
-                    "fx": k.fx,
-                    "fy": k.fy,
-                    "cx": k.cx,
-                    "cy": k.cy,
-                    "width": k.width,
-                    "height": k.height,
-                },
-            }
-            for i, k in enumerate(intrinsics)
-        ],
-        "units": "metres, FLAME axes (y up, face toward +z); rotations axis-angle in radians",
-    }
-
-
-def make_overlay(
-    rgb: np.ndarray,
-    detected: np.ndarray,
-    fitted: np.ndarray,
-    screen: torch.Tensor,
-    faces: torch.Tensor,
-    name: str,
-) -> np.ndarray:
-    """Detected vs fitted landmarks and the fitted mesh's outline over the photo."""
-    from .overlay import draw_overlay
-
-    h, w = rgb.shape[:2]
-    frags = rasterize(screen, faces, h, w)
-    mask = (frags.face_index >= 0).cpu().numpy().astype(np.uint8)
-    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    outline = [c[:, 0, :].astype(np.float32) for c in contours]
-    res = np.linalg.norm(fitted - detected, axis=1)
-    title = f"{name}: median landmark error {np.median(res):.1f} px"
-    return draw_overlay(rgb, detected, fitted, outline_px=outline, title=title)
 
 
 def load_inputs(paths: list[Path], labels: list[str] | None = None) -> list[ViewInput]:

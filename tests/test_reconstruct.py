@@ -21,9 +21,9 @@ from mfnet_core.reconstruct import (
     check_flow_options,
     plan_losses,
     reconstruct,
-    view_labels,
 )
 from mfnet_core.synthetic import make_subject, procedural_texture
+from mfnet_core.view_names import view_labels
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,150 @@
+"""What a result folder says about a run: report.json's entries and the pictures' titles.
+
+Kept apart from the pipeline (reconstruct.py) so that the report's format lives in one
+place; docs/RESULT_FOLDER.md describes it.
+"""
+
+from __future__ import annotations
+
+import re
+from itertools import permutations
+
+import cv2
+import numpy as np
+import torch
+
+from .camera import Intrinsics
+from .dense_fit import DenseReport
+from .fitting import FitResult
+from .flame import FlameAssets
+from .flow import FlowOptions
+from .images import Photo
+from .overlay import title_panels
+from .render import rasterize
+
+
+def view_report(fit: FitResult, i: int, name: str, file: str, k: Intrinsics, photo: Photo) -> dict:
+    """report.json's entry for view i: pose, camera and landmark residuals."""
+    res = fit.residuals_px[i]
+    return {
+        "name": name,
+        "file": file,
+        "yaw_deg": float(fit.yaw_pitch_roll[i, 0]),
+        "pitch_deg": float(fit.yaw_pitch_roll[i, 1]),
+        "roll_deg": float(fit.yaw_pitch_roll[i, 2]),
+        "focal_px": k.fx,
+        "focal_source": "exif" if photo.focal_px else "default",
+        "image_size": [k.width, k.height],
+        "landmark_residual_px": {
+            "median": float(np.median(res)),
+            "mean": float(res.mean()),
+            "max": float(res.max()),
+            "per_landmark": res.round(3).tolist(),
+        },
+        "landmarks_downweighted": int((fit.landmark_weights[i] < 0.5).sum()),
+    }
+
+
+def params_json(
+    assets: FlameAssets,
+    params: dict[str, np.ndarray],
+    names: list[str],
+    intrinsics: list[Intrinsics],
+) -> dict:
+    return {
+        "model": {"kind": assets.kind, "file": assets.name, "sha256": assets.sha256},
+        "shape": params["shape"],
+        "expression": params["expression"],
+        "jaw_pose": params["jaw_pose"],
+        "neck_pose": params["neck_pose"],
+        "eye_pose": params["eye_pose"],
+        "views": [
+            {
+                "name": names[i],
+                "head_pose": params["head_pose"][i],
+                "head_translation": params["head_translation"][i],
+                "camera": {
+                    "fx": k.fx,
+                    "fy": k.fy,
+                    "cx": k.cx,
+                    "cy": k.cy,
+                    "width": k.width,
+                    "height": k.height,
+                },
+            }
+            for i, k in enumerate(intrinsics)
+        ],
+        "units": "metres, FLAME axes (y up, face toward +z); rotations axis-angle in radians",
+    }
+
+
+def make_overlay(
+    rgb: np.ndarray,
+    detected: np.ndarray,
+    fitted: np.ndarray,
+    screen: torch.Tensor,
+    faces: torch.Tensor,
+    name: str,
+) -> np.ndarray:
+    """Detected vs fitted landmarks and the fitted mesh's outline over the photo."""
+    from .overlay import draw_overlay
+
+    h, w = rgb.shape[:2]
+    frags = rasterize(screen, faces, h, w)
+    mask = (frags.face_index >= 0).cpu().numpy().astype(np.uint8)
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    outline = [c[:, 0, :].astype(np.float32) for c in contours]
+    res = np.linalg.norm(fitted - detected, axis=1)
+    title = f"{name}: median landmark error {np.median(res):.1f} px"
+    return draw_overlay(rgb, detected, fitted, outline_px=outline, title=title)
+
+
+def rerender_picture(picture: np.ndarray, label: str, quality: dict) -> np.ndarray:
+    """Titles `photometric.view_quality`'s photo | re-render | difference picture."""
+    return title_panels(
+        picture,
+        [
+            f"{label}: photo",
+            f"re-rendered: PSNR {quality['psnr_face']:.1f} dB, SSIM {quality['ssim_face']:.3f}",
+            "|difference| x4, face mask",
+        ],
+    )
+
+
+def _safe_key(key: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", key)
+
+
+def dense_pictures(
+    dense: DenseReport, labels: list[str], names: list[str]
+) -> dict[str, np.ndarray]:
+    """refine_dense keys (and titles) its pictures by the labels it was given; the files
+    are named by view name (`overlay_flow_left_to_front.png`), re-renders get titles."""
+    files = {f"rerender_{lab}": f"rerender_{n}" for lab, n in zip(labels, names, strict=True)}
+    for a, b in permutations(range(len(names)), 2):
+        files[f"flow_{labels[a]}_to_{labels[b]}"] = f"flow_{names[a]}_to_{names[b]}"
+    rerender = {f"rerender_{lab}": i for i, lab in enumerate(labels)}
+    out = {}
+    for key, image in dense.images.items():
+        if key in rerender and dense.views:
+            i = rerender[key]
+            image = rerender_picture(image, labels[i], dense.views[i])
+        out[files.get(key, _safe_key(key))] = image
+    return out
+
+
+def dense_section(
+    dense: DenseReport, labels: list[str], names: list[str], flow: FlowOptions
+) -> dict:
+    """report.json's "dense" entry, with views and pairs named like report["views"]."""
+    by_label = dict(zip(labels, names, strict=True))
+    pairs = [
+        {**p, "from": by_label.get(p["from"], p["from"]), "to": by_label.get(p["to"], p["to"])}
+        for p in dense.pairs
+    ]
+    return {
+        "flow": {"method": flow.method, "raft_weights": flow.raft_weights},
+        "views": [{**v, "name": names[i]} for i, v in enumerate(dense.views)],
+        "pairs": pairs,
+        "timings_s": dense.timings_s,
+    }
