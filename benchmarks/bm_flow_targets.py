@@ -8,7 +8,8 @@ docs/BENCHMARKS.md, "GPU run". This benchmark makes one real batch the way train
 synthetic people rendered at 384 px, a small untrained MFNet, the predicted meshes in
 --crop px crops. It times `person_flow_targets` for each person in this process, then
 the whole batch through a pool of --workers spawned processes (0: one per core, up to
---people), after a warm-up batch. It also reports what the machine offers: cores, CPU
+--people), after a warm-up batch: once with one thread per worker (what training does) and
+once with the libraries' default threads, with each person's time inside its worker. It also reports what the machine offers: cores, CPU
 affinity, the cgroup CPU quota, the load. Prints one JSON object.
 """
 
@@ -44,6 +45,15 @@ def cpu_offer() -> dict[str, object]:
         "torch_threads": torch.get_num_threads(),
         "load_avg": [round(x, 2) for x in os.getloadavg()],
     }
+
+
+def timed_person_flow_targets(task: tuple) -> tuple[float, list]:
+    """person_flow_targets in a worker, with the seconds it took there."""
+    from training.losses import person_flow_targets
+
+    t = time.perf_counter()
+    pairs = person_flow_targets(task)
+    return time.perf_counter() - t, pairs
 
 
 def make_batch(people: int, crop: int, root: Path):  # noqa: ANN201
@@ -114,20 +124,33 @@ def main(argv: list[str] | None = None) -> int:
         per_person_threads[str(n_threads)] = round(1000 * statistics.median(times), 1)
     torch.set_num_threads(threads)
     workers = args.workers or flow_worker_count(0, len(tasks), network_on_gpu=True)
-    pool = flow_target_pool(workers, context)
-    try:
-        t = time.perf_counter()
-        pairs = list(pool.map(person_flow_targets, tasks))  # warm-up: the processes start
-        start_s = time.perf_counter() - t
-        batch_times = []
-        for _ in range(args.repeats):
-            t = time.perf_counter()
-            list(pool.map(person_flow_targets, tasks))
-            batch_times.append(time.perf_counter() - t)
-    finally:
-        pool.shutdown()
     serial_batch_s = per_person_threads["1"] * len(tasks) / 1000
-    pool_s = statistics.median(batch_times)
+    pools = {}
+    pairs: list = []
+    for name, one_thread in (("one_thread_per_worker", True), ("library_default_threads", False)):
+        pool = flow_target_pool(workers, context, one_thread=one_thread)
+        try:
+            t = time.perf_counter()
+            list(pool.map(timed_person_flow_targets, tasks))  # warm-up: the processes start
+            start_s = time.perf_counter() - t
+            batch_times, inside = [], []
+            for _ in range(args.repeats):
+                t = time.perf_counter()
+                results = list(pool.map(timed_person_flow_targets, tasks))
+                batch_times.append(time.perf_counter() - t)
+                inside += [r[0] for r in results]
+                pairs = [r[1] for r in results]
+        finally:
+            pool.shutdown()
+        pool_s = statistics.median(batch_times)
+        pools[name] = {
+            "first_batch_s": round(start_s, 3),
+            "batch_s": round(pool_s, 3),
+            "speedup_vs_serial": round(serial_batch_s / pool_s, 2),
+            # Time inside the worker per person: far above the serial figure means the
+            # processes slow each other down (cores, memory, threads), not the IPC.
+            "per_person_ms_inside_worker": round(1000 * statistics.median(inside), 1),
+        }
     print(
         json.dumps(
             {
@@ -137,9 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                 "per_person_ms_by_torch_threads": per_person_threads,
                 "serial_batch_s": round(serial_batch_s, 3),
                 "workers": workers,
-                "pool_first_batch_s": round(start_s, 3),
-                "pool_batch_s": round(pool_s, 3),
-                "pool_speedup": round(serial_batch_s / pool_s, 2),
+                "pools": pools,
                 "machine_start": offer_start,
                 "machine_end": cpu_offer(),
             },

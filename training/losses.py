@@ -63,10 +63,13 @@ def flow_worker_count(configured: int, batch: int, network_on_gpu: bool) -> int:
 _WORKER_CONTEXT: dict[str, Any] = {}
 
 
-def _flow_worker_init(faces: np.ndarray, face_tri: np.ndarray, crop_size: int, opts: Any) -> None:
+def _flow_worker_init(
+    faces: np.ndarray, face_tri: np.ndarray, crop_size: int, opts: Any, one_thread: bool = True
+) -> None:
     """Per process: one core each (no nested thread pools), the mesh and options kept."""
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)
+    if one_thread:
+        torch.set_num_threads(1)
+        cv2.setNumThreads(1)
     _WORKER_CONTEXT.update(faces=faces, face_tri=face_tri, crop_size=crop_size, opts=opts)
 
 
@@ -119,16 +122,25 @@ def flow_context(
     return {"faces": np.asarray(faces), "face_tri": face_tri, "crop_size": crop_size, "opts": opts}
 
 
-def flow_target_pool(workers: int, context: dict[str, Any]) -> ProcessPoolExecutor:
+def flow_target_pool(
+    workers: int, context: dict[str, Any], one_thread: bool = True
+) -> ProcessPoolExecutor:
     """Spawned processes (the parent may hold a CUDA context) that run
-    ``person_flow_targets`` with ``context`` set once per process."""
+    ``person_flow_targets`` with ``context`` set once per process, each on one thread
+    unless ``one_thread`` is False (for measuring what that costs)."""
     import multiprocessing as mp
 
     return ProcessPoolExecutor(
         workers,
         mp_context=mp.get_context("spawn"),
         initializer=_flow_worker_init,
-        initargs=(context["faces"], context["face_tri"], context["crop_size"], context["opts"]),
+        initargs=(
+            context["faces"],
+            context["face_tri"],
+            context["crop_size"],
+            context["opts"],
+            one_thread,
+        ),
     )
 
 
