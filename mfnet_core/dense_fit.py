@@ -29,13 +29,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from smplx.lbs import batch_rigid_transform, batch_rodrigues
-from torch import Tensor, nn
+from torch import Tensor
 
 from . import flow as fl
 from .camera import axis_angle_to_matrix
 from .fitting import MultiViewFitter, lm_step
-from .flame import FLAME
+from .landmark_rig import VertexRig
 
 __all__ = ["DenseOptions", "DenseReport", "refine_dense", "VertexRig"]
 
@@ -73,42 +72,6 @@ class DenseReport:
     images: dict[str, np.ndarray]  # name -> (H,W,3) uint8 overlay pictures
     timings_s: dict[str, float]
     history: list[dict[str, float]]
-
-
-class VertexRig(nn.Module):
-    """FLAME on a subset of vertices, linear parts pre-multiplied (as `LandmarkRig`)."""
-
-    def __init__(self, flame: FLAME, vertex_ids: Tensor, dtype: torch.dtype = torch.float64):
-        super().__init__()
-        self._flame = (flame,)
-        ids = vertex_ids.to(flame.v_template.device).long()
-        k = flame.blend_dirs.shape[2]
-        s = ids.shape[0]
-        self.register_buffer("template", flame.v_template[ids].to(dtype))
-        self.register_buffer("dirs", flame.blend_dirs[ids].reshape(s * 3, k).to(dtype).contiguous())
-        jreg = flame.j_regressor
-        self.register_buffer("joint_template", (jreg @ flame.v_template).to(dtype))
-        jd = torch.einsum("jv,vck->jck", jreg, flame.blend_dirs)
-        self.register_buffer("joint_dirs", jd.reshape(-1, k).to(dtype).contiguous())
-        cols = (ids[:, None] * 3 + torch.arange(3, device=ids.device)).reshape(-1)
-        self.register_buffer("posedirs", flame.posedirs[:, cols].to(dtype).contiguous())
-        self.register_buffer("weights", flame.lbs_weights[ids].to(dtype).contiguous())
-
-    def forward(self, betas: Tensor, pose: Tensor) -> tuple[Tensor, Tensor]:
-        """betas (B,K), pose (B,3J) -> subset vertices (B,S,3), posed joints (B,J,3)."""
-        b = betas.shape[0]
-        n_j = self.joint_template.shape[0]
-        v = self.template + (betas @ self.dirs.T).reshape(b, -1, 3)
-        joints = self.joint_template + (betas @ self.joint_dirs.T).reshape(b, n_j, 3)
-        rot = batch_rodrigues(pose.reshape(-1, 3)).reshape(b, n_j, 3, 3)
-        ident = torch.eye(3, dtype=rot.dtype, device=rot.device)
-        v = v + ((rot[:, 1:] - ident).reshape(b, -1) @ self.posedirs).reshape(b, -1, 3)
-        posed_joints, rel = batch_rigid_transform(
-            rot, joints, self._flame[0].parents, dtype=rot.dtype
-        )
-        t = torch.einsum("sj,bjmn->bsmn", self.weights, rel)
-        verts = torch.einsum("bsmn,bsn->bsm", t[..., :3, :3], v) + t[..., :3, 3]
-        return verts, posed_joints
 
 
 def _pose_vector(fitter: MultiViewFitter, jaw: Tensor) -> Tensor:

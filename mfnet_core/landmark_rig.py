@@ -1,4 +1,7 @@
-"""FLAME restricted to the vertices that landmarks touch, with its linear parts pre-multiplied.
+"""FLAME restricted to a subset of vertices, with its linear parts pre-multiplied.
+
+`VertexRig` takes any subset (the dense stages: the vertices their correspondences touch);
+`LandmarkRig` the vertices that the landmarks touch.
 
 The landmark fit evaluates the model (and its Jacobian) many times; the full mesh is not
 needed for that. Joints are linear in the blend-shape coefficients (J = R (T + D beta)), so
@@ -15,27 +18,36 @@ from torch import Tensor, nn
 from .flame import FLAME
 
 
-class LandmarkRig(nn.Module):
-    def __init__(self, flame: FLAME) -> None:
+class VertexRig(nn.Module):
+    """FLAME's LBS on a subset of its vertices, the linear parts pre-multiplied.
+
+    vertex_ids: (S,) the vertices to evaluate; buffers are built in ``dtype`` (float64 by
+    default: the dense stages' finite differences need it). Calling the rig gives (B,S,3)
+    vertices and (B,J,3) posed joints.
+    """
+
+    def __init__(
+        self, flame: FLAME, vertex_ids: Tensor, dtype: torch.dtype = torch.float64
+    ) -> None:
         super().__init__()
         # A plain reference, not a submodule: .double() on the rig must not touch FLAME.
         self._flame = (flame,)
-        ids = flame.lmk_vertex_ids
+        ids = vertex_ids.to(flame.v_template.device).long()
         s = ids.shape[0]
         k = flame.blend_dirs.shape[2]
-        self.register_buffer("template", flame.v_template[ids].clone())  # (S,3)
-        self.register_buffer("dirs", flame.blend_dirs[ids].reshape(s * 3, k).contiguous())
+        self.register_buffer("template", flame.v_template[ids].to(dtype))  # (S,3)
+        self.register_buffer("dirs", flame.blend_dirs[ids].reshape(s * 3, k).to(dtype).contiguous())
         jreg = flame.j_regressor
-        self.register_buffer("joint_template", jreg @ flame.v_template)  # (J,3)
+        self.register_buffer("joint_template", (jreg @ flame.v_template).to(dtype))  # (J,3)
         jd = torch.einsum("jv,vck->jck", jreg, flame.blend_dirs)
-        self.register_buffer("joint_dirs", jd.reshape(-1, k).contiguous())  # (J*3,K)
+        self.register_buffer("joint_dirs", jd.reshape(-1, k).to(dtype).contiguous())  # (J*3,K)
         cols = (ids[:, None] * 3 + torch.arange(3, device=ids.device)).reshape(-1)
-        self.register_buffer("posedirs", flame.posedirs[:, cols].contiguous())  # (P,S*3)
-        self.register_buffer("weights", flame.lbs_weights[ids].contiguous())  # (S,J)
+        self.register_buffer("posedirs", flame.posedirs[:, cols].to(dtype).contiguous())  # (P,S*3)
+        self.register_buffer("weights", flame.lbs_weights[ids].to(dtype).contiguous())  # (S,J)
 
-    def vertices(self, betas: Tensor, pose: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, betas: Tensor, pose: Tensor) -> tuple[Tensor, Tensor]:
         """betas (B,K) shape then expression; pose (B,3J) axis-angle per joint.
-        Returns landmark-support vertices (B,S,3) and posed joints (B,J,3)."""
+        Returns the subset's vertices (B,S,3) and posed joints (B,J,3)."""
         b = betas.shape[0]
         n_j = self.joint_template.shape[0]
         v = self.template + (betas @ self.dirs.T).reshape(b, -1, 3)
@@ -50,6 +62,18 @@ class LandmarkRig(nn.Module):
         t = torch.einsum("sj,bjmn->bsmn", self.weights, rel)
         verts = torch.einsum("bsmn,bsn->bsm", t[..., :3, :3], v) + t[..., :3, 3]
         return verts, posed_joints
+
+
+class LandmarkRig(VertexRig):
+    """The rig on the vertices of the landmark triangles (``FLAME.lmk_vertex_ids``), in
+    FLAME's dtype (the fitter makes a float64 copy with ``.double()``)."""
+
+    def __init__(self, flame: FLAME) -> None:
+        super().__init__(flame, flame.lmk_vertex_ids, dtype=flame.v_template.dtype)
+
+    def vertices(self, betas: Tensor, pose: Tensor) -> tuple[Tensor, Tensor]:
+        """Landmark-support vertices (B,S,3) and posed joints (B,J,3)."""
+        return self(betas, pose)
 
     def landmarks(self, betas: Tensor, pose: Tensor, yaw_deg: Tensor) -> tuple[Tensor, Tensor]:
         """Landmarks of B models seen in N views: (B,N,68,3), plus posed joints (B,J,3).
