@@ -34,6 +34,16 @@ class SyntheticSubject:
     vertices_true: np.ndarray  # (V,3) expressed + jaw, no head pose (FLAME axes)
     views: list[SyntheticView]
 
+    def fit_params(self) -> dict[str, np.ndarray]:
+        """The truth in `fitting.set_params`'s keys, to start a fitter at it."""
+        return {
+            "shape": self.params["shape"],
+            "expression": self.params["expression"],
+            "jaw_pose": self.params["jaw_pose"],
+            "head_pose": np.stack([v.head_rot for v in self.views]),
+            "head_translation": np.stack([v.head_trans for v in self.views]),
+        }
+
 
 def smooth_noise_3d(
     points: np.ndarray, rng: np.random.Generator, octaves: int = 5, base_freq: float = 20.0

@@ -13,7 +13,7 @@ import torch
 from mfnet_core import flow as fl
 from mfnet_core.camera import Intrinsics, axis_angle_to_matrix, to_screen
 from mfnet_core.errors import MfnetError
-from mfnet_core.fitting import FitOptions, MultiViewFitter
+from mfnet_core.fitting import FitOptions, MultiViewFitter, set_params
 from mfnet_core.flame import FLAME
 from mfnet_core.synthetic import LandmarkErrorModel, RealisticOptions, make_realistic_subject
 
@@ -203,13 +203,7 @@ def _fitter_at_truth(flame, subj, losses=("landmarks", "eye", "lip", "reg")):
     lm = np.stack([v.landmarks_true for v in subj.views])
     opts = FitOptions(losses=losses)
     f = MultiViewFitter(flame, lm, [v.intrinsics for v in subj.views], opts, torch.device("cpu"))
-    with torch.no_grad():
-        p = f.params
-        p.shape.copy_(torch.as_tensor(subj.params["shape"])[None])
-        p.expression.copy_(torch.as_tensor(subj.params["expression"])[None])
-        p.jaw_pose.copy_(torch.as_tensor(subj.params["jaw_pose"])[None])
-        p.head_rot.copy_(torch.as_tensor(np.stack([v.head_rot for v in subj.views])))
-        p.head_trans.copy_(torch.as_tensor(np.stack([v.head_trans for v in subj.views])))
+    set_params(f, subj.fit_params())
     return f
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mfnet_core import photometric as pm
-from mfnet_core.fitting import FitOptions, MultiViewFitter
+from mfnet_core.fitting import FitOptions, MultiViewFitter, set_params
 from mfnet_core.flame import FLAME
 from mfnet_core.flow import face_faces
 from mfnet_core.render import sh_basis
@@ -80,13 +80,7 @@ def setup(test_head_assets):
     f = MultiViewFitter(
         flame, lm, [v.intrinsics for v in subj.views], FitOptions(), torch.device("cpu")
     )
-    with torch.no_grad():
-        p = f.params
-        p.shape.copy_(torch.as_tensor(subj.params["shape"])[None])
-        p.expression.copy_(torch.as_tensor(subj.params["expression"])[None])
-        p.jaw_pose.copy_(torch.as_tensor(subj.params["jaw_pose"])[None])
-        p.head_rot.copy_(torch.as_tensor(np.stack([v.head_rot for v in subj.views])))
-        p.head_trans.copy_(torch.as_tensor(np.stack([v.head_trans for v in subj.views])))
+    set_params(f, subj.fit_params())
     return flame, subj, f
 
 
