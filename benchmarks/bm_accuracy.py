@@ -44,7 +44,7 @@ import torch
 from mfnet_core.dense_fit import DenseOptions, refine_dense
 from mfnet_core.fitting import FitOptions, fit_landmarks
 from mfnet_core.flame import FLAME, load_flame_assets
-from mfnet_core.metrics import vertex_error_mm
+from mfnet_core.metrics import closest_point_on_triangles, similarity_transform, vertex_error_mm
 from mfnet_core.synthetic import (
     HeadScan,
     RealisticOptions,
@@ -134,52 +134,6 @@ def _forward(rot_aa: np.ndarray) -> np.ndarray:
 # -- the real capture ------------------------------------------------------------------------
 
 
-def _similarity(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """Umeyama: s, R, t with dst ~ s R src + t."""
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    a, b = src - mu_s, dst - mu_d
-    u, d, vt = np.linalg.svd(b.T @ a / len(src))
-    sign = np.ones(3)
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        sign[-1] = -1
-    rot = u @ np.diag(sign) @ vt
-    s = (d * sign).sum() / a.var(0).sum()
-    return s, rot, mu_d - s * rot @ mu_s
-
-
-def closest_on_triangles(p: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """Closest points to p on triangles (a, b, c), all (P,3) (Ericson, Real-Time Collision
-    Detection, 5.1.5), vectorised."""
-    ab, ac, ap = b - a, c - a, p - a
-    d1, d2 = (ab * ap).sum(1), (ac * ap).sum(1)
-    bp = p - b
-    d3, d4 = (ab * bp).sum(1), (ac * bp).sum(1)
-    cp = p - c
-    d5, d6 = (ab * cp).sum(1), (ac * cp).sum(1)
-    va = d3 * d6 - d5 * d4
-    vb = d5 * d2 - d1 * d6
-    vc = d1 * d4 - d3 * d2
-    denom = va + vb + vc
-    denom = np.where(np.abs(denom) < 1e-30, 1e-30, denom)
-    v, w = vb / denom, vc / denom
-    out = a + ab * v[:, None] + ac * w[:, None]  # interior
-    # edges
-    e_ab = (vc <= 0) & (d1 >= 0) & (d3 <= 0)
-    t = d1 / np.where(d1 - d3 == 0, 1e-30, d1 - d3)
-    out = np.where(e_ab[:, None], a + ab * t[:, None], out)
-    e_ac = (vb <= 0) & (d2 >= 0) & (d6 <= 0)
-    t = d2 / np.where(d2 - d6 == 0, 1e-30, d2 - d6)
-    out = np.where(e_ac[:, None], a + ac * t[:, None], out)
-    e_bc = (va <= 0) & ((d4 - d3) >= 0) & ((d5 - d6) >= 0)
-    t = (d4 - d3) / np.where((d4 - d3) + (d5 - d6) == 0, 1e-30, (d4 - d3) + (d5 - d6))
-    out = np.where(e_bc[:, None], b + (c - b) * t[:, None], out)
-    # vertices
-    out = np.where(((d1 <= 0) & (d2 <= 0))[:, None], a, out)
-    out = np.where(((d3 >= 0) & (d4 <= d3))[:, None], b, out)
-    out = np.where(((d6 >= 0) & (d5 <= d6))[:, None], c, out)
-    return out
-
-
 class MeshQuery:
     """Closest points on a triangle mesh: the exact closest point on each of the k triangles
     whose centroids are nearest (k=12 is exact for meshes of evenly sized triangles)."""
@@ -195,7 +149,7 @@ class MeshQuery:
         _, idx = self.tree.query(pts, k=self.k)  # (P,k)
         p = np.repeat(pts, self.k, axis=0)
         t = self.tri[idx.reshape(-1)]
-        cand = closest_on_triangles(p, t[:, 0], t[:, 1], t[:, 2]).reshape(len(pts), self.k, 3)
+        cand = closest_point_on_triangles(p, t[:, 0], t[:, 1], t[:, 2]).reshape(len(pts), self.k, 3)
         d = np.linalg.norm(cand - pts[:, None], axis=-1)
         best = d.argmin(1)
         return cand[np.arange(len(pts)), best], d[np.arange(len(pts)), best]
@@ -210,14 +164,16 @@ def scan_distance_mm(
     closest points on the fitted surface, trimming pairs beyond 3x the median distance."""
     pts = scan.vertices[scan.face_region()].astype(np.float64)
     query = MeshQuery(verts.astype(np.float64), np.asarray(faces))
-    s, rot, t = _similarity(lmk68[17:].astype(np.float64), scan.landmarks[17:].astype(np.float64))
+    s, rot, t = similarity_transform(
+        lmk68[17:].astype(np.float64), scan.landmarks[17:].astype(np.float64)
+    )
     rng = np.random.default_rng(0)
     sub = pts[rng.choice(len(pts), min(1500, len(pts)), replace=False)]
     for _ in range(iterations):
         back = (sub - t) @ rot / s  # capture points in the fitted mesh's frame
         closest, dist = query.on_surface(back)
         keep = dist <= 3 * np.median(dist) + 1e-9
-        s, rot, t = _similarity(closest[keep], sub[keep])
+        s, rot, t = similarity_transform(closest[keep], sub[keep])
     _closest, dist = query.on_surface((pts - t) @ rot / s)
     return float(np.median(dist) * s * 1000.0)
 
