@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mfnet_core.camera import axis_angle_to_matrix, yaw_pitch_roll_deg
 from mfnet_core.dense_fit import DenseOptions, refine_dense
 from mfnet_core.fitting import FitOptions, fit_landmarks
 from mfnet_core.flame import FLAME, load_flame_assets
@@ -111,7 +112,8 @@ def subject_errors(flame, seed: int, yaw: float, size: int, configs, repeat: int
         rng = np.random.default_rng([seed, repeat, 99])
         person = opts.landmarks.person_bias(rng)
         for v in subj.views:
-            yaw_v = float(np.degrees(np.arctan2(*_forward(v.head_rot)[[0, 2]])))
+            rot = axis_angle_to_matrix(torch.as_tensor(v.head_rot, dtype=torch.float64)[None])
+            yaw_v = float(yaw_pitch_roll_deg(rot)[0, 0])
             v.landmarks_noisy = opts.landmarks.apply(v.landmarks_true, yaw_v, person, rng)
     photos = [v.photo.rgb for v in subj.views]
     intr = [v.intrinsics for v in subj.views]
@@ -123,12 +125,6 @@ def subject_errors(flame, seed: int, yaw: float, size: int, configs, repeat: int
         err = vertex_error_mm(fitter.result().vertices_model, subj.vertices_true, region)
         out[name] = (float(np.median(err)), sec)
     return out
-
-
-def _forward(rot_aa: np.ndarray) -> np.ndarray:
-    import cv2
-
-    return cv2.Rodrigues(np.asarray(rot_aa, np.float64))[0][:, 2]
 
 
 # -- the real capture ------------------------------------------------------------------------
