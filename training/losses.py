@@ -197,6 +197,7 @@ def resolve_flow_term(
         )
     context = flow_context(faces, face_region, crop_size, cfg.flow_samples)
     pool: list[ProcessPoolExecutor] = []  # made on first use, shared by the steps
+    faces_on: dict[torch.device, Tensor] = {}
 
     def targets_for_batch(tasks: list[tuple]) -> list[list]:
         workers = flow_worker_count(cfg.flow_workers, len(tasks), network_on_gpu)
@@ -212,7 +213,10 @@ def resolve_flow_term(
         tasks = flow_tasks(batch, dec, step)
         per_person = targets_for_batch(tasks)
         total = dec.vertices_cam.new_zeros(())
-        faces_dev = torch.as_tensor(faces, dtype=torch.long, device=dec.vertices_cam.device)
+        dev = dec.vertices_cam.device
+        if dev not in faces_on:  # once per device, not every step
+            faces_on[dev] = torch.as_tensor(faces, dtype=torch.long, device=dev)
+        faces_dev = faces_on[dev]
         for i, pairs in enumerate(per_person):
             cam = batch["camera"][i].to(dec.vertices_cam)
             total = total + mflow.flow_loss(
