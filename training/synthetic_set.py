@@ -162,10 +162,13 @@ def _render_serial(
     flame,  # noqa: ANN001
     todo: list[tuple[str, int]],
     progress: Progress | None,
+    textures: dict[int, np.ndarray] | None = None,
 ) -> None:
+    """Renders `todo` in this process; `textures` caches the procedural textures by index
+    (a worker keeps one cache over all its chunks)."""
     from mfnet_core.synthetic import procedural_texture
 
-    textures: dict[int, np.ndarray] = {}
+    textures = {} if textures is None else textures
     for done, (split, i) in enumerate(todo):
         t = _texture_index(cfg, split, i)
         if t not in textures:
@@ -178,6 +181,7 @@ def _render_serial(
 
 
 _WORKER_FLAME = None
+_WORKER_TEXTURES: dict[int, np.ndarray] = {}
 
 
 def _worker_init(assets, n_shape: int, n_expr: int) -> None:  # noqa: ANN001
@@ -192,7 +196,7 @@ def _worker_init(assets, n_shape: int, n_expr: int) -> None:  # noqa: ANN001
 
 
 def _worker_render(folder: Path, cfg: SyntheticData, chunk: list[tuple[str, int]]) -> int:
-    _render_serial(folder, cfg, _WORKER_FLAME, chunk, None)
+    _render_serial(folder, cfg, _WORKER_FLAME, chunk, None, _WORKER_TEXTURES)
     return len(chunk)
 
 
