@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.data import default_collate
 
 
 def cpu_offer() -> dict[str, object]:
@@ -56,34 +57,53 @@ def timed_person_flow_targets(task: tuple) -> tuple[float, list]:
     return time.perf_counter() - t, pairs
 
 
-def make_batch(people: int, crop: int, root: Path):  # noqa: ANN201
-    """(trainer, batch, decoded) for one training batch of `people`, on the CPU."""
-    from mfnet_core.model import decode
+def make_batch(people: int, crop: int, root: Path, checkpoint: str | None = None):  # noqa: ANN201
+    """(trainer, batch, decoded) for one training batch of `people`, on the CPU: synthetic
+    people at 384 px and a small untrained MFNet at `crop` px, or, with `checkpoint`, that
+    network and its run's synthetic settings (the held-out people)."""
+    from mfnet_core.model import decode, load_checkpoint
     from training.config import load_config
     from training.train import Trainer
 
-    cfg = load_config(
-        None,
-        [
+    run = [
+        f"train.workdir={root / 'run'}",
+        "train.device=cpu",
+        f"train.batch_size={people}",
+        "data.num_workers=0",
+        "data.augment=false",
+        "train.progress=false",
+    ]
+    network, config_file = None, None
+    if checkpoint is None:
+        run += [
             f"data.synthetic.root={root / 'synthetic'}",
-            f"data.synthetic.n_train={people}",
-            "data.synthetic.n_val=2",
             "data.synthetic.image_size=384",
-            f"train.workdir={root / 'run'}",
-            "train.device=cpu",
-            f"train.batch_size={people}",
-            "data.num_workers=0",
             "model.backbone=resnet10",
             "model.width=16",
             f"model.input_size={crop}",
-            "train.progress=false",
-        ],
+        ]
+    else:  # the run's own settings; its synthetic set is reused when it is still there
+        network, meta = load_checkpoint(checkpoint)
+        config_file = root / "checkpoint_config.json"
+        config_file.write_text(json.dumps(meta["config"]))
+    # Untrained: a training batch. Checkpoint: held-out people, the network in eval mode.
+    counts = (people, 2) if network is None else (people, people)
+    cfg = load_config(
+        config_file,
+        [*run, f"data.synthetic.n_train={counts[0]}", f"data.synthetic.n_val={counts[1]}"],
     )
     trainer = Trainer(cfg, log=lambda m: None)
-    batch = next(trainer._loader(0, 0))
+    if network is None:
+        batch = next(trainer._loader(0, 0))
+    else:
+        trainer.model.load_state_dict(network.state_dict())
+        trainer.net.eval()
+        batch = default_collate([trainer.val_set[i] for i in range(people)])
     with torch.no_grad():
         out = trainer.net(batch["images"])
-        dec = decode(out, trainer.flame, batch["camera"], crop, with_vertices=True)
+        dec = decode(
+            out, trainer.flame, batch["camera"], cfg.model.input_size, with_vertices=True
+        )
     return trainer, batch, dec
 
 

@@ -60,7 +60,7 @@ from torch import Tensor
 
 from .camera import to_screen
 from .errors import MfnetError
-from .render import Fragments, rasterize
+from .render import Fragments, interpolate_corners, rasterize
 
 __all__ = [
     "FlowOptions",
@@ -321,8 +321,7 @@ def _surface_points(
     surface points in another camera space (verts_other (V,3))."""
     pix, f = view_b.fragments.covered()
     bary = view_b.fragments.bary.reshape(-1, 3)[pix].to(verts_other.dtype)
-    tri = verts_other[faces[f]]  # (P,3,3)
-    return pix, f, (tri * bary[..., None]).sum(1)
+    return pix, f, interpolate_corners(verts_other, faces[f], bary)
 
 
 def warp_to_view(

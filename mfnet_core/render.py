@@ -429,12 +429,12 @@ def interpolate(fragments: Fragments, attrs: Tensor, faces: Tensor) -> Tensor:
         attrs = attrs[:, None]
     pix, f = fragments.covered()
     bary = fragments.bary.reshape(-1, 3)[pix].to(attrs.dtype)
-    vals = _interp_faces(attrs, faces.to(attrs.device, torch.long)[f], bary)
+    vals = interpolate_corners(attrs, faces.to(attrs.device, torch.long)[f], bary)
     out = _scatter_pixels(vals, pix, fragments.height, fragments.width)
     return out[..., 0] if squeeze else out
 
 
-def _interp_faces(attrs: Tensor, corner_idx: Tensor, bary: Tensor) -> Tensor:
+def interpolate_corners(attrs: Tensor, corner_idx: Tensor, bary: Tensor) -> Tensor:
     """attrs (V,C), corner_idx (P,3), bary (P,3) -> (P,C)."""
     out = attrs[corner_idx[:, 0]] * bary[:, 0:1]
     out = torch.addcmul(out, attrs[corner_idx[:, 1]], bary[:, 1:2])
@@ -561,7 +561,7 @@ def render_textured(
     pix, f = fragments.covered()
     bary, _ = _covered_bary(fragments, verts_screen, faces, pix, f)
     dtype = verts_screen.dtype
-    uv = _interp_faces(
+    uv = interpolate_corners(
         uv_coords.to(verts_screen.device, dtype),
         uv_faces.to(verts_screen.device, torch.long)[f],
         bary,
@@ -574,7 +574,7 @@ def render_textured(
             )
         normals = _as_normals(verts_world_or_normals.to(dtype), faces, normals_kind)
         n = F.normalize(
-            _interp_faces(normals, faces.to(normals.device, torch.long)[f], bary), dim=-1, eps=1e-12
+            interpolate_corners(normals, faces.to(normals.device, torch.long)[f], bary), dim=-1, eps=1e-12
         )
         colour = shade_sh(colour, n, sh_coeffs.to(dtype))
     image = _scatter_pixels(colour, pix, fragments.height, fragments.width)
