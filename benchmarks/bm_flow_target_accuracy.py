@@ -58,30 +58,13 @@ def true_vertices_cam(flame, batch: dict[str, Tensor]) -> Tensor:  # noqa: ANN00
     return torch.stack(out)
 
 
-def _perspective_bary(corners: Tensor, camera: Tensor, q: Tensor) -> Tensor:
-    """corners (K,3,3) camera space, camera (4,), q (K,2) px -> (K,3) barycentrics of the
-    surface point under q (ray-plane intersection)."""
-    from mfnet_core.flow import _project3
-
-    scr = _project3(corners, camera)
-    u, v, z = scr.unbind(-1)
-    u0, u1, u2 = u.unbind(-1)
-    v0, v1, v2 = v.unbind(-1)
-    area = (u1 - u0) * (v2 - v0) - (v1 - v0) * (u2 - u0)
-    area = torch.where(area.abs() < 1e-12, torch.full_like(area, 1e-12), area)
-    w1 = ((q[:, 0] - u0) * (v2 - v0) - (q[:, 1] - v0) * (u2 - u0)) / area
-    w2 = ((u1 - u0) * (q[:, 1] - v0) - (v1 - v0) * (q[:, 0] - u0)) / area
-    w = torch.stack([1 - w1 - w2, w1, w2], -1) / z
-    return w / w.sum(-1, keepdim=True)
-
-
 def true_partners(
     verts_true: Tensor, camera: Tensor, faces: Tensor, size: int, a: int, b: int, q_a: Tensor
 ) -> tuple[Tensor, Tensor]:
     """The true view-b pixel of each view-a anchor, and whether the true surface point under
     it is seen in view b (depth test against the true mesh). verts_true (N,V,3) float64."""
     from mfnet_core.camera import to_screen
-    from mfnet_core.flow import _project3
+    from mfnet_core.flow import project_depth, surface_bary
     from mfnet_core.render import rasterize
 
     frags = {}
@@ -93,9 +76,9 @@ def true_partners(
     face = frags[a].face_index[yi, xi]
     ok = face >= 0
     tri = faces[face.clamp_min(0)]
-    bary = _perspective_bary(verts_true[a][tri], camera[a], q_a)
+    bary = surface_bary(verts_true[a][tri], camera[a], q_a)
     x_b = (verts_true[b][tri] * bary[..., None]).sum(-2)
-    p_b = _project3(x_b, camera[b])
+    p_b = project_depth(x_b, camera[b])
     xb = p_b[:, 0].floor().long()
     yb = p_b[:, 1].floor().long()
     inside = (xb >= 0) & (xb < size) & (yb >= 0) & (yb < size)
@@ -106,21 +89,31 @@ def true_partners(
 
 
 def score(
-    per_person: list[list], pred_cam: Tensor, true_cam: Tensor, camera: Tensor, faces: Tensor, size: int
+    per_person: list[list],
+    pred_cam: Tensor,
+    true_cam: Tensor,
+    camera: Tensor,
+    faces: Tensor,
+    size: int,
 ) -> dict[str, float]:
     """Median errors (crop px) of the predicted-geometry partner and the flow targets."""
     from mfnet_core.flow import transfer_points
 
     geo, tgt, tgt_ok, consistent = [], [], [], []
+    people = []
     n_all = n_used = 0
     for i, pairs in enumerate(per_person):
+        start = len(geo)
         for pf in pairs:
             q_a = torch.as_tensor(pf.anchor_a, dtype=torch.float64)
             truth, ok = true_partners(true_cam[i], camera[i].double(), faces, size, pf.a, pf.b, q_a)
             tri = faces[torch.as_tensor(pf.faces)]
             q_geo = transfer_points(
-                pred_cam[i, pf.a][tri][None], pred_cam[i, pf.b][tri][None],
-                camera[i, pf.a].double(), camera[i, pf.b].double(), q_a,
+                pred_cam[i, pf.a][tri][None],
+                pred_cam[i, pf.b][tri][None],
+                camera[i, pf.a].double(),
+                camera[i, pf.b].double(),
+                q_a,
             )[0]
             n_all += len(ok)
             n_used += int(ok.sum())
@@ -130,6 +123,12 @@ def score(
             tgt.append((target - truth).norm(dim=-1)[ok])
             tgt_ok.append((target - truth).norm(dim=-1)[ok & w])
             consistent.append(w[ok].float())
+        g, t = (
+            torch.cat(geo[start:] or [torch.zeros(0)]),
+            torch.cat(tgt[start:] or [torch.zeros(0)]),
+        )
+        if len(g):
+            people.append([round(float(g.median()), 2), round(float(t.median()), 2)])
 
     def med(xs: list[Tensor]) -> float:
         x = torch.cat(xs) if xs else torch.zeros(0)
@@ -142,7 +141,15 @@ def score(
         "consistent_frac": round(float(torch.cat(consistent).mean()), 3) if consistent else 0.0,
         "samples": n_all,
         "samples_seen_in_both_frac": round(n_used / max(n_all, 1), 3),
+        "per_person_geometry_target_px": people,
     }
+
+
+def landmark_errors(dec, batch: dict[str, Tensor]) -> list[float]:  # noqa: ANN001
+    """Per person: the median distance (crop px) between the predicted landmarks and the
+    detected ones, over its views (what the training step knows before the flow term)."""
+    d = (dec.landmarks_px.float() - batch["landmarks"].float()).norm(dim=-1)  # (B,N,68)
+    return [round(float(x), 2) for x in d.flatten(1).median(1).values]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                     times.append(time.perf_counter() - t)
                 row = score(per_person, pred_cam, true_cam, camera, faces, crop)
                 row["per_person_ms"] = round(1000 * statistics.median(times), 1)
+                row["per_person_landmark_px"] = landmark_errors(d, batch)
                 results.setdefault(state, {})[preset] = row
     print(
         json.dumps(

@@ -101,9 +101,7 @@ def make_batch(people: int, crop: int, root: Path, checkpoint: str | None = None
         batch = default_collate([trainer.val_set[i] for i in range(people)])
     with torch.no_grad():
         out = trainer.net(batch["images"])
-        dec = decode(
-            out, trainer.flame, batch["camera"], cfg.model.input_size, with_vertices=True
-        )
+        dec = decode(out, trainer.flame, batch["camera"], cfg.model.input_size, with_vertices=True)
     return trainer, batch, dec
 
 

@@ -77,6 +77,8 @@ __all__ = [
     "pair_flow",
     "all_pair_flows",
     "transfer_points",
+    "surface_bary",
+    "project_depth",
     "charbonnier",
     "FLOW_EPS",
     "flow_loss",
@@ -568,29 +570,37 @@ def transfer_points(
 
     corners_a, corners_b: (B,K,3,3) camera-space corners of each correspondence's triangle
     in views a and b (the same triangle, two poses); camera_a, camera_b: (K,4) or (4,);
-    q_a: (K,2) points in photo a. The surface point under q_a is the perspective-correct
-    barycentric combination of the triangle (exact ray-plane intersection, extrapolated
-    when q_a has left the triangle); it is projected into view b. Returns (B,K,2) pixels,
-    differentiable w.r.t. the corners.
+    q_a: (K,2) points in photo a. The surface point under q_a (`surface_bary`) is projected
+    into view b. Returns (B,K,2) pixels, differentiable w.r.t. the corners.
     """
-    dt = corners_a.dtype
-    ca, cb = camera_a.to(dt), camera_b.to(dt)
-    scr = _project3(corners_a, ca[..., None, :] if ca.dim() == 2 else ca)  # (B,K,3,3)
+    bary = surface_bary(corners_a, camera_a, q_a)
+    x_b = (corners_b * bary[..., None].to(corners_b.dtype)).sum(-2)  # (B,K,3)
+    return project_depth(x_b, camera_b.to(corners_b.dtype))[..., :2]
+
+
+def surface_bary(corners: Tensor, camera: Tensor, q: Tensor) -> Tensor:
+    """Perspective-correct barycentrics of the surface point under pixel q: the exact
+    ray-plane intersection, extrapolated when q lies outside the triangle.
+
+    corners: (...,K,3,3) camera space; camera: (K,4) or (4,); q: (K,2) px. Returns
+    (...,K,3), differentiable w.r.t. the corners.
+    """
+    dt = corners.dtype
+    cam = camera.to(dt)
+    scr = project_depth(corners, cam[..., None, :] if cam.dim() == 2 else cam)  # (...,K,3,3)
     u, v, z = scr.unbind(-1)
     u0, u1, u2 = u.unbind(-1)
     v0, v1, v2 = v.unbind(-1)
     area = (u1 - u0) * (v2 - v0) - (v1 - v0) * (u2 - u0)
     area = torch.where(area.abs() < 1e-12, torch.full_like(area, 1e-12), area)
-    px, py = q_a[..., 0].to(dt), q_a[..., 1].to(dt)
+    px, py = q[..., 0].to(dt), q[..., 1].to(dt)
     w1 = ((px - u0) * (v2 - v0) - (py - v0) * (u2 - u0)) / area
     w2 = ((u1 - u0) * (py - v0) - (v1 - v0) * (px - u0)) / area
     w = torch.stack([1 - w1 - w2, w1, w2], -1) / z
-    bary = w / w.sum(-1, keepdim=True)
-    x_b = (corners_b * bary[..., None]).sum(-2)  # (B,K,3)
-    return _project3(x_b, cb)[..., :2]
+    return w / w.sum(-1, keepdim=True)
 
 
-def _project3(points: Tensor, camera: Tensor) -> Tensor:
+def project_depth(points: Tensor, camera: Tensor) -> Tensor:
     """(...,3) camera-space points, camera (...,4) broadcastable with them -> (...,3)
     u, v, depth."""
     depth = (-points[..., 2]).clamp_min(1e-6)

@@ -180,7 +180,7 @@ def test_transfer_points_is_identity_within_one_view():
     rng = np.random.default_rng(0)
     corners = torch.as_tensor(rng.normal(size=(2, 5, 3, 3)) * 0.02 + [0, 0, -0.6])
     cam = torch.tensor([500.0, 500.0, 128.0, 128.0], dtype=torch.float64)
-    scr = fl._project3(corners[0], cam)
+    scr = fl.project_depth(corners[0], cam)
     q = (scr[:, :, :2] * torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64)[None, :, None]).sum(1)
     out = fl.transfer_points(corners, corners, cam, cam, q)
     np.testing.assert_allclose(out[0].numpy(), q.numpy(), atol=1e-9)
