@@ -97,6 +97,140 @@ def test_resume_matches_uninterrupted_run(tmp_path: Path):
     assert la == pytest.approx(lb, abs=1e-6)
 
 
+def test_sigterm_saves_the_step_and_resume_equals_uninterrupted_run(tmp_path: Path):
+    """SIGTERM (preemption, `kill`) mid-epoch: the step in flight finishes, a checkpoint is
+    written, and resuming from it gives the uninterrupted run's weights."""
+    import signal
+
+    total, cut = 2 * STEPS_PER_EPOCH + 1, STEPS_PER_EPOCH + 2
+    straight = make_trainer(tiny_config(tmp_path / "a"))
+    straight.fit(max_steps=total)
+    first = make_trainer(tiny_config(tmp_path / "b"))
+    real_step = first.train_step
+
+    def step_then_signal(batch):  # the real step; the signal arrives while it runs
+        if first.step == cut - 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_step(batch)
+
+    first.train_step = step_then_signal
+    missed = []  # were the trainer not to handle it, SIGTERM would end the test run itself
+
+    def not_handled(signum, frame):
+        missed.append(signum)
+
+    before = signal.signal(signal.SIGTERM, not_handled)
+    try:
+        summary = first.fit(max_steps=total)
+        assert signal.getsignal(signal.SIGTERM) is not_handled  # restored after the run
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert not missed
+    assert summary["interrupted"] == "SIGTERM" and summary["exit_code"] == 128 + signal.SIGTERM
+    assert summary["steps"] == cut
+    ck = torch.load(summary["checkpoint"], map_location="cpu", weights_only=True)
+    assert ck["step"] == cut
+    resumed = make_trainer(tiny_config(tmp_path / "b"), resume="auto")
+    assert resumed.step == cut
+    resumed.fit(max_steps=total)
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_terminal_stops_the_cli_cleanly(tmp_path: Path):
+    """Ctrl-C reaches the whole process group (the trainer and its data-loading worker): the
+    CLI finishes the step, writes a checkpoint, says how to continue and exits with 130;
+    `--resume auto` continues from there."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(
+        f"""
+[model]
+backbone = "resnet10"
+width = 8
+input_size = 32
+fuse_hidden = 32
+view_hidden = 32
+n_shape = 20
+n_expr = 10
+
+[data]
+num_workers = 1
+
+[data.synthetic]
+root = "{tmp_path / "syn"}"
+n_train = 4
+n_val = 2
+image_size = 96
+n_textures = 1
+texture_size = 128
+
+[loss]
+use_flow = false
+
+[train]
+workdir = "{tmp_path / "run"}"
+device = "cpu"
+batch_size = 2
+max_steps = 100000
+checkpoint_every = 0
+eval_every_epochs = 0
+"""
+    )
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "training.train", "--config", str(cfg), "--json"]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=repo,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    try:
+        log = []
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            log.append(line)
+            if "seconds per step after" in line:  # 10 steps done, the loader's worker alive
+                os.killpg(proc.pid, signal.SIGINT)
+                break
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    err = "".join(log) + err
+    assert proc.returncode == 130, err[-3000:]
+    assert "stopped by SIGINT" in err and "--resume auto" in err
+    assert "Traceback" not in err
+    summary = json.loads([ln for ln in out.splitlines() if ln.startswith("{")][-1])
+    assert summary["interrupted"] == "SIGINT"
+    ck = torch.load(summary["checkpoint"], map_location="cpu", weights_only=True)
+    assert ck["step"] == summary["steps"] >= 10
+    again = subprocess.run(
+        [*cmd, "--resume", "auto", "--max-steps", str(summary["steps"] + 2)],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads(again.stdout.splitlines()[-1])["steps"] == summary["steps"] + 2
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

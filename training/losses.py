@@ -32,6 +32,7 @@ from mfnet_core.losses import EYELID_PAIRS, LIP_PAIRS, landmark_loss, offset_los
 from mfnet_core.model import Decoded, MFNetOutput
 
 from .config import LossConfig
+from .interrupt import ignore_interrupts
 
 # (batch, decoded, per-view face scale (B*N,), step) -> scalar
 FlowTerm = Callable[[dict[str, Tensor], Decoded, Tensor, int], Tensor]
@@ -66,7 +67,9 @@ _WORKER_CONTEXT: dict[str, Any] = {}
 def _flow_worker_init(
     faces: np.ndarray, face_tri: np.ndarray, crop_size: int, opts: Any, one_thread: bool = True
 ) -> None:
-    """Per process: one core each (no nested thread pools), the mesh and options kept."""
+    """Per process: one core each (no nested thread pools), the mesh and options kept;
+    Ctrl-C is the parent's to handle (``training.interrupt``)."""
+    ignore_interrupts()
     if one_thread:
         torch.set_num_threads(1)
         cv2.setNumThreads(1)

@@ -24,6 +24,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -49,6 +50,7 @@ from mfnet_core.model import (
 )
 
 from .config import Config, dump_toml, load_config
+from .interrupt import StopSignal, ignore_interrupts
 from .losses import mfnet_loss, resolve_flow_term
 
 LogFn = Callable[[str], None]
@@ -477,6 +479,7 @@ class Trainer:
             collate_fn=collate,
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
+            worker_init_fn=ignore_interrupts if nw > 0 else None,
         )
         return iter(loader)
 
@@ -561,45 +564,21 @@ class Trainer:
         t_start = time.perf_counter()
         epoch_times: list[float] = []
         last_ckpt = None
-        while self.step < stop:
-            t_epoch = time.perf_counter()
-            it = self._loader(self.epoch, self.step_in_epoch)
-            self.timer.restart()
-            for batch in it:
-                self.timer.mark("data_loading")
-                values = self.train_step(batch)
-                self.step += 1
-                self.step_in_epoch += 1
-                self.history.append(values)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{values['loss']:.4f}", epoch=self.epoch)
-                if self.step % max(1, cfg.train.log_every) == 0 or self.step == 1:
-                    self.metrics.log(self.step, values)
-                if self.timer.steps == TIMING_REPORT_STEP:
-                    self.log(
-                        f"seconds per step after {TIMING_REPORT_STEP} steps: {self.timer.means()}"
-                    )
-                if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0:
-                    last_ckpt = self.save_checkpoint() or last_ckpt
-                if self.step >= stop:
-                    break
-                self.timer.restart()  # logging and checkpoints are not data loading
-            if self.step_in_epoch >= self.steps_per_epoch:
-                epoch_times.append(time.perf_counter() - t_epoch)
-                self.log(
-                    f"epoch {self.epoch + 1} took {epoch_times[-1]:.1f} s; "
-                    f"seconds per step: {self.timer.means()}"
+        interrupted = None
+        with StopSignal() as stop_signal:
+            while self.step < stop and interrupted is None:
+                last_ckpt, interrupted = self._run_epoch(
+                    stop, bar, epoch_times, last_ckpt, stop_signal
                 )
-                self.epoch += 1
-                self.step_in_epoch = 0
-                if cfg.train.eval_every_epochs and self.epoch % cfg.train.eval_every_epochs == 0:
-                    self.evaluate()
-                last_ckpt = self.save_checkpoint() or last_ckpt
         if bar is not None:
             bar.close()
         if last_ckpt is None or not str(last_ckpt).endswith(f"step_{self.step:07d}.pt"):
             last_ckpt = self.save_checkpoint() or last_ckpt
+        if interrupted is not None:
+            self.log(
+                f"stopped by {interrupted.name} after step {self.step}; checkpoint {last_ckpt}; "
+                "continue with --resume auto"
+            )
         if self.info.world > 1:
             dist.barrier()
         elapsed = time.perf_counter() - t_start
@@ -613,11 +592,72 @@ class Trainer:
             "loss_terms": sorted(self.history[-1]) if self.history else [],
             "seconds_per_step": self.timer.means(),
         }
+        if interrupted is not None:
+            summary["interrupted"] = interrupted.name
+            summary["exit_code"] = 128 + int(interrupted)
         if self.device.type == "cuda":
             summary["max_gpu_memory_gb"] = round(
                 torch.cuda.max_memory_allocated(self.device) / 2**30, 3
             )
         return summary
+
+    def _stop_requested(self, stop_signal: StopSignal) -> signal.Signals | None:
+        """The signal to stop on, agreed by every process (they must stop at the same step,
+        or the next collective would hang)."""
+        code = int(stop_signal.received or 0)
+        if self.info.world > 1:
+            on = self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+            flag = torch.tensor([code], device=on)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            code = int(flag.item())
+        return signal.Signals(code) if code else None
+
+    def _run_epoch(
+        self,
+        stop: int,
+        bar: Any,
+        epoch_times: list[float],
+        last_ckpt: Path | None,
+        stop_signal: StopSignal,
+    ) -> tuple[Path | None, signal.Signals | None]:
+        """Steps to the end of the epoch, to `stop`, or to a stop signal (then returned)."""
+        cfg = self.cfg
+        interrupted = None
+        t_epoch = time.perf_counter()
+        it = self._loader(self.epoch, self.step_in_epoch)
+        self.timer.restart()
+        for batch in it:
+            self.timer.mark("data_loading")
+            values = self.train_step(batch)
+            self.step += 1
+            self.step_in_epoch += 1
+            self.history.append(values)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{values['loss']:.4f}", epoch=self.epoch)
+            if self.step % max(1, cfg.train.log_every) == 0 or self.step == 1:
+                self.metrics.log(self.step, values)
+            if self.timer.steps == TIMING_REPORT_STEP:
+                self.log(f"seconds per step after {TIMING_REPORT_STEP} steps: {self.timer.means()}")
+            if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0:
+                last_ckpt = self.save_checkpoint() or last_ckpt
+            interrupted = self._stop_requested(stop_signal)
+            if self.step >= stop or interrupted is not None:
+                break
+            self.timer.restart()  # logging and checkpoints are not data loading
+        if self.step_in_epoch >= self.steps_per_epoch:
+            epoch_times.append(time.perf_counter() - t_epoch)
+            self.log(
+                f"epoch {self.epoch + 1} took {epoch_times[-1]:.1f} s; "
+                f"seconds per step: {self.timer.means()}"
+            )
+            self.epoch += 1
+            self.step_in_epoch = 0
+            if interrupted is None:
+                if cfg.train.eval_every_epochs and self.epoch % cfg.train.eval_every_epochs == 0:
+                    self.evaluate()
+                last_ckpt = self.save_checkpoint() or last_ckpt
+        return last_ckpt, interrupted
 
     def close(self) -> None:
         self.metrics.close()
@@ -688,17 +728,23 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         trainer = Trainer(cfg, resume=args.resume)
         summary = trainer.fit(args.max_steps)
-        if not trainer.eval_results or trainer.eval_results[-1].get("step") != trainer.step:
+        stopped = "interrupted" in summary
+        if not stopped and (
+            not trainer.eval_results or trainer.eval_results[-1].get("step") != trainer.step
+        ):
             trainer.evaluate()  # the final weights (synthetic set only)
         if trainer.eval_results:
             summary["eval"] = trainer.eval_results[-1]
         trainer.close()
         if trainer.info.main and args.json:
             print(json.dumps(summary, default=str))
-        return 0
+        return int(summary["exit_code"]) if stopped else 0
     except MfnetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before the training loop, or a second Ctrl-C
+        print("interrupted; no checkpoint written for the unfinished step", file=sys.stderr)
+        return 130
     finally:
         cleanup_distributed()
 
