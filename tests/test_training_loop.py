@@ -140,8 +140,8 @@ def test_sigterm_saves_the_step_and_resume_equals_uninterrupted_run(tmp_path: Pa
 
 @pytest.mark.slow
 def test_ctrl_c_in_a_terminal_stops_the_cli_cleanly(tmp_path: Path):
-    """Ctrl-C reaches the whole process group (the trainer and its data-loading worker): the
-    CLI finishes the step, writes a checkpoint, says how to continue and exits with 130;
+    """Ctrl-C reaches the whole process group (the trainer, its data-loading worker and its
+    two flow-target workers): the CLI finishes the step, writes a checkpoint, says how to continue and exits with 130;
     `--resume auto` continues from there."""
     import json
     import signal
@@ -173,7 +173,7 @@ n_textures = 1
 texture_size = 128
 
 [loss]
-use_flow = false
+flow_workers = 2
 
 [train]
 workdir = "{tmp_path / "run"}"
