@@ -90,13 +90,20 @@ def make_overlay(
     from .overlay import draw_overlay
 
     h, w = rgb.shape[:2]
-    frags = rasterize(screen, faces, h, w)
-    mask = (frags.face_index >= 0).cpu().numpy().astype(np.uint8)
-    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    outline = [c[:, 0, :].astype(np.float32) for c in contours]
     res = np.linalg.norm(fitted - detected, axis=1)
     title = f"{name}: median landmark error {np.median(res):.1f} px"
-    return draw_overlay(rgb, detected, fitted, outline_px=outline, title=title)
+    return draw_overlay(
+        rgb, detected, fitted, outline_px=mesh_outline(screen, faces, h, w), title=title
+    )
+
+
+def mesh_outline(screen: torch.Tensor, faces: torch.Tensor, height: int, width: int) -> list:
+    """The silhouette contours, (M,2) float32 pixel polylines, of a mesh whose screen
+    vertices (V,3) are given."""
+    frags = rasterize(screen, faces, height, width)
+    mask = (frags.face_index >= 0).cpu().numpy().astype(np.uint8)
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    return [c[:, 0, :].astype(np.float32) for c in contours]
 
 
 def rerender_picture(picture: np.ndarray, label: str, quality: dict) -> np.ndarray:

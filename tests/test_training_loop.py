@@ -7,6 +7,7 @@ import os
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -95,6 +96,33 @@ def test_resume_matches_uninterrupted_run(tmp_path: Path):
     la = [h["loss"] for h in straight.history][cut:]
     lb = [h["loss"] for h in resumed.history]
     assert la == pytest.approx(lb, abs=1e-6)
+
+
+def test_each_evaluation_writes_a_preview_picture(tmp_path: Path):
+    """Every evaluation draws the first held-out people: crops, detected (green) and
+    predicted (red) landmarks, the predicted mesh's outline (cyan)."""
+    import cv2
+
+    from mfnet_core.overlay import DETECTED_RGB, FITTED_RGB, OUTLINE_RGB
+    from training.preview import CELL_PX
+
+    cfg = tiny_config(tmp_path)
+    cfg.train.eval_every_epochs = 1
+    cfg.train.preview_people = 2
+    tr = make_trainer(cfg)
+    tr.fit(max_steps=2 * STEPS_PER_EPOCH)
+    pictures = sorted((tmp_path / "previews").glob("step_*.png"))
+    assert [p.name for p in pictures] == [
+        f"step_{STEPS_PER_EPOCH:07d}.png",
+        f"step_{2 * STEPS_PER_EPOCH:07d}.png",
+    ]
+    bgr = cv2.imread(str(pictures[-1]))
+    assert bgr.shape == (2 * CELL_PX, cfg.model.n_views * CELL_PX, 3)
+    rgb = bgr[..., ::-1].astype(int)
+    for colour in (DETECTED_RGB, FITTED_RGB, OUTLINE_RGB):  # each is drawn somewhere
+        near = (np.abs(rgb - np.array(colour)) <= 12).all(-1)
+        assert near.sum() > 20, colour
+    assert not list((tmp_path / "previews").glob(".*"))  # no temporary files left
 
 
 def test_sigterm_saves_the_step_and_resume_equals_uninterrupted_run(tmp_path: Path):

@@ -115,6 +115,7 @@ class TrainConfig:
     checkpoint_every: int = 500  # steps; also at the end of every epoch
     keep_checkpoints: int = 3
     eval_every_epochs: int = 1
+    preview_people: int = 4  # held-out people drawn at each evaluation (<workdir>/previews/)
     progress: bool = True
     backbone_weights: str = ""  # ImageNet .pth or DECA deca_model.tar (partial import)
     flame_model: str = ""  # FLAME file; empty: mfnet_core's search, else the test head

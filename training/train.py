@@ -667,8 +667,12 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any] | None:
-        """Vertex error on the validation split (synthetic set only)."""
-        if not self.info.main or len(self.val_set) == 0 or not hasattr(self.val_set, "subject"):
+        """The preview picture, and the vertex error on the validation split (synthetic set
+        only)."""
+        if not self.info.main or len(self.val_set) == 0:
+            return None
+        self.write_preview()
+        if not hasattr(self.val_set, "subject"):
             return None
         from .evaluate import evaluate_network_synthetic
 
@@ -685,6 +689,21 @@ class Trainer:
             f"(mean head {res['mean_head_median_vertex_error_mm']:.2f} mm)"
         )
         return res
+
+    def write_preview(self) -> Path | None:
+        """<workdir>/previews/step_XXXXXXX.png (and TensorBoard's val/preview)."""
+        k = min(self.cfg.train.preview_people, len(self.val_set))
+        if k <= 0:
+            return None
+        from .preview import preview_picture, write_preview
+
+        picture = preview_picture(
+            self.model, self.flame, [self.val_set[i] for i in range(k)], self.device
+        )
+        path = write_preview(picture, self.workdir / "previews" / f"step_{self.step:07d}.png")
+        if self.metrics.tb is not None:
+            self.metrics.tb.add_image("val/preview", picture, self.step, dataformats="HWC")
+        return path
 
 
 def cleanup_distributed() -> None:
