@@ -81,20 +81,27 @@ def test_loss_falls_and_checkpoint_is_weights_only(tmp_path: Path):
     assert meta["step"] == 12
 
 
+def resume_and_compare(workdir: Path, cut: int, total: int, straight) -> list[dict]:
+    """Resumes the run in `workdir` from its step `cut` to `total` and checks that the
+    weights equal the uninterrupted run's; returns the resumed steps' history."""
+    resumed = make_trainer(tiny_config(workdir), resume="auto")
+    assert resumed.step == cut
+    resumed.fit(max_steps=total)
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    return resumed.history
+
+
 def test_resume_matches_uninterrupted_run(tmp_path: Path):
     total, cut = 2 * STEPS_PER_EPOCH + 2, STEPS_PER_EPOCH + 1  # resume mid-epoch, cross epochs
     straight = make_trainer(tiny_config(tmp_path / "a"))
     straight.fit(max_steps=total)
     first = make_trainer(tiny_config(tmp_path / "b"))
     first.fit(max_steps=cut)
-    resumed = make_trainer(tiny_config(tmp_path / "b"), resume="auto")
-    assert resumed.step == cut
-    resumed.fit(max_steps=total)
-    a, b = straight.model.state_dict(), resumed.model.state_dict()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    history = resume_and_compare(tmp_path / "b", cut, total, straight)
     la = [h["loss"] for h in straight.history][cut:]
-    lb = [h["loss"] for h in resumed.history]
+    lb = [h["loss"] for h in history]
     assert la == pytest.approx(lb, abs=1e-6)
 
 
@@ -158,60 +165,21 @@ def test_sigterm_saves_the_step_and_resume_equals_uninterrupted_run(tmp_path: Pa
     assert summary["steps"] == cut
     ck = torch.load(summary["checkpoint"], map_location="cpu", weights_only=True)
     assert ck["step"] == cut
-    resumed = make_trainer(tiny_config(tmp_path / "b"), resume="auto")
-    assert resumed.step == cut
-    resumed.fit(max_steps=total)
-    a, b = straight.model.state_dict(), resumed.model.state_dict()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    resume_and_compare(tmp_path / "b", cut, total, straight)
 
 
 @pytest.mark.slow
 def test_ctrl_c_in_a_terminal_stops_the_cli_cleanly(tmp_path: Path):
     """Ctrl-C reaches the whole process group (the trainer, its data-loading worker and its
-    two flow-target workers): the CLI finishes the step, writes a checkpoint, says how to continue and exits with 130;
-    `--resume auto` continues from there."""
+    two flow-target workers): the CLI finishes the step, writes a checkpoint, says how to
+    continue and exits with 130; `--resume auto` continues from there."""
     import json
     import signal
     import subprocess
     import sys
     import time
 
-    cfg = tmp_path / "run.toml"
-    cfg.write_text(
-        f"""
-[model]
-backbone = "resnet10"
-width = 8
-input_size = 32
-fuse_hidden = 32
-view_hidden = 32
-n_shape = 20
-n_expr = 10
-
-[data]
-num_workers = 1
-
-[data.synthetic]
-root = "{tmp_path / "syn"}"
-n_train = 4
-n_val = 2
-image_size = 96
-n_textures = 1
-texture_size = 128
-
-[loss]
-flow_workers = 2
-
-[train]
-workdir = "{tmp_path / "run"}"
-device = "cpu"
-batch_size = 2
-max_steps = 100000
-checkpoint_every = 0
-eval_every_epochs = 0
-"""
-    )
+    cfg = cli_config(tmp_path, num_workers=1, loss="flow_workers = 2", max_steps=100000)
     repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "training.train", "--config", str(cfg), "--json"]
@@ -257,6 +225,46 @@ eval_every_epochs = 0
     )
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads(again.stdout.splitlines()[-1])["steps"] == summary["steps"] + 2
+
+
+def cli_config(tmp_path: Path, num_workers: int, loss: str, max_steps: int) -> Path:
+    """A TOML config for the CLI tests: a tiny network on 4 synthetic people."""
+    path = tmp_path / "run.toml"
+    path.write_text(
+        f"""
+[model]
+backbone = "resnet10"
+width = 8
+input_size = 32
+fuse_hidden = 32
+view_hidden = 32
+n_shape = 20
+n_expr = 10
+
+[data]
+num_workers = {num_workers}
+
+[data.synthetic]
+root = "{tmp_path / "syn"}"
+n_train = 4
+n_val = 2
+image_size = 96
+n_textures = 1
+texture_size = 128
+
+[loss]
+{loss}
+
+[train]
+workdir = "{tmp_path / "run"}"
+device = "cpu"
+batch_size = 2
+max_steps = {max_steps}
+checkpoint_every = 0
+eval_every_epochs = 0
+"""
+    )
+    return path
 
 
 def _free_port() -> int:
@@ -338,41 +346,7 @@ def test_torchrun_cli_two_cpu_processes(tmp_path: Path):
     import subprocess
     import sys
 
-    cfg = tmp_path / "ddp.toml"
-    cfg.write_text(
-        f"""
-[model]
-backbone = "resnet10"
-width = 8
-input_size = 32
-fuse_hidden = 32
-view_hidden = 32
-n_shape = 20
-n_expr = 10
-
-[data]
-num_workers = 0
-
-[data.synthetic]
-root = "{tmp_path / "syn"}"
-n_train = 4
-n_val = 2
-image_size = 96
-n_textures = 1
-texture_size = 128
-
-[loss]
-use_flow = false
-
-[train]
-workdir = "{tmp_path / "run"}"
-device = "cpu"
-batch_size = 2
-max_steps = 2
-checkpoint_every = 0
-eval_every_epochs = 0
-"""
-    )
+    cfg = cli_config(tmp_path, num_workers=0, loss="use_flow = false", max_steps=2)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [
