@@ -59,7 +59,7 @@ def test_synthetic_benchmark_methods(flame, synthetic_val):
     torch.manual_seed(0)
     net = MFNet(TINY).eval()
     res = evaluate_synthetic(
-        ["mean", "network", "fit", "network+fit"],
+        ["mean", "network", "fit", "network+fit", "network+fit-short"],
         synthetic_val,
         flame,
         net,
@@ -67,11 +67,14 @@ def test_synthetic_benchmark_methods(flame, synthetic_val):
         facescape_metrics=True,
     )
     m = res["methods"]
-    assert set(m) == {"mean", "network", "fit", "network+fit"}
+    assert set(m) == {"mean", "network", "fit", "network+fit", "network+fit-short"}
     # The landmark fit recovers the person far better than the mean head; from the (untrained)
     # network's start it must get there too.
     assert m["fit"]["median_vertex_error_mm"] < 0.6 * m["mean"]["median_vertex_error_mm"]
     assert m["network+fit"]["median_vertex_error_mm"] < 0.6 * m["mean"]["median_vertex_error_mm"]
+    # The product's short schedule (--weights: one fine round) gets there too.
+    short = m["network+fit-short"]["median_vertex_error_mm"]
+    assert short < 0.6 * m["mean"]["median_vertex_error_mm"]
     for r in m.values():
         assert 0 <= r["cr"] <= 1 and r["cd_mm"] >= 0 and r["mne_rad"] >= 0
     assert m["fit"]["cd_mm"] < m["mean"]["cd_mm"]
