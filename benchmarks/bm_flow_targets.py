@@ -9,8 +9,11 @@ synthetic people rendered at 384 px, a small untrained MFNet, the predicted mesh
 --crop px crops. It times `person_flow_targets` for each person in this process, then
 the whole batch through a pool of --workers spawned processes (0: one per core, up to
 --people), after a warm-up batch: once with one thread per worker (what training does) and
-once with the libraries' default threads, with each person's time inside its worker. It also reports what the machine offers: cores, CPU
-affinity, the cgroup CPU quota, the load. Prints one JSON object.
+once with the libraries' default threads, with each person's time inside its worker. It
+also reports what the machine offers: cores, CPU affinity, the cgroup CPU quota, the load,
+and the parallel efficiency of the same number of processes on a pure OpenCV DIS task
+(`machine_scaling`: if that is poor too, the machine is the limit, not the flow term).
+Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -55,6 +58,44 @@ def timed_person_flow_targets(task: tuple) -> tuple[float, list]:
     t = time.perf_counter()
     pairs = person_flow_targets(task)
     return time.perf_counter() - t, pairs
+
+
+def dis_probe(calls: int = 30, size: int = 224) -> float:
+    """Seconds for `calls` single-threaded OpenCV DIS flows between two fixed textured
+    images: the same work in every process, so that running it in N processes at once
+    shows what the machine itself gives to N processes."""
+    import cv2
+    import numpy as np
+
+    cv2.setNumThreads(1)
+    rng = np.random.default_rng(0)
+    a = cv2.GaussianBlur(rng.integers(0, 255, (size, size), dtype=np.uint8), (0, 0), 2)
+    b = np.roll(a, (3, 2), axis=(0, 1))
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    dis.calc(a, b, None)
+    t = time.perf_counter()
+    for _ in range(calls):
+        dis.calc(a, b, None)
+    return time.perf_counter() - t
+
+
+def machine_scaling(workers: int) -> dict[str, float]:
+    """Parallel efficiency of `workers` processes on a pure OpenCV task (1.0 = each runs as
+    fast as one alone). Far below 1 with idle cores points at the machine (a CPU quota,
+    shared SMT cores, memory bandwidth), not at the flow term's code."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    alone = statistics.median(dis_probe() for _ in range(3))
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        list(pool.map(dis_probe, [2] * workers))  # start them all
+        together = list(pool.map(dis_probe, [30] * workers))
+    return {
+        "workers": workers,
+        "dis_30_calls_alone_s": round(alone, 3),
+        "dis_30_calls_each_of_n_at_once_s": round(statistics.median(together), 3),
+        "parallel_efficiency": round(alone / statistics.median(together), 2),
+    }
 
 
 def make_batch(people: int, crop: int, root: Path, checkpoint: str | None = None):  # noqa: ANN201
@@ -179,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                 "serial_batch_s": round(serial_batch_s, 3),
                 "workers": workers,
                 "pools": pools,
+                "machine_scaling": machine_scaling(workers),
                 "machine_start": offer_start,
                 "machine_end": cpu_offer(),
             },
