@@ -169,10 +169,12 @@ def test_sigterm_saves_the_step_and_resume_equals_uninterrupted_run(tmp_path: Pa
 
 
 @pytest.mark.slow
-def test_ctrl_c_in_a_terminal_stops_the_cli_cleanly(tmp_path: Path):
-    """Ctrl-C reaches the whole process group (the trainer, its data-loading worker and its
-    two flow-target workers): the CLI finishes the step, writes a checkpoint, says how to
-    continue and exits with 130; `--resume auto` continues from there."""
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_a_signal_to_the_process_group_stops_the_cli_cleanly(tmp_path: Path, signame: str):
+    """Ctrl-C in a terminal, or a batch system's SIGTERM, reaches the whole process group
+    (the trainer, its data-loading worker and its two flow-target workers): the CLI finishes
+    the step, writes a checkpoint, says how to continue and exits with 128 + the signal;
+    `--resume auto` continues from there."""
     import json
     import signal
     import subprocess
@@ -201,18 +203,18 @@ def test_ctrl_c_in_a_terminal_stops_the_cli_cleanly(tmp_path: Path):
                 break
             log.append(line)
             if "seconds per step after" in line:  # 10 steps done, the loader's worker alive
-                os.killpg(proc.pid, signal.SIGINT)
+                os.killpg(proc.pid, getattr(signal, signame))
                 break
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     err = "".join(log) + err
-    assert proc.returncode == 130, err[-3000:]
-    assert "stopped by SIGINT" in err and "--resume auto" in err
+    assert proc.returncode == 128 + getattr(signal, signame), err[-3000:]
+    assert f"stopped by {signame}" in err and "--resume auto" in err
     assert "Traceback" not in err
     summary = json.loads([ln for ln in out.splitlines() if ln.startswith("{")][-1])
-    assert summary["interrupted"] == "SIGINT"
+    assert summary["interrupted"] == signame
     ck = torch.load(summary["checkpoint"], map_location="cpu", weights_only=True)
     assert ck["step"] == summary["steps"] >= 10
     again = subprocess.run(

@@ -1,9 +1,10 @@
 """Stopping a training run cleanly: Ctrl-C or SIGTERM (a cluster's preemption, `kill`)
 finishes the step in flight, saves a checkpoint and exits, so `--resume auto` loses nothing.
 
-A second Ctrl-C stops at once. Worker processes (data loading, flow targets) ignore Ctrl-C:
-a terminal sends it to the whole process group, and a worker that died of it would break
-the step the main process is finishing.
+A second Ctrl-C stops at once. Worker processes (data loading, flow targets) ignore both
+signals: a terminal sends Ctrl-C to the whole process group, a batch system SIGTERM to every
+process of the job, and a worker that died of it would break the step the main process is
+finishing. The main process shuts its workers down.
 """
 
 from __future__ import annotations
@@ -52,4 +53,5 @@ class StopSignal:
 
 def ignore_interrupts(*_worker_id: object) -> None:
     """Initializer of worker processes (DataLoader's ``worker_init_fn`` takes an id)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
