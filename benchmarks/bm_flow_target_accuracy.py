@@ -1,7 +1,7 @@
 """How right are the training flow term's targets? Synthetic people, where the truth is known.
 
     python benchmarks/bm_flow_target_accuracy.py [--people 16] [--crop 224]
-        [--checkpoint CKPT] [--presets ultrafast,fast,medium]
+        [--checkpoint CKPT] [--presets ultrafast,fast,medium] [--flow-sizes 0,96,64]
 
 The flow term (eq. 6) turns optical flow between I_{a->b} and I_b into correspondences:
 "photo-a point `anchor_a` shows the same skin as photo-b point `target_b`". On a synthetic
@@ -15,7 +15,8 @@ in crop pixels, over the anchors whose true surface point is seen in both views:
 - `target_consistent_px`: the same over the samples that pass the forward-backward check
   (the others have weight 0 in the loss).
 
-It does this for each DIS preset, with the time per person, at three meshes: an untrained
+It does this for each DIS preset and working resolution (`loss.flow_size`), with the time
+per person, at three meshes: an untrained
 network's prediction (what early training sees), a trained checkpoint's (--checkpoint), and
 the true mesh (the estimator's noise floor: there the flow should be zero). Prints one JSON
 object.
@@ -160,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--crop", type=int, default=224)
     ap.add_argument("--checkpoint", default=None, help="also score a trained network's meshes")
     ap.add_argument("--presets", default="ultrafast,fast,medium")
+    ap.add_argument(
+        "--flow-sizes", default="0", help="working resolutions to compare (0: the crop's)"
+    )
     args = ap.parse_args(argv)
     from training.losses import flow_context, flow_tasks, person_flow_targets
 
@@ -172,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         crop = trainer.cfg.model.input_size
         a = flame.assets
         faces = torch.as_tensor(a.faces, dtype=torch.long)
-        context = flow_context(a.faces, a.face_region, crop, trainer.cfg.loss.flow_samples)
+        sizes = [int(x) for x in args.flow_sizes.split(",")]
         true_cam = true_vertices_cam(flame, batch)
         states = {"untrained" if args.checkpoint is None else "checkpoint": dec}
         # The true mesh, with the detected landmarks for the masks.
@@ -186,7 +190,10 @@ def main(argv: list[str] | None = None) -> int:
         for state, d in states.items():
             tasks = flow_tasks(batch, d, step=0)
             pred_cam = d.vertices_cam.double()
-            for preset in presets:
+            for size, preset in [(z, p) for z in sizes for p in presets]:
+                context = flow_context(
+                    a.faces, a.face_region, crop, trainer.cfg.loss.flow_samples, size
+                )
                 ctx = dict(context, opts=replace(context["opts"], dis_preset=preset))
                 person_flow_targets(tasks[0], ctx)  # warm-up
                 times, per_person = [], []
@@ -197,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
                 row = score(per_person, pred_cam, true_cam, camera, faces, crop)
                 row["per_person_ms"] = round(1000 * statistics.median(times), 1)
                 row["per_person_landmark_px"] = landmark_errors(d, batch)
-                results.setdefault(state, {})[preset] = row
+                key = preset if size == 0 else f"{preset}@{context['size']}px"
+                results.setdefault(state, {})[key] = row
     print(
         json.dumps(
             {

@@ -281,3 +281,43 @@ def test_pictures(subject):
     rgb = fl.flow_to_rgb(pf.flow, pf.mask)
     assert rgb.shape == (256, 256, 3) and (rgb[~pf.mask] == 0).all()
     assert pf.mask.sum() > 500 and (pf.mask <= (pf.box & views[1].face_mask)).all()
+
+
+@pytest.mark.parametrize("flow_size", [320, 160])
+def test_training_flow_targets_at_a_smaller_working_size_are_in_photo_pixels(subject, flow_size):
+    """`loss.flow_size` runs the training flow term below the crop's resolution; its targets
+    must still be in the crop's (here the photo's) pixels: at the true mesh every target is
+    where the mesh carries its anchor, to within the estimator's noise at that size."""
+    from training.losses import flow_context, person_flow_targets
+
+    flame, subj = subject
+    f = _fitter_at_truth(flame, subj)
+    with torch.no_grad():
+        ev = f.evaluate(with_vertices=True)
+    verts = ev["vertices_cam"].double()
+    photo_size = subj.views[0].photo.rgb.shape[0]
+    task = (
+        verts.numpy(),
+        f.camera.double().numpy(),
+        np.stack([v.photo.rgb for v in subj.views]),
+        ev["landmarks_px"].double().numpy(),
+        f.contour_yaw().double().numpy(),
+        0,
+    )
+    faces = flame.faces
+    ctx = flow_context(faces.numpy(), flame.assets.face_region, photo_size, 200, flow_size)
+    assert ctx["opts"].size == flow_size
+    pairs = person_flow_targets(task, ctx)
+    assert len(pairs) == 4
+    for pf in pairs:
+        tri = faces[torch.as_tensor(pf.faces)]
+        carried = fl.transfer_points(
+            verts[pf.a][tri][None],
+            verts[pf.b][tri][None],
+            f.camera[pf.a].double(),
+            f.camera[pf.b].double(),
+            torch.as_tensor(pf.anchor_a, dtype=torch.float64),
+        )[0]
+        miss = (carried - torch.as_tensor(pf.target_b, dtype=torch.float64)).norm(dim=-1)
+        # ~0.3 working px of DIS noise, in photo px; a unit slip would be hundreds of px.
+        assert float(miss.median()) < 0.6 * photo_size / flow_size, (pf.a, pf.b, miss.median())

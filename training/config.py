@@ -87,6 +87,7 @@ class LossConfig:
     use_flow: bool = True  # used when mfnet_core.flow provides the term
     flow_start_step: int = 0  # the flow term joins after this many steps
     flow_samples: int = 200  # flow correspondences per ordered view pair
+    flow_size: int = 0  # working resolution of the flow term in px (0: the crop's)
     # Processes that render and run DIS for the people of a batch at once (0: one per CPU
     # core when the network is on a GPU, else 1). Results do not depend on it: each person
     # is seeded by its index.

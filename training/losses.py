@@ -65,7 +65,7 @@ _WORKER_CONTEXT: dict[str, Any] = {}
 
 
 def _flow_worker_init(
-    faces: np.ndarray, face_tri: np.ndarray, crop_size: int, opts: Any, one_thread: bool = True
+    faces: np.ndarray, face_tri: np.ndarray, size: int, opts: Any, one_thread: bool = True
 ) -> None:
     """Per process: one core each (no nested thread pools), the mesh and options kept;
     Ctrl-C is the parent's to handle (``training.interrupt``)."""
@@ -73,7 +73,7 @@ def _flow_worker_init(
     if one_thread:
         torch.set_num_threads(1)
         cv2.setNumThreads(1)
-    _WORKER_CONTEXT.update(faces=faces, face_tri=face_tri, crop_size=crop_size, opts=opts)
+    _WORKER_CONTEXT.update(faces=faces, face_tri=face_tri, size=size, opts=opts)
 
 
 def person_flow_targets(task: tuple, context: dict[str, Any] | None = None) -> list:
@@ -97,7 +97,7 @@ def person_flow_targets(task: tuple, context: dict[str, Any] | None = None) -> l
         list(imgs),
         lmks,
         yaw,
-        size=ctx["crop_size"],
+        size=ctx["size"],
     )
     pairs = mflow.all_pair_flows(views, faces_t, ctx["opts"], seed=seed)
     empty = np.zeros(0, np.float32)
@@ -108,21 +108,27 @@ def person_flow_targets(task: tuple, context: dict[str, Any] | None = None) -> l
 
 
 def flow_context(
-    faces: np.ndarray, face_region: np.ndarray, crop_size: int, flow_samples: int
+    faces: np.ndarray,
+    face_region: np.ndarray,
+    crop_size: int,
+    flow_samples: int,
+    flow_size: int = 0,
 ) -> dict[str, Any]:
     """What every person's flow targets share: the mesh, its face-region triangles and the
-    flow options at the crop's resolution."""
+    flow options at the working resolution (``flow_size`` px, else the crop's; the targets
+    come back in crop pixels either way)."""
     from mfnet_core import flow as mflow
 
+    size = min(flow_size, crop_size) if flow_size > 0 else crop_size
     opts = mflow.FlowOptions(
-        size=crop_size,
-        stride=max(1, crop_size // 64),
+        size=size,
+        stride=max(1, size // 64),
         max_samples=flow_samples,
         erode_px=1,
         valid_erode_px=2,
     )
     face_tri = mflow.face_faces(faces, face_region)
-    return {"faces": np.asarray(faces), "face_tri": face_tri, "crop_size": crop_size, "opts": opts}
+    return {"faces": np.asarray(faces), "face_tri": face_tri, "size": size, "opts": opts}
 
 
 def flow_target_pool(
@@ -140,7 +146,7 @@ def flow_target_pool(
         initargs=(
             context["faces"],
             context["face_tri"],
-            context["crop_size"],
+            context["size"],
             context["opts"],
             one_thread,
         ),
@@ -198,7 +204,7 @@ def resolve_flow_term(
             False,
             f"mfnet_core.flow lacks {missing}: the multi-view flow term (lambda_1) is left out",
         )
-    context = flow_context(faces, face_region, crop_size, cfg.flow_samples)
+    context = flow_context(faces, face_region, crop_size, cfg.flow_samples, cfg.flow_size)
     pool: list[ProcessPoolExecutor] = []  # made on first use, shared by the steps
     faces_on: dict[torch.device, Tensor] = {}
 
