@@ -26,6 +26,8 @@ def draw_overlay(
     fitted: np.ndarray | None,
     outline_px: np.ndarray | Sequence[np.ndarray] | None = None,
     title: str = "",
+    fitted_label: str = "fitted",
+    legend: bool = True,
 ) -> np.ndarray:
     """A copy of `rgb` with landmarks, their residuals, a mesh outline and a legend.
 
@@ -34,7 +36,9 @@ def draw_overlay(
     joining corresponding points when both are given. outline_px: one (M,2) closed polyline
     or a list of them (e.g. the silhouette contours of the fitted mesh), in cyan.
     Marker sizes scale with the image so the overlay reads the same at 512 and 4000 px.
-    Non-finite points are skipped. Returns a new (H,W,3) uint8 array.
+    Non-finite points are skipped. `fitted_label` names the red crosses in the legend (e.g.
+    "network"); `legend=False` leaves the legend out (panels of a grid). Returns a new
+    (H,W,3) uint8 array.
     """
     img = np.asarray(rgb)
     if img.ndim == 2:
@@ -87,7 +91,15 @@ def draw_overlay(
                     a, b = p + (-dx, -dy), p + (dx, dy)
                     cv2.line(out, _pt(a), _pt(b), FITTED_RGB, thick, cv2.LINE_AA, _SHIFT)
 
-    _legend(out, s, det is not None, fit is not None, outline_px is not None, title)
+    entries = []
+    if legend:
+        if det is not None:
+            entries.append(("o detected", DETECTED_RGB))
+        if fit is not None:
+            entries.append((f"x {fitted_label}", FITTED_RGB))
+        if outline_px is not None:
+            entries.append(("- mesh outline", OUTLINE_RGB))
+    _legend(out, s, entries, title)
     return out
 
 
@@ -149,18 +161,14 @@ def _label(
     cv2.putText(out, text, (x, y), font, scale, colour, thick, cv2.LINE_AA)
 
 
-def _legend(out: np.ndarray, s: float, det: bool, fit: bool, outline: bool, title: str) -> None:
+def _legend(
+    out: np.ndarray, s: float, entries: list[tuple[str, tuple[int, int, int]]], title: str
+) -> None:
+    """The title at the top left, the (text, colour) entries at the bottom left."""
     _, th, base, pad, _ = _text_metrics(s)
     line_h = th + base + pad
     if title:
         _label(out, _ascii(title), pad, pad + th, (255, 255, 255), s)
-    entries = []
-    if det:
-        entries.append(("o detected", DETECTED_RGB))
-    if fit:
-        entries.append(("x fitted", FITTED_RGB))
-    if outline:
-        entries.append(("- mesh outline", OUTLINE_RGB))
     y = out.shape[0] - pad - base
     for text, colour in reversed(entries):
         _label(out, text, pad, y, colour, s)

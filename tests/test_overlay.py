@@ -64,3 +64,15 @@ def test_markers_scale_with_image() -> None:
     area_s = (s_out[100:156, 100:156].sum(2) > 0).sum()
     area_b = (b_out[800:1248, 800:1248].sum(2) > 0).sum()
     assert area_b > 10 * area_s
+
+
+def test_legend_can_be_left_out_and_names_the_crosses() -> None:
+    rgb = np.zeros((300, 400, 3), np.uint8)
+    det = np.array([[200, 100], [250, 120]], np.float32)
+    plain = draw_overlay(rgb, det, det + 5, legend=False)
+    assert not plain[-70:, :150].any()  # no legend in the bottom-left corner
+    fitted = draw_overlay(rgb, det, det + 5)
+    network = draw_overlay(rgb, det, det + 5, fitted_label="network")
+    assert fitted[-70:, :150].any() and network[-70:, :150].any()
+    assert not np.array_equal(fitted[-70:, :150], network[-70:, :150])  # another word
+    assert np.array_equal(fitted[:-70], network[:-70])  # the markers are the same

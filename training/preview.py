@@ -64,6 +64,8 @@ def preview_picture(
                     pred * scale,
                     outline_px=mesh_outline(screen, faces, CELL_PX, CELL_PX),
                     title=f"#{k} {view_name(n, images.shape[1])}: {err:.1f} px",
+                    fitted_label="network",
+                    legend=k == 0 and n == 0,  # once, in the top-left panel
                 )
             )
         rows.append(np.concatenate(cells, axis=1))
