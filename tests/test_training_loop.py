@@ -132,20 +132,28 @@ def test_each_evaluation_writes_a_preview_picture(tmp_path: Path):
     assert not list((tmp_path / "previews").glob(".*"))  # no temporary files left
 
 
-def test_sigterm_saves_the_step_and_resume_equals_uninterrupted_run(tmp_path: Path):
-    """SIGTERM (preemption, `kill`) mid-epoch: the step in flight finishes, a checkpoint is
-    written, and resuming from it gives the uninterrupted run's weights."""
+@pytest.mark.parametrize("step_in_flight", ["finishes", "fails"])
+def test_sigterm_saves_a_step_and_resume_equals_uninterrupted_run(
+    tmp_path: Path, step_in_flight: str
+):
+    """SIGTERM (preemption, `kill`) mid-epoch: the step in flight finishes (or, when the
+    signal also ended its flow workers, fails before the update), a checkpoint of the last
+    finished step is written, and resuming from it gives the uninterrupted run's weights."""
     import signal
+    from concurrent.futures.process import BrokenProcessPool
 
     total, cut = 2 * STEPS_PER_EPOCH + 1, STEPS_PER_EPOCH + 2
+    last = cut if step_in_flight == "finishes" else cut - 1
     straight = make_trainer(tiny_config(tmp_path / "a"))
     straight.fit(max_steps=total)
     first = make_trainer(tiny_config(tmp_path / "b"))
     real_step = first.train_step
 
-    def step_then_signal(batch):  # the real step; the signal arrives while it runs
+    def step_then_signal(batch):  # the signal arrives while the step runs
         if first.step == cut - 1:
             os.kill(os.getpid(), signal.SIGTERM)
+            if step_in_flight == "fails":  # what a pool whose workers were killed raises
+                raise BrokenProcessPool("a worker was terminated")
         return real_step(batch)
 
     first.train_step = step_then_signal
@@ -162,10 +170,21 @@ def test_sigterm_saves_the_step_and_resume_equals_uninterrupted_run(tmp_path: Pa
         signal.signal(signal.SIGTERM, before)
     assert not missed
     assert summary["interrupted"] == "SIGTERM" and summary["exit_code"] == 128 + signal.SIGTERM
-    assert summary["steps"] == cut
+    assert summary["steps"] == last
     ck = torch.load(summary["checkpoint"], map_location="cpu", weights_only=True)
-    assert ck["step"] == cut
-    resume_and_compare(tmp_path / "b", cut, total, straight)
+    assert ck["step"] == last
+    resume_and_compare(tmp_path / "b", last, total, straight)
+
+
+def test_a_failing_step_without_a_stop_signal_still_raises(tmp_path: Path):
+    tr = make_trainer(tiny_config(tmp_path))
+
+    def broken(batch):
+        raise RuntimeError("not a stop")
+
+    tr.train_step = broken
+    with pytest.raises(RuntimeError, match="not a stop"):
+        tr.fit(max_steps=2)
 
 
 @pytest.mark.slow

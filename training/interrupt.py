@@ -1,10 +1,12 @@
 """Stopping a training run cleanly: Ctrl-C or SIGTERM (a cluster's preemption, `kill`)
 finishes the step in flight, saves a checkpoint and exits, so `--resume auto` loses nothing.
 
-A second Ctrl-C stops at once. Worker processes (data loading, flow targets) ignore both
-signals: a terminal sends Ctrl-C to the whole process group, a batch system SIGTERM to every
-process of the job, and a worker that died of it would break the step the main process is
-finishing. The main process shuts its workers down.
+A second Ctrl-C stops at once. A terminal sends Ctrl-C to the whole process group, so
+worker processes ignore it and leave the stopping to the trainer. A batch system may send
+SIGTERM to every process of the job: data-loading workers ignore it too (PyTorch stops
+them itself), but the flow-target workers do not, because their pool must still be able to
+terminate them if one of them dies; when they die of it mid-step, the trainer stops at the
+last finished step instead (``Trainer._run_epoch``).
 """
 
 from __future__ import annotations
@@ -41,17 +43,13 @@ class StopSignal:
             raise KeyboardInterrupt  # the second Ctrl-C: the user means now
         self.received = signum
 
-    @property
-    def name(self) -> str | None:
-        return signal.Signals(self.received).name if self.received is not None else None
 
-    @property
-    def exit_code(self) -> int:
-        """The shell's convention for a process ended by a signal: 128 + its number."""
-        return 128 + int(self.received or 0)
+def ignore_ctrl_c() -> None:
+    """Initializer of the flow-target worker processes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def ignore_interrupts(*_worker_id: object) -> None:
-    """Initializer of worker processes (DataLoader's ``worker_init_fn`` takes an id)."""
+def ignore_stop_signals(_worker_id: int = 0) -> None:
+    """``worker_init_fn`` of the DataLoader's worker processes."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)

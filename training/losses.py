@@ -32,7 +32,7 @@ from mfnet_core.losses import EYELID_PAIRS, LIP_PAIRS, landmark_loss, offset_los
 from mfnet_core.model import Decoded, MFNetOutput
 
 from .config import LossConfig
-from .interrupt import ignore_interrupts
+from .interrupt import ignore_ctrl_c
 
 # (batch, decoded, per-view face scale (B*N,), step) -> scalar
 FlowTerm = Callable[[dict[str, Tensor], Decoded, Tensor, int], Tensor]
@@ -69,7 +69,7 @@ def _flow_worker_init(
 ) -> None:
     """Per process: one core each (no nested thread pools), the mesh and options kept;
     Ctrl-C is the parent's to handle (``training.interrupt``)."""
-    ignore_interrupts()
+    ignore_ctrl_c()
     if one_thread:
         torch.set_num_threads(1)
         cv2.setNumThreads(1)

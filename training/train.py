@@ -50,7 +50,7 @@ from mfnet_core.model import (
 )
 
 from .config import Config, dump_toml, load_config
-from .interrupt import StopSignal, ignore_interrupts
+from .interrupt import StopSignal, ignore_stop_signals
 from .losses import mfnet_loss, resolve_flow_term
 
 LogFn = Callable[[str], None]
@@ -479,7 +479,7 @@ class Trainer:
             collate_fn=collate,
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
-            worker_init_fn=ignore_interrupts if nw > 0 else None,
+            worker_init_fn=ignore_stop_signals if nw > 0 else None,
         )
         return iter(loader)
 
@@ -628,7 +628,16 @@ class Trainer:
         self.timer.restart()
         for batch in it:
             self.timer.mark("data_loading")
-            values = self.train_step(batch)
+            try:
+                values = self.train_step(batch)
+            except Exception as exc:
+                if stop_signal.received is None:
+                    raise
+                # The signal reached the step's own workers too (a batch system signals every
+                # process of the job). The optimizer has not stepped: stop at the last step.
+                self.log(f"the step after {self.step} stopped with the signal ({exc!r})")
+                interrupted = signal.Signals(stop_signal.received)
+                break
             self.step += 1
             self.step_in_epoch += 1
             self.history.append(values)
