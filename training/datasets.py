@@ -102,6 +102,11 @@ class MultiViewDataset(Dataset):
         }
 
 
+def collate(samples: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Samples (dicts of tensors with equal keys) -> one batch, each tensor stacked."""
+    return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+
+
 # --------------------------------------------------------------------------------------
 # Synthetic
 # --------------------------------------------------------------------------------------

@@ -106,7 +106,7 @@ def evaluate_network_synthetic(
     limit: int | None = None,
 ) -> dict[str, Any]:
     """Network vs mean head on a ``SyntheticDataset`` split (validation during training)."""
-    from .train import collate
+    from .datasets import collate
 
     region = np.asarray(flame.assets.face_region, bool)
     mean = mean_head_vertices(flame)

@@ -50,6 +50,7 @@ from mfnet_core.model import (
 )
 
 from .config import Config, dump_toml, load_config
+from .datasets import collate
 from .interrupt import StopSignal, ignore_stop_signals
 from .losses import mfnet_loss, resolve_flow_term
 
@@ -256,10 +257,6 @@ def epoch_batches(n: int, epoch: int, seed: int, global_batch: int) -> list[np.n
     perm = np.random.default_rng([seed, epoch, 0xDA7A]).permutation(n)
     steps = n // global_batch
     return [perm[i * global_batch : (i + 1) * global_batch] for i in range(steps)]
-
-
-def collate(samples: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-    return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
 
 
 def set_bn_mode(model: nn.Module, mode: str) -> None:
