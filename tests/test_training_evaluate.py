@@ -186,3 +186,44 @@ def test_fslab_errors_name_what_is_missing(flame, tmp_path: Path):
     (tmp_path / "b" / "data" / "lab_cam").mkdir()
     with pytest.raises(MfnetError, match="lab_rotations.npy"):
         evaluate_facescape_lab(tmp_path / "b", net, flame, torch.device("cpu"), tmp_path)
+
+
+def test_evaluate_cli_uses_the_networks_crops_and_draws_a_preview(flame, synthetic_val, tmp_path):
+    """`python -m training.evaluate --checkpoint CKPT --set data...`: the data settings come
+    from --set, the crops from the network (a 224 px default crop fed to a 32 px network
+    would be decoded with the wrong camera, silently); --out gets results, table, preview."""
+    from training.config import load_config
+    from training.evaluate import evaluate_network_synthetic, main
+    from training.toy import ToyDataset
+    from training.train import Trainer
+
+    cfg = load_config(None)
+    cfg.model = TINY
+    t = cfg.train
+    t.workdir, t.device, t.batch_size, t.checkpoint_every = str(tmp_path / "run"), "cpu", 2, 0
+    t.eval_every_epochs, t.progress = 0, False
+    cfg.data.num_workers, cfg.loss.use_flow = 0, False
+    sets = ToyDataset(flame, 4, crop_size=32), ToyDataset(flame, 2, crop_size=32, seed=1)
+    trainer = Trainer(cfg, flame=flame, datasets=sets, log=lambda m: None)
+    checkpoint = trainer.fit(max_steps=2)["checkpoint"]
+    trainer.close()
+    root = synthetic_val.files[0].parents[2]  # <root>/<settings hash>/val/subject_*.npz
+    out = tmp_path / "eval"
+    rc = main(
+        ["--checkpoint", checkpoint, "--methods", "mean,network", "--out", str(out), "--json",
+         "--set", f"data.synthetic.root={root}", "--set", "data.synthetic.n_val=2",
+         "--set", "data.synthetic.image_size=128", "--set", "data.synthetic.n_textures=1",
+         "--set", "data.synthetic.texture_size=128"]
+    )  # fmt: skip
+    assert rc == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["network"]["input_size"] == 32 and results["network"]["trained_steps"] == 2
+    direct = evaluate_network_synthetic(
+        trainer.model, flame, synthetic_val, torch.device("cpu"), batch_size=2
+    )
+    assert results["methods"]["network"]["median_vertex_error_mm"] == pytest.approx(
+        direct["median_vertex_error_mm"], rel=1e-5
+    )
+    assert (out / "table.md").read_text().startswith("### Synthetic set")
+    preview = cv2.imread(str(out / "preview.png"))
+    assert preview.shape == (2 * 256, 3 * 256, 3)

@@ -442,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--facescape-metrics", action="store_true", help="synthetic: also CD/MNE/CR")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--out", default=None, help="folder for results.json and table.md")
+    ap.add_argument("--out", default=None, help="folder for results.json, table.md and preview.png")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     try:
@@ -461,6 +461,9 @@ def main(argv: list[str] | None = None) -> int:
             cfg = Config.from_dict(meta["config"])
         else:
             cfg = load_config(None)
+        if model is not None:
+            # Crops, crop size and head model must be the network's, whatever the data config.
+            cfg.model = model.config
         flame = load_flame(cfg, device)
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         if args.dataset == "synthetic":
@@ -500,6 +503,13 @@ def main(argv: list[str] | None = None) -> int:
             results = {"n_subjects": r["n_evaluated"], "methods": {"network": r}}
             title = "FaceScape FS-Lab"
         results["checkpoint"] = args.checkpoint
+        if model is not None:
+            results["network"] = {
+                "backbone": model.config.backbone,
+                "width": model.config.width,
+                "input_size": model.config.input_size,
+                "trained_steps": meta.get("step"),
+            }
         text = (
             markdown_table(results, title) if args.dataset == "synthetic" else _fslab_table(results)
         )
@@ -508,6 +518,11 @@ def main(argv: list[str] | None = None) -> int:
             out.mkdir(parents=True, exist_ok=True)
             (out / "results.json").write_text(json.dumps(results, indent=2))
             (out / "table.md").write_text(text)
+            if model is not None and args.dataset == "synthetic":
+                from .preview import preview_picture, write_preview
+
+                people = [ds[i] for i in range(min(4, len(ds)))]
+                write_preview(preview_picture(model, flame, people, device), out / "preview.png")
         print(json.dumps(results) if args.json else text)
         return 0
     except MfnetError as exc:
