@@ -59,22 +59,41 @@ def true_vertices_cam(flame, batch: dict[str, Tensor]) -> Tensor:  # noqa: ANN00
     return torch.stack(out)
 
 
-def true_partners(
-    verts_true: Tensor, camera: Tensor, faces: Tensor, size: int, a: int, b: int, q_a: Tensor
-) -> tuple[Tensor, Tensor]:
-    """The true view-b pixel of each view-a anchor, and whether the true surface point under
-    it is seen in view b (depth test against the true mesh). verts_true (N,V,3) float64."""
+def true_views(verts_true: Tensor, camera: Tensor, faces: Tensor, size: int) -> list[tuple]:
+    """Per view of one person: the true mesh's fragments and its depth buffer with each
+    pixel's farthest 3x3 neighbour (lenient at silhouettes, as `flow.warp_to_view`).
+    verts_true (N,V,3) float64, camera (N,4). Made once, used by every pair and setting."""
     from mfnet_core.camera import to_screen
-    from mfnet_core.flow import project_depth, surface_bary
     from mfnet_core.render import rasterize
 
-    frags = {}
-    for v in (a, b):
+    out = []
+    for v in range(verts_true.shape[0]):
         scr = to_screen(verts_true[v][None], camera[v][None])[0]
-        frags[v] = rasterize(scr, faces, size, size, perspective_correct=True)
+        frags = rasterize(scr, faces, size, size, perspective_correct=True)
+        depth = frags.depth.double()[None, None]
+        zmax = torch.nn.functional.max_pool2d(depth, 3, stride=1, padding=1)[0, 0]
+        out.append((frags, zmax))
+    return out
+
+
+def true_partners(
+    verts_true: Tensor,
+    camera: Tensor,
+    faces: Tensor,
+    views: list[tuple],
+    a: int,
+    b: int,
+    q_a: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """The true view-b pixel of each view-a anchor, and whether the true surface point under
+    it is seen in view b (depth test against the true mesh). verts_true (N,V,3) float64;
+    views: `true_views` of the same person."""
+    from mfnet_core.flow import project_depth, surface_bary
+
+    size = views[a][1].shape[0]
     xi = q_a[:, 0].floor().long().clamp(0, size - 1)
     yi = q_a[:, 1].floor().long().clamp(0, size - 1)
-    face = frags[a].face_index[yi, xi]
+    face = views[a][0].face_index[yi, xi]
     ok = face >= 0
     tri = faces[face.clamp_min(0)]
     bary = surface_bary(verts_true[a][tri], camera[a], q_a)
@@ -83,8 +102,7 @@ def true_partners(
     xb = p_b[:, 0].floor().long()
     yb = p_b[:, 1].floor().long()
     inside = (xb >= 0) & (xb < size) & (yb >= 0) & (yb < size)
-    depth_b = frags[b].depth.double()
-    zmax = torch.nn.functional.max_pool2d(depth_b[None, None], 3, stride=1, padding=1)[0, 0]
+    zmax = views[b][1]
     seen = inside & (p_b[:, 2] <= zmax[yb.clamp(0, size - 1), xb.clamp(0, size - 1)] * 1.005)
     return p_b[:, :2], ok & seen
 
@@ -95,7 +113,7 @@ def score(
     true_cam: Tensor,
     camera: Tensor,
     faces: Tensor,
-    size: int,
+    truth_views: list[list[tuple]],
 ) -> dict[str, float]:
     """Median errors (crop px) of the predicted-geometry partner and the flow targets."""
     from mfnet_core.flow import transfer_points
@@ -107,7 +125,9 @@ def score(
         start = len(geo)
         for pf in pairs:
             q_a = torch.as_tensor(pf.anchor_a, dtype=torch.float64)
-            truth, ok = true_partners(true_cam[i], camera[i].double(), faces, size, pf.a, pf.b, q_a)
+            truth, ok = true_partners(
+                true_cam[i], camera[i].double(), faces, truth_views[i], pf.a, pf.b, q_a
+            )
             tri = faces[torch.as_tensor(pf.faces)]
             q_geo = transfer_points(
                 pred_cam[i, pf.a][tri][None],
@@ -180,13 +200,14 @@ def main(argv: list[str] | None = None) -> int:
         true_cam = true_vertices_cam(flame, batch)
         states = {"untrained" if args.checkpoint is None else "checkpoint": dec}
         # The true mesh, with the detected landmarks for the masks.
-        with torch.no_grad():
-            truth_dec = replace(
-                dec, vertices_cam=true_cam.float(), landmarks_px=batch["landmarks"].float()
-            )
-        states["truth"] = truth_dec
+        states["truth"] = replace(
+            dec, vertices_cam=true_cam.float(), landmarks_px=batch["landmarks"].float()
+        )
         trainer.close()
         camera = batch["camera"]
+        truth_views = [
+            true_views(true_cam[i], camera[i].double(), faces, crop) for i in range(len(true_cam))
+        ]
         for state, d in states.items():
             tasks = flow_tasks(batch, d, step=0)
             pred_cam = d.vertices_cam.double()
@@ -201,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
                     t = time.perf_counter()
                     per_person.append(person_flow_targets(task, ctx))
                     times.append(time.perf_counter() - t)
-                row = score(per_person, pred_cam, true_cam, camera, faces, crop)
+                row = score(per_person, pred_cam, true_cam, camera, faces, truth_views)
                 row["per_person_ms"] = round(1000 * statistics.median(times), 1)
                 row["per_person_landmark_px"] = landmark_errors(d, batch)
                 key = preset if size == 0 else f"{preset}@{context['size']}px"
