@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from mfnet_core.metrics import similarity_transform
 from training.metrics import (
     align_depth,
     chamfer_distance,
@@ -18,7 +19,6 @@ from training.metrics import (
     icp_align,
     mean_normal_error,
     point_to_surface,
-    rigid_transform,
 )
 
 EYE = np.eye(3)
@@ -186,7 +186,7 @@ def test_rigid_and_icp_recover_a_known_motion():
         [[math.cos(ang), -math.sin(ang), 0], [math.sin(ang), math.cos(ang), 0], [0, 0, 1]]
     )
     moved = v @ rot.T + [1.0, -2.0, 0.5]
-    s, r, t = rigid_transform(moved, v)
+    s, r, t = similarity_transform(moved, v, with_scale=False)
     np.testing.assert_allclose(s * moved @ r.T + t, v, atol=1e-9)
     back = icp_align(moved, v, f, iterations=20, trim=1.0)
     assert np.abs(back - v).max() < 1e-6

@@ -35,10 +35,10 @@ import torch
 from torch import nn
 
 from mfnet_core.errors import MfnetError
-from mfnet_core.metrics import vertex_error_mm
+from mfnet_core.metrics import similarity_transform, vertex_error_mm
 from mfnet_core.model import MFNet, decode
 
-from .metrics import STD_PUPIL_DIST_MM, align_depth, facescape_scores, rigid_transform
+from .metrics import STD_PUPIL_DIST_MM, align_depth, facescape_scores
 
 # FLAME axes (face toward +z) -> the benchmark's cylinder frame (face toward -z, y up).
 FLAME_TO_CYLINDER = np.diag([-1.0, 1.0, -1.0])
@@ -79,7 +79,7 @@ def synthetic_scores(
 ) -> dict[str, float]:
     """FaceScape CD/MNE/CR (mm, rad) of a prediction against the ground truth's face region,
     after a rigid alignment on the region (same topology)."""
-    s, rot, t = rigid_transform(pred[region], truth[region])
+    s, rot, t = similarity_transform(pred[region], truth[region], with_scale=False)
     aligned = (s * pred @ rot.T + t) * 1000.0
     gt = truth * 1000.0
     centre = gt.mean(0)

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
-from mfnet_core.metrics import closest_point_on_triangles, similarity_transform
+from mfnet_core.metrics import closest_point_on_triangles
 
 STD_PUPIL_DIST_MM = (64.0 + 61.7) / 2
 CYL_SIZE = 256
@@ -442,14 +442,6 @@ def align_depth(
     dz = float(np.median(dg.value[both] - dp.value[both]))
     mean_z = float(dg.value[both].mean())
     return np.asarray(pred_vertices, np.float64) * (mean_z / (mean_z - dz)), dz
-
-
-def rigid_transform(
-    src: np.ndarray, dst: np.ndarray, with_scale: bool = False
-) -> tuple[float, np.ndarray, np.ndarray]:
-    """Umeyama: (s, R, t) minimising |s R src + t - dst|^2 over paired (P,3) points;
-    rigid (s = 1) unless ``with_scale``."""
-    return similarity_transform(src, dst, with_scale=with_scale)
 
 
 def icp_align(
