@@ -574,7 +574,9 @@ def render_textured(
             )
         normals = _as_normals(verts_world_or_normals.to(dtype), faces, normals_kind)
         n = F.normalize(
-            interpolate_corners(normals, faces.to(normals.device, torch.long)[f], bary), dim=-1, eps=1e-12
+            interpolate_corners(normals, faces.to(normals.device, torch.long)[f], bary),
+            dim=-1,
+            eps=1e-12,
         )
         colour = shade_sh(colour, n, sh_coeffs.to(dtype))
     image = _scatter_pixels(colour, pix, fragments.height, fragments.width)

@@ -19,7 +19,7 @@ from .fitting import FitResult
 from .flame import FlameAssets
 from .flow import FlowOptions
 from .images import Photo
-from .overlay import title_panels
+from .overlay import draw_overlay, title_panels
 from .render import rasterize
 
 
@@ -87,8 +87,6 @@ def make_overlay(
     name: str,
 ) -> np.ndarray:
     """Detected vs fitted landmarks and the fitted mesh's outline over the photo."""
-    from .overlay import draw_overlay
-
     h, w = rgb.shape[:2]
     res = np.linalg.norm(fitted - detected, axis=1)
     title = f"{name}: median landmark error {np.median(res):.1f} px"

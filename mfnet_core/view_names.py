@@ -31,7 +31,7 @@ def name_views(yaws: np.ndarray) -> list[str]:
     if n == 3:
         order = np.argsort(yaws)
         names = [""] * 3
-        for name, idx in zip(("left", "front", "right"), order, strict=True):
+        for name, idx in zip(NAMED_VIEWS, order, strict=True):
             names[idx] = name
         return names
     return [f"view{i}" for i in range(n)]
