@@ -42,9 +42,9 @@ import numpy as np
 import torch
 
 from mfnet_core.camera import axis_angle_to_matrix, yaw_pitch_roll_deg
-from mfnet_core.dense_fit import DenseOptions, refine_dense
-from mfnet_core.fitting import FitOptions, fit_landmarks
-from mfnet_core.flame import FLAME, load_flame_assets
+from mfnet_core.fit.dense import DenseOptions, refine_dense
+from mfnet_core.fit.landmark_fit import FitOptions, fit_landmarks
+from mfnet_core.head.flame import FLAME, load_flame_assets
 from mfnet_core.metrics import closest_point_on_triangles, similarity_transform, vertex_error_mm
 from mfnet_core.synthetic import (
     HeadScan,
@@ -70,14 +70,14 @@ def load_model(which: str) -> tuple[FLAME, str]:
     """The test head (default) or the user's FLAME (--model flame: found as `mfnet doctor`
     says, e.g. MFNET_FLAME_MODEL)."""
     if which == "flame":
-        from mfnet_core.assets import find_flame_model
+        from mfnet_core.inputs.model_files import find_flame_model
 
         path = find_flame_model()
         if path is None:
             raise SystemExit("--model flame: no FLAME model found (run `mfnet doctor`)")
         assets = load_flame_assets(path)
     else:
-        from mfnet_core.testhead import ensure_test_head
+        from mfnet_core.head.testhead import ensure_test_head
 
         assets = load_flame_assets(ensure_test_head())
     return FLAME(assets, n_shape=100, n_expr=50), assets.kind

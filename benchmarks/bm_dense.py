@@ -24,13 +24,13 @@ import time
 import numpy as np
 import torch
 
-from mfnet_core import dense_fit as dfm
-from mfnet_core import flow as fl
-from mfnet_core.fitting import FitOptions, fit_landmarks
-from mfnet_core.flame import FLAME, load_flame_assets
+from mfnet_core.fit import dense as dfm
+from mfnet_core.fit import flow as fl
+from mfnet_core.fit.landmark_fit import FitOptions, fit_landmarks
+from mfnet_core.head.flame import FLAME, load_flame_assets
+from mfnet_core.head.testhead import ensure_test_head
 from mfnet_core.metrics import vertex_error_mm
 from mfnet_core.synthetic import RealisticOptions, make_realistic_subject
-from mfnet_core.testhead import ensure_test_head
 
 
 def main(argv: list[str] | None = None) -> int:

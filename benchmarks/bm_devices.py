@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mfnet_core.assets import load_model_or_test_head
-from mfnet_core.fitting import FitOptions
-from mfnet_core.flame import FLAME
+from mfnet_core.fit.landmark_fit import FitOptions
+from mfnet_core.head.flame import FLAME
+from mfnet_core.head.registry import load_model_or_test_head
 from mfnet_core.metrics import vertex_error_mm
 from mfnet_core.reconstruct import ReconstructOptions, ViewInput, reconstruct
 from mfnet_core.synthetic import make_subject, procedural_texture

@@ -43,8 +43,8 @@ from bm_flow_targets import cpu_offer, make_batch  # noqa: E402
 def true_vertices_cam(flame, batch: dict[str, Tensor]) -> Tensor:  # noqa: ANN001
     """(B,N,V,3) the true meshes in each view's camera space (float64)."""
     from mfnet_core.camera import axis_angle_to_matrix
-    from mfnet_core.fitting import pose_points
-    from mfnet_core.model import root_joint
+    from mfnet_core.fit.landmark_fit import pose_points
+    from mfnet_core.network.mfnet import root_joint
 
     out = []
     for i in range(batch["gt_vertices"].shape[0]):
@@ -88,7 +88,7 @@ def true_partners(
     """The true view-b pixel of each view-a anchor, and whether the true surface point under
     it is seen in view b (depth test against the true mesh). verts_true (N,V,3) float64;
     views: `true_views` of the same person."""
-    from mfnet_core.flow import project_depth, surface_bary
+    from mfnet_core.fit.flow import project_depth, surface_bary
 
     size = views[a][1].shape[0]
     xi = q_a[:, 0].floor().long().clamp(0, size - 1)
@@ -116,7 +116,7 @@ def score(
     truth_views: list[list[tuple]],
 ) -> dict[str, float]:
     """Median errors (crop px) of the predicted-geometry partner and the flow targets."""
-    from mfnet_core.flow import transfer_points
+    from mfnet_core.fit.flow import transfer_points
 
     geo, tgt, tgt_ok, consistent = [], [], [], []
     people = []

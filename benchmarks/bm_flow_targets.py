@@ -102,7 +102,8 @@ def make_batch(people: int, crop: int, root: Path, checkpoint: str | None = None
     """(trainer, batch, decoded) for one training batch of `people`, on the CPU: synthetic
     people at 384 px and a small untrained MFNet at `crop` px, or, with `checkpoint`, that
     network and its run's synthetic settings (the held-out people)."""
-    from mfnet_core.model import decode, load_checkpoint
+    from mfnet_core.network.checkpoints import load_checkpoint
+    from mfnet_core.network.mfnet import decode
     from training.config import load_config
     from training.train import Trainer
 

@@ -9,10 +9,10 @@ rigid alignment) and the largest |expression| coefficient per setting.
 
 import numpy as np
 
-from mfnet_core.assets import load_model_or_test_head
-from mfnet_core.fitting import FitOptions, fit_landmarks
-from mfnet_core.flame import FLAME
-from mfnet_core.losses import LossWeights
+from mfnet_core.fit.landmark_fit import FitOptions, fit_landmarks
+from mfnet_core.fit.losses import LossWeights
+from mfnet_core.head.flame import FLAME
+from mfnet_core.head.registry import load_model_or_test_head
 from mfnet_core.metrics import vertex_error_mm
 from mfnet_core.synthetic import make_subject, procedural_texture
 

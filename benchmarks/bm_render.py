@@ -31,8 +31,8 @@ import time
 import numpy as np
 import torch
 
+from mfnet_core.outputs.texture import BakeView, bake_texture
 from mfnet_core.render import rasterize, render_textured, vertex_normals
-from mfnet_core.texture import BakeView, bake_texture
 
 
 def head_like_mesh(

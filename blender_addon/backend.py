@@ -3,7 +3,7 @@
 The add-on never imports torch or mfnet_core: it finds a Python where `import mfnet_core`
 works, starts `reconstruct ... --progress jsonl`, reads one JSON object per stdout line on
 a background thread, and cancels by interrupting the child's process group (the backend
-then removes its temporary folder; see mfnet_core.export.atomic_folder).
+then removes its temporary folder; see mfnet_core.outputs.result_folder.atomic_folder).
 """
 
 from __future__ import annotations

@@ -13,12 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__
-from .errors import MfnetError
-from .fitting import LOSS_TERMS, FitOptions
+from mfnet_core import __version__
+from mfnet_core.errors import MfnetError
+from mfnet_core.fit.landmark_fit import LOSS_TERMS, FitOptions
 
 if TYPE_CHECKING:
-    from .dense_fit import DenseOptions
+    from mfnet_core.fit.dense import DenseOptions
 
 ProgressFn = Callable[[str, float, str], None]
 
@@ -72,9 +72,9 @@ def _fit_options(args: argparse.Namespace) -> FitOptions:
 
 def _dense_options(args: argparse.Namespace) -> DenseOptions:
     """--flow-method / --raft-weights, checked before anything slow runs."""
-    from .dense_fit import DenseOptions
-    from .flow import FlowOptions
-    from .reconstruct import check_flow_options
+    from mfnet_core.fit.dense import DenseOptions
+    from mfnet_core.fit.flow import FlowOptions
+    from mfnet_core.reconstruct import check_flow_options
 
     if args.raft_weights and args.flow_method != "raft":
         raise MfnetError("--raft-weights is only used with --flow-method raft")
@@ -84,13 +84,13 @@ def _dense_options(args: argparse.Namespace) -> DenseOptions:
 
 
 def _load_assets(flame_path: str | None):
-    from .assets import load_model_or_test_head
+    from mfnet_core.head.registry import load_model_or_test_head
 
     return load_model_or_test_head(Path(flame_path) if flame_path else None)
 
 
 def cmd_reconstruct(args: argparse.Namespace, progress: ProgressPrinter) -> dict:
-    from .reconstruct import ReconstructOptions, load_inputs, reconstruct
+    from mfnet_core.reconstruct import ReconstructOptions, load_inputs, reconstruct
 
     fit, dense = _fit_options(args), _dense_options(args)
     assets = _load_assets(args.flame)
@@ -120,10 +120,10 @@ def cmd_reconstruct(args: argparse.Namespace, progress: ProgressPrinter) -> dict
 def cmd_demo(args: argparse.Namespace, progress: ProgressPrinter) -> dict:
     import numpy as np
 
-    from .flame import FLAME
-    from .metrics import vertex_error_mm
-    from .reconstruct import ReconstructOptions, ViewInput, reconstruct
-    from .synthetic import make_subject, procedural_texture
+    from mfnet_core.head.flame import FLAME
+    from mfnet_core.metrics import vertex_error_mm
+    from mfnet_core.reconstruct import ReconstructOptions, ViewInput, reconstruct
+    from mfnet_core.synthetic import make_subject, procedural_texture
 
     start = time.perf_counter()
     fit, dense = _fit_options(args), _dense_options(args)
@@ -165,7 +165,7 @@ def cmd_demo(args: argparse.Namespace, progress: ProgressPrinter) -> dict:
 
 
 def cmd_doctor(args: argparse.Namespace, progress: ProgressPrinter) -> dict:
-    from .assets import doctor_report
+    from mfnet_core.doctor import doctor_report
 
     return doctor_report(Path(args.flame) if args.flame else None)
 

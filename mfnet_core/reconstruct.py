@@ -11,11 +11,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
-from .camera import Intrinsics, to_screen
-from .dense_fit import DenseOptions, refine_dense
-from .errors import MfnetError
-from .export import (
+from mfnet_core import __version__
+from mfnet_core.camera import Intrinsics, to_screen
+from mfnet_core.errors import MfnetError
+from mfnet_core.fit.dense import DenseOptions, refine_dense
+from mfnet_core.fit.flow import FlowOptions, estimate_flow, face_faces
+from mfnet_core.fit.landmark_fit import FitOptions, FitResult, MultiViewFitter, fit_landmarks
+from mfnet_core.fit.photometric import view_quality
+from mfnet_core.head.flame import FLAME, FlameAssets
+from mfnet_core.inputs.images import Photo, load_photo
+from mfnet_core.outputs.report import (
+    dense_pictures,
+    dense_section,
+    make_overlay,
+    params_json,
+    rerender_picture,
+    view_report,
+)
+from mfnet_core.outputs.result_folder import (
     atomic_folder,
     build_rig,
     check_destination,
@@ -24,22 +37,14 @@ from .export import (
     write_json,
     write_obj,
 )
-from .fitting import FitOptions, FitResult, MultiViewFitter, fit_landmarks
-from .flame import FLAME, FlameAssets
-from .flow import FlowOptions, estimate_flow, face_faces
-from .images import Photo, load_photo
-from .photometric import view_quality
-from .render import vertex_normals
-from .report import (
-    dense_pictures,
-    dense_section,
-    make_overlay,
-    params_json,
-    rerender_picture,
-    view_report,
+from mfnet_core.outputs.texture import BakeView, bake_texture
+from mfnet_core.outputs.view_names import (
+    label_from_filename,
+    name_views,
+    view_labels,
+    view_warnings,
 )
-from .texture import BakeView, bake_texture
-from .view_names import label_from_filename, name_views, view_labels, view_warnings
+from mfnet_core.render import vertex_normals
 
 StageProgress = Callable[[str, float, str], None]
 
@@ -209,7 +214,7 @@ def reconstruct(
         landmarks = []
         for i, view in enumerate(inputs):
             if view.landmarks is None:
-                from .landmarks import detect_landmarks
+                from mfnet_core.inputs.landmarks import detect_landmarks
 
                 res = detect_landmarks(
                     view.photo, backend=options.landmark_backend, source_name=view.photo.name
@@ -350,8 +355,9 @@ def _landmark_fit(
     if options.weights is None:
         fitter = fit_landmarks(flame, lmk, intrinsics, options.fit, device, progress=sub)
         return fitter, {"from": "pnp"}
-    from .fitting import INIT_ITERATIONS, INIT_OUTLIER_ROUNDS
-    from .model import load_checkpoint, predict_init
+    from mfnet_core.fit.landmark_fit import INIT_ITERATIONS, INIT_OUTLIER_ROUNDS
+    from mfnet_core.network.checkpoints import load_checkpoint
+    from mfnet_core.network.predict import predict_init
 
     sub(0.0, "network prediction")
     model, meta = load_checkpoint(options.weights, device)

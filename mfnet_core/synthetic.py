@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .camera import Intrinsics, axis_angle_to_matrix, to_screen
-from .flame import FLAME, FlameAssets
-from .images import Photo, photo_from_array
-from .render import rasterize, render_textured, vertex_normals
+from mfnet_core.camera import Intrinsics, axis_angle_to_matrix, to_screen
+from mfnet_core.head.flame import FLAME, FlameAssets
+from mfnet_core.inputs.images import Photo, photo_from_array
+from mfnet_core.render import rasterize, render_textured, vertex_normals
 
 
 @dataclass
@@ -766,7 +766,7 @@ def render_scan(
     lmk3 = torch.as_tensor(scan.landmarks)
     backend = None
     if landmarks == "dlib":
-        from .landmarks import get_backend
+        from mfnet_core.inputs.landmarks import get_backend
 
         try:
             backend = get_backend("dlib")

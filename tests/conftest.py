@@ -11,7 +11,7 @@ import pytest
 def test_head_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The test head's model file, generated fresh into a session temp folder (so tests
     always exercise the current generator, never a stale cache)."""
-    from mfnet_core.testhead import write_test_head
+    from mfnet_core.head.testhead import write_test_head
 
     return write_test_head(tmp_path_factory.mktemp("testhead"))
 
@@ -19,6 +19,6 @@ def test_head_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def test_head_assets(test_head_path: Path):
     """`FlameAssets` of the generated test head (kind 'test-head')."""
-    from mfnet_core.flame import load_flame_assets
+    from mfnet_core.head.flame import load_flame_assets
 
     return load_flame_assets(test_head_path)

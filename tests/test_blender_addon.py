@@ -166,8 +166,8 @@ def flame_reference(result_dir: Path, expression: np.ndarray, pose: np.ndarray) 
     """mfnet_core's FLAME forward pass for the model that made the result folder.
     expression (N,K), pose (N,J,3) -> (N,V,3)."""
     torch = pytest.importorskip("torch")
-    from mfnet_core.assets import load_model_or_test_head
-    from mfnet_core.flame import FLAME
+    from mfnet_core.head.flame import FLAME
+    from mfnet_core.head.registry import load_model_or_test_head
 
     with np.load(result_dir / "rig.npz") as z:
         kind, shape = str(z["model_kind"]), z["shape"]

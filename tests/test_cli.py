@@ -11,11 +11,17 @@ import pytest
 from PIL import Image
 
 
-def run_cli(*args: str, env_extra: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, env_extra: dict | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "MFNET_FLAME_MODEL"}
     env.update({"OMP_NUM_THREADS": "2", **(env_extra or {})})
     return subprocess.run(
-        [sys.executable, "-m", "mfnet_core", *args], capture_output=True, text=True, timeout=timeout, env=env
+        [sys.executable, "-m", "mfnet_core", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
     )
 
 
@@ -39,8 +45,17 @@ def astronaut_png(tmp_path_factory):
 
 def test_reconstruct_real_photo_jsonl(tmp_path, astronaut_png, cache_env):
     out = tmp_path / "astro"
-    proc = run_cli("reconstruct", str(astronaut_png), "-o", str(out), "--progress", "jsonl",
-                   "--texture-size", "512", env_extra=cache_env)
+    proc = run_cli(
+        "reconstruct",
+        str(astronaut_png),
+        "-o",
+        str(out),
+        "--progress",
+        "jsonl",
+        "--texture-size",
+        "512",
+        env_extra=cache_env,
+    )
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
     stages = [line["stage"] for line in lines]
@@ -70,7 +85,9 @@ def test_bad_photo_gives_clear_error_and_writes_nothing(tmp_path, cache_env):
     bad = tmp_path / "left.jpg"
     bad.write_bytes(b"this is not a jpeg")
     out = tmp_path / "res"
-    proc = run_cli("reconstruct", str(bad), "-o", str(out), "--progress", "none", env_extra=cache_env)
+    proc = run_cli(
+        "reconstruct", str(bad), "-o", str(out), "--progress", "none", env_extra=cache_env
+    )
     assert proc.returncode == 2
     assert "left.jpg" in proc.stderr and "Traceback" not in proc.stderr
     assert not out.exists()
@@ -80,15 +97,32 @@ def test_bad_photo_gives_clear_error_and_writes_nothing(tmp_path, cache_env):
 def test_no_face_error_names_the_file(tmp_path, cache_env):
     blank = tmp_path / "wall.png"
     Image.fromarray(np.full((300, 300, 3), 200, np.uint8)).save(blank)
-    proc = run_cli("reconstruct", str(blank), "-o", str(tmp_path / "r"), "--progress", "jsonl", env_extra=cache_env)
+    proc = run_cli(
+        "reconstruct",
+        str(blank),
+        "-o",
+        str(tmp_path / "r"),
+        "--progress",
+        "jsonl",
+        env_extra=cache_env,
+    )
     assert proc.returncode == 2
     last = json.loads(proc.stdout.strip().splitlines()[-1])
     assert last["stage"] == "error" and "wall.png" in last["message"]
 
 
 def test_demo_json(tmp_path, cache_env):
-    proc = run_cli("demo", "--json", "-o", str(tmp_path / "demo"), "--image-size", "512",
-                   "--texture-size", "512", env_extra=cache_env)
+    proc = run_cli(
+        "demo",
+        "--json",
+        "-o",
+        str(tmp_path / "demo"),
+        "--image-size",
+        "512",
+        "--texture-size",
+        "512",
+        env_extra=cache_env,
+    )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["model"] == "test-head"
@@ -99,15 +133,29 @@ def test_demo_json(tmp_path, cache_env):
     report = json.loads((Path(summary["result_dir"]) / "report.json").read_text())
     assert report["loss_terms_used"] == ["landmarks", "eye", "lip", "flow", "reg"]
     assert report["dense"]["flow"]["method"] == "dis" and report["losses"]["flow"] > 0
-    assert {(p["from"], p["to"]) for p in report["dense"]["pairs"]} >= {("left", "front"), ("front", "right")}
+    assert {(p["from"], p["to"]) for p in report["dense"]["pairs"]} >= {
+        ("left", "front"),
+        ("front", "right"),
+    }
     assert (Path(summary["result_dir"]) / "overlay_flow_left_to_front.png").is_file()
     assert all(v["psnr_face"] > 20 for v in report["views"])
 
 
 def test_demo_with_photo_term(tmp_path, cache_env):
     out = tmp_path / "demo_photo"
-    proc = run_cli("demo", "--json", "-o", str(out), "--image-size", "512", "--texture-size", "512",
-                   "--losses", "landmarks,eye,lip,flow,reg,photo", env_extra=cache_env)
+    proc = run_cli(
+        "demo",
+        "--json",
+        "-o",
+        str(out),
+        "--image-size",
+        "512",
+        "--texture-size",
+        "512",
+        "--losses",
+        "landmarks,eye,lip,flow,reg,photo",
+        env_extra=cache_env,
+    )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["median_vertex_error_mm"] < 2.0
@@ -134,8 +182,17 @@ def _assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> 
 
 def test_raft_without_weights_is_a_clear_error(tmp_path, cache_env):
     out = tmp_path / "r"
-    proc = run_cli("reconstruct", str(_blank_photo(tmp_path)), "-o", str(out), "--progress", "none",
-                   "--flow-method", "raft", env_extra=cache_env)
+    proc = run_cli(
+        "reconstruct",
+        str(_blank_photo(tmp_path)),
+        "-o",
+        str(out),
+        "--progress",
+        "none",
+        "--flow-method",
+        "raft",
+        env_extra=cache_env,
+    )
     line = _assert_one_line_error(proc, "--raft-weights")
     assert "--flow-method raft" in line
     assert not out.exists()
@@ -143,9 +200,19 @@ def test_raft_without_weights_is_a_clear_error(tmp_path, cache_env):
 
 def test_raft_weights_missing_file_is_a_clear_error(tmp_path, cache_env):
     missing = tmp_path / "no" / "raft_large.pth"
-    proc = run_cli("reconstruct", str(_blank_photo(tmp_path)), "-o", str(tmp_path / "r"),
-                   "--progress", "none", "--flow-method", "raft", "--raft-weights", str(missing),
-                   env_extra=cache_env)
+    proc = run_cli(
+        "reconstruct",
+        str(_blank_photo(tmp_path)),
+        "-o",
+        str(tmp_path / "r"),
+        "--progress",
+        "none",
+        "--flow-method",
+        "raft",
+        "--raft-weights",
+        str(missing),
+        env_extra=cache_env,
+    )
     line = _assert_one_line_error(proc, str(missing))
     assert "not found" in line
 
@@ -155,9 +222,20 @@ def test_raft_weights_unusable_fail_before_the_fit(tmp_path, cache_env):
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a state dict")
     photo = _blank_photo(tmp_path)  # no face: the run would fail later at landmarks otherwise
-    proc = run_cli("reconstruct", str(photo), str(photo), "-o", str(tmp_path / "r"),
-                   "--progress", "jsonl", "--flow-method", "raft", "--raft-weights", str(junk),
-                   env_extra=cache_env)
+    proc = run_cli(
+        "reconstruct",
+        str(photo),
+        str(photo),
+        "-o",
+        str(tmp_path / "r"),
+        "--progress",
+        "jsonl",
+        "--flow-method",
+        "raft",
+        "--raft-weights",
+        str(junk),
+        env_extra=cache_env,
+    )
     _assert_one_line_error(proc, "torchvision", str(junk))
     stages = [json.loads(line)["stage"] for line in proc.stdout.splitlines() if line.strip()]
     assert stages == ["error"]  # nothing ran before the check
@@ -166,14 +244,30 @@ def test_raft_weights_unusable_fail_before_the_fit(tmp_path, cache_env):
 def test_raft_weights_need_the_raft_method(tmp_path, cache_env):
     weights = tmp_path / "raft.pth"
     weights.write_bytes(b"x")
-    proc = run_cli("reconstruct", str(_blank_photo(tmp_path)), "-o", str(tmp_path / "r"),
-                   "--progress", "none", "--raft-weights", str(weights), env_extra=cache_env)
+    proc = run_cli(
+        "reconstruct",
+        str(_blank_photo(tmp_path)),
+        "-o",
+        str(tmp_path / "r"),
+        "--progress",
+        "none",
+        "--raft-weights",
+        str(weights),
+        env_extra=cache_env,
+    )
     _assert_one_line_error(proc, "--flow-method raft")
 
 
 def test_unknown_flow_method_is_refused(tmp_path, cache_env):
-    proc = run_cli("reconstruct", str(_blank_photo(tmp_path)), "-o", str(tmp_path / "r"),
-                   "--flow-method", "farneback", env_extra=cache_env)
+    proc = run_cli(
+        "reconstruct",
+        str(_blank_photo(tmp_path)),
+        "-o",
+        str(tmp_path / "r"),
+        "--flow-method",
+        "farneback",
+        env_extra=cache_env,
+    )
     assert proc.returncode == 2
     assert "--flow-method" in proc.stderr and "Traceback" not in proc.stderr
 

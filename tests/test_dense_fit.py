@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from mfnet_core import dense_fit as dfm
-from mfnet_core import flow as fl
-from mfnet_core.fitting import FitOptions, fit_landmarks
-from mfnet_core.flame import FLAME
+from mfnet_core.fit import dense as dfm
+from mfnet_core.fit import flow as fl
+from mfnet_core.fit.landmark_fit import FitOptions, fit_landmarks
+from mfnet_core.head.flame import FLAME
 from mfnet_core.metrics import vertex_error_mm
 from mfnet_core.synthetic import RealisticOptions, make_realistic_subject
 

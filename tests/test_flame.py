@@ -13,7 +13,7 @@ from smplx.lbs import batch_rodrigues, find_dynamic_lmk_idx_and_bcoords, lbs
 
 from mfnet_core.camera import axis_angle_to_matrix, yaw_pitch_roll_deg
 from mfnet_core.errors import MfnetError, ModelNotFoundError
-from mfnet_core.flame import (
+from mfnet_core.head.flame import (
     FLAME,
     flame_bins_to_ours,
     generated_uv,
@@ -21,8 +21,8 @@ from mfnet_core.flame import (
     load_flame_assets,
     yaw_bin,
 )
-from mfnet_core.safe_pickle import load_npy_object, load_restricted_pickle
-from mfnet_core.testhead import LANDMARK_NAME, MASKS_NAME, TEXTURE_NAME
+from mfnet_core.head.testhead import LANDMARK_NAME, MASKS_NAME, TEXTURE_NAME
+from mfnet_core.inputs.safe_pickle import load_npy_object, load_restricted_pickle
 
 
 def close(a, b, atol=1e-6):
@@ -384,7 +384,7 @@ def clean_env(tmp_path, monkeypatch):
 
 
 def test_user_dirs_follow_the_environment(clean_env):
-    from mfnet_core.assets import flame_dir, user_cache_dir, user_data_dir
+    from mfnet_core.inputs.model_files import flame_dir, user_cache_dir, user_data_dir
 
     assert user_data_dir() == clean_env / "home"
     assert user_cache_dir() == clean_env / "cache"
@@ -392,7 +392,7 @@ def test_user_dirs_follow_the_environment(clean_env):
 
 
 def test_find_flame_model_order(clean_env, monkeypatch):
-    from mfnet_core.assets import find_flame_model
+    from mfnet_core.inputs.model_files import find_flame_model
 
     assert find_flame_model(None) is None
     data = clean_env / "home" / "flame"
@@ -424,7 +424,7 @@ def test_find_flame_model_order(clean_env, monkeypatch):
 def test_doctor_report_without_flame(clean_env):
     import sys
 
-    from mfnet_core.assets import doctor_report
+    from mfnet_core.doctor import doctor_report
 
     had_frm = "face_recognition_models" in sys.modules
     rep = doctor_report(None)
@@ -443,7 +443,7 @@ def test_doctor_report_without_flame(clean_env):
 
 
 def test_doctor_report_with_a_model(clean_env, test_head_path):
-    from mfnet_core.assets import doctor_report
+    from mfnet_core.doctor import doctor_report
 
     rep = doctor_report(test_head_path)
     items = {i["name"]: i for i in rep["items"]}
@@ -454,7 +454,7 @@ def test_doctor_report_with_a_model(clean_env, test_head_path):
 
 
 def test_load_model_or_test_head(clean_env, test_head_path):
-    from mfnet_core.assets import load_model_or_test_head
+    from mfnet_core.head.registry import load_model_or_test_head
 
     a = load_model_or_test_head(None)
     assert a.kind == "test-head"

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from mfnet_core import flow as fl
 from mfnet_core.camera import Intrinsics, axis_angle_to_matrix, to_screen
 from mfnet_core.errors import MfnetError
-from mfnet_core.fitting import FitOptions, MultiViewFitter, set_params
-from mfnet_core.flame import FLAME
+from mfnet_core.fit import flow as fl
+from mfnet_core.fit.landmark_fit import FitOptions, MultiViewFitter, set_params
+from mfnet_core.head.flame import FLAME
 from mfnet_core.synthetic import LandmarkErrorModel, RealisticOptions, make_realistic_subject
 
 
@@ -219,7 +219,7 @@ def _flows(f, photos, size=320):
 
 
 def test_flow_loss_is_zero_at_truth_and_points_the_right_way(subject):
-    from mfnet_core import dense_fit as dfm
+    from mfnet_core.fit import dense as dfm
     from mfnet_core.metrics import vertex_error_mm
 
     flame, subj = subject

@@ -13,12 +13,7 @@ import pytest
 from PIL import Image
 
 from mfnet_core.errors import MfnetError, PhotoError
-from mfnet_core.images import (
-    DEFAULT_FOV_DEG,
-    default_focal_px,
-    load_photo,
-    photo_from_array,
-)
+from mfnet_core.inputs.images import DEFAULT_FOV_DEG, default_focal_px, load_photo, photo_from_array
 
 
 def _exif(orientation: int | None = None, **exif_ifd: float) -> Image.Exif:

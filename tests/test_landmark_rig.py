@@ -2,8 +2,8 @@
 
 import torch
 
-from mfnet_core.flame import FLAME
-from mfnet_core.landmark_rig import LandmarkRig
+from mfnet_core.head.flame import FLAME
+from mfnet_core.head.subset_rig import LandmarkRig
 
 
 def test_landmark_rig_matches_full_forward(test_head_assets):
@@ -13,7 +13,10 @@ def test_landmark_rig_matches_full_forward(test_head_assets):
     betas = torch.randn(2, 150, generator=g, dtype=torch.float64)
     jaw = torch.tensor([[0.2, 0.01, 0.0], [0.05, 0.0, 0.02]], dtype=torch.float64)
     neck = torch.tensor([[0.1, -0.2, 0.05], [0.0, 0.0, 0.0]], dtype=torch.float64)
-    pose = torch.cat([torch.zeros(2, 3, dtype=torch.float64), neck, jaw, torch.zeros(2, 6, dtype=torch.float64)], 1)
+    pose = torch.cat(
+        [torch.zeros(2, 3, dtype=torch.float64), neck, jaw, torch.zeros(2, 6, dtype=torch.float64)],
+        1,
+    )
     yaw = torch.tensor([-30.0, 0.0, 25.0])
     lmk, joints = rig.landmarks(betas, pose, yaw)
     out = flame(shape=betas[:, :100], expression=betas[:, 100:], neck_pose=neck, jaw_pose=jaw)

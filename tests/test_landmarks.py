@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from mfnet_core.errors import MfnetError, NoFaceError
-from mfnet_core.images import load_photo, photo_from_array
-from mfnet_core.landmarks import (
+from mfnet_core.inputs.images import load_photo, photo_from_array
+from mfnet_core.inputs.landmarks import (
     EYELID_PAIRS,
     LIP_PAIRS,
     MIRROR_PERMUTATION,
@@ -79,7 +79,7 @@ def test_groups_partition_the_68_points() -> None:
 
 
 def test_pairs_match_the_losses() -> None:
-    losses = pytest.importorskip("mfnet_core.losses")
+    losses = pytest.importorskip("mfnet_core.fit.losses")
     assert tuple(losses.EYELID_PAIRS) == EYELID_PAIRS
     assert tuple(losses.LIP_PAIRS) == LIP_PAIRS
 
@@ -221,7 +221,7 @@ def test_face_alignment_never_downloads(tmp_path: Path, monkeypatch: pytest.Monk
     import torch
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # an empty cache
-    from mfnet_core.landmarks import FaceAlignmentBackend
+    from mfnet_core.inputs.landmarks import FaceAlignmentBackend
 
     if importlib.util.find_spec("face_alignment") is None:
         match = "not installed"

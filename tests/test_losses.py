@@ -2,7 +2,7 @@
 
 import torch
 
-from mfnet_core.losses import (
+from mfnet_core.fit.losses import (
     EYELID_PAIRS,
     LIP_PAIRS,
     landmark_loss,

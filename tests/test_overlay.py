@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mfnet_core.overlay import DETECTED_RGB, FITTED_RGB, OUTLINE_RGB, draw_overlay
+from mfnet_core.outputs.overlay import DETECTED_RGB, FITTED_RGB, OUTLINE_RGB, draw_overlay
 
 
 def _grid(n: int = 68, w: int = 400, h: int = 300) -> np.ndarray:

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from mfnet_core import photometric as pm
-from mfnet_core.fitting import FitOptions, MultiViewFitter, set_params
-from mfnet_core.flame import FLAME
-from mfnet_core.flow import face_faces
+from mfnet_core.fit import photometric as pm
+from mfnet_core.fit.flow import face_faces
+from mfnet_core.fit.landmark_fit import FitOptions, MultiViewFitter, set_params
+from mfnet_core.head.flame import FLAME
 from mfnet_core.render import sh_basis
 from mfnet_core.synthetic import RealisticOptions, make_realistic_subject
 

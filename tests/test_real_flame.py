@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def flame_assets():
-    from mfnet_core.flame import load_flame_assets
+    from mfnet_core.head.flame import load_flame_assets
 
     return load_flame_assets(Path(FLAME_PATH))
 
@@ -25,7 +25,7 @@ def flame_assets():
 def test_real_flame_loads_and_poses(flame_assets):
     import smplx.lbs
 
-    from mfnet_core.flame import FLAME
+    from mfnet_core.head.flame import FLAME
 
     a = flame_assets
     assert a.kind == "flame"
@@ -37,16 +37,24 @@ def test_real_flame_loads_and_poses(flame_assets):
     out = flame(shape=shape, expression=expr, jaw_pose=jaw)
     pose = flame.full_pose(None, None, jaw, None, 2)
     betas = torch.cat([shape, expr], 1)
-    ref, _ = smplx.lbs.lbs(betas, pose, flame.v_template, flame.blend_dirs, flame.posedirs,
-                           flame.j_regressor, flame.parents, flame.lbs_weights)
+    ref, _ = smplx.lbs.lbs(
+        betas,
+        pose,
+        flame.v_template,
+        flame.blend_dirs,
+        flame.posedirs,
+        flame.j_regressor,
+        flame.parents,
+        flame.lbs_weights,
+    )
     torch.testing.assert_close(out.vertices, ref, atol=1e-6, rtol=0)
     lmk = flame.landmarks_3d(out.vertices, torch.zeros(2))
     assert lmk.shape == (2, 68, 3)
 
 
 def test_real_flame_multiview_fit(flame_assets):
-    from mfnet_core.fitting import fit_landmarks
-    from mfnet_core.flame import FLAME
+    from mfnet_core.fit.landmark_fit import fit_landmarks
+    from mfnet_core.head.flame import FLAME
     from mfnet_core.metrics import vertex_error_mm
     from mfnet_core.synthetic import make_subject, procedural_texture
 

@@ -9,12 +9,13 @@ import pytest
 import trimesh
 
 from mfnet_core.errors import MfnetError
-from mfnet_core.fitting import FitOptions
-from mfnet_core.flame import FLAME
-from mfnet_core.flow import FlowOptions
-from mfnet_core.images import photo_from_array
+from mfnet_core.fit.flow import FlowOptions
+from mfnet_core.fit.landmark_fit import FitOptions
+from mfnet_core.head.flame import FLAME
+from mfnet_core.inputs.images import photo_from_array
 from mfnet_core.metrics import vertex_error_mm
-from mfnet_core.overlay import title_panels
+from mfnet_core.outputs.overlay import title_panels
+from mfnet_core.outputs.view_names import view_labels
 from mfnet_core.reconstruct import (
     ReconstructOptions,
     ViewInput,
@@ -23,7 +24,6 @@ from mfnet_core.reconstruct import (
     reconstruct,
 )
 from mfnet_core.synthetic import make_subject, procedural_texture
-from mfnet_core.view_names import view_labels
 
 
 @pytest.fixture(scope="module")
@@ -246,7 +246,7 @@ def test_existing_result_is_not_overwritten(demo_run, test_head_assets):
 
 def test_fit_is_robust_to_a_few_wrong_landmarks(test_head_assets):
     """Five landmarks per view moved by 40 px (a detector's bad day) barely move the fit."""
-    from mfnet_core.fitting import fit_landmarks
+    from mfnet_core.fit.landmark_fit import fit_landmarks
 
     flame = FLAME(test_head_assets, n_shape=100, n_expr=50)
     texture = procedural_texture(test_head_assets, size=64, seed=5)
@@ -268,7 +268,7 @@ def test_fit_is_robust_to_a_few_wrong_landmarks(test_head_assets):
 
 
 def test_fit_is_deterministic(test_head_assets):
-    from mfnet_core.fitting import fit_landmarks
+    from mfnet_core.fit.landmark_fit import fit_landmarks
 
     flame = FLAME(test_head_assets, n_shape=100, n_expr=50)
     texture = procedural_texture(test_head_assets, size=64, seed=6)

@@ -15,7 +15,7 @@ import scipy.sparse as sp
 import torch
 
 from mfnet_core.errors import MfnetError, UnsafePickleError
-from mfnet_core.safe_pickle import load_npy_object, load_restricted_pickle
+from mfnet_core.inputs.safe_pickle import load_npy_object, load_restricted_pickle
 
 
 class _Payload:

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from mfnet_core.flame import FLAME
+from mfnet_core.head.flame import FLAME
 from mfnet_core.synthetic import (
     LandmarkErrorModel,
     RealisticOptions,

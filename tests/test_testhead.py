@@ -10,9 +10,8 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from mfnet_core.flame import FLAME, load_flame_assets
-from mfnet_core.safe_pickle import load_npy_object, load_restricted_pickle
-from mfnet_core.testhead import (
+from mfnet_core.head.flame import FLAME, load_flame_assets
+from mfnet_core.head.testhead import (
     ALL_FILES,
     LANDMARK_NAME,
     MASKS_NAME,
@@ -22,6 +21,7 @@ from mfnet_core.testhead import (
     ensure_test_head,
     head_file_bytes,
 )
+from mfnet_core.inputs.safe_pickle import load_npy_object, load_restricted_pickle
 
 
 @pytest.fixture(scope="module")
@@ -247,7 +247,7 @@ def test_loaded_as_test_head_not_flame(test_head_path):
 
 
 def test_ensure_test_head_regenerates_when_needed(tmp_path, built, monkeypatch):
-    import mfnet_core.testhead as th
+    import mfnet_core.head.testhead as th
 
     calls = []
     monkeypatch.setattr(th, "build_test_head", lambda: calls.append(1) or built[0])

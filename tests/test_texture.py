@@ -17,8 +17,8 @@ import torch
 import trimesh
 import xatlas
 
+from mfnet_core.outputs.texture import BakeView, bake_texture, linear_to_srgb, srgb_to_linear
 from mfnet_core.render import interpolate, rasterize, render_textured, vertex_normals
-from mfnet_core.texture import BakeView, bake_texture, linear_to_srgb, srgb_to_linear
 
 TEX = 256
 IMG = 320

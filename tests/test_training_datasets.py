@@ -144,7 +144,7 @@ def test_multipie_dataset_detects_once_and_caches(tmp_path: Path, monkeypatch):
     import matplotlib
     from PIL import Image
 
-    import mfnet_core.landmarks as lm_mod
+    import mfnet_core.inputs.landmarks as lm_mod
     from training.datasets import build_real_datasets
 
     src = Path(matplotlib.__file__).parent / "mpl-data/sample_data/grace_hopper.jpg"
@@ -187,8 +187,8 @@ def test_multipie_dataset_detects_once_and_caches(tmp_path: Path, monkeypatch):
 def test_synthetic_set_rendered_by_processes_equals_one_process(tmp_path: Path):
     """Subjects are seeded by index, so 2 rendering processes write byte-identical files to
     one process, and the worker count is not part of the cache key."""
-    from mfnet_core.assets import load_model_or_test_head
-    from mfnet_core.flame import FLAME
+    from mfnet_core.head.flame import FLAME
+    from mfnet_core.head.registry import load_model_or_test_head
     from training.config import SyntheticData
     from training.synthetic_set import ensure_synthetic_set, render_worker_count
 

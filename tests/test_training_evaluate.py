@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from mfnet_core.model import MFNet, MFNetConfig
+from mfnet_core.network.mfnet import MFNet, MFNetConfig
 from training.config import SyntheticData
 
 TINY = MFNetConfig(
@@ -83,7 +83,7 @@ def test_synthetic_benchmark_methods(flame, synthetic_val):
 
 
 def test_predict_init_shapes_for_1_to_4_views(flame, synthetic_val):
-    from mfnet_core.model import predict_init
+    from mfnet_core.network.predict import predict_init
 
     subj = synthetic_val.subject(0)
     net = MFNet(TINY).eval()

@@ -75,7 +75,7 @@ def test_loss_falls_and_checkpoint_is_weights_only(tmp_path: Path):
     assert ck["step"] == 12 and ck["epoch"] == 4
     assert (tmp_path / "checkpoints" / "last.pt").is_file()
     assert (tmp_path / "logs" / "metrics.jsonl").is_file()
-    from mfnet_core.model import load_checkpoint
+    from mfnet_core.network.checkpoints import load_checkpoint
 
     net, meta = load_checkpoint(summary["checkpoint"])
     assert meta["step"] == 12
@@ -110,7 +110,7 @@ def test_each_evaluation_writes_a_preview_picture(tmp_path: Path):
     predicted (red) landmarks, the predicted mesh's outline (cyan)."""
     import cv2
 
-    from mfnet_core.overlay import DETECTED_RGB, FITTED_RGB, OUTLINE_RGB
+    from mfnet_core.outputs.overlay import DETECTED_RGB, FITTED_RGB, OUTLINE_RGB
     from training.preview import CELL_PX
 
     cfg = tiny_config(tmp_path)
@@ -340,7 +340,7 @@ _INIT = None
 def make_initial():
     global _INIT
     if _INIT is None:
-        from mfnet_core.model import MFNet
+        from mfnet_core.network.mfnet import MFNet
 
         cfg = tiny_config(Path("."))
         torch.manual_seed(cfg.train.seed)

@@ -11,19 +11,15 @@ import torch
 
 from mfnet_core.camera import Intrinsics
 from mfnet_core.errors import MfnetError
-from mfnet_core.model import (
-    CropBox,
+from mfnet_core.network.checkpoints import load_backbone_weights, load_checkpoint
+from mfnet_core.network.crops import CropBox, crop_box, crop_image, order_views_by_yaw
+from mfnet_core.network.mfnet import (
     MFNet,
     MFNetConfig,
     ResNet,
     count_parameters,
-    crop_box,
-    crop_image,
     decode_pose,
     encode_pose,
-    load_backbone_weights,
-    load_checkpoint,
-    order_views_by_yaw,
 )
 
 TINY = MFNetConfig(backbone="resnet10", width=8, input_size=32, fuse_hidden=32, view_hidden=32)
@@ -160,7 +156,7 @@ def test_order_views_by_yaw():
 
 
 def test_checkpoint_loads_with_weights_only(tmp_path: Path):
-    from mfnet_core.model import CHECKPOINT_FORMAT
+    from mfnet_core.network.mfnet import CHECKPOINT_FORMAT
 
     net = MFNet(TINY)
     path = tmp_path / "ck.pt"

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mfnet_core.errors import MfnetError
-from mfnet_core.model import MFNetConfig
+from mfnet_core.network.mfnet import MFNetConfig
 
 
 @dataclass
@@ -84,7 +84,7 @@ class LossConfig:
     eye: float = 1.0
     lip: float = 0.5
     reg: float = 1e-4
-    use_flow: bool = True  # used when mfnet_core.flow provides the term
+    use_flow: bool = True  # used when mfnet_core.fit.flow provides the term
     flow_start_step: int = 0  # the flow term joins after this many steps
     flow_samples: int = 200  # flow correspondences per ordered view pair
     flow_size: int = 0  # working resolution of the flow term in px (0: the crop's)

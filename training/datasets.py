@@ -33,7 +33,7 @@ from torch.utils.data import Dataset
 
 from mfnet_core.camera import Intrinsics
 from mfnet_core.errors import MfnetError
-from mfnet_core.model import crop_box, crop_image, to_tensor_image
+from mfnet_core.network.crops import crop_box, crop_image, to_tensor_image
 
 from .config import Config, FaceScapeData, MultiPieData
 from .synthetic_set import load_subject
@@ -183,7 +183,7 @@ class PhotoTripletDataset(MultiViewDataset):
         return len(self.samples)
 
     def __getitem__(self, i: int) -> dict[str, Tensor]:
-        from mfnet_core.images import load_photo
+        from mfnet_core.inputs.images import load_photo
 
         views = self.samples[i]
         rgbs = []
@@ -227,8 +227,8 @@ class LandmarkCache:
         return self.entries[rel]
 
     def _detect(self, path: Path) -> dict | None:
-        from mfnet_core.images import load_photo
-        from mfnet_core.landmarks import detect_landmarks
+        from mfnet_core.inputs.images import load_photo
+        from mfnet_core.inputs.landmarks import detect_landmarks
 
         try:
             photo = load_photo(path, max_side=self.max_side)

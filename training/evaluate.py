@@ -36,7 +36,7 @@ from torch import nn
 
 from mfnet_core.errors import MfnetError
 from mfnet_core.metrics import similarity_transform, vertex_error_mm
-from mfnet_core.model import MFNet, decode
+from mfnet_core.network.mfnet import MFNet, decode
 
 from .metrics import STD_PUPIL_DIST_MM, align_depth, facescape_scores
 
@@ -180,7 +180,7 @@ def evaluate_synthetic(
             elif m == "network":
                 if model is None:
                     raise MfnetError("method 'network' needs --checkpoint")
-                from mfnet_core.model import predict_init
+                from mfnet_core.network.predict import predict_init
 
                 init = predict_init(model, photos, lmks, flame, intr, device)
                 pred = _vertices_from_params(flame, init)
@@ -278,7 +278,7 @@ def evaluate_facescape_lab(
     progress: bool = False,
 ) -> dict[str, Any]:
     """FS-Lab CD/MNE/CR for MFNet fed the evaluated view plus its two neighbours."""
-    from mfnet_core.images import load_photo
+    from mfnet_core.inputs.images import load_photo
 
     from .datasets import LandmarkCache, _cache_folder, _require_dir
 
@@ -341,7 +341,7 @@ def evaluate_facescape_lab(
         if not ok:
             missing += 1
             continue
-        from mfnet_core.model import predict_init
+        from mfnet_core.network.predict import predict_init
 
         init = predict_init(model, photos, lmks, flame, intr, device)
         j = group.index(name)
@@ -446,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     try:
-        from mfnet_core.model import load_checkpoint
+        from mfnet_core.network.checkpoints import load_checkpoint
 
         from .config import Config, load_config
         from .train import load_flame

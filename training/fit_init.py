@@ -3,7 +3,7 @@
 Two schedules from the network's prediction (``mfnet_core.model.predict_init``), both
 without the PnP start and the coarse stage: ``training.evaluate``'s "network+fit" (rigid 4,
 then two fine rounds of 12) and "network+fit-short", which is what
-``mfnet reconstruct --weights`` runs (``mfnet_core.fitting.INIT_ITERATIONS``: one fine round
+``mfnet reconstruct --weights`` runs (``mfnet_core.fit.landmark_fit.INIT_ITERATIONS``: one fine round
 of 8).
 """
 
@@ -16,8 +16,14 @@ import torch
 from torch import nn
 
 from mfnet_core.camera import Intrinsics
-from mfnet_core.fitting import INIT_ITERATIONS, INIT_OUTLIER_ROUNDS, FitOptions, fit_landmarks
-from mfnet_core.model import MFNet, predict_init
+from mfnet_core.fit.landmark_fit import (
+    INIT_ITERATIONS,
+    INIT_OUTLIER_ROUNDS,
+    FitOptions,
+    fit_landmarks,
+)
+from mfnet_core.network.mfnet import MFNet
+from mfnet_core.network.predict import predict_init
 
 # "network+fit": iterations per stage (rigid, coarse, fine) and outlier rounds.
 FULL_ITERATIONS = (4, 0, 12)

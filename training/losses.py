@@ -1,15 +1,15 @@
 """Eq. 11 for a batch of people, from the same functions the test-time fit uses.
 
 L = l1 L_multiop + l2 L_singlelmk + l3 L_eye + l4 L_lip + l5 L_reg with the paper's lambdas
-(1, 1, 1, 0.5, 1e-4). The landmark terms are ``mfnet_core.losses.landmark_loss`` and
+(1, 1, 1, 0.5, 1e-4). The landmark terms are ``mfnet_core.fit.losses.landmark_loss`` and
 ``offset_loss``, which sum over a person's views; every term is averaged over the B people
 of the batch (so DDP's averaging of gradients over equal local batches equals the gradient
-of the global batch); L_reg is ``mfnet_core.losses.regularisation`` of shape, expression
-and albedo. lambda_5 is the paper's 1e-4 (``mfnet_core.losses.PAPER_REG``); the test-time
+of the global batch); L_reg is ``mfnet_core.fit.losses.regularisation`` of shape, expression
+and albedo. lambda_5 is the paper's 1e-4 (``mfnet_core.fit.losses.PAPER_REG``); the test-time
 fit uses a stronger prior (``LossWeights.reg``) because one photo has far less evidence
 than a training set.
 
-L_multiop (eq. 6) comes from ``mfnet_core.flow`` when that module provides it (see
+L_multiop (eq. 6) comes from ``mfnet_core.fit.flow`` when that module provides it (see
 ``resolve_flow_term``); otherwise the term is left out and the run's log, checkpoint and
 smoke JSON say so.
 """
@@ -28,8 +28,14 @@ import torch
 from torch import Tensor
 
 from mfnet_core.camera import yaw_pitch_roll_deg
-from mfnet_core.losses import EYELID_PAIRS, LIP_PAIRS, landmark_loss, offset_loss, regularisation
-from mfnet_core.model import Decoded, MFNetOutput
+from mfnet_core.fit.losses import (
+    EYELID_PAIRS,
+    LIP_PAIRS,
+    landmark_loss,
+    offset_loss,
+    regularisation,
+)
+from mfnet_core.network.mfnet import Decoded, MFNetOutput
 
 from .config import LossConfig
 from .interrupt import ignore_ctrl_c
@@ -84,7 +90,7 @@ def person_flow_targets(task: tuple, context: dict[str, Any] | None = None) -> l
     task: (vertices_cam (N,V,3), camera (N,4), images (N,S,S,3) uint8, landmarks (N,68,2),
     yaw (N,) degrees, seed) as numpy arrays.
     """
-    from mfnet_core import flow as mflow
+    from mfnet_core.fit import flow as mflow
 
     ctx = context if context is not None else _WORKER_CONTEXT
     verts, cams, imgs, lmks, yaw, seed = task
@@ -117,7 +123,7 @@ def flow_context(
     """What every person's flow targets share: the mesh, its face-region triangles and the
     flow options at the working resolution (``flow_size`` px, else the crop's; the targets
     come back in crop pixels either way)."""
-    from mfnet_core import flow as mflow
+    from mfnet_core.fit import flow as mflow
 
     size = min(flow_size, crop_size) if flow_size > 0 else crop_size
     opts = mflow.FlowOptions(
@@ -179,7 +185,7 @@ def resolve_flow_term(
     crop_size: int,
     network_on_gpu: bool = False,
 ) -> tuple[FlowTerm | None, FlowStatus]:
-    """The multi-view flow loss (eq. 6) from ``mfnet_core.flow``, when it is there.
+    """The multi-view flow loss (eq. 6) from ``mfnet_core.fit.flow``, when it is there.
 
     Per person in the batch: the predicted mesh is rendered in each view's crop
     (``render_views``), every ordered view pair gets I_{a->b}, the covisible mask MC (eq. 5)
@@ -191,18 +197,18 @@ def resolve_flow_term(
     if not cfg.use_flow or cfg.flow == 0:
         return None, FlowStatus(False, "multi-view flow term (lambda_1) switched off by the config")
     try:
-        from mfnet_core import flow as mflow
+        from mfnet_core.fit import flow as mflow
     except ImportError:
         return None, FlowStatus(
             False,
-            "mfnet_core.flow is not available: the multi-view flow term (lambda_1) is left out",
+            "mfnet_core.fit.flow is not available: the multi-view flow term (lambda_1) is left out",
         )
     needed = ("render_views", "all_pair_flows", "flow_loss", "face_faces", "FlowOptions")
     missing = [n for n in needed if not hasattr(mflow, n)]
     if missing:
         return None, FlowStatus(
             False,
-            f"mfnet_core.flow lacks {missing}: the multi-view flow term (lambda_1) is left out",
+            f"mfnet_core.fit.flow lacks {missing}: the multi-view flow term (lambda_1) is left out",
         )
     context = flow_context(faces, face_region, crop_size, cfg.flow_samples, cfg.flow_size)
     pool: list[ProcessPoolExecutor] = []  # made on first use, shared by the steps
@@ -240,7 +246,7 @@ def resolve_flow_term(
     term.close = close  # type: ignore[attr-defined]
 
     return term, FlowStatus(
-        True, "multi-view flow term (lambda_1) from mfnet_core.flow (DIS flow, eq. 5-6)"
+        True, "multi-view flow term (lambda_1) from mfnet_core.fit.flow (DIS flow, eq. 5-6)"
     )
 
 

@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from mfnet_core.camera import to_screen
-from mfnet_core.model import MFNet, decode
-from mfnet_core.overlay import draw_overlay
-from mfnet_core.report import mesh_outline
+from mfnet_core.network.mfnet import MFNet, decode
+from mfnet_core.outputs.overlay import draw_overlay
+from mfnet_core.outputs.report import mesh_outline
 
 CELL_PX = 256  # crops are drawn at this size, whatever the network's input size
 

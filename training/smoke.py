@@ -4,7 +4,7 @@ Trains MFNet for a few hundred steps on a small synthetic set on CPU (a small Re
 run only) and evaluates it on held-out synthetic people against the mean head. Prints one
 JSON object: ``loss_first``, ``loss_last`` (means over the first / last ``WINDOW`` steps),
 ``eval`` (``median_vertex_error_mm``, ``mean_head_median_vertex_error_mm``, ...),
-``checkpoint``, timings and what was left out (the flow term without ``mfnet_core.flow``).
+``checkpoint``, timings and what was left out (the flow term without ``mfnet_core.fit.flow``).
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def run_smoke(workdir: Path, steps: int = 300, log=None) -> dict[str, Any]:  # n
         "flow": summary["flow"]
         + (
             f", on steps {cfg.loss.flow_start_step + 1}-{steps}"
-            if "from mfnet_core.flow" in summary["flow"]
+            if "from mfnet_core.fit.flow" in summary["flow"]
             else ""
         ),
         "loss_terms": summary["loss_terms"],

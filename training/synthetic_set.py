@@ -38,7 +38,7 @@ SPLIT_OFFSET = {"train": 0, "val": 500_000}
 Progress = Callable[[int, int], None]
 
 
-def model_identity(flame) -> dict[str, object]:  # noqa: ANN001 - mfnet_core.flame.FLAME
+def model_identity(flame) -> dict[str, object]:  # noqa: ANN001 - mfnet_core.head.flame.FLAME
     """What distinguishes one head model from another for caching: sizes, the model file's
     hash (blend shapes can change while the template stays) and the template's."""
     a = flame.assets
@@ -143,11 +143,11 @@ def render_worker_count(cfg: SyntheticData, n_todo: int) -> int:
     return max(1, min(os.cpu_count() or 1, 16))
 
 
-def _on_cpu(flame):  # noqa: ANN001, ANN202 - mfnet_core.flame.FLAME
+def _on_cpu(flame):  # noqa: ANN001, ANN202 - mfnet_core.head.flame.FLAME
     """The renderer works on CPU tensors: a CUDA model (the trainer's) gets a CPU twin."""
     if next(flame.buffers()).device.type == "cpu":
         return flame
-    from mfnet_core.flame import FLAME
+    from mfnet_core.head.flame import FLAME
 
     return FLAME(flame.assets, int(flame.n_shape), int(flame.n_expr)).eval()
 
@@ -189,7 +189,7 @@ def _worker_init(assets, n_shape: int, n_expr: int) -> None:  # noqa: ANN001
     global _WORKER_FLAME
     import torch
 
-    from mfnet_core.flame import FLAME
+    from mfnet_core.head.flame import FLAME
 
     torch.set_num_threads(1)
     _WORKER_FLAME = FLAME(assets, n_shape, n_expr).eval()

@@ -40,14 +40,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from mfnet_core.errors import MfnetError
-from mfnet_core.model import (
-    CHECKPOINT_FORMAT,
-    MFNet,
-    MFNetConfig,
-    count_parameters,
-    decode,
-    load_backbone_weights,
-)
+from mfnet_core.network.checkpoints import load_backbone_weights
+from mfnet_core.network.mfnet import CHECKPOINT_FORMAT, MFNet, MFNetConfig, count_parameters, decode
 
 from .config import Config, dump_toml, load_config
 from .datasets import collate
@@ -131,8 +125,8 @@ def pick_device(pref: str, info: DistInfo) -> torch.device:
 
 def load_flame(cfg: Config, device: torch.device) -> nn.Module:
     """mfnet_core's FLAME (the user's model, else the generated test head), frozen."""
-    from mfnet_core.assets import load_model_or_test_head
-    from mfnet_core.flame import FLAME
+    from mfnet_core.head.flame import FLAME
+    from mfnet_core.head.registry import load_model_or_test_head
 
     assets = load_model_or_test_head(Path(cfg.train.flame_model) if cfg.train.flame_model else None)
     flame = FLAME(assets, cfg.model.n_shape, cfg.model.n_expr).to(device).eval()

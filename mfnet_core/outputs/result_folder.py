@@ -20,8 +20,8 @@ import numpy as np
 import pygltflib
 from PIL import Image
 
-from .errors import MfnetError
-from .flame import FlameAssets
+from mfnet_core.errors import MfnetError
+from mfnet_core.head.flame import FlameAssets
 
 FORMAT_VERSION = 1
 

@@ -31,10 +31,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import flow as fl
-from .camera import axis_angle_to_matrix
-from .fitting import MultiViewFitter, lm_step
-from .landmark_rig import VertexRig
+from mfnet_core.camera import axis_angle_to_matrix
+from mfnet_core.fit import flow as fl
+from mfnet_core.fit.landmark_fit import MultiViewFitter, lm_step
+from mfnet_core.head.subset_rig import VertexRig
 
 __all__ = ["DenseOptions", "DenseReport", "refine_dense", "VertexRig"]
 
@@ -404,7 +404,7 @@ def refine_dense(
                 history.append({"stage": f"flow{rnd + 1}", **stats})  # type: ignore[dict-item]
         timings["flow"] = round(time.perf_counter() - t0, 4)
         if "photo" in o.losses:
-            from .photometric import refine_photometric
+            from mfnet_core.fit.photometric import refine_photometric
 
             t1 = time.perf_counter()
             report(o.rounds / (o.rounds + 1), "photometric refinement")
@@ -447,7 +447,7 @@ def _final_report(
     pairs_before: list[dict[str, float]],
 ) -> DenseReport:
     """Eq. 6 at the final mesh, every term's value, PSNR / SSIM per view, pictures."""
-    from .photometric import view_quality
+    from mfnet_core.fit.photometric import view_quality
 
     views = _views(fitter, photos, o.flow.size, face_tri)
     pfs = (

@@ -41,7 +41,7 @@ For an ordered pair of views (a, b):
    through the flow network as the paper does: DIS is not differentiable, RAFT on a CPU is
    slow, and this form is a least-squares problem that Gauss-Newton solves in a few steps.
 
-Units follow the landmark losses (mfnet_core.losses): pixel residuals are divided by half the
+Units follow the landmark losses (mfnet_core.fit.losses): pixel residuals are divided by half the
 face size of their view, and the term is the weighted mean over all correspondences times
 FLOW_POINTS = 68, so with lambda_1 = 1 (the paper's) a mean flow error of 1 px costs as much
 as a 1 px error on every landmark. `dense_fit.DenseOptions.flow_weight` (default 2) scales
@@ -58,9 +58,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .camera import to_screen
-from .errors import MfnetError
-from .render import Fragments, interpolate_corners, rasterize
+from mfnet_core.camera import to_screen
+from mfnet_core.errors import MfnetError
+from mfnet_core.render import Fragments, interpolate_corners, rasterize
 
 __all__ = [
     "FlowOptions",

@@ -1209,7 +1209,7 @@ def _generator_stamp() -> str:
 
 
 def default_folder() -> Path:
-    from .assets import user_cache_dir
+    from mfnet_core.inputs.model_files import user_cache_dir
 
     return user_cache_dir() / "testhead" / TESTHEAD_VERSION
 

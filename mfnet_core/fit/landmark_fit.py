@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .camera import (
+from mfnet_core.camera import (
     Intrinsics,
     axis_angle_to_matrix,
     matrix_to_axis_angle,
@@ -25,9 +25,7 @@ from .camera import (
     solve_head_pose_pnp,
     yaw_pitch_roll_deg,
 )
-from .flame import FLAME
-from .landmark_rig import LandmarkRig
-from .losses import (
+from mfnet_core.fit.losses import (
     EYELID_PAIRS,
     LIP_PAIRS,
     LossWeights,
@@ -36,6 +34,8 @@ from .losses import (
     outlier_weights,
     regularisation,
 )
+from mfnet_core.head.flame import FLAME
+from mfnet_core.head.subset_rig import LandmarkRig
 
 ProgressFn = Callable[[float, str], None]
 

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .render import rasterize
+from mfnet_core.render import rasterize
 
 __all__ = ["BakeView", "BakeResult", "bake_texture", "srgb_to_linear", "linear_to_srgb"]
 

@@ -33,18 +33,14 @@ available, the same outputs become its coefficients.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-import cv2
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .camera import Intrinsics, axis_angle_to_matrix, project, yaw_pitch_roll_deg
-from .errors import MfnetError
+from mfnet_core.camera import axis_angle_to_matrix, project, yaw_pitch_roll_deg
+from mfnet_core.errors import MfnetError
 
 # Half the width of a landmark-based face crop (1.25 x the 68 landmarks' extent) on an
 # average adult, in metres: the depth scale of the pose head's zero output.
@@ -394,7 +390,7 @@ def decode(
 ) -> Decoded:
     """Network outputs -> FLAME landmarks in each view's crop (and optionally the meshes).
 
-    flame: mfnet_core.flame.FLAME; camera: (B,N,4) crop intrinsics. Runs in float32. The
+    flame: mfnet_core.head.flame.FLAME; camera: (B,N,4) crop intrinsics. Runs in float32. The
     landmarks come from ``FLAME.landmarks_only`` (skinning only the vertices the landmark
     triangles use) and the pivot from the root joint's linear dependence on the blend
     shapes, so training never evaluates the full mesh unless ``with_vertices`` asks for it
@@ -402,8 +398,8 @@ def decode(
     """
     b, n = out.pose.shape[:2]
     f32 = torch.float32
-    shape = _fit_width(out.shape.float(), int(flame.n_shape))
-    expr = _fit_width(out.expression.float(), int(flame.n_expr))
+    shape = fit_width(out.shape.float(), int(flame.n_shape))
+    expr = fit_width(out.expression.float(), int(flame.n_expr))
     jaw = out.jaw_pose.float()
     pivot = root_joint(flame, shape, expr)  # (B,3)
     head_rot = out.pose[..., :3].float()
@@ -453,340 +449,13 @@ def root_joint(flame: nn.Module, shape: Tensor, expression: Tensor) -> Tensor:
     return base + betas @ dirs
 
 
-def _fit_width(x: Tensor, k: int) -> Tensor:
+def fit_width(x: Tensor, k: int) -> Tensor:
     """(B,K') -> (B,k): truncate or zero-pad coefficient vectors."""
     if x.shape[1] == k:
         return x
     if x.shape[1] > k:
         return x[:, :k]
     return torch.cat([x, x.new_zeros(x.shape[0], k - x.shape[1])], dim=1)
-
-
-# --------------------------------------------------------------------------------------
-# Crops from landmarks (training and inference share this)
-# --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class CropBox:
-    """A square crop: top-left corner and side in photo pixels (no rotation)."""
-
-    x0: float
-    y0: float
-    side: float
-
-    def scale(self, size: int) -> float:
-        return size / self.side
-
-    def intrinsics(self, intr: Intrinsics | np.ndarray, size: int) -> np.ndarray:
-        """The photo's (fx, fy, cx, cy) -> the crop's, (4,) float32."""
-        v = intr.as_vector() if isinstance(intr, Intrinsics) else np.asarray(intr, dtype=np.float32)
-        k = self.scale(size)
-        return np.array(
-            [v[0] * k, v[1] * k, (v[2] - self.x0) * k, (v[3] - self.y0) * k], dtype=np.float32
-        )
-
-    def points(self, pts: np.ndarray, size: int) -> np.ndarray:
-        """(...,2) photo pixels -> crop pixels."""
-        k = self.scale(size)
-        return ((np.asarray(pts) - [self.x0, self.y0]) * k).astype(np.float32)
-
-
-def crop_box(
-    landmarks: np.ndarray, scale: float = 1.25, jitter: np.ndarray | None = None
-) -> CropBox:
-    """Square box around (68,2) landmarks: centre of their extent, side = scale * the larger extent.
-
-    jitter: optional (3,) (dx, dy, ds) in units of the side (augmentation).
-    """
-    lo, hi = landmarks.min(0), landmarks.max(0)
-    centre = (lo + hi) / 2
-    side = float(max(hi - lo)) * scale
-    if jitter is not None:
-        centre = centre + jitter[:2] * side
-        side = side * (1 + float(jitter[2]))
-    side = max(side, 8.0)
-    return CropBox(float(centre[0] - side / 2), float(centre[1] - side / 2), side)
-
-
-def crop_image(rgb: np.ndarray, box: CropBox, size: int) -> np.ndarray:
-    """(H,W,3) uint8 -> (size,size,3) uint8 square crop (bilinear, edges replicated)."""
-    k = box.scale(size)
-    mat = np.array([[k, 0, -box.x0 * k], [0, k, -box.y0 * k]], dtype=np.float64)
-    interp = cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR
-    if k < 0.5:  # warpAffine has no area filter: pre-shrink
-        f = max(1, int(1 / k))
-        small = cv2.resize(
-            rgb,
-            (max(1, rgb.shape[1] // f), max(1, rgb.shape[0] // f)),
-            interpolation=cv2.INTER_AREA,
-        )
-        mat[:, :2] *= f
-        rgb = small
-        interp = cv2.INTER_LINEAR
-    return cv2.warpAffine(rgb, mat, (size, size), flags=interp, borderMode=cv2.BORDER_REPLICATE)
-
-
-def to_tensor_image(rgb: np.ndarray) -> Tensor:
-    """(H,W,3) uint8 -> (3,H,W) float32 in [0,1]."""
-    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)
-
-
-def yaw_keys(landmarks: Sequence[np.ndarray]) -> np.ndarray:
-    """(N,) where the nose ridge sits between the two jaw-contour ends, per (68,2) view:
-    about 0.5 for a frontal face, ~0.1 / ~0.9 at -35 / +35 degrees of yaw (synthetic set)."""
-    keys = []
-    for lm in landmarks:
-        left, right = lm[0, 0], lm[16, 0]
-        keys.append((lm[27:31, 0].mean() - left) / max(right - left, 1e-6))
-    return np.asarray(keys, dtype=np.float64)
-
-
-# yaw_keys of the first and last view slot (left and right cameras at about -+35 degrees).
-SLOT_KEY_RANGE = (0.1, 0.9)
-
-
-def order_views_by_yaw(landmarks: Sequence[np.ndarray]) -> list[int]:
-    """Indices that sort views from the one showing the left cheek most to the right: the
-    synthetic and Multi-PIE order (left, front, right) the network is trained with."""
-    return [int(i) for i in np.argsort(yaw_keys(landmarks), kind="stable")]
-
-
-# --------------------------------------------------------------------------------------
-# Weights: backbone import (ImageNet / DECA) and checkpoints
-# --------------------------------------------------------------------------------------
-@dataclass
-class WeightImport:
-    """What ``load_backbone_weights`` did."""
-
-    source: str
-    kind: str  # "torchvision", "deca", "mfnet"
-    loaded: list[str]
-    missing: list[str]  # model keys left at their initial values
-    unused: list[str]  # file keys not used (fc, DECA's output layer, shape mismatches)
-
-    def summary(self) -> str:
-        return (
-            f"{self.kind} weights from {self.source}: {len(self.loaded)} tensors loaded, "
-            f"{len(self.missing)} left at init, {len(self.unused)} in the file unused"
-        )
-
-
-def _torch_load(path: Path) -> Any:
-    if not path.is_file():
-        raise MfnetError(f"weights file not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling error is the file's fault
-        raise MfnetError(
-            f"could not read {path} as PyTorch weights with weights_only=True ({type(exc).__name__}: {exc}). "
-            "Expected a torchvision ResNet state dict (.pth), DECA's deca_model.tar or an MFNet checkpoint."
-        ) from exc
-
-
-def load_backbone_weights(model: MFNet, path: str | Path) -> WeightImport:
-    """Partial import of pretrained weights into ``model`` (paper section 4.1).
-
-    Accepts a torchvision ResNet state dict (ImageNet ``resnet50-*.pth``), DECA's
-    ``deca_model.tar`` (``E_flame``: ``encoder.*`` -> backbone, ``layers.0`` -> the per-view
-    head's hidden layer when shapes match), or an MFNet checkpoint. Tensors whose name or
-    shape does not match are reported, never forced. Loads with ``weights_only=True``.
-    """
-    path = Path(path)
-    data = _torch_load(path)
-    if not isinstance(data, dict):
-        raise MfnetError(f"{path} holds a {type(data).__name__}, not a state dict")
-    target = model.state_dict()
-    mapping: dict[str, Tensor] = {}
-    unused: list[str] = []
-    if data.get("format") == CHECKPOINT_FORMAT:
-        kind = "mfnet"
-        src = data["model"]
-        mapping = dict(src.items())
-    elif "E_flame" in data:
-        kind = "deca"
-        for k, v in data["E_flame"].items():
-            if k.startswith("encoder."):
-                mapping["backbone." + k[len("encoder.") :]] = v
-            elif k.startswith("layers.0."):
-                mapping["view_head.0." + k[len("layers.0.") :]] = v
-            else:
-                unused.append("E_flame." + k)
-        unused += [f"{k}.*" for k in data if k != "E_flame"]
-    else:
-        kind = "torchvision"
-        src = data.get("state_dict", data.get("model", data))
-        if not isinstance(src, dict) or not any(isinstance(v, Tensor) for v in src.values()):
-            raise MfnetError(f"{path}: no tensors found (expected a ResNet state dict)")
-        for k, v in src.items():
-            k2 = k[len("module.") :] if k.startswith("module.") else k
-            mapping["backbone." + k2] = v
-    loaded = []
-    new_state = {}
-    for k, v in mapping.items():
-        if not isinstance(v, Tensor):
-            continue
-        if k in target and target[k].shape == v.shape:
-            new_state[k] = v.to(target[k].dtype)
-            loaded.append(k)
-        else:
-            unused.append(k)
-    if not loaded:
-        raise MfnetError(
-            f"{path}: none of its {len(mapping)} tensors match the {model.config.backbone} backbone "
-            f"(width {model.config.width}); is it the right architecture?"
-        )
-    model.load_state_dict(new_state, strict=False)
-    missing = [k for k in target if k not in new_state and not k.endswith("num_batches_tracked")]
-    return WeightImport(str(path), kind, sorted(loaded), sorted(missing), sorted(unused))
-
-
-def load_checkpoint(
-    path: str | Path, device: str | torch.device = "cpu"
-) -> tuple[MFNet, dict[str, Any]]:
-    """An MFNet checkpoint -> (network in eval mode, the checkpoint's metadata). weights_only=True."""
-    path = Path(path)
-    data = _torch_load(path)
-    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
-        raise MfnetError(
-            f"{path} is not an MFNet checkpoint (written by `python -m training.train`)"
-        )
-    model = MFNet(MFNetConfig.from_dict(data["model_config"]))
-    model.load_state_dict(data["model"])
-    model.to(device).eval()
-    meta = {
-        k: v
-        for k, v in data.items()
-        if k not in ("model", "optimizer", "scaler", "scheduler", "rng")
-    }
-    return model, meta
-
-
-# --------------------------------------------------------------------------------------
-# Inference: the network as the fit's initialiser (`mfnet reconstruct --weights CKPT`)
-# --------------------------------------------------------------------------------------
-def prepare_views(
-    photos: Sequence[np.ndarray],
-    landmarks: Sequence[np.ndarray],
-    intrinsics: Sequence[Intrinsics | np.ndarray],
-    size: int,
-    scale: float = 1.25,
-) -> tuple[Tensor, Tensor, Tensor, list[CropBox]]:
-    """Crops and crop-space intrinsics/landmarks: images (N,3,S,S), camera (N,4), landmarks (N,68,2)."""
-    imgs, cams, lmks, boxes = [], [], [], []
-    for rgb, lm, k in zip(photos, landmarks, intrinsics, strict=True):
-        box = crop_box(np.asarray(lm, dtype=np.float64), scale)
-        imgs.append(to_tensor_image(crop_image(rgb, box, size)))
-        cams.append(torch.from_numpy(box.intrinsics(k, size)))
-        lmks.append(torch.from_numpy(box.points(lm, size)))
-        boxes.append(box)
-    return torch.stack(imgs), torch.stack(cams), torch.stack(lmks), boxes
-
-
-@torch.no_grad()
-def predict_init(
-    checkpoint_path: str | Path | MFNet,
-    photos: Sequence[np.ndarray],
-    landmarks: Sequence[np.ndarray],
-    flame: nn.Module,
-    intrinsics: Sequence[Intrinsics] | None = None,
-    device: str | torch.device = "cpu",
-) -> dict[str, np.ndarray]:
-    """Initial fit parameters from the trained network.
-
-    photos: N (H,W,3) uint8 RGB; landmarks: N (68,2) pixels; flame: mfnet_core.flame.FLAME;
-    intrinsics: per photo (default: ``Intrinsics.from_fov``). Views are put in the trained
-    left-front-right order by ``order_views_by_yaw``; with fewer views than the network
-    takes, the empty slots are filled with the nearest view (the paper feeds one photo three
-    times) and each view's pose comes from the slot nearest its own yaw; with more, the
-    person-level outputs are averaged over sliding groups of consecutive views. Returns the keys of
-    ``FitParams.detached_numpy``: shape (S,), expression (E,), jaw_pose (3,), eye_pose (6,),
-    neck_pose (3,), head_pose (N,3) axis-angle, head_translation (N,3), in the photos'
-    order, sized to ``flame``'s n_shape/n_expr; plus light (N,9,3) and albedo (N,K).
-    """
-    if isinstance(checkpoint_path, MFNet):
-        model = checkpoint_path.to(device).eval()
-    else:
-        model, _ = load_checkpoint(checkpoint_path, device)
-    c = model.config
-    n = len(photos)
-    if n == 0 or len(landmarks) != n:
-        raise MfnetError("predict_init needs one (68,2) landmark array per photo")
-    intr = (
-        list(intrinsics)
-        if intrinsics is not None
-        else [Intrinsics.from_fov(p.shape[1], p.shape[0]) for p in photos]
-    )
-    images, camera, _, _ = prepare_views(photos, landmarks, intr, c.input_size, c.crop_scale)
-    keys = yaw_keys([np.asarray(lm) for lm in landmarks])
-    order = [int(i) for i in np.argsort(keys, kind="stable")]
-    # groups[g][slot] = view index; use[g][slot] = whether that slot's per-view outputs count.
-    groups: list[list[int]] = []
-    use: list[list[bool]] = []
-    if n >= c.n_views:  # sliding windows over the views in yaw order
-        for i in range(0, n - c.n_views + 1):
-            groups.append(order[i : i + c.n_views])
-            use.append([True] * c.n_views)
-    else:  # fill the slots with the nearest views; each view reads its nearest slot
-        nominal = np.linspace(SLOT_KEY_RANGE[0], SLOT_KEY_RANGE[1], c.n_views)
-        cost = np.abs(keys[:, None] - nominal[None])  # (n, slots)
-        slots = [-1] * c.n_views
-        flags = [False] * c.n_views
-        placed: set[int] = set()
-        for flat in np.argsort(cost, axis=None, kind="stable"):  # greedy: one slot per view
-            v, sl = divmod(int(flat), c.n_views)
-            if v not in placed and slots[sl] < 0:
-                slots[sl], flags[sl] = v, True
-                placed.add(v)
-        for sl in range(c.n_views):  # the other slots repeat the nearest view
-            if slots[sl] < 0:
-                slots[sl] = int(np.argmin(cost[:, sl]))
-        groups.append(slots)
-        use.append(flags)
-    dev = torch.device(device)
-    shapes, exprs, jaws = [], [], []
-    pose = torch.zeros(n, POSE_DIM)
-    light = torch.zeros(n, 9, 3)
-    albedo = torch.zeros(n, c.n_albedo)
-    counts = torch.zeros(n)
-    for g, flags in zip(groups, use, strict=True):
-        out = model(images[g][None].to(dev))
-        shapes.append(out.shape[0].cpu())
-        exprs.append(out.expression[0].cpu())
-        jaws.append(out.jaw_pose[0].cpu())
-        for j, (v, ok) in enumerate(zip(g, flags, strict=True)):
-            if not ok:
-                continue
-            pose[v] += out.pose[0, j].cpu()
-            light[v] += out.light[0, j].cpu()
-            albedo[v] += out.albedo[0, j].cpu()
-            counts[v] += 1
-    pose /= counts[:, None]
-    light /= counts[:, None, None]
-    albedo /= counts[:, None]
-    shape = torch.stack(shapes).mean(0, keepdim=True)
-    expr = torch.stack(exprs).mean(0, keepdim=True)
-    jaw = torch.stack(jaws).mean(0, keepdim=True)
-    fs = int(getattr(flame, "n_shape", shape.shape[1]))
-    fe = int(getattr(flame, "n_expr", expr.shape[1]))
-    shape, expr = _fit_width(shape, fs), _fit_width(expr, fe)
-    fdev = next((b.device for b in flame.buffers()), torch.device("cpu"))
-    shape_d, expr_d, jaw_d = shape.to(fdev), expr.to(fdev), jaw.to(fdev)
-    lmk = flame.landmarks_only(shape=shape_d, expression=expr_d, jaw_pose=jaw_d, yaw_deg=0.0)
-    anchor = face_anchor(lmk)[0].cpu().float()
-    pivot = root_joint(flame, shape_d, expr_d)[0].cpu().float()
-    head_rot, head_trans = decode_pose(
-        pose, camera, pivot.expand(n, 3), c.input_size, anchor.expand(n, 3)
-    )
-    return {
-        "shape": shape[0].numpy(),
-        "expression": expr[0].numpy(),
-        "jaw_pose": jaw[0].numpy(),
-        "eye_pose": np.zeros(6, dtype=np.float32),
-        "neck_pose": np.zeros(3, dtype=np.float32),
-        "head_pose": head_rot.numpy().astype(np.float32),
-        "head_translation": head_trans.numpy().astype(np.float32),
-        "light": light.numpy(),
-        "albedo": albedo.numpy(),
-    }
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -800,27 +469,3 @@ def describe(config: MFNetConfig) -> str:
         f"MFNet({config.backbone} width {config.width}, {config.n_views} views, "
         f"{count_parameters(m) / 1e6:.2f} M parameters, input {config.input_size}px)"
     )
-
-
-__all__ = [
-    "MFNet",
-    "MFNetConfig",
-    "MFNetOutput",
-    "ResNet",
-    "CropBox",
-    "Decoded",
-    "WeightImport",
-    "albedo_rgb",
-    "crop_box",
-    "crop_image",
-    "decode",
-    "decode_pose",
-    "encode_pose",
-    "face_anchor",
-    "root_joint",
-    "load_backbone_weights",
-    "load_checkpoint",
-    "order_views_by_yaw",
-    "predict_init",
-    "prepare_views",
-]

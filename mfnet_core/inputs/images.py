@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import PhotoError
+from mfnet_core.errors import PhotoError
 
 # Smallest usable side: below this no landmark detector finds a face reliably.
 MIN_SIDE_PX = 64

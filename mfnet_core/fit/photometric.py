@@ -23,11 +23,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .camera import to_screen
-from .render import Fragments, interpolate, rasterize, sample_texture, sh_basis, vertex_normals
+from mfnet_core.camera import to_screen
+from mfnet_core.render import (
+    Fragments,
+    interpolate,
+    rasterize,
+    sample_texture,
+    sh_basis,
+    vertex_normals,
+)
 
 if TYPE_CHECKING:
-    from .fitting import MultiViewFitter
+    from mfnet_core.fit.landmark_fit import MultiViewFitter
 
 __all__ = [
     "ViewShading",
@@ -360,7 +367,7 @@ PHOTO_CAUCHY = 2.0
 
 
 def _photo_term_class():  # the class needs dense_fit, which imports this module lazily
-    from .dense_fit import CornerTerm
+    from mfnet_core.fit.dense import CornerTerm
 
     class PhotoTerm(CornerTerm):
         """Rendered albedo x fixed per-pixel shading vs the photo (luminance), at sample pixels whose
@@ -522,7 +529,7 @@ def refine_photometric(
     the last flow correspondences (`keep_terms`, so the flow's surface is not undone) and the
     robust photometric residual of sample pixels in each view's face mask. Re-bakes the
     albedo and re-solves the light once per round. Returns history entries."""
-    from .dense_fit import _lm_dense
+    from mfnet_core.fit.dense import _lm_dense
 
     term_cls = _photo_term_class()
     history = []

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 # The eyelid (eq. 8) and lip (eq. 9) pairs live with the rest of the iBUG-68 scheme.
-from .landmarks import EYELID_PAIRS, LIP_PAIRS
+from mfnet_core.inputs.landmarks import EYELID_PAIRS, LIP_PAIRS
 
 __all__ = [
     "EYELID_PAIRS",

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import MfnetError, UnsafePickleError
+from mfnet_core.errors import MfnetError, UnsafePickleError
 
 __all__ = ["load_restricted_pickle", "load_npy_object"]
 

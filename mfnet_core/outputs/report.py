@@ -13,14 +13,14 @@ import cv2
 import numpy as np
 import torch
 
-from .camera import Intrinsics
-from .dense_fit import DenseReport
-from .fitting import FitResult
-from .flame import FlameAssets
-from .flow import FlowOptions
-from .images import Photo
-from .overlay import draw_overlay, title_panels
-from .render import rasterize
+from mfnet_core.camera import Intrinsics
+from mfnet_core.fit.dense import DenseReport
+from mfnet_core.fit.flow import FlowOptions
+from mfnet_core.fit.landmark_fit import FitResult
+from mfnet_core.head.flame import FlameAssets
+from mfnet_core.inputs.images import Photo
+from mfnet_core.outputs.overlay import draw_overlay, title_panels
+from mfnet_core.render import rasterize
 
 
 def view_report(fit: FitResult, i: int, name: str, file: str, k: Intrinsics, photo: Photo) -> dict:

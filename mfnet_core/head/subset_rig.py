@@ -15,7 +15,7 @@ import torch
 from smplx.lbs import batch_rigid_transform, batch_rodrigues
 from torch import Tensor, nn
 
-from .flame import FLAME
+from mfnet_core.head.flame import FLAME
 
 
 class VertexRig(nn.Module):

@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .errors import MfnetError, NoFaceError
+from mfnet_core.errors import MfnetError, NoFaceError
 
 if TYPE_CHECKING:
-    from .images import Photo
+    from mfnet_core.inputs.images import Photo
 
 N_LANDMARKS = 68
 

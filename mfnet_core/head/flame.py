@@ -21,9 +21,9 @@ import torch
 from smplx.lbs import batch_rigid_transform, batch_rodrigues, lbs
 from torch import Tensor, nn
 
-from .assets import find_side_file, user_cache_dir
-from .errors import MfnetError, ModelNotFoundError
-from .safe_pickle import load_npy_object, load_restricted_pickle
+from mfnet_core.errors import MfnetError, ModelNotFoundError
+from mfnet_core.inputs.model_files import find_side_file, user_cache_dir
+from mfnet_core.inputs.safe_pickle import load_npy_object, load_restricted_pickle
 
 __all__ = [
     "LandmarkEmbedding",

@@ -1,0 +1,1 @@
+"""What comes in: photos, landmark detectors, model files and the allow-list unpickler."""

@@ -1,0 +1,1 @@
+"""What goes out: the baked texture, the result folder, report.json and its pictures."""
