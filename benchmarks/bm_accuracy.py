@@ -118,7 +118,7 @@ def subject_errors(flame, seed: int, yaw: float, size: int, configs, repeat: int
     photos = [v.photo.rgb for v in subj.views]
     intr = [v.intrinsics for v in subj.views]
     lmk = np.stack([v.landmarks_noisy for v in subj.views])
-    region = flame.assets.face_region
+    region = flame.face_region
     out, cache = {}, {}
     for name, losses in configs.items():
         fitter, sec = run_config(flame, losses, photos, lmk, intr, cache)
@@ -179,7 +179,7 @@ def scan_errors(flame, scan: HeadScan, yaw: float, size: int, configs) -> tuple[
     photos = [v.photo.rgb for v in views.views]
     intr = [v.intrinsics for v in views.views]
     lmk = np.stack([v.landmarks_noisy for v in views.views])
-    faces = flame.assets.faces
+    faces = flame.faces.cpu().numpy()
     out, cache = {}, {}
     for name, losses in configs.items():
         fitter, sec = run_config(flame, losses, photos, lmk, intr, cache)

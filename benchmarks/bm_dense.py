@@ -109,9 +109,9 @@ def main(argv: list[str] | None = None) -> int:
             t = time.perf_counter()
             views = dfm._views(fitter, photos, 512, tri)
             t1 = time.perf_counter()
-            pfs = fl.all_pair_flows(views, fitter.flame.faces)
+            pfs = fl.all_pair_flows(views, fitter.head.faces)
             t2 = time.perf_counter()
-            dfm._lm_dense(fitter, [dfm._FlowTerm(fitter, pfs, 2.0)], 5)
+            fitter.refine_with([dfm.FlowTerm(fitter, pfs, 2.0)], 5)
             t3 = time.perf_counter()
             reset()
             for k, v in (

@@ -26,14 +26,14 @@ import torch
 
 from mfnet_core.fit.landmark_fit import FitOptions
 from mfnet_core.head.flame import FLAME
-from mfnet_core.head.registry import load_model_or_test_head
+from mfnet_core.head.registry import load_model_assets
 from mfnet_core.metrics import vertex_error_mm
 from mfnet_core.reconstruct import ReconstructOptions, ViewInput, reconstruct
 from mfnet_core.synthetic import make_subject, procedural_texture
 
 
 def run_device(
-    device: str, inputs: list[ViewInput], assets, repeats: int, losses: tuple[str, ...]
+    device: str, inputs: list[ViewInput], head, repeats: int, losses: tuple[str, ...]
 ) -> tuple[dict[str, float], object]:  # noqa: ANN001
     """Median stage timings over ``repeats`` runs (after one warm-up) and the last result."""
     options = ReconstructOptions(device=device, overwrite=True, fit=FitOptions(losses=losses))
@@ -42,7 +42,7 @@ def run_device(
     with tempfile.TemporaryDirectory() as tmp:
         for k in range(repeats + 1):
             start = time.perf_counter()
-            rec = reconstruct(inputs, assets, Path(tmp) / device, options)
+            rec = reconstruct(inputs, head, Path(tmp) / device, options)
             total = time.perf_counter() - start
             if k == 0:
                 continue  # warm-up: CUDA context, kernels, caches
@@ -62,9 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tolerance-mm", type=float, default=0.1)
     args = ap.parse_args(argv)
     losses = tuple(t for t in args.losses.split(",") if t)
-    assets = load_model_or_test_head(None)
+    assets = load_model_assets()
     flame = FLAME(assets, 100, 50)
-    texture = procedural_texture(assets, 512, seed=0)
+    texture = procedural_texture(flame, 512, seed=0)
     subject = make_subject(flame, texture, seed=0, image_size=args.size, landmark_noise_px=1.0)
     inputs = [ViewInput(photo=v.photo, landmarks=v.landmarks_noisy) for v in subject.views]
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     timings: dict[str, dict[str, float]] = {}
     results = {}
     for dev in devices:
-        timings[dev], results[dev] = run_device(dev, inputs, assets, args.repeats, losses)
+        timings[dev], results[dev] = run_device(dev, inputs, flame, args.repeats, losses)
     summary: dict[str, object] = {
         "model": assets.kind,
         "losses": list(losses),

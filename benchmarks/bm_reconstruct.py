@@ -28,7 +28,7 @@ from PIL import Image
 
 from mfnet_core.fit.landmark_fit import FitOptions
 from mfnet_core.head.flame import FLAME
-from mfnet_core.head.registry import load_model_or_test_head
+from mfnet_core.head.registry import load_model_assets
 from mfnet_core.inputs.images import photo_from_array
 from mfnet_core.metrics import vertex_error_mm
 from mfnet_core.reconstruct import ReconstructOptions, ViewInput, reconstruct
@@ -47,9 +47,9 @@ def astronaut_views(size: int = 1024) -> list[ViewInput]:
     ]
 
 
-def run(inputs: list[ViewInput], assets, out: Path, options: ReconstructOptions) -> dict:
+def run(inputs: list[ViewInput], head, out: Path, options: ReconstructOptions) -> dict:
     start = time.perf_counter()
-    rec = reconstruct(inputs, assets, out, options)
+    rec = reconstruct(inputs, head, out, options)
     total = time.perf_counter() - start
     return {
         **{k: v for k, v in rec.report["timings_s"].items() if k != "total"},
@@ -67,16 +67,16 @@ def main() -> None:
     losses = tuple(t for t in args.losses.split(",") if t)
     options = ReconstructOptions(device=args.device, overwrite=True, fit=FitOptions(losses=losses))
     load_before = os.getloadavg()
-    assets = load_model_or_test_head(None)
+    assets = load_model_assets()
     flame = FLAME(assets, 100, 50)
-    texture = procedural_texture(assets, 512, seed=0)
+    texture = procedural_texture(flame, 512, seed=0)
     subject = make_subject(flame, texture, seed=0, image_size=1024, landmark_noise_px=1.0)
     synth = [ViewInput(photo=v.photo, landmarks=v.landmarks_noisy) for v in subject.views]
     real = astronaut_views()
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, inputs in (("synthetic_3x1024", synth), ("astronaut_3x1024_dlib", real)):
-            runs = [run(inputs, assets, Path(tmp) / name, options) for _ in range(args.repeats)]
+            runs = [run(inputs, flame, Path(tmp) / name, options) for _ in range(args.repeats)]
             keys = [k for k in runs[0] if not k.startswith("_")]
             results[name] = {k: round(statistics.median(r[k] for r in runs), 3) for k in keys}
             psnr = [v["psnr_face"] for v in runs[-1]["_rec"].report["views"]]

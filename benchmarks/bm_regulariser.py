@@ -10,17 +10,17 @@ rigid alignment) and the largest |expression| coefficient per setting.
 import numpy as np
 
 from mfnet_core.fit.landmark_fit import FitOptions, fit_landmarks
-from mfnet_core.fit.losses import LossWeights
+from mfnet_core.fit.plan import LossWeights
 from mfnet_core.head.flame import FLAME
-from mfnet_core.head.registry import load_model_or_test_head
+from mfnet_core.head.registry import load_model_assets
 from mfnet_core.metrics import vertex_error_mm
 from mfnet_core.synthetic import make_subject, procedural_texture
 
 
 def main() -> None:
-    assets = load_model_or_test_head(None)
+    assets = load_model_assets()
     flame = FLAME(assets, 100, 50)
-    texture = procedural_texture(assets, 64, 0)
+    texture = procedural_texture(flame, 64, 0)
     subjects = [
         make_subject(flame, texture, seed=s, image_size=1024, landmark_noise_px=3.0)
         for s in range(6)

@@ -1,4 +1,9 @@
-"""`mfnet reconstruct | demo | doctor`: progress bars for people, JSON lines for programs."""
+"""`mfnet reconstruct | demo | doctor`: progress bars for people, JSON lines for programs.
+
+Starts fast: `--help`, `--version`, argument errors and missing or broken photos answer
+before torch, OpenCV or dlib are imported (they take seconds to load); the heavy modules
+are imported by the command that needs them, after its inputs are checked.
+"""
 
 from __future__ import annotations
 
@@ -15,10 +20,15 @@ from typing import TYPE_CHECKING
 
 from mfnet_core import __version__
 from mfnet_core.errors import MfnetError
-from mfnet_core.fit.landmark_fit import LOSS_TERMS, FitOptions
+from mfnet_core.fit.plan import DEFAULT_LOSSES, LOSS_TERMS, check_flow_estimator, parse_losses
 
 if TYPE_CHECKING:
     from mfnet_core.fit.dense import DenseOptions
+    from mfnet_core.fit.landmark_fit import FitOptions
+    from mfnet_core.head.interface import HeadModel
+    from mfnet_core.reconstruct import ViewInput
+
+MODEL_CHOICES = ("auto", "flame", "test-head")  # mfnet_core.head.registry.MODEL_KINDS
 
 ProgressFn = Callable[[str, float, str], None]
 
@@ -62,54 +72,66 @@ class ProgressPrinter:
             print(json.dumps({"stage": "error", "message": message}), flush=True)
 
 
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Every argument check that needs no heavy import, so mistakes answer at once."""
+    parse_losses(args.losses)
+    check_flow_estimator(args.flow_method, args.raft_weights)
+
+
 def _fit_options(args: argparse.Namespace) -> FitOptions:
-    losses = tuple(s.strip() for s in args.losses.split(",") if s.strip())
-    unknown = [s for s in losses if s not in LOSS_TERMS]
-    if unknown:
-        raise MfnetError(f"unknown loss term(s) {unknown}; choose from {','.join(LOSS_TERMS)}")
-    return FitOptions(losses=losses)
+    from mfnet_core.fit.landmark_fit import FitOptions
+
+    return FitOptions(losses=parse_losses(args.losses))
 
 
 def _dense_options(args: argparse.Namespace) -> DenseOptions:
-    """--flow-method / --raft-weights, checked before anything slow runs."""
     from mfnet_core.fit.dense import DenseOptions
     from mfnet_core.fit.flow import FlowOptions
-    from mfnet_core.reconstruct import check_flow_options
 
-    if args.raft_weights and args.flow_method != "raft":
-        raise MfnetError("--raft-weights is only used with --flow-method raft")
-    flow = FlowOptions(method=args.flow_method, raft_weights=args.raft_weights)
-    check_flow_options(flow)
-    return DenseOptions(flow=flow)
+    return DenseOptions(flow=FlowOptions(method=args.flow_method, raft_weights=args.raft_weights))
 
 
-def _load_assets(flame_path: str | None):
-    from mfnet_core.head.registry import load_model_or_test_head
+def _load_head(args: argparse.Namespace) -> HeadModel:
+    from mfnet_core.head.registry import load_head_model
 
-    return load_model_or_test_head(Path(flame_path) if flame_path else None)
+    return load_head_model(args.model, Path(args.flame) if args.flame else None)
+
+
+def _load_photos(args: argparse.Namespace) -> list[ViewInput]:
+    """Photos are read (and refused with one line) before torch is imported."""
+    from mfnet_core.inputs.images import load_photo
+
+    labels = args.views.split(",") if args.views else None
+    if labels is not None and len(labels) != len(args.photos):
+        raise MfnetError(
+            f"--views names {len(labels)} views but {len(args.photos)} photos were given"
+        )
+    photos = [load_photo(p) for p in args.photos]
+    from mfnet_core.reconstruct import ViewInput
+
+    return [ViewInput(photo=ph, label=labels[i] if labels else None) for i, ph in enumerate(photos)]
 
 
 def cmd_reconstruct(args: argparse.Namespace, progress: ProgressPrinter) -> dict:
-    from mfnet_core.reconstruct import ReconstructOptions, load_inputs, reconstruct
+    _check_arguments(args)
+    inputs = _load_photos(args)
+    from mfnet_core.reconstruct import ReconstructOptions, reconstruct
 
-    fit, dense = _fit_options(args), _dense_options(args)
-    assets = _load_assets(args.flame)
-    labels = args.views.split(",") if args.views else None
-    inputs = load_inputs([Path(p) for p in args.photos], labels)
+    head = _load_head(args)
     options = ReconstructOptions(
         device=args.device,
         texture_size=args.texture_size,
         expression_keys=args.expressions,
         landmark_backend=args.landmarks,
-        fit=fit,
-        dense=dense,
+        fit=_fit_options(args),
+        dense=_dense_options(args),
         overwrite=args.overwrite,
         weights=Path(args.weights) if args.weights else None,
     )
-    rec = reconstruct(inputs, assets, Path(args.output), options, progress=progress)
+    rec = reconstruct(inputs, head, Path(args.output), options, progress=progress)
     return {
         "result_dir": str(rec.result_dir),
-        "model": assets.kind,
+        "model": head.kind,
         "views": rec.view_names,
         "seconds": rec.report["timings_s"]["total"],
         "loss_terms_used": rec.report["loss_terms_used"],
@@ -118,28 +140,26 @@ def cmd_reconstruct(args: argparse.Namespace, progress: ProgressPrinter) -> dict
 
 
 def cmd_demo(args: argparse.Namespace, progress: ProgressPrinter) -> dict:
+    start = time.perf_counter()
+    _check_arguments(args)
     import numpy as np
 
-    from mfnet_core.head.flame import FLAME
     from mfnet_core.metrics import vertex_error_mm
     from mfnet_core.reconstruct import ReconstructOptions, ViewInput, reconstruct
     from mfnet_core.synthetic import make_subject, procedural_texture
 
-    start = time.perf_counter()
-    fit, dense = _fit_options(args), _dense_options(args)
-    assets = _load_assets(args.flame)
-    progress("demo", 0.0, f"rendering 3 synthetic photos of the {assets.kind}")
+    head = _load_head(args)
+    progress("demo", 0.0, f"rendering 3 synthetic photos of the {head.kind}")
     options = ReconstructOptions(
         device=args.device,
         texture_size=args.texture_size,
         overwrite=args.overwrite,
-        fit=fit,
-        dense=dense,
+        fit=_fit_options(args),
+        dense=_dense_options(args),
     )
-    flame = FLAME(assets, n_shape=options.fit.n_shape, n_expr=options.fit.n_expr)
-    texture = procedural_texture(assets, size=512, seed=args.seed)
+    texture = procedural_texture(head, size=512, seed=args.seed)
     subject = make_subject(
-        flame, texture, seed=args.seed, image_size=args.image_size, landmark_noise_px=args.noise_px
+        head, texture, seed=args.seed, image_size=args.image_size, landmark_noise_px=args.noise_px
     )
     inputs = [
         ViewInput(photo=v.photo, landmarks=v.landmarks_noisy, label=name)
@@ -150,10 +170,10 @@ def cmd_demo(args: argparse.Namespace, progress: ProgressPrinter) -> dict:
         if args.output
         else Path(tempfile.mkdtemp(prefix="mfnet-demo-")) / "result"
     )
-    rec = reconstruct(inputs, assets, out, options, progress=progress)
-    err = vertex_error_mm(rec.fit.vertices_model, subject.vertices_true, assets.face_region)
+    rec = reconstruct(inputs, head, out, options, progress=progress)
+    err = vertex_error_mm(rec.fit.vertices_model, subject.vertices_true, head.face_region)
     return {
-        "model": assets.kind,
+        "model": head.kind,
         "views": rec.view_names,
         "seconds": round(time.perf_counter() - start, 3),
         "reconstruct_seconds": rec.report["timings_s"]["total"],
@@ -179,11 +199,17 @@ def _print_doctor(report: dict) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mfnet", description="Photos in, a fitted FLAME head out.")
+    p = argparse.ArgumentParser(prog="mfnet", description="Photos in, a fitted, rigged head out.")
     p.add_argument("--version", action="version", version=f"mfnet {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--model",
+            default="auto",
+            choices=MODEL_CHOICES,
+            help="head model: auto (FLAME when installed, else the test head), flame, test-head",
+        )
         sp.add_argument(
             "--flame", help="FLAME model file (.pkl); default: MFNET_FLAME_MODEL or the data folder"
         )
@@ -192,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--texture-size", type=int, default=1024, choices=[512, 1024, 2048, 4096])
         sp.add_argument(
             "--losses",
-            default=",".join(FitOptions().losses),
+            default=",".join(DEFAULT_LOSSES),
             help=f"comma list from {','.join(LOSS_TERMS)} (flow needs 2+ photos; photo is opt-in)",
         )
         sp.add_argument(

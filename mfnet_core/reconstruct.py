@@ -16,10 +16,21 @@ from mfnet_core.camera import Intrinsics, to_screen
 from mfnet_core.errors import MfnetError
 from mfnet_core.fit.dense import DenseOptions, refine_dense
 from mfnet_core.fit.flow import FlowOptions, estimate_flow, face_faces
-from mfnet_core.fit.landmark_fit import FitOptions, FitResult, MultiViewFitter, fit_landmarks
+from mfnet_core.fit.landmark_fit import (
+    INIT_ITERATIONS,
+    INIT_OUTLIER_ROUNDS,
+    FitOptions,
+    FitResult,
+    MultiViewFitter,
+    fit_landmarks,
+)
 from mfnet_core.fit.photometric import view_quality
-from mfnet_core.head.flame import FLAME, FlameAssets
-from mfnet_core.inputs.images import Photo, load_photo
+from mfnet_core.fit.plan import check_flow_estimator, plan_losses
+from mfnet_core.head.interface import HeadModel
+from mfnet_core.inputs.images import Photo
+from mfnet_core.inputs.landmarks import detect_landmarks
+from mfnet_core.network.checkpoints import load_checkpoint
+from mfnet_core.network.predict import predict_init
 from mfnet_core.outputs.report import (
     dense_pictures,
     dense_section,
@@ -58,8 +69,6 @@ STAGE_SPAN = {
     "texture": 0.20,
     "export": 0.10,
 }
-DENSE_TERMS = ("flow", "photo")
-FLOW_METHODS = ("dis", "raft")
 STAGE_ORDER = list(STAGE_SPAN)
 
 
@@ -125,33 +134,9 @@ class StageTimer:
         self._done = base + span
 
 
-def plan_losses(requested: tuple[str, ...], n_views: int) -> tuple[tuple[str, ...], dict[str, str]]:
-    """The loss terms that can run on `n_views` photos, and why the others are skipped.
-
-    The flow term compares views with each other, so one photo runs without it (and
-    report.json says so) instead of failing: flow is on by default.
-    """
-    skipped = {}
-    if "flow" in requested and n_views < 2:
-        skipped["flow"] = f"needs two or more photos; {n_views} given"
-    return tuple(t for t in requested if t not in skipped), skipped
-
-
 def check_flow_options(flow: FlowOptions) -> None:
-    """Refuses a flow estimator that cannot run before any work is done (otherwise it would
-    fail after the landmark fit). RAFT weights are the user's file: nothing is downloaded."""
-    if flow.method not in FLOW_METHODS:
-        raise MfnetError(f"unknown flow method {flow.method!r}; use {' or '.join(FLOW_METHODS)}")
-    if flow.method != "raft":
-        return
-    if not flow.raft_weights:
-        raise MfnetError(
-            "--flow-method raft needs --raft-weights PATH (a local RAFT-large state dict; "
-            "nothing is downloaded)"
-        )
-    path = Path(flow.raft_weights).expanduser()
-    if not path.is_file():
-        raise MfnetError(f"--raft-weights: RAFT weights file not found: {path}")
+    """Refuses a flow estimator that cannot run before any work is done."""
+    check_flow_estimator(flow.method, flow.raft_weights)
 
 
 def probe_raft(flow: FlowOptions) -> None:
@@ -177,26 +162,30 @@ def measure_quality(
     """Per-view PSNR / SSIM of the re-rendered face against the photo inside the face mask,
     for runs without dense terms: the dense report's own measure (`view_quality`, same
     resolution), so numbers compare across --losses, without its flow estimation."""
-    flame = fitter.flame
-    face_tri = face_faces(flame.faces.cpu().numpy(), flame.assets.face_region)
+    head = fitter.head
+    face_tri = face_faces(head.faces.cpu().numpy(), head.face_region)
     return view_quality(fitter, photos, dense.report_size, face_tri)
 
 
 def reconstruct(
     inputs: list[ViewInput],
-    assets: FlameAssets,
+    head: HeadModel,
     out_dir: Path,
     options: ReconstructOptions | None = None,
     progress: StageProgress | None = None,
 ) -> Reconstruction:
-    """Runs the whole pipeline and writes the result folder atomically."""
+    """Runs the whole pipeline and writes the result folder atomically.
+
+    `head` is any head model (`head.registry.load_head_model`); it is moved to the run's
+    device in place. The components it keeps are the ones the fit frees."""
     options = options or ReconstructOptions()
     if not inputs:
         raise MfnetError("no photos given")
     check_destination(Path(out_dir), options.overwrite)
-    losses, skipped = plan_losses(options.fit.losses, len(inputs))
+    plan = plan_losses(options.fit.losses, len(inputs))
+    losses, skipped = plan.used, plan.skipped
     check_flow_options(options.dense.flow)
-    if "flow" in losses and options.dense.flow.method == "raft":
+    if plan.uses("flow") and options.dense.flow.method == "raft":
         probe_raft(options.dense.flow)
     device = resolve_device(options.device)
     timer = StageTimer(progress)
@@ -214,8 +203,6 @@ def reconstruct(
         landmarks = []
         for i, view in enumerate(inputs):
             if view.landmarks is None:
-                from mfnet_core.inputs.landmarks import detect_landmarks
-
                 res = detect_landmarks(
                     view.photo, backend=options.landmark_backend, source_name=view.photo.name
                 )
@@ -226,16 +213,16 @@ def reconstruct(
             sub((i + 1) / len(inputs), f"landmarks {i + 1}/{len(inputs)}")
     lmk = np.stack(landmarks)
 
-    flame = FLAME(assets, n_shape=options.fit.n_shape, n_expr=options.fit.n_expr).to(device)
-    with timer.stage("fit", "fitting FLAME") as sub:
-        fitter, fit_start = _landmark_fit(flame, photos, lmk, intrinsics, options, device, sub)
+    head = head.to(device)
+    with timer.stage("fit", f"fitting the {head.kind}") as sub:
+        fitter, fit_start = _landmark_fit(head, photos, lmk, intrinsics, options, device, sub)
 
     # Views are named from the landmark fit's yaw, before the dense stages, so that their
     # pictures carry the names (the dense stages move the yaws by a few degrees at most).
     names = name_views(fitter.contour_yaw().cpu().numpy())
     labels = view_labels(names, files)
     dense = None
-    dense_terms = [t for t in DENSE_TERMS if t in losses]
+    dense_terms = plan.dense_terms
     if dense_terms:
         with timer.stage("dense", f"dense refinement ({', '.join(dense_terms)})") as sub:
             dense_opts = replace(options.dense, losses=losses)
@@ -259,7 +246,7 @@ def reconstruct(
     warnings.extend(view_warnings(names, yaws, given, files))
 
     with timer.stage("texture", "baking the texture") as sub:
-        faces_t = torch.as_tensor(assets.faces, dtype=torch.long, device=device)
+        faces_t = head.faces
         verts_cam = torch.as_tensor(fit.vertices_cam, device=device)
         camera = torch.as_tensor(np.stack([k.as_vector() for k in intrinsics]), device=device)
         screen = to_screen(verts_cam, camera)
@@ -271,8 +258,8 @@ def reconstruct(
         baked = bake_texture(
             bake_views,
             faces_t,
-            torch.as_tensor(assets.uv.uv_coords, device=device),
-            torch.as_tensor(assets.uv.uv_faces, dtype=torch.long, device=device),
+            torch.as_tensor(head.uv.uv_coords, device=device),
+            torch.as_tensor(head.uv.uv_faces, dtype=torch.long, device=device),
             size=options.texture_size,
             progress=sub,
         )
@@ -282,7 +269,7 @@ def reconstruct(
         export_start = time.perf_counter()
         params = fit.params
         rig = build_rig(
-            assets,
+            head,
             params,
             camera=np.stack([k.as_vector() for k in intrinsics]),
             image_size=np.array([[k.width, k.height] for k in intrinsics]),
@@ -291,9 +278,9 @@ def reconstruct(
         )
         report = {
             "mfnet_version": __version__,
-            "model": assets.kind,
-            "model_name": assets.name,
-            "model_sha256": assets.sha256,
+            "model": head.info.kind,
+            "model_name": head.info.name,
+            "model_sha256": head.info.sha256,
             "device": str(device),
             "views": [
                 {
@@ -312,7 +299,7 @@ def reconstruct(
         }
         if dense is not None:
             report["dense"] = dense_section(dense, labels, names, options.dense.flow)
-        if assets.kind != "flame":
+        if head.kind == "test-head":
             report["warnings"].insert(
                 0,
                 "made with the generated test head, NOT FLAME: install FLAME for real results (mfnet doctor)",
@@ -332,7 +319,7 @@ def reconstruct(
                 save_png(tmp / f"overlay_{names[i]}.png", overlay)
             for key, image in pictures.items():
                 save_png(tmp / f"overlay_{key}.png", image)
-            write_json(tmp / "params.json", params_json(assets, params, names, intrinsics))
+            write_json(tmp / "params.json", params_json(head.info, params, names, intrinsics))
             timings = {**timer.timings, "export": round(time.perf_counter() - export_start, 4)}
             timings["total"] = round(sum(timings.values()), 4)
             report["timings_s"] = timings
@@ -341,7 +328,7 @@ def reconstruct(
 
 
 def _landmark_fit(
-    flame: FLAME,
+    head: HeadModel,
     photos: list[np.ndarray],
     lmk: np.ndarray,
     intrinsics: list[Intrinsics],
@@ -353,19 +340,15 @@ def _landmark_fit(
     (a shorter schedule then: the start is already close). Also returns report.json's
     "fit_start": where the fit began, so a result says whether a network was used."""
     if options.weights is None:
-        fitter = fit_landmarks(flame, lmk, intrinsics, options.fit, device, progress=sub)
+        fitter = fit_landmarks(head, lmk, intrinsics, options.fit, device, progress=sub)
         return fitter, {"from": "pnp"}
-    from mfnet_core.fit.landmark_fit import INIT_ITERATIONS, INIT_OUTLIER_ROUNDS
-    from mfnet_core.network.checkpoints import load_checkpoint
-    from mfnet_core.network.predict import predict_init
-
     sub(0.0, "network prediction")
     model, meta = load_checkpoint(options.weights, device)
-    init = predict_init(model, photos, list(lmk), flame, intrinsics, device)
+    init = predict_init(model, photos, list(lmk), head, intrinsics, device)
     fit_options = replace(
         options.fit, iterations=INIT_ITERATIONS, outlier_rounds=INIT_OUTLIER_ROUNDS
     )
-    fitter = fit_landmarks(flame, lmk, intrinsics, fit_options, device, progress=sub, init=init)
+    fitter = fit_landmarks(head, lmk, intrinsics, fit_options, device, progress=sub, init=init)
     c = model.config
     start = {
         "from": "network",
@@ -375,13 +358,3 @@ def _landmark_fit(
         "iterations": list(INIT_ITERATIONS),
     }
     return fitter, start
-
-
-def load_inputs(paths: list[Path], labels: list[str] | None = None) -> list[ViewInput]:
-    """Reads the photos (clear errors per file) and attaches user labels."""
-    if labels is not None and len(labels) != len(paths):
-        raise MfnetError(f"--views names {len(labels)} views but {len(paths)} photos were given")
-    return [
-        ViewInput(photo=load_photo(p), label=(labels[i] if labels else None))
-        for i, p in enumerate(paths)
-    ]

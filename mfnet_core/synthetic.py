@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from mfnet_core.camera import Intrinsics, axis_angle_to_matrix, to_screen
-from mfnet_core.head.flame import FLAME, FlameAssets
+from mfnet_core.head.interface import HeadModel
 from mfnet_core.inputs.images import Photo, photo_from_array
 from mfnet_core.render import rasterize, render_textured, vertex_normals
 
@@ -62,24 +62,25 @@ def smooth_noise_3d(
     return out / amp_total * 2.0
 
 
-def procedural_texture(assets: FlameAssets, size: int = 512, seed: int = 0) -> np.ndarray:
+def procedural_texture(head: HeadModel, size: int = 512, seed: int = 0) -> np.ndarray:
     """A skin-like albedo in the model's UV layout: skin tone with mottling and pores,
     darker brows, red lips, white eyeballs with an iris, so that renders look like a face
     and give optical flow something to track. Returns (size,size,3) uint8."""
     rng = np.random.default_rng(seed)
-    uv = torch.as_tensor(assets.uv.uv_coords, dtype=torch.float32)
-    uv_faces = torch.as_tensor(assets.uv.uv_faces, dtype=torch.long)
+    template = TemplateGeometry.of(head)
+    uv = torch.as_tensor(template.uv_coords, dtype=torch.float32)
+    uv_faces = torch.as_tensor(template.uv_faces, dtype=torch.long)
     screen = torch.stack([uv[:, 0] * size, (1 - uv[:, 1]) * size, torch.ones(len(uv))], -1)
     frags = rasterize(screen, uv_faces, size, size)
     covered = frags.face_index >= 0
     # 3D position of each texel on the template mesh (attributes live on mesh vertices).
     fi = frags.face_index.clamp_min(0)
-    tri = torch.as_tensor(assets.faces, dtype=torch.long)[fi]  # (S,S,3)
-    verts = torch.as_tensor(assets.v_template, dtype=torch.float32)
+    tri = torch.as_tensor(template.faces, dtype=torch.long)[fi]  # (S,S,3)
+    verts = torch.as_tensor(template.vertices, dtype=torch.float32)
     pos = (verts[tri] * frags.bary[..., None]).sum(-2).numpy()  # (S,S,3)
     pts = pos[covered.numpy()]
 
-    lm = _template_landmarks(assets)
+    lm = template.landmarks
     skin = np.array([0.80, 0.60, 0.50]) * rng.uniform(0.85, 1.1, size=3).clip(0, 1.2)
     colour = np.tile(skin, (len(pts), 1))
     mottle = smooth_noise_3d(pts, rng, octaves=3, base_freq=40.0)
@@ -91,13 +92,10 @@ def procedural_texture(assets: FlameAssets, size: int = 512, seed: int = 0) -> n
     freckles = smooth_noise_3d(pts, rng, octaves=1, base_freq=300.0) > 0.8
     colour[freckles] *= 0.8
     # Eyeballs: vertices skinned to the eye joints.
-    eye_joint = np.argmax(assets.lbs_weights, axis=1)
-    names = list(assets.joint_names)
-    eye_ids = [names.index(n) for n in ("eye_L", "eye_R") if n in names]
+    eye_joint, eye_ids, centres = template.eye_joint, template.eye_ids, template.joints
     if eye_ids:
         tri_np = tri.numpy()[covered.numpy()]
         is_eye = np.isin(eye_joint[tri_np[:, 0]], eye_ids)
-        centres = assets.j_regressor @ assets.v_template
         for j in eye_ids:
             sel = is_eye & (eye_joint[tri_np[:, 0]] == j)
             d = pts[sel] - centres[j]
@@ -112,10 +110,38 @@ def procedural_texture(assets: FlameAssets, size: int = 512, seed: int = 0) -> n
     return (tex.clip(0, 1) * 255).astype(np.uint8)
 
 
-def _template_landmarks(assets: FlameAssets) -> np.ndarray:
-    emb = assets.landmarks
-    tri = assets.faces[emb.full_faces]  # (68,3)
-    return (assets.v_template[tri] * emb.full_bary[..., None]).sum(1)
+@dataclass(frozen=True)
+class TemplateGeometry:
+    """What the procedural textures paint on: the head model's mean mesh (numpy, metres),
+    its UV layout, frontal landmarks and which vertices ride on the eye joints."""
+
+    vertices: np.ndarray  # (V,3)
+    faces: np.ndarray  # (F,3)
+    uv_coords: np.ndarray  # (T,2)
+    uv_faces: np.ndarray  # (F,3)
+    landmarks: np.ndarray  # (68,3) frontal embedding
+    eye_joint: np.ndarray  # (V,) the joint each vertex follows most
+    eye_ids: list[int]  # the eye joints' indices
+    joints: np.ndarray  # (J,3) rest joint positions
+
+    @staticmethod
+    def of(head: HeadModel) -> TemplateGeometry:
+        rig = head.rig_arrays(np.zeros(0), 0)
+        faces = head.faces.cpu().numpy()
+        emb = head.landmark_embedding
+        verts = rig.rest_vertices  # float32, as the model stores it
+        lm = (verts[faces[emb.full_faces]] * emb.full_bary[..., None]).sum(1)
+        names = list(rig.joint_names)
+        return TemplateGeometry(
+            vertices=verts,
+            faces=faces,
+            uv_coords=head.uv.uv_coords,
+            uv_faces=head.uv.uv_faces,
+            landmarks=lm,
+            eye_joint=np.argmax(rig.skin_weights, axis=1),
+            eye_ids=[names.index(n) for n in ("eye_L", "eye_R") if n in names],
+            joints=rig.joints,
+        )
 
 
 def _paint_near(
@@ -131,12 +157,12 @@ def _paint_near(
 
 
 def random_params(
-    flame: FLAME, rng: np.random.Generator, expression_scale: float = 0.6
+    head: HeadModel, rng: np.random.Generator, expression_scale: float = 0.6
 ) -> dict[str, np.ndarray]:
     """A plausible person: shape ~ N(0,1), a mild expression and a slightly open jaw."""
-    shape = rng.normal(size=flame.n_shape).astype(np.float32)
-    expr = np.zeros(flame.n_expr, dtype=np.float32)
-    k = min(10, flame.n_expr)
+    shape = rng.normal(size=head.n_shape).astype(np.float32)
+    expr = np.zeros(head.n_expr, dtype=np.float32)
+    k = min(10, head.n_expr)
     expr[:k] = rng.normal(scale=expression_scale, size=k)
     jaw = np.array([rng.uniform(0.0, 0.12), 0.0, 0.0], dtype=np.float32)
     return {
@@ -149,7 +175,7 @@ def random_params(
 
 
 def make_subject(
-    flame: FLAME,
+    head: HeadModel,
     texture: np.ndarray,
     *,
     seed: int = 0,
@@ -161,11 +187,10 @@ def make_subject(
 ) -> SyntheticSubject:
     """Renders one synthetic person from several yaw angles with known everything."""
     rng = np.random.default_rng(seed)
-    assets = flame.assets
-    params = params or random_params(flame, rng)
+    params = params or random_params(head, rng)
     t = {k: torch.as_tensor(v)[None] for k, v in params.items()}
     with torch.no_grad():
-        out = flame(
+        out = head(
             shape=t["shape"],
             expression=t["expression"],
             global_pose=torch.zeros(1, 3),
@@ -175,7 +200,7 @@ def make_subject(
         )
     verts = out.vertices[0]
     pivot = out.joints[0, 0]
-    faces = torch.as_tensor(assets.faces, dtype=torch.long)
+    faces = head.faces.cpu()
     intr = Intrinsics.from_fov(image_size, image_size)
     cam = torch.as_tensor(intr.as_vector())[None]
     views = []
@@ -196,8 +221,8 @@ def make_subject(
             screen,
             normals,
             faces,
-            torch.as_tensor(assets.uv.uv_coords),
-            torch.as_tensor(assets.uv.uv_faces, dtype=torch.long),
+            torch.as_tensor(head.uv.uv_coords),
+            torch.as_tensor(head.uv.uv_faces, dtype=torch.long),
             torch.as_tensor(texture, dtype=torch.float32) / 255.0,
             image_size,
             image_size,
@@ -208,7 +233,7 @@ def make_subject(
         rgb = (img.clamp(0, 1) * m + bg * (1 - m)).numpy()
         rgb = (rgb * 255).round().clip(0, 255).astype(np.uint8)
         yaw_t = torch.tensor([yaw], dtype=torch.float32)
-        lmk = flame.landmarks_3d(verts[None], yaw_t)[0]
+        lmk = head.landmarks_3d(verts[None], yaw_t)[0]
         lmk_cam = (lmk - pivot) @ rot.T + pivot + trans
         lmk_px = to_screen(lmk_cam[None], cam)[0, :, :2].numpy()
         noisy = lmk_px + rng.normal(scale=landmark_noise_px, size=lmk_px.shape)
@@ -260,18 +285,20 @@ def _background(rng: np.random.Generator, size: int) -> torch.Tensor:
 # camera jitter, cluttered backgrounds, detector-like landmark errors.
 
 
-def _texel_geometry(assets: FlameAssets, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _texel_geometry(
+    template: TemplateGeometry, size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Texels covered by the UV layout: (S,S) bool, their (P,3) template positions and
     (P,) face ids."""
-    uv = torch.as_tensor(assets.uv.uv_coords, dtype=torch.float32)
-    uv_faces = torch.as_tensor(assets.uv.uv_faces, dtype=torch.long)
+    uv = torch.as_tensor(template.uv_coords, dtype=torch.float32)
+    uv_faces = torch.as_tensor(template.uv_faces, dtype=torch.long)
     screen = torch.stack([uv[:, 0] * size, (1 - uv[:, 1]) * size, torch.ones(len(uv))], -1)
     frags = rasterize(screen, uv_faces, size, size)
     covered = (frags.face_index >= 0).numpy()
     fi = frags.face_index.clamp_min(0).numpy()[covered]
     bary = frags.bary.numpy()[covered]
-    tri = np.asarray(assets.faces)[fi]
-    pos = (np.asarray(assets.v_template)[tri] * bary[..., None]).sum(1)
+    tri = template.faces[fi]
+    pos = (template.vertices[tri] * bary[..., None]).sum(1)
     return covered, pos, fi
 
 
@@ -308,7 +335,7 @@ def _polyline_distance(points: np.ndarray, anchors: np.ndarray, n: int = 12) -> 
     return cKDTree(dense).query(points)[0]
 
 
-def skin_texture(assets: FlameAssets, size: int = 1024, seed: int = 0) -> np.ndarray:
+def skin_texture(head: HeadModel, size: int = 1024, seed: int = 0) -> np.ndarray:
     """A detailed, low-contrast procedural skin albedo in the model's UV layout.
 
     Unlike `procedural_texture` (bold blotches, easy for optical flow), this aims at what a
@@ -319,8 +346,9 @@ def skin_texture(assets: FlameAssets, size: int = 1024, seed: int = 0) -> np.nda
     eyeballs with an iris. Deterministic from `seed`. Returns (size,size,3) uint8.
     """
     rng = np.random.default_rng(seed)
-    covered, pts, fi = _texel_geometry(assets, size)
-    lm = _template_landmarks(assets)
+    template = TemplateGeometry.of(head)
+    covered, pts, fi = _texel_geometry(template, size)
+    lm = template.landmarks
     # Person: skin tone from light to dark, slightly varied hue.
     lightness = rng.uniform(0.45, 1.0)
     base = np.array([0.86, 0.66, 0.55]) * lightness + np.array([0.0, 0.02, 0.03]) * rng.normal(
@@ -391,12 +419,9 @@ def skin_texture(assets: FlameAssets, size: int = 1024, seed: int = 0) -> np.nda
     lip_col = np.array([0.72, 0.36, 0.36]) * (0.7 + 0.3 * lightness) * rng.uniform(0.85, 1.1)
     colour = colour * (1 - w[:, None]) + (lip_col * lines[:, None]) * w[:, None]
     # Eyeballs.
-    eye_joint = np.argmax(assets.lbs_weights, axis=1)
-    names = list(assets.joint_names)
-    eye_ids = [names.index(n) for n in ("eye_L", "eye_R") if n in names]
+    eye_joint, eye_ids, centres_j = template.eye_joint, template.eye_ids, template.joints
     if eye_ids:
-        tri = np.asarray(assets.faces)[fi]
-        centres_j = assets.j_regressor @ assets.v_template
+        tri = template.faces[fi]
         iris = np.array([0.25, 0.18, 0.1]) * rng.uniform(0.5, 2.0, size=3)
         for j in eye_ids:
             sel = eye_joint[tri[:, 0]] == j
@@ -515,7 +540,7 @@ class RealisticOptions:
 
 
 def make_realistic_subject(
-    flame: FLAME,
+    head: HeadModel,
     seed: int = 0,
     options: RealisticOptions | None = None,
     texture: np.ndarray | None = None,
@@ -534,13 +559,12 @@ def make_realistic_subject(
     """
     o = options or RealisticOptions()
     rng = np.random.default_rng([seed, 7])
-    assets = flame.assets
     if texture is None:
-        texture = skin_texture(assets, o.texture_size, seed=seed)
-    params = params or random_params(flame, rng)
-    faces = torch.as_tensor(assets.faces, dtype=torch.long)
-    uv = torch.as_tensor(assets.uv.uv_coords)
-    uv_faces = torch.as_tensor(assets.uv.uv_faces, dtype=torch.long)
+        texture = skin_texture(head, o.texture_size, seed=seed)
+    params = params or random_params(head, rng)
+    faces = head.faces.cpu()
+    uv = torch.as_tensor(head.uv.uv_coords)
+    uv_faces = torch.as_tensor(head.uv.uv_faces, dtype=torch.long)
     tex_t = torch.as_tensor(texture, dtype=torch.float32) / 255.0
     intr = Intrinsics.from_fov(o.image_size, o.image_size)
     cam = torch.as_tensor(intr.as_vector())[None]
@@ -550,7 +574,7 @@ def make_realistic_subject(
     def evaluate(p: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         t = {k: torch.as_tensor(v, dtype=torch.float32)[None] for k, v in p.items()}
         with torch.no_grad():
-            out = flame(
+            out = head(
                 shape=t["shape"],
                 expression=t["expression"],
                 neck_pose=t["neck_pose"],
@@ -563,7 +587,7 @@ def make_realistic_subject(
     views = []
     for i, yaw0 in enumerate(o.yaws_deg):
         pv = {k: v.copy() for k, v in params.items()}
-        k = min(10, flame.n_expr)
+        k = min(10, head.n_expr)
         pv["expression"][:k] += rng.normal(scale=o.expression_jitter, size=k).astype(np.float32)
         pv["jaw_pose"][0] = max(0.0, pv["jaw_pose"][0] + rng.normal(scale=o.jaw_jitter))
         verts, pivot = evaluate(pv)
@@ -595,7 +619,7 @@ def make_realistic_subject(
         )
         rgb = (img.clamp(0, 1) * m + bg * (1 - m)).numpy() * gain
         rgb = _camera_effects(rgb, rng, o.blur_px * o.image_size / 1024, o.sensor_noise)
-        lmk = flame.landmarks_3d(verts[None], torch.tensor([yaw], dtype=torch.float32))[0]
+        lmk = head.landmarks_3d(verts[None], torch.tensor([yaw], dtype=torch.float32))[0]
         lmk_cam = (lmk - pivot) @ rot.T + pivot + trans
         lmk_px = to_screen(lmk_cam[None], cam)[0, :, :2].numpy()
         noisy = o.landmarks.apply(lmk_px, yaw, person, rng)
@@ -683,7 +707,7 @@ class HeadScan:
     name: str = "scan"
 
     def face_region(self) -> np.ndarray:
-        """(V,) bool: the face as `flame.geometric_face_region` defines it on a model (between
+        """(V,) bool: the face as `head.flame.geometric_face_region` defines it on a model (between
         the ears' contour points, a little under the chin to 0.6 eye distances above the
         brows, in front of the contour), from the capture's own landmarks."""
         lm, (x, y, z) = self.landmarks, self.vertices.T

@@ -22,3 +22,12 @@ def test_head_assets(test_head_path: Path):
     from mfnet_core.head.flame import load_flame_assets
 
     return load_flame_assets(test_head_path)
+
+
+@pytest.fixture(scope="session")
+def test_head(test_head_assets):
+    """The test head as a head model (`mfnet_core.head.interface.HeadModel`), keeping the
+    default 100 identity and 50 expression components."""
+    from mfnet_core.head.flame import FLAME
+
+    return FLAME(test_head_assets, n_shape=100, n_expr=50)

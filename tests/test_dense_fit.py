@@ -37,13 +37,13 @@ def _inputs(subj):
 
 def test_vertex_rig_matches_flame(flame):
     ids = torch.arange(0, flame.v_template.shape[0], 7)
-    rig = dfm.VertexRig(flame, ids)
+    rig = flame.subset_rig(ids)
     rng = np.random.default_rng(0)
     shape = torch.as_tensor(rng.normal(size=(2, 100)), dtype=torch.float32)
     expr = torch.as_tensor(rng.normal(size=(2, 50)) * 0.5, dtype=torch.float32)
     jaw = torch.tensor([[0.1, 0.0, 0.0], [0.05, 0.01, 0.0]])
     out = flame(shape=shape, expression=expr, jaw_pose=jaw)
-    pose = flame.full_pose(None, None, jaw, None, 2).double()
+    pose = flame.pose_vector(None, None, jaw, None, 2).double()
     verts, joints = rig(torch.cat([shape, expr], 1).double(), pose)
     np.testing.assert_allclose(verts.numpy(), out.vertices[:, ids].numpy(), atol=2e-6)
     np.testing.assert_allclose(joints.numpy(), out.joints.numpy(), atol=2e-6)
@@ -52,13 +52,13 @@ def test_vertex_rig_matches_flame(flame):
 def test_flow_term_jacobian_matches_finite_differences(flame, subject):
     photos, intr, lmk = _inputs(subject)
     fitter = fit_landmarks(flame, lmk, intr, FitOptions())
-    tri = fl.face_faces(flame.faces.numpy(), flame.assets.face_region)
+    tri = fl.face_faces(flame.faces.numpy(), flame.face_region)
     views = dfm._views(fitter, photos, 256, tri)
     pfs = fl.all_pair_flows(views, flame.faces, fl.FlowOptions(size=256, max_samples=60))
-    term = dfm._FlowTerm(fitter, pfs, 1.0)
+    term = dfm.FlowTerm(fitter, pfs, 1.0)
     free = fitter.free_entries("fine")
     x = fitter._gather(free).double()
-    irls = term.irls(free, x)
+    irls = term.reweight(free, x)
     r, jac = term.linearise(free, x, irls)
     h = 1e-6
     cols = [0, 5, 60, 100, 120, 150, 152, 153, 157, 161, 166, 170]
@@ -73,7 +73,7 @@ def test_flow_term_jacobian_matches_finite_differences(flame, subject):
 
 def test_flow_beats_landmarks_only_on_a_fixed_subject(flame, subject):
     photos, intr, lmk = _inputs(subject)
-    region = flame.assets.face_region
+    region = flame.face_region
     fitter = fit_landmarks(flame, lmk, intr, FitOptions())
     err_lmk = np.median(
         vertex_error_mm(fitter.result().vertices_model, subject.vertices_true, region)

@@ -83,7 +83,7 @@ def test_forward_equals_smplx_lbs_and_subset_lbs(flame):
     with torch.no_grad():
         out = flame(**p)
         betas = torch.cat([p["shape"], p["expression"]], 1)
-        pose = flame.full_pose(p["global_pose"], p["neck_pose"], p["jaw_pose"], p["eye_pose"], 2)
+        pose = flame.pose_vector(p["global_pose"], p["neck_pose"], p["jaw_pose"], p["eye_pose"], 2)
         ref_v, ref_j = lbs(
             betas, pose, flame.v_template, flame.blend_dirs, flame.posedirs,
             flame.j_regressor, flame.parents, flame.lbs_weights,
@@ -453,11 +453,11 @@ def test_doctor_report_with_a_model(clean_env, test_head_path):
     assert bad["ok"] is False
 
 
-def test_load_model_or_test_head(clean_env, test_head_path):
-    from mfnet_core.head.registry import load_model_or_test_head
+def test_load_model_assets(clean_env, test_head_path):
+    from mfnet_core.head.registry import load_model_assets
 
-    a = load_model_or_test_head(None)
+    a = load_model_assets()
     assert a.kind == "test-head"
     assert (clean_env / "cache" / "testhead" / "v1" / "mfnet_test_head_NOT_FLAME.pkl").is_file()
-    b = load_model_or_test_head(test_head_path)
+    b = load_model_assets("auto", test_head_path)
     assert b.source_path == test_head_path and b.sha256 == a.sha256

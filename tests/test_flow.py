@@ -208,8 +208,8 @@ def _fitter_at_truth(flame, subj, losses=("landmarks", "eye", "lip", "reg")):
 
 
 def _flows(f, photos, size=320):
-    faces = f.flame.faces
-    tri = fl.face_faces(faces.numpy(), f.flame.assets.face_region)
+    faces = f.head.faces
+    tri = fl.face_faces(faces.numpy(), f.head.face_region)
     with torch.no_grad():
         ev = f.evaluate(with_vertices=True)
     views = fl.render_views(
@@ -239,7 +239,7 @@ def test_flow_loss_is_zero_at_truth_and_points_the_right_way(subject):
     delta[0, :6] = torch.tensor([1.2, -1.0, 0.8, 0.8, -0.6, 0.6])
     with torch.no_grad():
         f.params.shape.copy_(true_shape + delta)
-    region = flame.assets.face_region
+    region = flame.face_region
     err_off = np.median(vertex_error_mm(f.result().vertices_model, subj.vertices_true, region))
     pfs_off = _flows(f, photos)
     flow_off = np.median([p.stats["median_flow_px"] for p in pfs_off])
@@ -256,7 +256,7 @@ def test_flow_loss_is_zero_at_truth_and_points_the_right_way(subject):
     # Gauss-Newton on the flow term alone, re-estimating the flow each round, heads back.
     errs = [err_off]
     for _round in range(3):
-        dfm._lm_dense(f, [dfm._FlowTerm(f, _flows(f, photos), 1.0)], 5)
+        f.refine_with([dfm.FlowTerm(f, _flows(f, photos), 1.0)], 5)
         errs.append(
             np.median(vertex_error_mm(f.result().vertices_model, subj.vertices_true, region))
         )
@@ -268,8 +268,8 @@ def test_pictures(subject):
     flame, subj = subject
     photos = [v.photo.rgb for v in subj.views]
     f = _fitter_at_truth(flame, subj)
-    faces = f.flame.faces
-    tri = fl.face_faces(faces.numpy(), f.flame.assets.face_region)
+    faces = f.head.faces
+    tri = fl.face_faces(faces.numpy(), f.head.face_region)
     with torch.no_grad():
         ev = f.evaluate(with_vertices=True)
     views = fl.render_views(
@@ -305,7 +305,7 @@ def test_training_flow_targets_at_a_smaller_working_size_are_in_photo_pixels(sub
         0,
     )
     faces = flame.faces
-    ctx = flow_context(faces.numpy(), flame.assets.face_region, photo_size, 200, flow_size)
+    ctx = flow_context(faces.numpy(), flame.face_region, photo_size, 200, flow_size)
     assert ctx["opts"].size == flow_size
     pairs = person_flow_targets(task, ctx)
     assert len(pairs) == 4

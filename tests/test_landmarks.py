@@ -78,12 +78,6 @@ def test_groups_partition_the_68_points() -> None:
     assert (61, 67) in lg.lip_pairs and (51, 57) in lg.lip_pairs
 
 
-def test_pairs_match_the_losses() -> None:
-    losses = pytest.importorskip("mfnet_core.fit.losses")
-    assert tuple(losses.EYELID_PAIRS) == EYELID_PAIRS
-    assert tuple(losses.LIP_PAIRS) == LIP_PAIRS
-
-
 def test_mirror_permutation() -> None:
     perm = np.array(MIRROR_PERMUTATION)
     assert sorted(perm) == list(range(68))

@@ -29,7 +29,7 @@ import ast
 import shutil
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 
@@ -353,6 +353,9 @@ def find_cycles(root: Path, package: str) -> list[list[str]]:
     return [_shortest_cycle(graph, members) for members in _strongly_connected(graph)]
 
 
+MAX_CYCLE_EDGES_SHOWN = 40
+
+
 def cycle_messages(root: Path, package: str) -> list[str]:
     """Per import cycle: the modules involved, one shortest cycle, and every import (file,
     line, statement) between the modules involved."""
@@ -366,11 +369,34 @@ def cycle_messages(root: Path, package: str) -> list[str]:
             "  imports between these modules:",
         ]
         inside = set(members)
-        for importer in members:
-            for target, imps in sorted(graph[importer].items()):
-                if target in inside:
-                    lines += [f"    {importer} -> {target}: {imp.where(root)}" for imp in imps]
-        out.append("\n".join(lines))
+        edges = [
+            f"    {importer} -> {target}: {where}"
+            for importer in members
+            for target, imps in sorted(graph[importer].items())
+            if target in inside
+            for where in _statements(root, imps)
+        ]
+        if len(edges) > MAX_CYCLE_EDGES_SHOWN:
+            more = len(edges) - MAX_CYCLE_EDGES_SHOWN
+            edges = [*edges[:MAX_CYCLE_EDGES_SHOWN], f"    ... and {more} more"]
+        out.append("\n".join(lines + edges))
+    return out
+
+
+def _statements(root: Path, imps: list[Import]) -> list[str]:
+    """`Import.where` once per statement: the names one `from m import a, b` brings are
+    joined again."""
+    by_line: dict[int, list[Import]] = {}
+    for imp in imps:
+        by_line.setdefault(imp.line, []).append(imp)
+    out = []
+    for same in by_line.values():
+        first = same[0]
+        head, sep, _ = first.source.partition(" import ")
+        if sep and head.startswith("from ") and len(same) > 1:
+            names = ", ".join(imp.source.partition(" import ")[2] for imp in same)
+            first = replace(first, source=f"{head} import {names}")
+        out.append(first.where(root))
     return out
 
 
@@ -474,8 +500,14 @@ FAKE_TREE = {
     # floor importing a wing, inside a function
     "camera.py": "def g():\n    from fakepkg.outputs import o\n    return o\n",
     # x <-> y: x only imports y inside a function, y imports x relatively
-    "x.py": "thing = 1\n\n\ndef f():\n    from fakepkg import y\n    return y\n",
-    "y.py": "from . import x\n",
+    "x.py": (
+        "thing = 1\n\n\n"
+        "def f():\n"
+        "    from fakepkg import y\n"
+        "    from fakepkg.y import A, B\n\n"
+        "    return y, A, B\n"
+    ),
+    "y.py": "from . import x\n\nA = B = 1\n",
     "head/__init__.py": "",
     # head importing fit, inside a function
     "head/a.py": "def load():\n    import fakepkg.fit.b\n    return fakepkg.fit.b\n",
@@ -548,6 +580,7 @@ def test_selftest_finds_cycle_made_with_function_level_import(fake_root):
     assert find_cycles(fake_root, "fakepkg") == [["fakepkg.x", "fakepkg.y", "fakepkg.x"]]
     (message,) = cycle_messages(fake_root, "fakepkg")
     assert "fakepkg/x.py:5 (in f()): `from fakepkg import y`" in message
+    assert "fakepkg/x.py:6 (in f()): `from fakepkg.y import A, B`" in message
     assert "fakepkg/y.py:1: `from . import x`" in message
 
 

@@ -2,14 +2,9 @@
 
 import torch
 
-from mfnet_core.fit.losses import (
-    EYELID_PAIRS,
-    LIP_PAIRS,
-    landmark_loss,
-    offset_loss,
-    outlier_weights,
-    regularisation,
-)
+from mfnet_core.fit.losses import landmark_loss, offset_loss, regularisation
+from mfnet_core.fit.solver import outlier_weights
+from mfnet_core.inputs.landmarks import EYELID_PAIRS, LIP_PAIRS
 
 
 def _lmk(seed=0):

@@ -87,7 +87,7 @@ def setup(test_head_assets):
 def test_rerender_quality_drops_with_wrong_geometry(setup):
     flame, subj, f = setup
     photos = [v.photo.rgb for v in subj.views]
-    tri = face_faces(flame.faces.numpy(), flame.assets.face_region)
+    tri = face_faces(flame.faces.numpy(), flame.face_region)
     good = pm.view_quality(f, photos, 384, tri)
     assert all(q["psnr_face"] > 27 and q["ssim_face"] > 0.8 for q in good), good
     saved = f.params.head_trans.clone()
@@ -104,12 +104,12 @@ def test_rerender_quality_drops_with_wrong_geometry(setup):
 def test_photometric_term_is_stationary_at_truth(setup):
     flame, subj, f = setup
     photos = [v.photo.rgb for v in subj.views]
-    tri = face_faces(flame.faces.numpy(), flame.assets.face_region)
+    tri = face_faces(flame.faces.numpy(), flame.face_region)
     smp = pm.photo_samples(f, photos, 256, tri, per_view=300)
-    term = pm._photo_term_class()(f, smp, 0.1)
+    term = pm.PhotoTerm(f, smp, 0.1)
     free = f.free_entries("fine")
     x = f._gather(free).double()
     e = term.errors(free, x[None])[0]
     assert float(e.abs().median()) < 1.0  # median below one PHOTO_SIGMA (5% intensity)
-    r, jac = term.linearise(free, x, term.irls(free, x))
+    r, jac = term.linearise(free, x, term.reweight(free, x))
     assert jac.shape == (len(r), len(x)) and torch.isfinite(jac).all()

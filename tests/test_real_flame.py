@@ -35,7 +35,7 @@ def test_real_flame_loads_and_poses(flame_assets):
     shape, expr = torch.randn(2, 100, generator=g), torch.randn(2, 50, generator=g)
     jaw = torch.tensor([[0.2, 0.0, 0.0], [0.1, 0.0, 0.0]])
     out = flame(shape=shape, expression=expr, jaw_pose=jaw)
-    pose = flame.full_pose(None, None, jaw, None, 2)
+    pose = flame.pose_vector(None, None, jaw, None, 2)
     betas = torch.cat([shape, expr], 1)
     ref, _ = smplx.lbs.lbs(
         betas,
@@ -59,7 +59,7 @@ def test_real_flame_multiview_fit(flame_assets):
     from mfnet_core.synthetic import make_subject, procedural_texture
 
     flame = FLAME(flame_assets, 100, 50)
-    subject = make_subject(flame, procedural_texture(flame_assets, 256), seed=1, image_size=1024)
+    subject = make_subject(flame, procedural_texture(flame, 256), seed=1, image_size=1024)
     lmk = np.stack([v.landmarks_noisy for v in subject.views])
     fit = fit_landmarks(flame, lmk, [v.intrinsics for v in subject.views]).result()
     err = vertex_error_mm(fit.vertices_model, subject.vertices_true, flame_assets.face_region)

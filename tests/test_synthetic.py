@@ -29,10 +29,10 @@ def flame(test_head_assets):
     return FLAME(test_head_assets, n_shape=100, n_expr=50)
 
 
-def test_skin_texture_is_deterministic_and_detailed(test_head_assets):
-    a = skin_texture(test_head_assets, 256, seed=3)
-    b = skin_texture(test_head_assets, 256, seed=3)
-    c = skin_texture(test_head_assets, 256, seed=4)
+def test_skin_texture_is_deterministic_and_detailed(test_head):
+    a = skin_texture(test_head, 256, seed=3)
+    b = skin_texture(test_head, 256, seed=3)
+    c = skin_texture(test_head, 256, seed=4)
     assert a.shape == (256, 256, 3) and a.dtype == np.uint8
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     grey = a.astype(np.float32).mean(2)
@@ -86,8 +86,8 @@ def test_landmark_error_model_is_structured():
     assert np.allclose(zero.apply(lm, 0.0, zero.person_bias(rng), rng), lm, atol=1e-4)
 
 
-def test_original_generator_still_works(test_head_assets, flame):
-    tex = procedural_texture(test_head_assets, size=128, seed=1)
+def test_original_generator_still_works(test_head, flame):
+    tex = procedural_texture(test_head, size=128, seed=1)
     subj = make_subject(flame, tex, seed=1, image_size=256, landmark_noise_px=1.0)
     assert len(subj.views) == 3 and subj.views[0].photo.rgb.shape == (256, 256, 3)
 

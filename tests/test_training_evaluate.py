@@ -28,11 +28,11 @@ TINY = MFNetConfig(
 @pytest.fixture(scope="module")
 def flame():
     from training.config import load_config
-    from training.train import load_flame
+    from training.head_model import load_head
 
     cfg = load_config(None)
     cfg.model.n_shape, cfg.model.n_expr = 20, 10
-    return load_flame(cfg, torch.device("cpu"))
+    return load_head(cfg, torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +110,8 @@ def _write_fake_fslab(root: Path, subj: dict[str, np.ndarray], flame) -> None:
     (data / "lab_img").mkdir()
     (root / "code" / "predef").mkdir(parents=True)
     verts_mm = subj["vertices"].astype(np.float64) * 1000.0
-    faces = np.asarray(flame.assets.faces)
-    region = np.asarray(flame.assets.face_region, bool)
+    faces = flame.faces.cpu().numpy()
+    region = np.asarray(flame.face_region, bool)
     ff = faces[region[faces].all(1)]
     with open(data / "lab_gt_mesh" / "00.obj", "w") as f:
         for v in verts_mm / STD_PUPIL_DIST_MM:
@@ -188,6 +188,7 @@ def test_fslab_errors_name_what_is_missing(flame, tmp_path: Path):
         evaluate_facescape_lab(tmp_path / "b", net, flame, torch.device("cpu"), tmp_path)
 
 
+@pytest.mark.slow  # ~13 s: trains 2 steps, then the CLI evaluates and draws
 def test_evaluate_cli_uses_the_networks_crops_and_draws_a_preview(flame, synthetic_val, tmp_path):
     """`python -m training.evaluate --checkpoint CKPT --set data...`: the data settings come
     from --set, the crops from the network (a 224 px default crop fed to a 32 px network

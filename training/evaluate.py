@@ -38,6 +38,7 @@ from mfnet_core.errors import MfnetError
 from mfnet_core.metrics import similarity_transform, vertex_error_mm
 from mfnet_core.network.mfnet import MFNet, decode
 
+from .head_model import load_head
 from .metrics import STD_PUPIL_DIST_MM, align_depth, facescape_scores
 
 # FLAME axes (face toward +z) -> the benchmark's cylinder frame (face toward -z, y up).
@@ -108,7 +109,7 @@ def evaluate_network_synthetic(
     """Network vs mean head on a ``SyntheticDataset`` split (validation during training)."""
     from .datasets import collate
 
-    region = np.asarray(flame.assets.face_region, bool)
+    region = np.asarray(flame.face_region, bool)
     mean = mean_head_vertices(flame)
     n = len(dataset) if limit is None else min(limit, len(dataset))
     errs, mean_errs = [], []
@@ -157,8 +158,8 @@ def evaluate_synthetic(
     """Per-method accuracy and time per subject on the synthetic set."""
     from .fit_init import fit_from_init, fit_from_scratch
 
-    region = np.asarray(flame.assets.face_region, bool)
-    faces = np.asarray(flame.assets.faces)
+    region = np.asarray(flame.face_region, bool)
+    faces = flame.faces.cpu().numpy()
     n = len(dataset) if limit is None else min(limit, len(dataset))
     mean = mean_head_vertices(flame)
     rows: dict[str, dict[str, list[float]]] = {
@@ -357,7 +358,7 @@ def evaluate_facescape_lab(
         rt[:, 3] *= STD_PUPIL_DIST_MM
         gt_v = gt_v @ rt[:3, :3].T + rt[:, 3]
         h, w = photos[j].shape[:2]
-        faces = np.asarray(flame.assets.faces)
+        faces = flame.faces.cpu().numpy()
         pred_al, _ = align_depth(gt_v, gt_f, pred_cv, faces, k, h, w)
         sc = facescape_scores(gt_v, gt_f, pred_al, faces, centres[f], rotations[v])
         scores.append(sc.as_dict())
@@ -449,7 +450,6 @@ def main(argv: list[str] | None = None) -> int:
         from mfnet_core.network.checkpoints import load_checkpoint
 
         from .config import Config, load_config
-        from .train import load_flame
 
         device = torch.device(args.device)
         model, meta = (None, {})
@@ -464,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         if model is not None:
             # Crops, crop size and head model must be the network's, whatever the data config.
             cfg.model = model.config
-        flame = load_flame(cfg, device)
+        flame = load_head(cfg, device)
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         if args.dataset == "synthetic":
             from .datasets import SyntheticDataset

@@ -5,7 +5,7 @@ L = l1 L_multiop + l2 L_singlelmk + l3 L_eye + l4 L_lip + l5 L_reg with the pape
 ``offset_loss``, which sum over a person's views; every term is averaged over the B people
 of the batch (so DDP's averaging of gradients over equal local batches equals the gradient
 of the global batch); L_reg is ``mfnet_core.fit.losses.regularisation`` of shape, expression
-and albedo. lambda_5 is the paper's 1e-4 (``mfnet_core.fit.losses.PAPER_REG``); the test-time
+and albedo. lambda_5 is the paper's 1e-4 (``mfnet_core.fit.plan.PAPER_REG``); the test-time
 fit uses a stronger prior (``LossWeights.reg``) because one photo has far less evidence
 than a training set.
 
@@ -28,13 +28,8 @@ import torch
 from torch import Tensor
 
 from mfnet_core.camera import yaw_pitch_roll_deg
-from mfnet_core.fit.losses import (
-    EYELID_PAIRS,
-    LIP_PAIRS,
-    landmark_loss,
-    offset_loss,
-    regularisation,
-)
+from mfnet_core.fit.losses import landmark_loss, offset_loss, regularisation
+from mfnet_core.inputs.landmarks import EYELID_PAIRS, LIP_PAIRS
 from mfnet_core.network.mfnet import Decoded, MFNetOutput
 
 from .config import LossConfig

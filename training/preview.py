@@ -44,7 +44,7 @@ def preview_picture(
     model.train(was_training)
     assert dec.vertices_cam is not None
     scale = CELL_PX / size
-    faces = torch.as_tensor(flame.assets.faces, dtype=torch.long)
+    faces = flame.faces.cpu()
     cam_cell = camera * scale  # fx, fy, cx, cy all scale with the crop
     rows = []
     for k in range(images.shape[0]):

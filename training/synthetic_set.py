@@ -172,9 +172,7 @@ def _render_serial(
     for done, (split, i) in enumerate(todo):
         t = _texture_index(cfg, split, i)
         if t not in textures:
-            textures[t] = procedural_texture(
-                flame.assets, cfg.texture_size, seed=cfg.seed * 7919 + t
-            )
+            textures[t] = procedural_texture(flame, cfg.texture_size, seed=cfg.seed * 7919 + t)
         _write_subject(folder / split / f"subject_{i:05d}.npz", cfg, flame, textures[t], split, i)
         if progress:
             progress(done + 1, len(todo))

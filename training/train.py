@@ -45,6 +45,8 @@ from mfnet_core.network.mfnet import CHECKPOINT_FORMAT, MFNet, MFNetConfig, coun
 
 from .config import Config, dump_toml, load_config
 from .datasets import collate
+from .evaluate import evaluate_network_synthetic
+from .head_model import load_head
 from .interrupt import StopSignal, ignore_stop_signals
 from .losses import mfnet_loss, resolve_flow_term
 
@@ -121,18 +123,6 @@ def pick_device(pref: str, info: DistInfo) -> torch.device:
     if pref not in ("auto", "cpu", "cuda"):
         raise MfnetError(f"unknown train.device {pref!r}; use auto, cpu or cuda")
     return torch.device("cpu")
-
-
-def load_flame(cfg: Config, device: torch.device) -> nn.Module:
-    """mfnet_core's FLAME (the user's model, else the generated test head), frozen."""
-    from mfnet_core.head.flame import FLAME
-    from mfnet_core.head.registry import load_model_or_test_head
-
-    assets = load_model_or_test_head(Path(cfg.train.flame_model) if cfg.train.flame_model else None)
-    flame = FLAME(assets, cfg.model.n_shape, cfg.model.n_expr).to(device).eval()
-    for p in flame.parameters():
-        p.requires_grad_(False)
-    return flame
 
 
 def build_datasets(
@@ -316,7 +306,7 @@ class Trainer:
         self.workdir = Path(cfg.train.workdir)
         self._log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         seed_everything(cfg.train.seed)
-        self.flame = flame.to(self.device) if flame is not None else load_flame(cfg, self.device)
+        self.flame = flame.to(self.device) if flame is not None else load_head(cfg, self.device)
         # The network predicts as many coefficients as the head model has (capped by config).
         cfg.model.n_shape = min(cfg.model.n_shape, int(self.flame.n_shape))
         cfg.model.n_expr = min(cfg.model.n_expr, int(self.flame.n_expr))
@@ -674,8 +664,6 @@ class Trainer:
         self.write_preview()
         if not hasattr(self.val_set, "subject"):
             return None
-        from .evaluate import evaluate_network_synthetic
-
         res = evaluate_network_synthetic(
             self.model, self.flame, self.val_set, self.device, batch_size=self.cfg.train.batch_size
         )
@@ -741,7 +729,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg.train.progress = False
         if args.prepare_only:
             info = init_distributed(cfg.train.device)
-            flame = load_flame(cfg, torch.device("cpu"))
+            flame = load_head(cfg, torch.device("cpu"))
             train, val = build_datasets(cfg, flame, info, lambda m: print(m, file=sys.stderr))
             print(json.dumps({"train_samples": len(train), "val_samples": len(val)}))
             return 0

@@ -60,6 +60,7 @@ from torch import Tensor
 
 from mfnet_core.camera import to_screen
 from mfnet_core.errors import MfnetError
+from mfnet_core.fit.solver import charbonnier
 from mfnet_core.render import Fragments, interpolate_corners, rasterize
 
 __all__ = [
@@ -79,7 +80,6 @@ __all__ = [
     "transfer_points",
     "surface_bary",
     "project_depth",
-    "charbonnier",
     "FLOW_EPS",
     "flow_loss",
     "flow_to_rgb",
@@ -647,15 +647,6 @@ def flow_loss(
         total = total + (w * charbonnier(e, eps)).sum()
         wsum += float(w.sum())
     return weight * FLOW_POINTS * total / max(wsum, 1e-9)
-
-
-def charbonnier(e: Tensor, eps: float = FLOW_EPS) -> Tensor:
-    """(…,2) -> (…): sqrt(|e|^2 + eps^2) - eps, quadratic below eps, L1 above."""
-    return torch.sqrt((e * e).sum(-1) + eps * eps) - eps
-
-
-# --------------------------------------------------------------------------------------
-# Pictures
 
 
 def flow_to_rgb(

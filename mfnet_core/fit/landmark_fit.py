@@ -25,27 +25,23 @@ from mfnet_core.camera import (
     solve_head_pose_pnp,
     yaw_pitch_roll_deg,
 )
-from mfnet_core.fit.losses import (
-    EYELID_PAIRS,
-    LIP_PAIRS,
-    LossWeights,
-    landmark_loss,
-    offset_loss,
+from mfnet_core.fit.losses import EPS, landmark_loss, offset_loss, regularisation
+from mfnet_core.fit.plan import DEFAULT_LOSSES, LossWeights, uses
+from mfnet_core.fit.solver import (
+    Free,
+    ResidualTerm,
+    charbonnier_irls,
+    levenberg_marquardt,
     outlier_weights,
-    regularisation,
 )
-from mfnet_core.head.flame import FLAME
+from mfnet_core.head.interface import HeadModel
 from mfnet_core.head.subset_rig import LandmarkRig
+from mfnet_core.inputs.landmarks import EYELID_PAIRS, LIP_PAIRS
 
 ProgressFn = Callable[[float, str], None]
 
 # Landmarks that stay put under expression changes: a stable set for the rigid start.
 RIGID_LANDMARKS = list(range(17, 48))
-
-LOSS_TERMS = ("landmarks", "eye", "lip", "flow", "photo", "reg")
-
-# Charbonnier epsilon in face-normalised units (~0.15 px on a 300 px face).
-_EPS = 1e-3
 
 
 @dataclass
@@ -58,10 +54,8 @@ class FitOptions:
     adds ~1 s for ~0.01 mm.
     """
 
-    n_shape: int = 100
-    n_expr: int = 50
     weights: LossWeights = field(default_factory=LossWeights)
-    losses: tuple[str, ...] = ("landmarks", "eye", "lip", "flow", "reg")
+    losses: tuple[str, ...] = DEFAULT_LOSSES
     jaw_prior: float = 1e-3
     iterations: tuple[int, int, int] = (8, 10, 12)
     outlier_rounds: int = 2
@@ -117,23 +111,20 @@ class FitResult:
     history: list[dict[str, float]]
 
 
-Free = list[tuple[str, slice]]
-
-
 class MultiViewFitter:
     """Holds the model, the observations and the parameters; stages update `params`."""
 
     def __init__(
         self,
-        flame: FLAME,
+        head: HeadModel,
         landmarks_px: np.ndarray,
         intrinsics: list[Intrinsics],
         options: FitOptions,
         device: torch.device,
     ) -> None:
-        self.flame = flame
-        self.rig = LandmarkRig(flame).to(device)
-        self._rig64 = LandmarkRig(flame).to(device).double()
+        self.head = head
+        self.rig = LandmarkRig(head).to(device)
+        self._rig64 = LandmarkRig(head).to(device).double()
         self.options = options
         self.device = device
         self.dtype = torch.float32
@@ -148,7 +139,7 @@ class MultiViewFitter:
         self.lm_weights = torch.ones(self.n_views, 68, dtype=self.dtype, device=device)
         self.history: list[dict[str, float]] = []
         self.extra_terms: dict[str, Callable[[dict[str, Tensor]], Tensor]] = {}
-        ns, ne = flame.n_shape, flame.n_expr
+        ns, ne = head.n_shape, head.n_expr
         z = lambda *s: torch.zeros(*s, dtype=self.dtype, device=device)  # noqa: E731
         self.params = FitParams(
             z(1, ns), z(1, ne), z(1, 3), z(1, 6), z(1, 3), z(self.n_views, 3), z(self.n_views, 3)
@@ -165,7 +156,7 @@ class MultiViewFitter:
     def evaluate(self, with_vertices: bool = False) -> dict[str, Tensor]:
         """The full FLAME once without head pose, then a rigid pose per view."""
         p = self.params
-        out = self.flame(
+        out = self.head(
             shape=p.shape,
             expression=p.expression,
             global_pose=torch.zeros_like(p.neck_pose),
@@ -175,7 +166,7 @@ class MultiViewFitter:
         )
         rot = axis_angle_to_matrix(p.head_rot)  # (N,3,3)
         verts = out.vertices.expand(self.n_views, -1, -1)
-        lmk_model = self.flame.landmarks_3d(verts, self.contour_yaw())  # (N,68,3)
+        lmk_model = self.head.landmarks_3d(verts, self.contour_yaw())  # (N,68,3)
         pivot = out.joints[:, 0]  # (1,3)
         lmk_cam = pose_points(lmk_model, rot, pivot, p.head_trans)
         result = {
@@ -196,19 +187,19 @@ class MultiViewFitter:
         ev = self.evaluate(with_vertices=bool(self.extra_terms))
         pred = ev["landmarks_px"]
         terms: dict[str, Tensor] = {}
-        if "landmarks" in o.losses:
+        if uses(o.losses, "landmarks"):
             terms["landmarks"] = w.landmarks * landmark_loss(
                 pred, self.detected, self.lm_weights, self.scale
             )
-        if "eye" in o.losses:
+        if uses(o.losses, "eye"):
             terms["eye"] = w.eye * offset_loss(
                 pred, self.detected, EYELID_PAIRS, self.lm_weights, self.scale
             )
-        if "lip" in o.losses:
+        if uses(o.losses, "lip"):
             terms["lip"] = w.lip * offset_loss(
                 pred, self.detected, LIP_PAIRS, self.lm_weights, self.scale
             )
-        if "reg" in o.losses:
+        if uses(o.losses, "reg"):
             terms["reg"] = w.reg * regularisation(p.shape, p.expression)
         for name, fn in self.extra_terms.items():
             terms[name] = fn(ev)
@@ -268,20 +259,8 @@ class MultiViewFitter:
         b, n = vals["head_rot"].shape[:2]
         dt = vals["shape"].dtype
         betas = torch.cat([vals["shape"], vals["expression"]], dim=1)
-        n_j = self.flame.n_joints
-        rest = torch.cat([p.neck_pose, torch.zeros_like(p.neck_pose), p.eye_pose], 1).to(dt)
-        pose = torch.cat(
-            [
-                torch.zeros(b, 3, dtype=dt, device=rest.device),
-                rest[:, :3].expand(b, 3),
-                vals["jaw_pose"],
-                rest[:, 6:].expand(b, -1),
-            ],
-            dim=1,
-        )
-        if pose.shape[1] < 3 * n_j:
-            pose = torch.cat([pose, pose.new_zeros(b, 3 * n_j - pose.shape[1])], 1)
-        pose = pose[:, : 3 * n_j]
+        p_neck, p_eye = p.neck_pose.to(dt).expand(b, 3), p.eye_pose.to(dt).expand(b, 6)
+        pose = self.head.pose_vector(None, p_neck, vals["jaw_pose"], p_eye, b, dtype=dt)
         rig = self.rig if dt == torch.float32 else self._rig64
         lmk, joints = rig.landmarks(betas, pose, yaw)  # (B,N,68,3), (B,J,3)
         rot = axis_angle_to_matrix(vals["head_rot"].reshape(-1, 3)).reshape(b, n, 3, 3)
@@ -307,18 +286,18 @@ class MultiViewFitter:
         err = (pred - self.detected.to(dt)) / self.scale.to(dt)[:, None, None]  # (B,N,68,2)
         parts = []
         wl = (self.lm_weights * lmk_mask).to(dt)
-        if "landmarks" in o.losses:
+        if uses(o.losses, "landmarks"):
             parts.append(
                 (err * torch.sqrt(w.landmarks * wl * irls["lmk"])[..., None]).reshape(b, -1)
             )
         for name, pairs, lam in (("eye", EYELID_PAIRS, w.eye), ("lip", LIP_PAIRS, w.lip)):
-            if name in o.losses:
+            if uses(o.losses, name):
                 i = [a for a, _ in pairs]
                 j = [c for _, c in pairs]
                 d = err[:, :, i] - err[:, :, j]
                 pw = wl[:, i] * wl[:, j]
                 parts.append((d * torch.sqrt(lam * pw * irls[name])[..., None]).reshape(b, -1))
-        if "reg" in o.losses:
+        if uses(o.losses, "reg"):
             parts.append(np.sqrt(w.reg) * torch.cat([vals["shape"], vals["expression"]], 1))
         jaw = vals["jaw_pose"]
         # The jaw is a hinge about x that opens with positive rotation.
@@ -330,12 +309,11 @@ class MultiViewFitter:
         """IRLS weights (N,68) / (N,pairs) that turn squared residuals into eq. 7-9's L1."""
         pred = self.landmarks_px(self._values(free, x[None]), yaw)[0]
         err = (pred - self.detected.to(x.dtype)) / self.scale.to(x.dtype)[:, None, None]
-        inv = lambda e: 1.0 / torch.sqrt((e * e).sum(-1) + _EPS**2)  # noqa: E731
-        out = {"lmk": inv(err)}
+        out = {"lmk": charbonnier_irls(err, EPS)}
         for name, pairs in (("eye", EYELID_PAIRS), ("lip", LIP_PAIRS)):
             i = [a for a, _ in pairs]
             j = [c for _, c in pairs]
-            out[name] = inv(err[:, i] - err[:, j])
+            out[name] = charbonnier_irls(err[:, i] - err[:, j], EPS)
         return out
 
     def run_stage(self, stage: str, iterations: int, lmk_subset: list[int] | None = None) -> None:
@@ -348,49 +326,46 @@ class MultiViewFitter:
         finally:
             torch.set_num_threads(threads)
 
-    @torch.no_grad()
     def _run_stage(self, stage: str, iterations: int, lmk_subset: list[int] | None = None) -> None:
-        """Levenberg-Marquardt (Marquardt's diagonal damping), IRLS reweighting per step.
+        """Levenberg-Marquardt on the landmark terms alone; the contour landmarks follow the
+        silhouette as the head turns."""
+        _x, cost = self.solve(stage, [], iterations, lmk_subset, follow_contour=True)
+        self.history.append({"stage": stage, "cost": cost})  # type: ignore[dict-item]
 
-        Runs in float64 with a forward-difference Jacobian from ONE batched evaluation of
-        the landmark rig (P+1 parameter vectors): cheaper here than autograd's per-row
-        passes, and exact enough in double precision.
-        """
+    def solve(
+        self,
+        stage: str,
+        terms: list[ResidualTerm],
+        iterations: int,
+        lmk_subset: list[int] | None = None,
+        follow_contour: bool = False,
+    ) -> tuple[Tensor, float]:
+        """`solver.levenberg_marquardt` on the landmark terms plus `terms` over the stage's
+        free entries (float64), written back into `params`. Returns the final free vector
+        and cost (the dense stages report their terms' values at it)."""
         free = self.free_entries(stage)
         x = self._gather(free).double()
-        yaw = self.contour_yaw()
-        mask = torch.ones_like(self.lm_weights)
-        if lmk_subset is not None:
-            mask = torch.zeros_like(mask)
-            mask[:, lmk_subset] = 1
-        mu = 1e-3
-        cost = float("nan")
-        h = 1e-6
-        eye = torch.eye(x.shape[0], dtype=x.dtype, device=x.device) * h
-        for _ in range(iterations):
-            irls = self._irls(free, x, yaw)
-            r_all = self.residuals(free, torch.cat([x[None], x[None] + eye]), yaw, irls, mask)
-            r = r_all[0]
-            jac = ((r_all[1:] - r) / h).T  # (R,P)
-
-            def resid(v: Tensor, irls: dict[str, Tensor] = irls, yaw: Tensor = yaw) -> Tensor:
-                return self.residuals(free, v[None], yaw, irls, mask)[0]
-
-            x, cost, mu, improved = lm_step(x, r, jac, resid, mu)
-            if not improved:
-                break
-            # Contour landmarks follow the silhouette: re-pick their bins as the pose moves.
-            yaw = self.contour_yaw(self._values(free, x[None])["head_rot"][0].float())
+        landmarks = LandmarkTerm(self, lmk_subset, follow_contour)
+        x, cost = levenberg_marquardt(x, free, [landmarks, *terms], iterations)
         vals = self._values(free, x[None])
-        for name, _ in free:
-            getattr(self.params, name).copy_(vals[name][0].to(self.dtype))
-        self.history.append({"stage": stage, "cost": cost})  # type: ignore[dict-item]
+        with torch.no_grad():
+            for name, _ in free:
+                getattr(self.params, name).copy_(vals[name][0].to(self.dtype))
+        return x, cost
+
+    @torch.no_grad()
+    def refine_with(self, terms: list[ResidualTerm], iterations: int) -> dict[str, float]:
+        """The landmark terms plus dense `terms` over the fine stage's entries, the contour
+        bins held where they are (the dense stages). Returns the cost and each term's value."""
+        x, cost = self.solve("fine", terms, iterations)
+        free = self.free_entries("fine")
+        return {"cost": cost, **{t.name: t.value(free, x) for t in terms}}
 
     # -- initialisation --------------------------------------------------------------------
     def initialise_poses(self) -> None:
         """PnP of the mean head's landmarks against each view's detections."""
         with torch.no_grad():
-            out = self.flame(
+            out = self.head(
                 shape=self.params.shape,
                 expression=self.params.expression,
                 neck_pose=self.params.neck_pose,
@@ -405,7 +380,7 @@ class MultiViewFitter:
                 yaw = torch.zeros(1, device=self.device)
                 # Twice: frontal contour first, then the contour for the yaw just found.
                 for _ in range(2):
-                    lmk = self.flame.landmarks_3d(out.vertices, yaw)[0].cpu().numpy()
+                    lmk = self.head.landmarks_3d(out.vertices, yaw)[0].cpu().numpy()
                     rot, t = solve_head_pose_pnp(lmk[idx], det[idx], self.intrinsics[v], pivot)
                     rt = torch.as_tensor(rot, dtype=self.dtype, device=self.device)[None]
                     yaw = yaw_pitch_roll_deg(rt)[:, 0]
@@ -440,27 +415,35 @@ class MultiViewFitter:
         )
 
 
-def lm_step(
-    x: Tensor, r: Tensor, jac: Tensor, residual: Callable[[Tensor], Tensor], mu: float
-) -> tuple[Tensor, float, float, bool]:
-    """One Levenberg-Marquardt step with Marquardt's diagonal damping.
+class LandmarkTerm(ResidualTerm):
+    """Eq. 7-10 on the landmark rig (`MultiViewFitter.residuals`), IRLS-weighted; with
+    `follow_contour` the contour landmarks' yaw bins are re-picked after every accepted
+    step, else they stay where the stage started."""
 
-    x (P,) parameters, r (R,) residuals at x, jac (R,P); residual(v) -> (R,) at other v.
-    Raises the damping until the cost falls (at most 8 tries). Returns the new x, its cost,
-    the new damping and whether the cost fell by more than 1e-6 relative.
-    """
-    cost = float(r @ r)
-    jtj = jac.T @ jac
-    g = jac.T @ r
-    diag = torch.diagonal(jtj).clamp_min(1e-12)
-    for _try in range(8):
-        step = torch.linalg.solve(jtj + mu * torch.diag(diag), -g)
-        r_new = residual(x + step)
-        new_cost = float(r_new @ r_new)
-        if new_cost < cost:
-            return x + step, new_cost, max(mu * 0.3, 1e-9), cost - new_cost > 1e-6 * cost
-        mu *= 10
-    return x, cost, mu, False
+    name = "landmarks"
+
+    def __init__(
+        self, fitter: MultiViewFitter, lmk_subset: list[int] | None, follow_contour: bool
+    ) -> None:
+        self.fitter = fitter
+        self.follow_contour = follow_contour
+        self.yaw = fitter.contour_yaw()
+        self.mask = torch.ones_like(fitter.lm_weights)
+        if lmk_subset is not None:
+            self.mask = torch.zeros_like(self.mask)
+            self.mask[:, lmk_subset] = 1
+
+    def reweight(self, free: Free, x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        return self.fitter._irls(free, x, self.yaw), self.yaw
+
+    def residuals(self, free: Free, xb: Tensor, state: tuple[dict[str, Tensor], Tensor]) -> Tensor:
+        irls, yaw = state
+        return self.fitter.residuals(free, xb, yaw, irls, self.mask)
+
+    def accepted(self, free: Free, x: Tensor) -> None:
+        if self.follow_contour:
+            head_rot = self.fitter._values(free, x[None])["head_rot"][0].float()
+            self.yaw = self.fitter.contour_yaw(head_rot)
 
 
 def pose_points(points: Tensor, rot: Tensor, pivot: Tensor, trans: Tensor) -> Tensor:
@@ -494,7 +477,7 @@ def set_params(fitter: MultiViewFitter, init: dict[str, np.ndarray]) -> None:
 
 
 def fit_landmarks(
-    flame: FLAME,
+    head: HeadModel,
     landmarks_px: np.ndarray,
     intrinsics: list[Intrinsics],
     options: FitOptions | None = None,
@@ -507,7 +490,7 @@ def fit_landmarks(
     Returns the fitter so that dense stages (flow, photometric) can continue from it."""
     options = options or FitOptions()
     torch.manual_seed(options.seed)
-    fitter = MultiViewFitter(flame, landmarks_px, intrinsics, options, torch.device(device))
+    fitter = MultiViewFitter(head, landmarks_px, intrinsics, options, torch.device(device))
     report = progress or (lambda f, m: None)
     it_rigid, it_coarse, it_fine = options.iterations
     if init is None:

@@ -24,6 +24,8 @@ import torch
 from torch import Tensor
 
 from mfnet_core.camera import to_screen
+from mfnet_core.fit.corner_term import CornerTerm
+from mfnet_core.fit.solver import cauchy_weights_mad
 from mfnet_core.render import (
     Fragments,
     interpolate,
@@ -41,7 +43,6 @@ __all__ = [
     "uv_texels",
     "bake_albedo",
     "solve_sh",
-    "cauchy_weights",
     "masked_psnr",
     "masked_ssim",
     "render_view",
@@ -126,14 +127,6 @@ def uv_texels(
     return _TEXELS[key]
 
 
-def cauchy_weights(residual: np.ndarray, k: float = 2.5, floor: float = 0.01) -> np.ndarray:
-    """(P,C) residuals -> (P,) Cauchy weights 1/(1+(r/(k*s))^2), s = 1.4826 * median |r|,
-    at least `floor` (intensity units: noise-free data must not make every pixel an outlier)."""
-    r = np.linalg.norm(residual.reshape(len(residual), -1), axis=1)
-    s = max(1.4826 * float(np.median(r)), floor)
-    return 1.0 / (1.0 + (r / (k * s)) ** 2)
-
-
 def solve_sh(
     albedo: np.ndarray,
     normals: np.ndarray,
@@ -167,8 +160,8 @@ def solve_sh(
             lhs = lhs + lam * np.eye(9)
             rhs = aw.T @ obs[:, c] + lam * prior[:, c]
             sh[:, c] = np.linalg.solve(lhs, rhs)
-        w = base * cauchy_weights(obs - alb * (h @ sh))
-    return sh, w_all * cauchy_weights(observed - albedo * (h_all @ sh))
+        w = base * cauchy_weights_mad(obs - alb * (h @ sh))
+    return sh, w_all * cauchy_weights_mad(observed - albedo * (h_all @ sh))
 
 
 def sample_image(img: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -323,18 +316,18 @@ def view_quality(
     a working resolution (longer side `size`). Adds "image": a side-by-side picture."""
     with torch.no_grad():
         ev = fitter.evaluate(with_vertices=True)
-    faces = fitter.flame.faces
-    assets = fitter.flame.assets
+    faces = fitter.head.faces
+    layout = fitter.head.uv
     vc = [ev["vertices_cam"][i] for i in range(fitter.n_views)]
     views = [
         render_view(vc[i], fitter.camera[i], faces, face_tri, photos[i], size)
         for i in range(fitter.n_views)
     ]
-    albedo, weights = _lighting(views, vc, faces, assets.uv.uv_coords, assets.uv.uv_faces, tex_size)
+    albedo, weights = _lighting(views, vc, faces, layout.uv_coords, layout.uv_faces, tex_size)
     tex = torch.as_tensor(albedo, dtype=torch.float64)
     out = []
     for view, w in zip(views, weights, strict=True):
-        ids, uv, n = _pixel_attrs(view, faces, assets.uv.uv_coords, assets.uv.uv_faces)
+        ids, uv, n = _pixel_attrs(view, faces, layout.uv_coords, layout.uv_faces)
         a = sample_texture(tex, torch.as_tensor(uv)).numpy()
         shade = sh_basis(torch.as_tensor(n)).numpy() @ view.sh.numpy()
         img = view.photo.copy()
@@ -366,56 +359,51 @@ PHOTO_SIGMA = 0.05
 PHOTO_CAUCHY = 2.0
 
 
-def _photo_term_class():  # the class needs dense_fit, which imports this module lazily
-    from mfnet_core.fit.dense import CornerTerm
+class PhotoTerm(CornerTerm):
+    """Rendered albedo x fixed per-pixel shading vs the photo (luminance), at sample pixels whose
+    mesh triangle stays fixed; the pixel's surface point (hence its UV and albedo)
+    moves with the triangle's projection. The shading is held at its current value (its
+    dependence on the normals is left out of the Jacobian)."""
 
-    class PhotoTerm(CornerTerm):
-        """Rendered albedo x fixed per-pixel shading vs the photo (luminance), at sample pixels whose
-        mesh triangle stays fixed; the pixel's surface point (hence its UV and albedo)
-        moves with the triangle's projection. The shading is held at its current value (its
-        dependence on the normals is left out of the Jacobian)."""
+    name = "photo"
 
-        name = "photo"
+    def __init__(self, fitter, samples: dict, weight: float) -> None:  # noqa: ANN001
+        super().__init__(
+            fitter,
+            samples["faces"],
+            samples["view"],
+            samples["view"],
+            samples["weight"],
+            weight * 68.0,
+        )
+        f64, dev = torch.float64, fitter.device
+        self.cauchy = PHOTO_CAUCHY / 1.0
+        self.pix = torch.as_tensor(samples["pixel"], dtype=f64, device=dev)  # (K,2) centres
+        self.cam = torch.as_tensor(samples["camera"], dtype=f64, device=dev)  # (K,4)
+        self.uv = torch.as_tensor(samples["uv_corners"], dtype=f64, device=dev)  # (K,3,2)
+        self.shade = torch.as_tensor(samples["shade"], dtype=f64, device=dev)  # (K,3)
+        self.obs = torch.as_tensor(samples["observed"], dtype=f64, device=dev)  # (K,3)
+        self.tex = torch.as_tensor(samples["albedo"], dtype=f64, device=dev)
+        self.norm = PHOTO_SIGMA
+        self.lum = torch.tensor([0.299, 0.587, 0.114], dtype=f64, device=dev)
 
-        def __init__(self, fitter, samples: dict, weight: float) -> None:  # noqa: ANN001
-            super().__init__(
-                fitter,
-                samples["faces"],
-                samples["view"],
-                samples["view"],
-                samples["weight"],
-                weight * 68.0,
-            )
-            f64, dev = torch.float64, fitter.device
-            self.cauchy = PHOTO_CAUCHY / 1.0
-            self.pix = torch.as_tensor(samples["pixel"], dtype=f64, device=dev)  # (K,2) centres
-            self.cam = torch.as_tensor(samples["camera"], dtype=f64, device=dev)  # (K,4)
-            self.uv = torch.as_tensor(samples["uv_corners"], dtype=f64, device=dev)  # (K,3,2)
-            self.shade = torch.as_tensor(samples["shade"], dtype=f64, device=dev)  # (K,3)
-            self.obs = torch.as_tensor(samples["observed"], dtype=f64, device=dev)  # (K,3)
-            self.tex = torch.as_tensor(samples["albedo"], dtype=f64, device=dev)
-            self.norm = PHOTO_SIGMA
-            self.lum = torch.tensor([0.299, 0.587, 0.114], dtype=f64, device=dev)
-
-        def error(self, ca: Tensor, cb: Tensor) -> Tensor:
-            cam = self.cam[:, None, :]
-            depth = (-ca[..., 2]).clamp_min(1e-6)
-            u = cam[..., 2] + cam[..., 0] * ca[..., 0] / depth  # (B,K,3)
-            v = cam[..., 3] - cam[..., 1] * ca[..., 1] / depth
-            u0, u1, u2 = u.unbind(-1)
-            v0, v1, v2 = v.unbind(-1)
-            area = (u1 - u0) * (v2 - v0) - (v1 - v0) * (u2 - u0)
-            area = torch.where(area.abs() < 1e-12, torch.full_like(area, 1e-12), area)
-            px, py = self.pix[:, 0], self.pix[:, 1]
-            w1 = ((px - u0) * (v2 - v0) - (py - v0) * (u2 - u0)) / area
-            w2 = ((u1 - u0) * (py - v0) - (v1 - v0) * (px - u0)) / area
-            bary = torch.stack([1 - w1 - w2, w1, w2], -1)  # (B,K,3)
-            uv = (self.uv[None] * bary[..., None]).sum(-2)  # (B,K,2)
-            b, k = uv.shape[:2]
-            alb = sample_texture(self.tex, uv.reshape(-1, 2)).reshape(b, k, 3)
-            return ((alb * self.shade - self.obs) @ self.lum)[..., None] / self.norm
-
-    return PhotoTerm
+    def error(self, ca: Tensor, cb: Tensor) -> Tensor:
+        cam = self.cam[:, None, :]
+        depth = (-ca[..., 2]).clamp_min(1e-6)
+        u = cam[..., 2] + cam[..., 0] * ca[..., 0] / depth  # (B,K,3)
+        v = cam[..., 3] - cam[..., 1] * ca[..., 1] / depth
+        u0, u1, u2 = u.unbind(-1)
+        v0, v1, v2 = v.unbind(-1)
+        area = (u1 - u0) * (v2 - v0) - (v1 - v0) * (u2 - u0)
+        area = torch.where(area.abs() < 1e-12, torch.full_like(area, 1e-12), area)
+        px, py = self.pix[:, 0], self.pix[:, 1]
+        w1 = ((px - u0) * (v2 - v0) - (py - v0) * (u2 - u0)) / area
+        w2 = ((u1 - u0) * (py - v0) - (v1 - v0) * (px - u0)) / area
+        bary = torch.stack([1 - w1 - w2, w1, w2], -1)  # (B,K,3)
+        uv = (self.uv[None] * bary[..., None]).sum(-2)  # (B,K,2)
+        b, k = uv.shape[:2]
+        alb = sample_texture(self.tex, uv.reshape(-1, 2)).reshape(b, k, 3)
+        return ((alb * self.shade - self.obs) @ self.lum)[..., None] / self.norm
 
 
 def photo_samples(
@@ -438,15 +426,15 @@ def photo_samples(
     other views hardly see are left out."""
     with torch.no_grad():
         ev = fitter.evaluate(with_vertices=True)
-    faces = fitter.flame.faces
-    assets = fitter.flame.assets
+    faces = fitter.head.faces
+    layout = fitter.head.uv
     n_views = fitter.n_views
     vc = [ev["vertices_cam"][i] for i in range(n_views)]
     views = [
         render_view(vc[i], fitter.camera[i], faces, face_tri, photos[i], size)
         for i in range(n_views)
     ]
-    albedo, weights = _lighting(views, vc, faces, assets.uv.uv_coords, assets.uv.uv_faces, tex_size)
+    albedo, weights = _lighting(views, vc, faces, layout.uv_coords, layout.uv_faces, tex_size)
     if leave_one_out and n_views > 1:
         texs, seen = [], []
         for i in range(n_views):
@@ -455,8 +443,8 @@ def photo_samples(
                 [views[j] for j in others],
                 [vc[j] for j in others],
                 faces,
-                assets.uv.uv_coords,
-                assets.uv.uv_faces,
+                layout.uv_coords,
+                layout.uv_faces,
                 tex_size,
             )
             texs.append(cv2.GaussianBlur(t, (0, 0), 0.7))
@@ -473,15 +461,15 @@ def photo_samples(
         0.05 * float(np.percentile(seen_atlas[seen_atlas > 0], 90)) if (seen_atlas > 0).any() else 0
     )
     rng = np.random.default_rng(seed)
-    uv_c = np.asarray(assets.uv.uv_coords, np.float64)
-    uv_f = np.asarray(assets.uv.uv_faces)
+    uv_c = np.asarray(layout.uv_coords, np.float64)
+    uv_f = np.asarray(layout.uv_faces)
     out: dict[str, list] = {
         k: []
         for k in ("faces", "view", "weight", "pixel", "camera", "uv_corners", "shade", "observed")
     }
     loss = []
     for i, (view, w) in enumerate(zip(views, weights, strict=True)):
-        ids, uv, n = _pixel_attrs(view, faces, assets.uv.uv_coords, assets.uv.uv_faces)
+        ids, uv, n = _pixel_attrs(view, faces, layout.uv_coords, layout.uv_faces)
         tile = i if n_tiles > 1 else 0
         uv_t = np.stack([(uv[:, 0] + tile) / n_tiles, uv[:, 1]], 1)
         shade = sh_basis(torch.as_tensor(n)).numpy() @ view.sh.numpy()
@@ -529,16 +517,13 @@ def refine_photometric(
     the last flow correspondences (`keep_terms`, so the flow's surface is not undone) and the
     robust photometric residual of sample pixels in each view's face mask. Re-bakes the
     albedo and re-solves the light once per round. Returns history entries."""
-    from mfnet_core.fit.dense import _lm_dense
-
-    term_cls = _photo_term_class()
     history = []
     rounds = max(1, int(getattr(options, "photo_rounds", 1)))
     for rnd in range(rounds):
         smp = photo_samples(fitter, photos, options.photo_size, face_tri, seed=options.seed + rnd)
         if len(smp["faces"]) == 0:
             break
-        term = term_cls(fitter, smp, options.photo_weight * fitter.options.weights.photo)
-        stats = _lm_dense(fitter, [*(keep_terms or []), term], options.photo_iterations)
+        term = PhotoTerm(fitter, smp, options.photo_weight * fitter.options.weights.photo)
+        stats = fitter.refine_with([*(keep_terms or []), term], options.photo_iterations)
         history.append({"stage": f"photo{rnd + 1}", "photo_before": smp["loss"], **stats})
     return history

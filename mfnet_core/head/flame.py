@@ -22,18 +22,27 @@ from smplx.lbs import batch_rigid_transform, batch_rodrigues, lbs
 from torch import Tensor, nn
 
 from mfnet_core.errors import MfnetError, ModelNotFoundError
+from mfnet_core.head.interface import (
+    JOINT_ORDER,
+    MAX_YAW_DEG,
+    N_YAW_BINS,
+    CoefficientSpace,
+    HeadModel,
+    HeadOutput,
+    LandmarkEmbedding,
+    ModelInfo,
+    Parts,
+    RigArrays,
+    UVLayout,
+)
+from mfnet_core.head.subset_rig import VertexRig
 from mfnet_core.inputs.model_files import find_side_file, user_cache_dir
 from mfnet_core.inputs.safe_pickle import load_npy_object, load_restricted_pickle
 
 __all__ = [
-    "LandmarkEmbedding",
-    "UVLayout",
     "FlameAssets",
-    "FlameOutput",
     "FLAME",
     "load_flame_assets",
-    "N_YAW_BINS",
-    "MAX_YAW_DEG",
     "yaw_bin",
     "vertices2landmarks",
     "lbs_subset",
@@ -41,38 +50,15 @@ __all__ = [
 ]
 
 N_SHAPE_FLAME = 300  # FLAME's shapedirs: the first 300 are identity, the rest expression
-MAX_YAW_DEG = 39
-N_YAW_BINS = 2 * MAX_YAW_DEG + 1
-DEFAULT_JOINT_NAMES = ("root", "neck", "jaw", "eye_L", "eye_R")
+DEFAULT_JOINT_NAMES = JOINT_ORDER
 
 FLAME_URL = "https://flame.is.tue.mpg.de"
+FLAME_LICENCE = f"FLAME: the user's own download under its licence ({FLAME_URL})"
+TEST_HEAD_LICENCE = "generated test head (mfnet, MIT), NOT FLAME: not a human shape space"
 DECA_URL = "https://github.com/yfeng95/DECA"
 
 
-# -- data classes ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LandmarkEmbedding:
-    """68 iBUG landmarks as (face, barycentric) pairs on the model's triangles.
-
-    Dynamic bins are in this project's order: bin k is for a head yaw of k - 39 degrees,
-    yaw as the camera sees it (positive when the face turns toward camera +x, i.e. the
-    subject turns to their own left). See `yaw_bin`.
-    """
-
-    static_faces: np.ndarray  # (51,) int64, iBUG points 17..67
-    static_bary: np.ndarray  # (51,3) float32
-    dynamic_faces: np.ndarray  # (79,17) int64, contour points 0..16 per yaw bin
-    dynamic_bary: np.ndarray  # (79,17,3) float32
-    full_faces: np.ndarray  # (68,) int64, a fixed frontal 68-point embedding
-    full_bary: np.ndarray  # (68,3) float32
-
-
-@dataclass(frozen=True)
-class UVLayout:
-    uv_coords: np.ndarray  # (T,2) float32, origin bottom-left (OBJ / Blender)
-    uv_faces: np.ndarray  # (F,3) int64 into uv_coords, one per mesh face
+# -- the files' contents ------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -99,10 +85,6 @@ class FlameAssets:
     @property
     def n_vertices(self) -> int:
         return int(self.v_template.shape[0])
-
-    @property
-    def n_joints(self) -> int:
-        return int(self.parents.shape[0])
 
 
 # -- small helpers -----------------------------------------------------------------------------
@@ -207,21 +189,29 @@ def lbs_subset(
 # -- the module --------------------------------------------------------------------------------
 
 
-@dataclass
-class FlameOutput:
-    vertices: Tensor  # (B,V,3) posed, in model axes (plus translation)
-    joints: Tensor  # (B,J,3) posed joint positions
-    v_shaped: Tensor  # (B,V,3) template + shape + expression, before pose correctives
-
-
-class FLAME(nn.Module):
-    """FLAME as a torch module; all model arrays are buffers so `.to(device)` moves them."""
+class FLAME(HeadModel):
+    """FLAME (and the generated test head, which uses FLAME's file format) behind the
+    head-model interface; all model arrays are buffers so `.to(device)` moves them."""
 
     def __init__(self, assets: FlameAssets, n_shape: int = 100, n_expr: int = 50) -> None:
         super().__init__()
         self.assets = assets
         self.n_shape = int(min(max(n_shape, 0), assets.shapedirs.shape[2]))
         self.n_expr = int(min(max(n_expr, 0), assets.exprdirs.shape[2]))
+        self.info = ModelInfo(
+            kind=assets.kind,
+            name=assets.name,
+            sha256=assets.sha256,
+            source_path=assets.source_path,
+            licence=FLAME_LICENCE if assets.kind == "flame" else TEST_HEAD_LICENCE,
+        )
+        self.joint_names = tuple(assets.joint_names)
+        self.uv = assets.uv
+        self.parts = Parts.single(int(assets.faces.shape[0]))
+        self.face_region = assets.face_region
+        self.landmark_embedding = assets.landmarks
+        self.shape_space = CoefficientSpace(self.n_shape)
+        self.expression_space = CoefficientSpace(self.n_expr)
         f32 = torch.float32
         v = assets.v_template.shape[0]
         self.register_buffer("v_template", torch.as_tensor(assets.v_template, dtype=f32))
@@ -254,10 +244,6 @@ class FLAME(nn.Module):
         support = np.flatnonzero(np.abs(assets.j_regressor).sum(0) > 0)
         self.register_buffer("reg_support", torch.as_tensor(support, dtype=torch.long))
 
-    @property
-    def n_joints(self) -> int:
-        return int(self.parents.shape[0])
-
     # -- parameters ----------------------------------------------------------------------
     def _betas(self, shape: Tensor | None, expression: Tensor | None, b: int) -> Tensor:
         """(B,ns') and (B,ne') with ns' <= n_shape, ne' <= n_expr -> (B, n_shape + n_expr);
@@ -283,16 +269,18 @@ class FLAME(nn.Module):
             raise ValueError(f"inconsistent batch sizes {sorted(sizes)}")
         return sizes.pop() if sizes else 1
 
-    def full_pose(
+    def pose_vector(
         self,
         global_pose: Tensor | None,
         neck_pose: Tensor | None,
         jaw_pose: Tensor | None,
         eye_pose: Tensor | None,
         b: int,
+        dtype: torch.dtype | None = None,
     ) -> Tensor:
-        """(B, 3*J) axis-angle pose: global, neck, jaw, eye_L, eye_R (FLAME's order)."""
-        dev, dt = self.v_template.device, self.v_template.dtype
+        """(B, 3*J) axis-angle pose: global, neck, jaw, eye_L, eye_R (FLAME's order), in
+        `dtype` (default: the model's)."""
+        dev, dt = self.v_template.device, dtype or self.v_template.dtype
 
         def part(x: Tensor | None, n: int) -> Tensor:
             return torch.zeros(b, n, device=dev, dtype=dt) if x is None else x.to(dt).expand(b, n)
@@ -315,13 +303,13 @@ class FLAME(nn.Module):
         jaw_pose: Tensor | None = None,
         eye_pose: Tensor | None = None,
         translation: Tensor | None = None,
-    ) -> FlameOutput:
+    ) -> HeadOutput:
         """shape (B,ns), expression (B,ne), global/neck/jaw pose (B,3) axis-angle, eye_pose
         (B,6) left then right eye, translation (B,3) or None. Missing inputs are zeros.
         Returns vertices (B,V,3) and posed joints (B,J,3)."""
         b = self._batch(shape, expression, global_pose, neck_pose, jaw_pose, eye_pose, translation)
         betas = self._betas(shape, expression, b)
-        pose = self.full_pose(global_pose, neck_pose, jaw_pose, eye_pose, b)
+        pose = self.pose_vector(global_pose, neck_pose, jaw_pose, eye_pose, b)
         verts, joints = lbs(
             betas,
             pose,
@@ -337,7 +325,7 @@ class FLAME(nn.Module):
             t = translation.to(verts.dtype).expand(b, 3)[:, None]
             verts = verts + t
             joints = joints + t
-        return FlameOutput(vertices=verts, joints=joints, v_shaped=v_shaped)
+        return HeadOutput(vertices=verts, joints=joints, v_shaped=v_shaped)
 
     def rest_vertices(self, shape: Tensor) -> Tensor:
         """(B,ns) -> (B,V,3): template plus identity blend shapes only (no expression, no pose)."""
@@ -352,7 +340,40 @@ class FLAME(nn.Module):
         """(B,V,3) unposed vertices -> (B,J,3) joint positions (FLAME's regressor)."""
         return torch.einsum("jv,bvc->bjc", self.j_regressor, vertices)
 
-    def _landmark_faces(self, yaw_deg: Tensor | float, b: int) -> tuple[Tensor, Tensor]:
+    def rest_joints(self, shape: Tensor, expression: Tensor) -> Tensor:
+        """(B,ns), (B,ne) -> (B,J,3). The regressor is linear in the shaped vertices and
+        those are linear in the coefficients, so only the regressor's support is evaluated."""
+        b = self._batch(shape, expression)
+        betas = self._betas(shape, expression, b)
+        sup = self.reg_support
+        v = self.v_template[sup] + torch.einsum("bk,sck->bsc", betas, self.blend_dirs[sup])
+        return torch.einsum("js,bsc->bjc", self.j_regressor[:, sup], v)
+
+    def subset_rig(self, vertex_ids: Tensor, dtype: object = None) -> nn.Module:
+        """`VertexRig` on `vertex_ids` (float64 unless `dtype` says otherwise)."""
+        return VertexRig(self, vertex_ids, dtype=dtype or torch.float64)
+
+    def rig_arrays(self, shape: np.ndarray, n_expression_keys: int) -> RigArrays:
+        """FLAME's own arrays at the fitted identity, in float64 maths, float32 out."""
+        a = self.assets
+        shape = np.asarray(shape, dtype=np.float64).reshape(-1)
+        s = min(shape.shape[0], a.shapedirs.shape[2])
+        rest = a.v_template.astype(np.float64) + a.shapedirs[:, :, :s] @ shape[:s]
+        k = min(n_expression_keys, a.exprdirs.shape[2])
+        expr_basis = np.transpose(a.exprdirs[:, :, :k], (2, 0, 1)).astype(np.float64)
+        jreg = a.j_regressor.astype(np.float64)
+        return RigArrays(
+            rest_vertices=rest.astype(np.float32),
+            expression_basis=expr_basis.astype(np.float32),
+            pose_correctives=np.transpose(a.posedirs, (2, 0, 1)).astype(np.float32),
+            joints=(jreg @ rest).astype(np.float32),
+            joint_expression_basis=np.einsum("jv,kvc->kjc", jreg, expr_basis).astype(np.float32),
+            parents=a.parents.astype(np.int32),
+            skin_weights=a.lbs_weights.astype(np.float32),
+            joint_names=tuple(a.joint_names),
+        )
+
+    def landmark_triangles(self, yaw_deg: Tensor | float, b: int) -> tuple[Tensor, Tensor]:
         """(B,68) face ids and (B,68,3) barycentrics for heads at the given yaw."""
         dev = self.static_faces.device
         yaw = torch.as_tensor(yaw_deg, dtype=torch.float32, device=dev).detach().reshape(-1)
@@ -372,7 +393,7 @@ class FLAME(nn.Module):
         +x). Points 17..67 are fixed on the surface; the contour 0..16 comes from the
         dynamic bin round(clamp(yaw, -39, 39)) + 39. Returns (B,68,3).
         """
-        faces, bary = self._landmark_faces(yaw_deg, vertices.shape[0])
+        faces, bary = self.landmark_triangles(yaw_deg, vertices.shape[0])
         return vertices2landmarks(vertices, self.faces, faces, bary)
 
     def landmarks_frontal(self, vertices: Tensor) -> Tensor:
@@ -394,7 +415,7 @@ class FLAME(nn.Module):
         hundred vertices that the landmark triangles use (fast landmark fitting). (B,68,3)."""
         b = self._batch(shape, expression, global_pose, neck_pose, jaw_pose, eye_pose, translation)
         betas = self._betas(shape, expression, b)
-        pose = self.full_pose(global_pose, neck_pose, jaw_pose, eye_pose, b)
+        pose = self.pose_vector(global_pose, neck_pose, jaw_pose, eye_pose, b)
         rot = batch_rodrigues(pose.reshape(-1, 3)).reshape(b, -1, 3, 3)
         verts, _ = lbs_subset(
             betas,
@@ -410,7 +431,7 @@ class FLAME(nn.Module):
         )
         if translation is not None:
             verts = verts + translation.to(verts.dtype).expand(b, 3)[:, None]
-        faces, bary = self._landmark_faces(yaw_deg, b)
+        faces, bary = self.landmark_triangles(yaw_deg, b)
         return vertices2landmarks(verts, self.lmk_faces_local, faces, bary)
 
 

@@ -1,7 +1,8 @@
-"""FLAME restricted to a subset of vertices, with its linear parts pre-multiplied.
+"""Head models restricted to a subset of vertices.
 
-`VertexRig` takes any subset (the dense stages: the vertices their correspondences touch);
-`LandmarkRig` the vertices that the landmarks touch.
+`VertexRig` is FLAME's LBS on any subset (the dense stages: the vertices their
+correspondences touch), its linear parts pre-multiplied; `LandmarkRig` evaluates any head
+model (through `HeadModel.subset_rig`) on the vertices that the landmarks touch.
 
 The landmark fit evaluates the model (and its Jacobian) many times; the full mesh is not
 needed for that. Joints are linear in the blend-shape coefficients (J = R (T + D beta)), so
@@ -11,11 +12,16 @@ their basis is computed once; the rest is LBS on a few hundred vertices. Equal t
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+import numpy as np
 import torch
 from smplx.lbs import batch_rigid_transform, batch_rodrigues
 from torch import Tensor, nn
 
-from mfnet_core.head.flame import FLAME
+if TYPE_CHECKING:  # FLAME builds its rigs from this module
+    from mfnet_core.head.flame import FLAME
+    from mfnet_core.head.interface import HeadModel
 
 
 class VertexRig(nn.Module):
@@ -64,16 +70,32 @@ class VertexRig(nn.Module):
         return verts, posed_joints
 
 
-class LandmarkRig(VertexRig):
-    """The rig on the vertices of the landmark triangles (``FLAME.lmk_vertex_ids``), in
-    FLAME's dtype (the fitter makes a float64 copy with ``.double()``)."""
+def landmark_vertex_ids(head: HeadModel) -> np.ndarray:
+    """(S,) the vertices of every triangle any landmark can sit on (static, contour, frontal)."""
+    emb = head.landmark_embedding
+    faces = head.faces.cpu().numpy()
+    tri = np.concatenate([emb.static_faces, emb.dynamic_faces.ravel(), emb.full_faces])
+    return np.unique(faces[tri].ravel())
 
-    def __init__(self, flame: FLAME) -> None:
-        super().__init__(flame, flame.lmk_vertex_ids, dtype=flame.v_template.dtype)
+
+class LandmarkRig(nn.Module):
+    """Any head model evaluated on the vertices of its landmark triangles
+    (`HeadModel.subset_rig`), in the head's dtype (the fitter makes a float64 copy with
+    ``.double()``)."""
+
+    def __init__(self, head: HeadModel) -> None:
+        super().__init__()
+        self._head = (head,)  # a plain reference: .double() on the rig must not touch the head
+        ids = landmark_vertex_ids(head)
+        self.rig = head.subset_rig(torch.as_tensor(ids, device=head.faces.device), dtype=head.dtype)
+        remap = np.full(head.n_vertices, -1, dtype=np.int64)
+        remap[ids] = np.arange(len(ids))
+        local = torch.as_tensor(remap[head.faces.cpu().numpy()], device=head.faces.device)
+        self.register_buffer("faces_local", local)  # (F,3) subset ids, -1 off the subset
 
     def vertices(self, betas: Tensor, pose: Tensor) -> tuple[Tensor, Tensor]:
         """Landmark-support vertices (B,S,3) and posed joints (B,J,3)."""
-        return self(betas, pose)
+        return self.rig(betas, pose)
 
     def landmarks(self, betas: Tensor, pose: Tensor, yaw_deg: Tensor) -> tuple[Tensor, Tensor]:
         """Landmarks of B models seen in N views: (B,N,68,3), plus posed joints (B,J,3).
@@ -82,8 +104,8 @@ class LandmarkRig(VertexRig):
         """
         verts, joints = self.vertices(betas, pose)
         n = yaw_deg.shape[0]
-        faces, bary = self._flame[0]._landmark_faces(yaw_deg, n)  # (N,68), (N,68,3)
-        tri = self._flame[0].lmk_faces_local[faces]  # (N,68,3) local vertex ids
+        faces, bary = self._head[0].landmark_triangles(yaw_deg, n)  # (N,68), (N,68,3)
+        tri = self.faces_local[faces]  # (N,68,3) local vertex ids
         corners = verts[:, tri]  # (B,N,68,3 corners,3)
         lmk = (corners * bary.to(verts.dtype)[None, ..., None]).sum(-2)
         return lmk, joints

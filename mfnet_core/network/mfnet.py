@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from mfnet_core.camera import axis_angle_to_matrix, project, yaw_pitch_roll_deg
 from mfnet_core.errors import MfnetError
+from mfnet_core.head.interface import HeadModel
 
 # Half the width of a landmark-based face crop (1.25 x the 68 landmarks' extent) on an
 # average adult, in metres: the depth scale of the pose head's zero output.
@@ -383,14 +384,14 @@ class Decoded:
 
 def decode(
     out: MFNetOutput,
-    flame: nn.Module,
+    flame: HeadModel,
     camera: Tensor,
     crop_size: int,
     with_vertices: bool = False,
 ) -> Decoded:
     """Network outputs -> FLAME landmarks in each view's crop (and optionally the meshes).
 
-    flame: mfnet_core.head.flame.FLAME; camera: (B,N,4) crop intrinsics. Runs in float32. The
+    flame: a head model (mfnet_core.head.interface); camera: (B,N,4) crop intrinsics. Runs in float32. The
     landmarks come from ``FLAME.landmarks_only`` (skinning only the vertices the landmark
     triangles use) and the pivot from the root joint's linear dependence on the blend
     shapes, so training never evaluates the full mesh unless ``with_vertices`` asks for it
@@ -435,18 +436,10 @@ def decode(
     return Decoded(verts, pivot, head_rot, head_trans, rot, lmk_px, vcam)
 
 
-def root_joint(flame: nn.Module, shape: Tensor, expression: Tensor) -> Tensor:
-    """FLAME's root joint (the head pose's pivot) for (B,S) shape and (B,E) expression: (B,3).
-
-    The joint regressor is linear in the shaped vertices and those are linear in the
-    coefficients, so joint 0 = J0 @ v_template + betas @ (J0 @ blend_dirs); the root does
-    not move with the (zero) global pose.
-    """
-    j0 = flame.j_regressor[0]  # (V,)
-    base = j0 @ flame.v_template  # (3,)
-    dirs = torch.einsum("v,vck->kc", j0, flame.blend_dirs)  # (S+E,3)
-    betas = torch.cat([shape, expression], dim=1).to(base.dtype)
-    return base + betas @ dirs
+def root_joint(head: HeadModel, shape: Tensor, expression: Tensor) -> Tensor:
+    """The head model's root joint (the head pose's pivot) for (B,S) shape and (B,E)
+    expression: (B,3); the root does not move with the (zero) global pose."""
+    return head.rest_joints(shape, expression)[:, 0]
 
 
 def fit_width(x: Tensor, k: int) -> Tensor:

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from mfnet_core.camera import Intrinsics
 from mfnet_core.errors import MfnetError
+from mfnet_core.head.interface import HeadModel
 from mfnet_core.network.checkpoints import load_checkpoint
 from mfnet_core.network.crops import (
     SLOT_KEY_RANGE,
@@ -53,13 +54,13 @@ def predict_init(
     checkpoint_path: str | Path | MFNet,
     photos: Sequence[np.ndarray],
     landmarks: Sequence[np.ndarray],
-    flame: nn.Module,
+    flame: HeadModel,
     intrinsics: Sequence[Intrinsics] | None = None,
     device: str | torch.device = "cpu",
 ) -> dict[str, np.ndarray]:
     """Initial fit parameters from the trained network.
 
-    photos: N (H,W,3) uint8 RGB; landmarks: N (68,2) pixels; flame: mfnet_core.head.flame.FLAME;
+    photos: N (H,W,3) uint8 RGB; landmarks: N (68,2) pixels; flame: the head model (mfnet_core.head.interface);
     intrinsics: per photo (default: ``Intrinsics.from_fov``). Views are put in the trained
     left-front-right order by ``order_views_by_yaw``; with fewer views than the network
     takes, the empty slots are filled with the nearest view (the paper feeds one photo three
@@ -132,8 +133,7 @@ def predict_init(
     shape = torch.stack(shapes).mean(0, keepdim=True)
     expr = torch.stack(exprs).mean(0, keepdim=True)
     jaw = torch.stack(jaws).mean(0, keepdim=True)
-    fs = int(getattr(flame, "n_shape", shape.shape[1]))
-    fe = int(getattr(flame, "n_expr", expr.shape[1]))
+    fs, fe = int(flame.n_shape), int(flame.n_expr)
     shape, expr = fit_width(shape, fs), fit_width(expr, fe)
     fdev = next((b.device for b in flame.buffers()), torch.device("cpu"))
     shape_d, expr_d, jaw_d = shape.to(fdev), expr.to(fdev), jaw.to(fdev)

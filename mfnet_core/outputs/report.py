@@ -17,7 +17,7 @@ from mfnet_core.camera import Intrinsics
 from mfnet_core.fit.dense import DenseReport
 from mfnet_core.fit.flow import FlowOptions
 from mfnet_core.fit.landmark_fit import FitResult
-from mfnet_core.head.flame import FlameAssets
+from mfnet_core.head.interface import ModelInfo
 from mfnet_core.inputs.images import Photo
 from mfnet_core.outputs.overlay import draw_overlay, title_panels
 from mfnet_core.render import rasterize
@@ -46,13 +46,13 @@ def view_report(fit: FitResult, i: int, name: str, file: str, k: Intrinsics, pho
 
 
 def params_json(
-    assets: FlameAssets,
+    model: ModelInfo,
     params: dict[str, np.ndarray],
     names: list[str],
     intrinsics: list[Intrinsics],
 ) -> dict:
     return {
-        "model": {"kind": assets.kind, "file": assets.name, "sha256": assets.sha256},
+        "model": {"kind": model.kind, "file": model.name, "sha256": model.sha256},
         "shape": params["shape"],
         "expression": params["expression"],
         "jaw_pose": params["jaw_pose"],

@@ -21,7 +21,7 @@ import pygltflib
 from PIL import Image
 
 from mfnet_core.errors import MfnetError
-from mfnet_core.head.flame import FlameAssets
+from mfnet_core.head.interface import HeadModel
 
 FORMAT_VERSION = 1
 
@@ -42,41 +42,36 @@ class RigData:
 
 
 def build_rig(
-    assets: FlameAssets,
+    head: HeadModel,
     params: dict[str, np.ndarray],
     camera: np.ndarray,
     image_size: np.ndarray,
     view_names: list[str],
     n_expression_keys: int,
 ) -> RigData:
-    """Rest mesh, bases and skinning for the fitted person, in FLAME axes and metres."""
+    """Rest mesh, bases and skinning for the fitted person, in model axes and metres."""
     shape = np.asarray(params["shape"], dtype=np.float64)
-    s = min(shape.shape[0], assets.shapedirs.shape[2])
-    rest = assets.v_template.astype(np.float64) + assets.shapedirs[:, :, :s] @ shape[:s]
-    k = min(n_expression_keys, assets.exprdirs.shape[2])
-    expr_basis = np.transpose(assets.exprdirs[:, :, :k], (2, 0, 1)).astype(np.float32)
+    r = head.rig_arrays(shape, n_expression_keys)
+    k = r.expression_basis.shape[0]
     expression = np.zeros(k, dtype=np.float32)
     fitted = np.asarray(params["expression"], dtype=np.float32)
     expression[: min(k, fitted.shape[0])] = fitted[:k]
-    jreg = assets.j_regressor.astype(np.float64)
-    joints = jreg @ rest
-    joint_expr = np.einsum("jv,kvc->kjc", jreg, expr_basis.astype(np.float64))
     arrays: dict[str, np.ndarray] = {
         "format_version": np.array(FORMAT_VERSION, dtype=np.int32),
-        "model_kind": np.array(assets.kind),
-        "model_name": np.array(assets.name),
-        "vertices": rest.astype(np.float32),
-        "faces": assets.faces.astype(np.int32),
-        "uv_coords": assets.uv.uv_coords.astype(np.float32),
-        "uv_faces": assets.uv.uv_faces.astype(np.int32),
-        "expression_basis": expr_basis,
+        "model_kind": np.array(head.info.kind),
+        "model_name": np.array(head.info.name),
+        "vertices": r.rest_vertices,
+        "faces": head.faces.cpu().numpy().astype(np.int32),
+        "uv_coords": head.uv.uv_coords.astype(np.float32),
+        "uv_faces": head.uv.uv_faces.astype(np.int32),
+        "expression_basis": r.expression_basis,
         "expression": expression,
-        "pose_correctives": np.transpose(assets.posedirs, (2, 0, 1)).astype(np.float32),
-        "joints": joints.astype(np.float32),
-        "joint_expression_basis": joint_expr.astype(np.float32),
-        "joint_names": np.array(list(assets.joint_names)),
-        "parents": assets.parents.astype(np.int32),
-        "skin_weights": assets.lbs_weights.astype(np.float32),
+        "pose_correctives": r.pose_correctives,
+        "joints": r.joints,
+        "joint_expression_basis": r.joint_expression_basis,
+        "joint_names": np.array(list(r.joint_names)),
+        "parents": r.parents,
+        "skin_weights": r.skin_weights,
         "shape": shape.astype(np.float32),
         "jaw_pose": np.asarray(params["jaw_pose"], dtype=np.float32),
         "neck_pose": np.asarray(params["neck_pose"], dtype=np.float32),

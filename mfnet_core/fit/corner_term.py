@@ -1,0 +1,218 @@
+"""Dense residual terms whose residuals each depend on one mesh triangle seen in two views
+(the flow term) or one (the photometric term), with a Gauss-Newton linearisation by the
+chain rule through the head model's vertex-subset rig."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mfnet_core.camera import axis_angle_to_matrix
+from mfnet_core.fit.landmark_fit import MultiViewFitter
+from mfnet_core.fit.solver import (
+    Free,
+    ResidualTerm,
+    cauchy,
+    cauchy_irls,
+    charbonnier,
+    charbonnier_irls,
+)
+
+__all__ = ["CornerTerm"]
+
+
+def _pose_vector(fitter: MultiViewFitter, jaw: Tensor) -> Tensor:
+    """(B,3) jaw -> (B,3J) full pose as the landmark fit builds it (no global pose)."""
+    p = fitter.params
+    b, dt = jaw.shape[0], jaw.dtype
+    neck, eye = p.neck_pose.to(dt).expand(b, 3), p.eye_pose.to(dt).expand(b, 6)
+    return fitter.head.pose_vector(None, neck, jaw, eye, b, dtype=dt)
+
+
+def _columns(fitter: MultiViewFitter, free: Free) -> dict[str, Tensor]:
+    """For each parameter, a long tensor shaped like it (without the leading 1 for the
+    shared ones; (N,3) for the head pose) holding its column in the free vector, or -1."""
+    p = fitter.params
+    shapes = {
+        "shape": (1, p.shape.shape[1]),
+        "expression": (1, p.expression.shape[1]),
+        "jaw_pose": (1, 3),
+        "head_rot": tuple(p.head_rot.shape),
+        "head_trans": tuple(p.head_trans.shape),
+    }
+    dev = p.shape.device
+    cols = {k: torch.full(v, -1, dtype=torch.long, device=dev) for k, v in shapes.items()}
+    i = 0
+    for name, sl in free:
+        start, stop, _ = sl.indices(shapes[name][-1])
+        rows = shapes[name][0]
+        count = rows * (stop - start)
+        cols[name][:, start:stop] = torch.arange(i, i + count, device=dev).reshape(rows, -1)
+        i += count
+    return cols
+
+
+class CornerTerm(ResidualTerm):
+    """A dense term whose K residuals each depend on one mesh triangle seen in two views
+    (a, b; equal for single-view terms), as a batched function of the fitter's free
+    parameter vector, with a Gauss-Newton linearisation by the chain rule.
+
+    Subclasses give `error(ca, cb) -> (B,K,C)` (normalised residuals from the camera-space
+    triangle corners (B,K,3,3) in views a and b) and the robust kernel via `eps`
+    (Charbonnier) or `cauchy` (a scale: Cauchy / Lorentzian weights).
+    """
+
+    name: str = "dense"
+    eps: float = 1e-3
+    cauchy: float | None = None
+
+    def __init__(
+        self,
+        fitter: MultiViewFitter,
+        faces: np.ndarray,
+        ia: np.ndarray,
+        ib: np.ndarray,
+        weight: np.ndarray,
+        total_weight: float,
+    ) -> None:
+        dev = fitter.device
+        corners = fitter.head.faces[torch.as_tensor(faces, device=dev)]  # (K,3)
+        ids, local = torch.unique(corners.reshape(-1), return_inverse=True)
+        self.local = local.reshape(-1, 3)
+        self.ia = torch.as_tensor(ia, device=dev).long()
+        self.ib = torch.as_tensor(ib, device=dev).long()
+        w = torch.as_tensor(weight, dtype=torch.float64, device=dev)
+        self.w = w / w.sum().clamp_min(1e-9)
+        self.rig = fitter.head.subset_rig(ids)
+        self.fitter = fitter
+        self.total_weight = total_weight
+
+    # -- to be provided -------------------------------------------------------------------
+    def error(self, ca: Tensor, cb: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    # -- machinery ---------------------------------------------------------------------------
+    def corners(self, free: Free, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x (B,P) -> camera-space corners (B,K,3,3) in views a and b."""
+        f = self.fitter
+        vals = f._values(free, x)
+        betas = torch.cat([vals["shape"], vals["expression"]], 1)
+        verts, joints = self.rig(betas, _pose_vector(f, vals["jaw_pose"]))
+        b, n = vals["head_rot"].shape[:2]
+        rot = axis_angle_to_matrix(vals["head_rot"].reshape(-1, 3)).reshape(b, n, 3, 3)
+        pivot = joints[:, 0][:, None, None]  # (B,1,1,3)
+        tri = verts[:, self.local] - pivot  # (B,K,3,3) model space about the pivot
+
+        def posed(idx: Tensor) -> Tensor:
+            r = rot[:, idx]  # (B,K,3,3)
+            return (
+                torch.einsum("bkij,bkcj->bkci", r, tri) + pivot + vals["head_trans"][:, idx, None]
+            )
+
+        return posed(self.ia), posed(self.ib)
+
+    def errors(self, free: Free, x: Tensor) -> Tensor:
+        return self.error(*self.corners(free, x))
+
+    def kernel(self, e: Tensor) -> Tensor:
+        """(…,C) -> (…) robust loss rho."""
+        if self.cauchy is not None:
+            return cauchy(e, self.cauchy)
+        return charbonnier(e, self.eps)
+
+    def reweight(self, free: Free, x: Tensor) -> Tensor:
+        """(K,) IRLS weights rho'(|e|)/|e| at x (P,)."""
+        e = self.errors(free, x[None])[0]
+        if self.cauchy is not None:
+            return cauchy_irls(e, self.cauchy)
+        return charbonnier_irls(e, self.eps)
+
+    def _scale(self, irls: Tensor) -> Tensor:
+        return torch.sqrt(self.total_weight * self.w * irls)
+
+    def residuals(self, free: Free, x: Tensor, irls: Tensor) -> Tensor:
+        """x (B,P) -> (B,K*C) weighted residuals (their squares sum to the IRLS cost)."""
+        e = self.errors(free, x)
+        return (e * self._scale(irls)[None, :, None]).reshape(x.shape[0], -1)
+
+    def value(self, free: Free, x: Tensor) -> float:
+        """The term's robust loss at x (P,)."""
+        e = self.errors(free, x[None])[0]
+        return float(self.total_weight * (self.w * self.kernel(e)).sum())
+
+    def linearise(self, free: Free, x: Tensor, irls: Tensor) -> tuple[Tensor, Tensor]:
+        """Weighted residuals (K*C,) and their Jacobian (K*C,P) at x (P,), by the chain rule:
+        the rig's vertex and pivot derivatives (one batched evaluation over the shape,
+        expression and jaw entries) times the residual's derivatives w.r.t. its 18 corner
+        coordinates and the two head poses (small finite-difference batches, float64)."""
+        f = self.fitter
+        cols = _columns(f, free)
+        vals = f._values(free, x[None])
+        n_b = vals["shape"].shape[1] + vals["expression"].shape[1]
+        h = 1e-6
+        # 1. Rig: vertices and pivot, and their derivatives w.r.t. betas and jaw.
+        betas0 = torch.cat([vals["shape"], vals["expression"]], 1)[0]
+        jaw0 = vals["jaw_pose"][0]
+        m = n_b + 3
+        dd = {"dtype": x.dtype, "device": x.device}
+        pert = torch.eye(m, **dd) * h
+        betas = torch.cat([betas0[None], betas0 + pert[:, :n_b]])
+        jaw = torch.cat([jaw0[None], jaw0 + pert[:, n_b:]])
+        verts, joints = self.rig(betas, _pose_vector(f, jaw))
+        d_v = (verts[1:] - verts[0]) / h  # (M,S,3)
+        d_p = (joints[1:, 0] - joints[0, 0]) / h  # (M,3)
+        v, p = verts[0][self.local], joints[0, 0]  # (K,3,3), (3,)
+        # 2. Pose: rotations and their derivatives w.r.t. the axis-angle entries.
+        aa = vals["head_rot"][0]  # (N,3)
+        n = aa.shape[0]
+        aas = torch.cat([aa[None], aa[None] + torch.eye(3, **dd)[:, None] * h])
+        rots = axis_angle_to_matrix(aas.reshape(-1, 3)).reshape(4, n, 3, 3)
+        rot, d_rot = rots[0], (rots[1:] - rots[0]) / h  # (N,3,3), (3,N,3,3)
+        t = vals["head_trans"][0]
+        vc = v - p
+        ca = torch.einsum("kij,kcj->kci", rot[self.ia], vc) + p + t[self.ia, None]
+        cb = torch.einsum("kij,kcj->kci", rot[self.ib], vc) + p + t[self.ib, None]
+        # 3. The residual's derivatives w.r.t. the 18 corner coordinates.
+        k = ca.shape[0]
+        hc = 1e-7
+        eye18 = torch.eye(18, **dd).reshape(18, 2, 3, 3) * hc
+        e = self.error(
+            torch.cat([ca[None], ca[None] + eye18[:, 0, None]]),
+            torch.cat([cb[None], cb[None] + eye18[:, 1, None]]),
+        )  # (19,K,C)
+        c_dim = e.shape[-1]
+        dq = ((e[1:] - e[0]) / hc).permute(1, 2, 0).reshape(k, c_dim, 2, 3, 3)
+        dqa, dqb = dq[:, :, 0], dq[:, :, 1]  # (K,C,corner,xyz)
+        ra, rb = rot[self.ia], rot[self.ib]
+        eye3 = torch.eye(3, **dd)
+        dq_dv = torch.einsum("kcix,kxy->kciy", dqa, ra) + torch.einsum("kcix,kxy->kciy", dqb, rb)
+        dq_dp = torch.einsum("kcix,kxy->kcy", dqa, eye3 - ra) + torch.einsum(
+            "kcix,kxy->kcy", dqb, eye3 - rb
+        )
+        j_bj = torch.einsum("kciy,mkiy->kcm", dq_dv, d_v[:, self.local]) + torch.einsum(
+            "kcy,my->kcm", dq_dp, d_p
+        )
+        dq_dta, dq_dtb = dqa.sum(2), dqb.sum(2)  # (K,C,3)
+        dr_a = torch.einsum("jkxy,kiy->kixj", d_rot[:, self.ia], vc)  # (K,corner,xyz,j)
+        dr_b = torch.einsum("jkxy,kiy->kixj", d_rot[:, self.ib], vc)
+        dq_dwa = torch.einsum("kcix,kixj->kcj", dqa, dr_a)
+        dq_dwb = torch.einsum("kcix,kixj->kcj", dqb, dr_b)
+        # 4. Assemble (K,C,P) in the fitter's column order.
+        jac = torch.zeros(k, c_dim, x.shape[0], **dd)
+        bj_cols = torch.cat([cols["shape"][0], cols["expression"][0], cols["jaw_pose"][0]])
+        ok = bj_cols >= 0
+        jac[:, :, bj_cols[ok]] = j_bj[:, :, ok]
+        for name, idx, d in (
+            ("head_rot", self.ia, dq_dwa),
+            ("head_rot", self.ib, dq_dwb),
+            ("head_trans", self.ia, dq_dta),
+            ("head_trans", self.ib, dq_dtb),
+        ):
+            c = cols[name][idx]  # (K,3)
+            okc = (c >= 0)[:, None, :].expand(-1, c_dim, -1)
+            jac.scatter_add_(2, c.clamp_min(0)[:, None, :].expand(-1, c_dim, -1), d * okc)
+        sc = self._scale(irls)  # (K,)
+        r = (e[0] * sc[:, None]).reshape(-1)
+        jac = jac * sc[:, None, None]
+        return r, jac.reshape(k * c_dim, -1)

@@ -1,0 +1,246 @@
+"""The one head-model interface that the fit, the texture bake, the export, the report and
+the network use.
+
+A head model is a torch module that maps coefficients and joint rotations to a mesh. What
+the rest of mfnet may assume about it is written here and nowhere else: a template with
+faces (and which part/material each face belongs to), an identity and an expression
+coefficient space (with names where the model has them and per-coefficient bounds where
+a space is bounded, e.g. blendshape weights in [0, 1]), joints with skinning (FLAME's five,
+or a rig made for the model), a 68-point iBUG landmark embedding with contour landmarks that
+follow the silhouette in turned views, a UV layout (several tiles allowed) and the metric
+units of its files. Nothing outside `head/` may assume FLAME, a vertex count, or that
+expressions are PCA components.
+
+Axes of every head model: metres, y up, x to the subject's left, the face looks along +z.
+Pose order of `pose_vector`: global (root), neck, jaw, eye_L, eye_R; joints a model lacks
+stay at rest.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "CoefficientSpace",
+    "HeadModel",
+    "HeadOutput",
+    "LandmarkEmbedding",
+    "ModelInfo",
+    "Parts",
+    "RigArrays",
+    "UVLayout",
+    "N_YAW_BINS",
+    "MAX_YAW_DEG",
+    "JOINT_ORDER",
+]
+
+MAX_YAW_DEG = 39
+N_YAW_BINS = 2 * MAX_YAW_DEG + 1
+# The pose vector's joint order (see `HeadModel.pose_vector`).
+JOINT_ORDER = ("root", "neck", "jaw", "eye_L", "eye_R")
+
+
+@dataclass(frozen=True)
+class LandmarkEmbedding:
+    """68 iBUG landmarks as (face, barycentric) pairs on the model's triangles.
+
+    The contour (points 0..16) has one row per yaw bin: bin k is for a head yaw of k - 39
+    degrees as the camera sees it (positive when the subject turns to their own left).
+    """
+
+    static_faces: np.ndarray  # (51,) int64, iBUG points 17..67
+    static_bary: np.ndarray  # (51,3) float32
+    dynamic_faces: np.ndarray  # (79,17) int64, contour points 0..16 per yaw bin
+    dynamic_bary: np.ndarray  # (79,17,3) float32
+    full_faces: np.ndarray  # (68,) int64, a fixed frontal 68-point embedding
+    full_bary: np.ndarray  # (68,3) float32
+
+
+@dataclass(frozen=True)
+class UVLayout:
+    uv_coords: np.ndarray  # (T,2) float32, origin bottom-left (OBJ / Blender); u may span tiles
+    uv_faces: np.ndarray  # (F,3) int64 into uv_coords, one per mesh face
+
+
+@dataclass(frozen=True)
+class Parts:
+    """Which part (and so which material) each face belongs to: skin, eyes, teeth, ..."""
+
+    names: tuple[str, ...]
+    face_part: np.ndarray  # (F,) int64 index into names
+
+    @staticmethod
+    def single(n_faces: int, name: str = "skin") -> Parts:
+        return Parts((name,), np.zeros(n_faces, dtype=np.int64))
+
+
+@dataclass(frozen=True)
+class CoefficientSpace:
+    """An identity or expression space.
+
+    `names` where the model has them (ARKit blendshapes), else None (PCA components);
+    `lower`/`upper` per coefficient where the space is bounded, else None; `prior` says what
+    the regulariser assumes: "normal" (coefficients in standard deviations, ~N(0,1)) or
+    "weights" (blendshape weights, pulled to 0).
+    """
+
+    size: int
+    names: tuple[str, ...] | None = None
+    lower: np.ndarray | None = None  # (size,)
+    upper: np.ndarray | None = None  # (size,)
+    prior: str = "normal"
+
+    @property
+    def bounded(self) -> bool:
+        return self.lower is not None or self.upper is not None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Where a head model came from, for reports and the result folder."""
+
+    kind: str  # "flame", "test-head", ...
+    name: str  # model file name
+    sha256: str
+    source_path: Path
+    licence: str = ""
+    file_units_to_metres: float = 1.0  # what the files' units were scaled by on loading
+
+
+@dataclass
+class HeadOutput:
+    vertices: Tensor  # (B,V,3) posed, in model axes (plus translation)
+    joints: Tensor  # (B,J,3) posed joint positions
+    v_shaped: Tensor  # (B,V,3) template + shape + expression, before pose correctives
+
+
+@dataclass(frozen=True)
+class RigArrays:
+    """What the result folder's rig needs, for one fitted identity (numpy, metres)."""
+
+    rest_vertices: np.ndarray  # (V,3) template + identity
+    expression_basis: np.ndarray  # (K,V,3) per kept expression coefficient
+    pose_correctives: np.ndarray  # (P,V,3), P = 9 * (J - 1)
+    joints: np.ndarray  # (J,3) rest joint positions
+    joint_expression_basis: np.ndarray  # (K,J,3) how the joints move per expression unit
+    parents: np.ndarray  # (J,)
+    skin_weights: np.ndarray  # (V,J)
+    joint_names: tuple[str, ...]
+
+
+class HeadModel(nn.Module, ABC):
+    """The interface; subclasses register their arrays as buffers so `.to(device)` moves them.
+
+    Attributes every model sets: `info` (ModelInfo), `faces` (F,3) long buffer, `parents`
+    (J,) long buffer, `joint_names`, `uv` (UVLayout), `parts` (Parts), `face_region` (V,)
+    bool numpy (the face from forehead to chin and ear to ear, no eyeballs),
+    `landmark_embedding` (LandmarkEmbedding), `shape_space` and `expression_space`
+    (CoefficientSpace of the kept coefficients), `n_shape` and `n_expr` (their sizes).
+    """
+
+    info: ModelInfo
+    faces: Tensor
+    parents: Tensor
+    joint_names: tuple[str, ...]
+    uv: UVLayout
+    parts: Parts
+    face_region: np.ndarray
+    landmark_embedding: LandmarkEmbedding
+    shape_space: CoefficientSpace
+    expression_space: CoefficientSpace
+    n_shape: int
+    n_expr: int
+
+    @property
+    def kind(self) -> str:
+        return self.info.kind
+
+    @property
+    def n_joints(self) -> int:
+        return int(self.parents.shape[0])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the model's float arrays (float32 unless `.double()` was called)."""
+        return next(b for b in self.buffers() if b.is_floating_point()).dtype
+
+    @property
+    def n_vertices(self) -> int:
+        return int(self.face_region.shape[0])
+
+    # -- evaluation ------------------------------------------------------------------------
+    @abstractmethod
+    def forward(
+        self,
+        shape: Tensor | None = None,
+        expression: Tensor | None = None,
+        global_pose: Tensor | None = None,
+        neck_pose: Tensor | None = None,
+        jaw_pose: Tensor | None = None,
+        eye_pose: Tensor | None = None,
+        translation: Tensor | None = None,
+    ) -> HeadOutput:
+        """shape (B,ns), expression (B,ne), global/neck/jaw pose (B,3) axis-angle, eye_pose
+        (B,6) left then right eye, translation (B,3). Missing inputs are zeros."""
+
+    @abstractmethod
+    def pose_vector(
+        self,
+        global_pose: Tensor | None,
+        neck_pose: Tensor | None,
+        jaw_pose: Tensor | None,
+        eye_pose: Tensor | None,
+        b: int,
+        dtype: torch.dtype | None = None,
+    ) -> Tensor:
+        """(B,3J) axis-angle per joint in the model's joint order (JOINT_ORDER first), in
+        `dtype` (default: the model's); missing parts are zeros."""
+
+    @abstractmethod
+    def rest_vertices(self, shape: Tensor) -> Tensor:
+        """(B,ns) -> (B,V,3): template plus identity only (no expression, no pose)."""
+
+    @abstractmethod
+    def rest_joints(self, shape: Tensor, expression: Tensor) -> Tensor:
+        """(B,ns), (B,ne) -> (B,J,3) joint positions before any rotation."""
+
+    @abstractmethod
+    def subset_rig(self, vertex_ids: Tensor, dtype: object = None) -> nn.Module:
+        """The model evaluated on a few vertices only (the fit's Jacobians need thousands
+        of evaluations): a module (betas (B,ns+ne), pose (B,3J)) -> (vertices (B,S,3),
+        posed joints (B,J,3)), equal to `forward` on those vertices."""
+
+    # -- landmarks ---------------------------------------------------------------------------
+    @abstractmethod
+    def landmark_triangles(self, yaw_deg: Tensor | float, b: int) -> tuple[Tensor, Tensor]:
+        """(B,68) face ids and (B,68,3) barycentrics of the landmarks for heads at the given
+        yaw (degrees as the camera sees it): the contour follows the silhouette."""
+
+    @abstractmethod
+    def landmarks_3d(self, vertices: Tensor, yaw_deg: Tensor | float) -> Tensor:
+        """(B,V,3) mesh -> (B,68,3) iBUG landmarks for heads at the given yaw."""
+
+    @abstractmethod
+    def landmarks_only(
+        self,
+        shape: Tensor | None = None,
+        expression: Tensor | None = None,
+        global_pose: Tensor | None = None,
+        neck_pose: Tensor | None = None,
+        jaw_pose: Tensor | None = None,
+        eye_pose: Tensor | None = None,
+        yaw_deg: Tensor | float = 0.0,
+        translation: Tensor | None = None,
+    ) -> Tensor:
+        """Same as `landmarks_3d(forward(...).vertices, yaw_deg)`, cheaper: (B,68,3)."""
+
+    # -- export ----------------------------------------------------------------------------
+    @abstractmethod
+    def rig_arrays(self, shape: np.ndarray, n_expression_keys: int) -> RigArrays:
+        """The fitted identity's rest mesh, bases, joints and skinning for the result folder."""

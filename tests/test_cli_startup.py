@@ -1,0 +1,57 @@
+"""The CLI answers --help, --version, argument errors and missing files without loading
+torch, OpenCV or dlib (seconds of imports); benchmarks/bm_cli_startup.py times it."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("torch", "cv2", "dlib", "smplx", "pygltflib", "trimesh")
+
+PROBE = """
+import json, sys
+from mfnet_core.cli import main
+try:
+    rc = main(sys.argv[1:])
+except SystemExit as e:
+    rc = e.code
+heavy = sorted(m for m in HEAVY if m in sys.modules)
+print(json.dumps({"rc": rc, "heavy": heavy}))
+""".replace("HEAVY", repr(HEAVY))
+
+
+def _probe(*argv: str) -> tuple[dict, str]:
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, timeout=300
+    )
+    return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
+
+
+@pytest.mark.parametrize(
+    "argv, rc, message",
+    [
+        (["--version"], 0, ""),
+        (["--help"], 0, ""),
+        (["reconstruct"], 2, "required"),
+        (["reconstruct", "missing.jpg", "-o", "out"], 2, "missing.jpg: file not found"),
+        (["reconstruct", "a.jpg", "-o", "out", "--losses", "flwo"], 2, "unknown loss term"),
+        (["reconstruct", "a.jpg", "-o", "out", "--raft-weights", "w.pth"], 2, "raft"),
+        (["demo", "--losses", "landmarks,nope"], 2, "unknown loss term"),
+    ],
+)
+def test_quick_answers_load_no_heavy_module(tmp_path, monkeypatch, argv, rc, message):
+    monkeypatch.chdir(tmp_path)
+    out, err = _probe(*argv)
+    assert out["rc"] == rc, err
+    assert out["heavy"] == [], f"mfnet {' '.join(argv)} imported {out['heavy']}"
+    assert message in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_photo_is_refused_before_torch_loads(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    out, err = _probe("reconstruct", "broken.jpg", "-o", "out")
+    assert out["rc"] == 2 and "broken.jpg" in err
+    assert out["heavy"] == []

@@ -1,0 +1,23 @@
+"""The head model a training run uses, frozen (train and evaluate share it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from mfnet_core.head.interface import HeadModel
+from mfnet_core.head.registry import load_head_model
+
+from .config import Config
+
+
+def load_head(cfg: Config, device: torch.device) -> HeadModel:
+    """mfnet_core's head model (the user's FLAME, else the generated test head), frozen,
+    keeping the network's `model.n_shape` / `model.n_expr` components."""
+    flame_path = Path(cfg.train.flame_model) if cfg.train.flame_model else None
+    head = load_head_model("auto", flame_path, cfg.model.n_shape, cfg.model.n_expr)
+    head = head.to(device).eval()
+    for p in head.parameters():
+        p.requires_grad_(False)
+    return head
