@@ -40,12 +40,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import trimesh
 
 from mfnet_core.camera import axis_angle_to_matrix, yaw_pitch_roll_deg
 from mfnet_core.fit.dense import DenseOptions, refine_dense
 from mfnet_core.fit.landmark_fit import FitOptions, fit_landmarks
 from mfnet_core.head.flame import FLAME, load_flame_assets
-from mfnet_core.metrics import closest_point_on_triangles, similarity_transform, vertex_error_mm
+from mfnet_core.metrics import similarity_transform, vertex_error_mm
 from mfnet_core.synthetic import (
     HeadScan,
     RealisticOptions,
@@ -145,7 +146,7 @@ class MeshQuery:
         _, idx = self.tree.query(pts, k=self.k)  # (P,k)
         p = np.repeat(pts, self.k, axis=0)
         t = self.tri[idx.reshape(-1)]
-        cand = closest_point_on_triangles(p, t[:, 0], t[:, 1], t[:, 2]).reshape(len(pts), self.k, 3)
+        cand = trimesh.triangles.closest_point(t, p).reshape(len(pts), self.k, 3)
         d = np.linalg.norm(cand - pts[:, None], axis=-1)
         best = d.argmin(1)
         return cand[np.arange(len(pts)), best], d[np.arange(len(pts)), best]

@@ -138,3 +138,9 @@ def solve_head_pose_pnp(
 def matrix_to_axis_angle(rotation: np.ndarray) -> np.ndarray:
     """(3,3) rotation -> (3,) axis-angle (OpenCV's Rodrigues)."""
     return cv2.Rodrigues(np.asarray(rotation, dtype=np.float64))[0][:, 0]
+
+
+def axis_angle_to_matrix_np(aa: np.ndarray) -> np.ndarray:
+    """(3,) axis-angle -> (3,3) rotation (OpenCV's Rodrigues), float64: the numpy side of
+    `axis_angle_to_matrix`."""
+    return cv2.Rodrigues(np.asarray(aa, dtype=np.float64).reshape(3, 1))[0]

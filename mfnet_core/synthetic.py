@@ -12,7 +12,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mfnet_core.camera import Intrinsics, axis_angle_to_matrix, to_screen
+from mfnet_core.camera import (
+    Intrinsics,
+    axis_angle_to_matrix,
+    axis_angle_to_matrix_np,
+    matrix_to_axis_angle,
+    to_screen,
+)
 from mfnet_core.head.interface import HeadModel
 from mfnet_core.inputs.images import Photo, photo_from_array
 from mfnet_core.render import rasterize, render_textured, vertex_normals
@@ -252,12 +258,11 @@ def make_subject(
 
 def _euler_to_axis_angle(yaw: float, pitch: float, roll: float) -> np.ndarray:
     """Yaw about y, then pitch about x, then roll about z (degrees) -> axis-angle."""
-    import cv2
 
-    ry = cv2.Rodrigues(np.array([0.0, math.radians(yaw), 0.0]))[0]
-    rx = cv2.Rodrigues(np.array([-math.radians(pitch), 0.0, 0.0]))[0]
-    rz = cv2.Rodrigues(np.array([0.0, 0.0, math.radians(roll)]))[0]
-    return cv2.Rodrigues(rz @ rx @ ry)[0][:, 0].astype(np.float32)
+    ry = axis_angle_to_matrix_np(np.array([0.0, math.radians(yaw), 0.0]))
+    rx = axis_angle_to_matrix_np(np.array([-math.radians(pitch), 0.0, 0.0]))
+    rz = axis_angle_to_matrix_np(np.array([0.0, 0.0, math.radians(roll)]))
+    return matrix_to_axis_angle(rz @ rx @ ry).astype(np.float32)
 
 
 def _random_sh(rng: np.random.Generator) -> torch.Tensor:

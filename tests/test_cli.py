@@ -286,8 +286,9 @@ def trained_checkpoint(tmp_path_factory) -> Path:
     import torch
 
     from training.config import load_config
+    from training.head_model import load_head
     from training.toy import ToyDataset
-    from training.train import Trainer, load_flame
+    from training.train import Trainer
 
     work = tmp_path_factory.mktemp("train")
     cfg = load_config(None)
@@ -299,7 +300,7 @@ def trained_checkpoint(tmp_path_factory) -> Path:
     t.eval_every_epochs, t.progress = 0, False
     cfg.data.num_workers = 0
     cfg.loss.use_flow = False
-    flame = load_flame(cfg, torch.device("cpu"))
+    flame = load_head(cfg, torch.device("cpu"))
     sets = ToyDataset(flame, 8, crop_size=32), ToyDataset(flame, 2, crop_size=32, seed=1)
     trainer = Trainer(cfg, flame=flame, datasets=sets, log=lambda m: None)
     summary = trainer.fit(max_steps=3)

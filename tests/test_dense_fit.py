@@ -37,7 +37,7 @@ def _inputs(subj):
 
 def test_vertex_rig_matches_flame(flame):
     ids = torch.arange(0, flame.v_template.shape[0], 7)
-    rig = flame.subset_rig(ids)
+    rig = flame.vertex_subset(ids)
     rng = np.random.default_rng(0)
     shape = torch.as_tensor(rng.normal(size=(2, 100)), dtype=torch.float32)
     expr = torch.as_tensor(rng.normal(size=(2, 50)) * 0.5, dtype=torch.float32)

@@ -3,12 +3,12 @@
 import torch
 
 from mfnet_core.head.flame import FLAME
-from mfnet_core.head.subset_rig import LandmarkRig
+from mfnet_core.head.subset import LandmarkSubset
 
 
 def test_landmark_rig_matches_full_forward(test_head_assets):
     flame = FLAME(test_head_assets, n_shape=100, n_expr=50).double()
-    rig = LandmarkRig(flame)
+    rig = LandmarkSubset(flame)
     g = torch.Generator().manual_seed(0)
     betas = torch.randn(2, 150, generator=g, dtype=torch.float64)
     jaw = torch.tensor([[0.2, 0.01, 0.0], [0.05, 0.0, 0.02]], dtype=torch.float64)

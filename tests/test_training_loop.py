@@ -44,11 +44,11 @@ _FLAME = None
 def flame():
     global _FLAME
     if _FLAME is None:
-        from training.train import load_flame
+        from training.head_model import load_head
 
         cfg = load_config(None)
         cfg.model.n_shape, cfg.model.n_expr = 20, 10
-        _FLAME = load_flame(cfg, torch.device("cpu"))
+        _FLAME = load_head(cfg, torch.device("cpu"))
     return _FLAME
 
 
@@ -194,11 +194,12 @@ def test_a_signal_to_the_process_group_stops_the_cli_cleanly(tmp_path: Path, sig
     (the trainer, its data-loading worker and its two flow-target workers): the CLI finishes
     the step, writes a checkpoint, says how to continue and exits with 128 + the signal;
     `--resume auto` continues from there."""
+    import contextlib
     import json
     import signal
     import subprocess
     import sys
-    import time
+    import threading
 
     cfg = cli_config(tmp_path, num_workers=1, loss="flow_workers = 2", max_steps=100000)
     repo = Path(__file__).resolve().parents[1]
@@ -213,21 +214,33 @@ def test_a_signal_to_the_process_group_stops_the_cli_cleanly(tmp_path: Path, sig
         text=True,
         start_new_session=True,  # its own process group, as a terminal's foreground job
     )
+    hung = threading.Event()
+
+    def watchdog() -> None:  # hang protection only: the line shows after ~5 s
+        hung.set()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # readline() below then sees the end
+
+    timer = threading.Timer(240, watchdog)
+    timer.start()
     try:
         log = []
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line:
-                break
+        while line := proc.stderr.readline():
             log.append(line)
             if "seconds per step after" in line:  # 10 steps done, the loader's worker alive
+                timer.cancel()
                 os.killpg(proc.pid, getattr(signal, signame))
                 break
-        out, err = proc.communicate(timeout=120)
+        try:
+            out, err = proc.communicate(timeout=120)  # hang protection: it exits in ~1 s
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"hang? still running 120 s after {signame}:\n{''.join(log)[-3000:]}")
     finally:
+        timer.cancel()
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+    if hung.is_set():
+        pytest.fail(f"hang? no 'seconds per step after' line in 240 s:\n{''.join(log)[-3000:]}")
     err = "".join(log) + err
     assert proc.returncode == 128 + getattr(signal, signame), err[-3000:]
     assert f"stopped by {signame}" in err and "--resume auto" in err

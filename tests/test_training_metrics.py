@@ -11,7 +11,6 @@ from mfnet_core.metrics import similarity_transform
 from training.metrics import (
     align_depth,
     chamfer_distance,
-    closest_point_on_triangles,
     cylindrical_map,
     depth_map,
     face_normals,
@@ -70,21 +69,6 @@ def test_plane_normals_point_toward_minus_z():
     centre = v[f].mean(1)
     radial = centre * [1, 0, 1] / np.linalg.norm(centre * [1, 0, 1], axis=1, keepdims=True)
     assert (np.einsum("ij,ij->i", n, radial) > 0.999).all()
-
-
-def test_closest_point_regions():
-    a, b, c = np.zeros(3), np.array([1.0, 0, 0]), np.array([0.0, 1, 0])
-    pts = np.array(
-        [[0.2, 0.2, 1.0], [-1, -1, 0], [2, -0.5, 0], [0.5, -1, 3], [1, 1, 0], [-1, 0.5, 0]]
-    )
-    expect = np.array(
-        [[0.2, 0.2, 0], [0, 0, 0], [1, 0, 0], [0.5, 0, 0], [0.5, 0.5, 0], [0, 0.5, 0]]
-    )
-    k = len(pts)
-    got = closest_point_on_triangles(
-        pts, np.tile(a, (k, 1)), np.tile(b, (k, 1)), np.tile(c, (k, 1))
-    )
-    np.testing.assert_allclose(got, expect, atol=1e-12)
 
 
 def test_point_to_surface_exact_for_huge_triangles():

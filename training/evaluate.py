@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mfnet_core.camera import axis_angle_to_matrix_np
 from mfnet_core.errors import MfnetError
 from mfnet_core.metrics import similarity_transform, vertex_error_mm
 from mfnet_core.network.mfnet import MFNet, decode
@@ -348,7 +349,7 @@ def evaluate_facescape_lab(
         j = group.index(name)
         verts = _vertices_from_params(flame, init)
         pivot = _pivot(flame, init)
-        rot = _rodrigues(init["head_pose"][j])
+        rot = axis_angle_to_matrix_np(init["head_pose"][j])
         v_cam = (verts - pivot) @ rot.T + pivot + init["head_translation"][j]
         pred_cv = v_cam * [1.0, -1.0, -1.0] * 1000.0  # OpenGL metres -> OpenCV mm
         gt_v, gt_f = _read_obj(data / "lab_gt_mesh" / f"{s:02d}.obj")
@@ -384,12 +385,6 @@ def _pivot(flame: nn.Module, p: dict[str, np.ndarray]) -> np.ndarray:
             jaw_pose=torch.as_tensor(p["jaw_pose"], device=dev)[None],
         )
     return out.joints[0, 0].cpu().numpy().astype(np.float64)
-
-
-def _rodrigues(aa: np.ndarray) -> np.ndarray:
-    import cv2
-
-    return cv2.Rodrigues(np.asarray(aa, np.float64))[0]
 
 
 # --------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ def fit_from_scratch(
         flame,
         np.stack(landmarks),
         list(intrinsics),
-        FitOptions(n_shape=flame.n_shape, n_expr=flame.n_expr),
+        FitOptions(),
     )
     return fitter.result().vertices_model.astype(np.float64)
 
@@ -58,8 +58,6 @@ def fit_from_init(
     its, rounds = (
         (INIT_ITERATIONS, INIT_OUTLIER_ROUNDS) if short else (FULL_ITERATIONS, FULL_OUTLIER_ROUNDS)
     )
-    opts = FitOptions(
-        n_shape=flame.n_shape, n_expr=flame.n_expr, iterations=its, outlier_rounds=rounds
-    )
+    opts = FitOptions(iterations=its, outlier_rounds=rounds)
     fitter = fit_landmarks(flame, np.stack(landmarks), list(intrinsics), opts, device, init=init)
     return fitter.result().vertices_model.astype(np.float64)

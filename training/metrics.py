@@ -38,9 +38,8 @@ import itertools
 from dataclasses import dataclass
 
 import numpy as np
+import trimesh
 from scipy.spatial import cKDTree
-
-from mfnet_core.metrics import closest_point_on_triangles
 
 STD_PUPIL_DIST_MM = (64.0 + 61.7) / 2
 CYL_SIZE = 256
@@ -108,7 +107,7 @@ def closest_points(
             np.linalg.norm(centroid[fid] - p[pid], axis=1) - radius[fid] <= d_vert[s + pid] + 1e-9
         )
         pid, fid = pid[keep], fid[keep]
-        q = closest_point_on_triangles(p[pid], tri[fid, 0], tri[fid, 1], tri[fid, 2])
+        q = trimesh.triangles.closest_point(tri[fid], p[pid])
         d = np.linalg.norm(q - p[pid], axis=1)
         order = np.lexsort((d, pid))
         first = np.ones(len(order), bool)

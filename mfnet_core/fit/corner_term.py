@@ -1,6 +1,6 @@
 """Dense residual terms whose residuals each depend on one mesh triangle seen in two views
 (the flow term) or one (the photometric term), with a Gauss-Newton linearisation by the
-chain rule through the head model's vertex-subset rig."""
+chain rule through the head model's vertex subset (`HeadModel.vertex_subset`)."""
 
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ class CornerTerm(ResidualTerm):
         self.ib = torch.as_tensor(ib, device=dev).long()
         w = torch.as_tensor(weight, dtype=torch.float64, device=dev)
         self.w = w / w.sum().clamp_min(1e-9)
-        self.rig = fitter.head.subset_rig(ids)
+        self.subset = fitter.head.vertex_subset(ids)
         self.fitter = fitter
         self.total_weight = total_weight
 
@@ -98,7 +98,7 @@ class CornerTerm(ResidualTerm):
         f = self.fitter
         vals = f._values(free, x)
         betas = torch.cat([vals["shape"], vals["expression"]], 1)
-        verts, joints = self.rig(betas, _pose_vector(f, vals["jaw_pose"]))
+        verts, joints = self.subset(betas, _pose_vector(f, vals["jaw_pose"]))
         b, n = vals["head_rot"].shape[:2]
         rot = axis_angle_to_matrix(vals["head_rot"].reshape(-1, 3)).reshape(b, n, 3, 3)
         pivot = joints[:, 0][:, None, None]  # (B,1,1,3)
@@ -143,7 +143,7 @@ class CornerTerm(ResidualTerm):
 
     def linearise(self, free: Free, x: Tensor, irls: Tensor) -> tuple[Tensor, Tensor]:
         """Weighted residuals (K*C,) and their Jacobian (K*C,P) at x (P,), by the chain rule:
-        the rig's vertex and pivot derivatives (one batched evaluation over the shape,
+        the subset's vertex and pivot derivatives (one batched evaluation over the shape,
         expression and jaw entries) times the residual's derivatives w.r.t. its 18 corner
         coordinates and the two head poses (small finite-difference batches, float64)."""
         f = self.fitter
@@ -159,7 +159,7 @@ class CornerTerm(ResidualTerm):
         pert = torch.eye(m, **dd) * h
         betas = torch.cat([betas0[None], betas0 + pert[:, :n_b]])
         jaw = torch.cat([jaw0[None], jaw0 + pert[:, n_b:]])
-        verts, joints = self.rig(betas, _pose_vector(f, jaw))
+        verts, joints = self.subset(betas, _pose_vector(f, jaw))
         d_v = (verts[1:] - verts[0]) / h  # (M,S,3)
         d_p = (joints[1:, 0] - joints[0, 0]) / h  # (M,3)
         v, p = verts[0][self.local], joints[0, 0]  # (K,3,3), (3,)

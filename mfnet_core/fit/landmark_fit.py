@@ -35,7 +35,7 @@ from mfnet_core.fit.solver import (
     outlier_weights,
 )
 from mfnet_core.head.interface import HeadModel
-from mfnet_core.head.subset_rig import LandmarkRig
+from mfnet_core.head.subset import LandmarkSubset
 from mfnet_core.inputs.landmarks import EYELID_PAIRS, LIP_PAIRS
 
 ProgressFn = Callable[[float, str], None]
@@ -123,8 +123,8 @@ class MultiViewFitter:
         device: torch.device,
     ) -> None:
         self.head = head
-        self.rig = LandmarkRig(head).to(device)
-        self._rig64 = LandmarkRig(head).to(device).double()
+        self.landmark_subset = LandmarkSubset(head).to(device)
+        self._landmarks64 = LandmarkSubset(head).to(device).double()
         self.options = options
         self.device = device
         self.dtype = torch.float32
@@ -261,8 +261,8 @@ class MultiViewFitter:
         betas = torch.cat([vals["shape"], vals["expression"]], dim=1)
         p_neck, p_eye = p.neck_pose.to(dt).expand(b, 3), p.eye_pose.to(dt).expand(b, 6)
         pose = self.head.pose_vector(None, p_neck, vals["jaw_pose"], p_eye, b, dtype=dt)
-        rig = self.rig if dt == torch.float32 else self._rig64
-        lmk, joints = rig.landmarks(betas, pose, yaw)  # (B,N,68,3), (B,J,3)
+        subset = self.landmark_subset if dt == torch.float32 else self._landmarks64
+        lmk, joints = subset.landmarks(betas, pose, yaw)  # (B,N,68,3), (B,J,3)
         rot = axis_angle_to_matrix(vals["head_rot"].reshape(-1, 3)).reshape(b, n, 3, 3)
         pivot = joints[:, None, None, 0]  # (B,1,1,3)
         cam = (lmk - pivot) @ rot.transpose(-1, -2) + pivot + vals["head_trans"][:, :, None]
@@ -416,7 +416,7 @@ class MultiViewFitter:
 
 
 class LandmarkTerm(ResidualTerm):
-    """Eq. 7-10 on the landmark rig (`MultiViewFitter.residuals`), IRLS-weighted; with
+    """Eq. 7-10 on the landmark subset (`MultiViewFitter.residuals`), IRLS-weighted; with
     `follow_contour` the contour landmarks' yaw bins are re-picked after every accepted
     step, else they stay where the stage started."""
 

@@ -35,7 +35,7 @@ from mfnet_core.head.interface import (
     RigArrays,
     UVLayout,
 )
-from mfnet_core.head.subset_rig import VertexRig
+from mfnet_core.head.subset import SubsetLBS
 from mfnet_core.inputs.model_files import find_side_file, user_cache_dir
 from mfnet_core.inputs.safe_pickle import load_npy_object, load_restricted_pickle
 
@@ -241,6 +241,10 @@ class FLAME(HeadModel):
         self.register_buffer(
             "lmk_faces_local", torch.as_tensor(remap[assets.faces], dtype=torch.long)
         )
+        # the joints' blend basis: joint 0 = J0 @ v_template + betas @ (J0 @ blend_dirs)
+        self.register_buffer("joint_template", self.j_regressor @ self.v_template)  # (J,3)
+        jd = torch.einsum("jv,vck->kjc", self.j_regressor, self.blend_dirs)
+        self.register_buffer("joint_dirs", jd.reshape(jd.shape[0], -1).contiguous())  # (K,J*3)
         support = np.flatnonzero(np.abs(assets.j_regressor).sum(0) > 0)
         self.register_buffer("reg_support", torch.as_tensor(support, dtype=torch.long))
 
@@ -342,16 +346,14 @@ class FLAME(HeadModel):
 
     def rest_joints(self, shape: Tensor, expression: Tensor) -> Tensor:
         """(B,ns), (B,ne) -> (B,J,3). The regressor is linear in the shaped vertices and
-        those are linear in the coefficients, so only the regressor's support is evaluated."""
+        those are linear in the coefficients, so the joints' own basis is used."""
         b = self._batch(shape, expression)
         betas = self._betas(shape, expression, b)
-        sup = self.reg_support
-        v = self.v_template[sup] + torch.einsum("bk,sck->bsc", betas, self.blend_dirs[sup])
-        return torch.einsum("js,bsc->bjc", self.j_regressor[:, sup], v)
+        return self.joint_template + (betas @ self.joint_dirs).reshape(b, -1, 3)
 
-    def subset_rig(self, vertex_ids: Tensor, dtype: object = None) -> nn.Module:
-        """`VertexRig` on `vertex_ids` (float64 unless `dtype` says otherwise)."""
-        return VertexRig(self, vertex_ids, dtype=dtype or torch.float64)
+    def vertex_subset(self, vertex_ids: Tensor, dtype: object = None) -> nn.Module:
+        """`SubsetLBS` on `vertex_ids` (float64 unless `dtype` says otherwise)."""
+        return SubsetLBS(self, vertex_ids, dtype=dtype or torch.float64)
 
     def rig_arrays(self, shape: np.ndarray, n_expression_keys: int) -> RigArrays:
         """FLAME's own arrays at the fitted identity, in float64 maths, float32 out."""

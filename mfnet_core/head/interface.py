@@ -211,7 +211,7 @@ class HeadModel(nn.Module, ABC):
         """(B,ns), (B,ne) -> (B,J,3) joint positions before any rotation."""
 
     @abstractmethod
-    def subset_rig(self, vertex_ids: Tensor, dtype: object = None) -> nn.Module:
+    def vertex_subset(self, vertex_ids: Tensor, dtype: object = None) -> nn.Module:
         """The model evaluated on a few vertices only (the fit's Jacobians need thousands
         of evaluations): a module (betas (B,ns+ne), pose (B,3J)) -> (vertices (B,S,3),
         posed joints (B,J,3)), equal to `forward` on those vertices."""

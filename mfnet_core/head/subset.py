@@ -1,13 +1,13 @@
 """Head models restricted to a subset of vertices.
 
-`VertexRig` is FLAME's LBS on any subset (the dense stages: the vertices their
-correspondences touch), its linear parts pre-multiplied; `LandmarkRig` evaluates any head
-model (through `HeadModel.subset_rig`) on the vertices that the landmarks touch.
+`SubsetLBS` is FLAME's LBS on any subset (the dense stages: the vertices their
+correspondences touch), its linear parts pre-multiplied; `LandmarkSubset` evaluates any head
+model (through `HeadModel.vertex_subset`) on the vertices that the landmarks touch.
 
 The landmark fit evaluates the model (and its Jacobian) many times; the full mesh is not
 needed for that. Joints are linear in the blend-shape coefficients (J = R (T + D beta)), so
 their basis is computed once; the rest is LBS on a few hundred vertices. Equal to
-`FLAME.landmarks_3d(FLAME.forward(...).vertices)` (tests/test_landmark_rig.py).
+`FLAME.landmarks_3d(FLAME.forward(...).vertices)` (tests/test_landmark_subset.py).
 """
 
 from __future__ import annotations
@@ -19,16 +19,16 @@ import torch
 from smplx.lbs import batch_rigid_transform, batch_rodrigues
 from torch import Tensor, nn
 
-if TYPE_CHECKING:  # FLAME builds its rigs from this module
+if TYPE_CHECKING:  # FLAME builds its subsets from this module
     from mfnet_core.head.flame import FLAME
     from mfnet_core.head.interface import HeadModel
 
 
-class VertexRig(nn.Module):
+class SubsetLBS(nn.Module):
     """FLAME's LBS on a subset of its vertices, the linear parts pre-multiplied.
 
     vertex_ids: (S,) the vertices to evaluate; buffers are built in ``dtype`` (float64 by
-    default: the dense stages' finite differences need it). Calling the rig gives (B,S,3)
+    default: the dense stages' finite differences need it). Calling it gives (B,S,3)
     vertices and (B,J,3) posed joints.
     """
 
@@ -36,7 +36,7 @@ class VertexRig(nn.Module):
         self, flame: FLAME, vertex_ids: Tensor, dtype: torch.dtype = torch.float64
     ) -> None:
         super().__init__()
-        # A plain reference, not a submodule: .double() on the rig must not touch FLAME.
+        # A plain reference, not a submodule: .double() on the subset must not touch FLAME.
         self._flame = (flame,)
         ids = vertex_ids.to(flame.v_template.device).long()
         s = ids.shape[0]
@@ -58,6 +58,7 @@ class VertexRig(nn.Module):
         n_j = self.joint_template.shape[0]
         v = self.template + (betas @ self.dirs.T).reshape(b, -1, 3)
         joints = self.joint_template + (betas @ self.joint_dirs.T).reshape(b, n_j, 3)
+        # smplx's Rodrigues, as smplx.lbs uses for the full model: the subset must equal it
         rot = batch_rodrigues(pose.reshape(-1, 3)).reshape(b, n_j, 3, 3)
         ident = torch.eye(3, dtype=rot.dtype, device=rot.device)
         feat = (rot[:, 1:] - ident).reshape(b, -1)
@@ -78,16 +79,18 @@ def landmark_vertex_ids(head: HeadModel) -> np.ndarray:
     return np.unique(faces[tri].ravel())
 
 
-class LandmarkRig(nn.Module):
+class LandmarkSubset(nn.Module):
     """Any head model evaluated on the vertices of its landmark triangles
-    (`HeadModel.subset_rig`), in the head's dtype (the fitter makes a float64 copy with
+    (`HeadModel.vertex_subset`), in the head's dtype (the fitter makes a float64 copy with
     ``.double()``)."""
 
     def __init__(self, head: HeadModel) -> None:
         super().__init__()
-        self._head = (head,)  # a plain reference: .double() on the rig must not touch the head
+        self._head = (head,)  # a plain reference: .double() on the subset must not touch the head
         ids = landmark_vertex_ids(head)
-        self.rig = head.subset_rig(torch.as_tensor(ids, device=head.faces.device), dtype=head.dtype)
+        self.landmark_subset = head.vertex_subset(
+            torch.as_tensor(ids, device=head.faces.device), dtype=head.dtype
+        )
         remap = np.full(head.n_vertices, -1, dtype=np.int64)
         remap[ids] = np.arange(len(ids))
         local = torch.as_tensor(remap[head.faces.cpu().numpy()], device=head.faces.device)
@@ -95,7 +98,7 @@ class LandmarkRig(nn.Module):
 
     def vertices(self, betas: Tensor, pose: Tensor) -> tuple[Tensor, Tensor]:
         """Landmark-support vertices (B,S,3) and posed joints (B,J,3)."""
-        return self.rig(betas, pose)
+        return self.landmark_subset(betas, pose)
 
     def landmarks(self, betas: Tensor, pose: Tensor, yaw_deg: Tensor) -> tuple[Tensor, Tensor]:
         """Landmarks of B models seen in N views: (B,N,68,3), plus posed joints (B,J,3).
