@@ -74,29 +74,37 @@ def test_cancel_ends_the_child_and_leaves_nothing(photos, tmp_path, parent_ignor
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
-    deadline = time.time() + 120
-    while time.time() < deadline:
+    deadline = time.monotonic() + 300  # hang protection only: the stage shows in ~5 s
+    while time.monotonic() < deadline:
         st = job.poll()
         if st.done:
             pytest.fail(f"finished before it could be cancelled: {st.error or st.result_dir}")
         if any(ev["stage"] in ("landmarks", "fit") for ev in st.events):
             break
         time.sleep(0.05)
+    else:
+        job.cancel(grace=1.0)
+        pytest.fail(f"hang? the backend reached no landmarks/fit stage in 300 s: {st.events[-3:]}")
     assert job.proc.poll() is None, "the backend should still be running"
     t0 = time.perf_counter()
     job.cancel()
     took = time.perf_counter() - t0
     assert job.proc.poll() is not None and job.state.done and job.state.error == "cancelled"
-    assert took < 15, f"cancel took {took:.1f} s"
+    # The child stopped on the interrupt itself (the CLI's exit code for Ctrl-C), not by the
+    # SIGKILL that cancel() sends after its grace period: no time limit needed to tell them apart.
+    assert job.proc.returncode == 130, f"exit {job.proc.returncode} after {took:.1f} s"
     assert not out.exists(), "a cancelled run must not leave a result folder"
     assert not backend.partial_folders(out), "nor a partial one"
-    time.sleep(0.5)
-    try:  # signal 0 to the child's process group: fails when no process is left in it
-        os.killpg(job.proc.pid, 0)
-        left = True
-    except ProcessLookupError:
-        left = False
-    assert not left, "processes left in the child's process group"
+    deadline = time.monotonic() + 30  # usually empty at once; a lingering worker gets time
+    while True:
+        try:  # signal 0 to the child's process group: fails when no process is left in it
+            os.killpg(job.proc.pid, 0)
+        except ProcessLookupError:
+            break
+        if time.monotonic() > deadline:
+            pytest.fail("processes left in the child's process group 30 s after the cancel")
+        time.sleep(0.1)
+    print(f"cancel took {took:.2f} s")
 
 
 # --------------------------------------------------------------------------- operator
@@ -195,13 +203,16 @@ def test_batch_two_people_and_a_broken_folder(photos, tmp_path):
             )
 
     # resume: done people are skipped, the broken one is tried again and fails again
-    t0 = time.perf_counter()
+    done = sorted(p for name in ("alice", "bob") for p in (out / name).rglob("*") if p.is_file())
+    stamps = {p: p.stat().st_mtime_ns for p in done}
     again = _batch("binary", inp, out, tmp_path / "home")
     assert again.returncode == 1
     summary = json.loads((out / "summary.json").read_text())
     assert summary["skipped"] == ["alice", "bob"] and summary["succeeded"] == []
     assert [f["name"] for f in summary["failed"]] == ["carol_broken"]
-    assert time.perf_counter() - t0 < 60
+    # skipped means not reconstructed again: their files are untouched and none were added
+    now = sorted(p for name in ("alice", "bob") for p in (out / name).rglob("*") if p.is_file())
+    assert now == done and {p: p.stat().st_mtime_ns for p in now} == stamps
 
     # fixing the folder and rerunning finishes the batch with exit code 0
     shutil.copy(photos["grace"], inp / "carol_broken" / "front.jpg")

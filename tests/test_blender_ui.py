@@ -60,20 +60,21 @@ def test_sidebar_reconstruct_cancel_and_screenshot(tmp_path):
         {"start_cancel_run_button": ["RUNNING_MODAL"]},
         {"start_run": ["RUNNING_MODAL"]},
     ]
-    # progress showed in the panel; Esc and Cancel ended the runs quickly and left nothing
+    # progress showed in the panel; Esc and Cancel stopped the backend on the interrupt (exit
+    # 130, not the kill after cancel's grace period) and left nothing. Times are printed only.
     assert res["progress_seen"]["stage"] in ("landmarks", "fit")
     for how in ("esc", "button"):
         after = res[f"after_cancel_{how}"]
-        assert (
-            "cancelled" in after["error"]
-            and after["result_folders"] == []
-            and after["seconds"] < 15
-        )
-    # the second run finished and built the head; the UI kept running meanwhile
+        assert "cancelled" in after["error"] and after["result_folders"] == [], after
+        assert after["returncode"] == 130, after
+        print(f"cancel ({how}) ended the run in {after['seconds']:.2f} s")
+    # the second run finished and built the head; the UI kept running meanwhile: the 0.1 s
+    # timer ticked all along, no gap near the run's length (relative, so load cannot fail it)
     assert not res["after_run"]["error"] and res["mesh"] == "grace_hopper"
     assert {"landmarks", "fit", "texture", "done"} <= set(res["stages"])
-    assert res["responsive"]["ticks"] > 10 and res["responsive"]["max_gap_s"] < 2.0
-    print("UI responsiveness while the backend ran:", res["responsive"])
+    resp = res["responsive"]
+    assert resp["ticks"] > 10 and resp["max_gap_s"] < 0.5 * resp["run_s"], resp
+    print("UI responsiveness while the backend ran:", resp)
     img = np.asarray(Image.open(shot).convert("RGB"), dtype=np.float64)
     assert img.shape == (1000, 1600, 3)
     centre = img[250:750, 450:850]  # the head in the viewport: textured, not empty grey
