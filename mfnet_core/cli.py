@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from mfnet_core.head.interface import HeadModel
     from mfnet_core.reconstruct import ViewInput
 
-MODEL_CHOICES = ("auto", "flame", "test-head")  # mfnet_core.head.registry.MODEL_KINDS
+MODEL_CHOICES = ("auto", "ict", "flame", "test-head")  # mfnet_core.head.registry.MODEL_KINDS
 
 ProgressFn = Callable[[str, float, str], None]
 
@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--model",
             default="auto",
             choices=MODEL_CHOICES,
-            help="head model: auto (FLAME when installed, else the test head), flame, test-head",
+            help="head model: auto (FLAME when installed, else the shipped ICT Face Model), ict, flame, test-head (fast, not human)",
         )
         sp.add_argument(
             "--flame", help="FLAME model file (.pkl); default: MFNET_FLAME_MODEL or the data folder"

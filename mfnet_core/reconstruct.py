@@ -262,6 +262,7 @@ def reconstruct(
             torch.as_tensor(head.uv.uv_faces, dtype=torch.long, device=device),
             size=options.texture_size,
             progress=sub,
+            face_paint=head.parts.face_paint(),
         )
         warnings.extend(baked.warnings)
 

@@ -167,10 +167,18 @@ def random_params(
 ) -> dict[str, np.ndarray]:
     """A plausible person: shape ~ N(0,1), a mild expression and a slightly open jaw."""
     shape = rng.normal(size=head.n_shape).astype(np.float32)
+    space = head.expression_space
     expr = np.zeros(head.n_expr, dtype=np.float32)
-    k = min(10, head.n_expr)
-    expr[:k] = rng.normal(scale=expression_scale, size=k)
-    jaw = np.array([rng.uniform(0.0, 0.12), 0.0, 0.0], dtype=np.float32)
+    jaw = np.zeros(3, dtype=np.float32)
+    if space.prior == "weights":  # blendshape weights: a few keys a little on, in bounds
+        on = rng.uniform(size=head.n_expr) < 0.25
+        expr[on] = rng.uniform(0.0, expression_scale * 0.5, size=int(on.sum()))
+        expr = np.clip(expr, space.lower, space.upper).astype(np.float32)
+    else:
+        k = min(10, head.n_expr)
+        expr[:k] = rng.normal(scale=expression_scale, size=k)
+    if "jaw" in head.posed_joints:
+        jaw[0] = rng.uniform(0.0, 0.12)
     return {
         "shape": shape,
         "expression": expr,
@@ -594,7 +602,11 @@ def make_realistic_subject(
         pv = {k: v.copy() for k, v in params.items()}
         k = min(10, head.n_expr)
         pv["expression"][:k] += rng.normal(scale=o.expression_jitter, size=k).astype(np.float32)
-        pv["jaw_pose"][0] = max(0.0, pv["jaw_pose"][0] + rng.normal(scale=o.jaw_jitter))
+        space = head.expression_space
+        if space.bounded:
+            pv["expression"] = np.clip(pv["expression"], space.lower, space.upper)
+        if "jaw" in head.posed_joints:
+            pv["jaw_pose"][0] = max(0.0, pv["jaw_pose"][0] + rng.normal(scale=o.jaw_jitter))
         verts, pivot = evaluate(pv)
         yaw = yaw0 + rng.uniform(-1, 1) * o.yaw_jitter_deg
         rot_aa = _euler_to_axis_angle(

@@ -28,6 +28,7 @@ from mfnet_core.camera import (
 from mfnet_core.fit.losses import EPS, landmark_loss, offset_loss, regularisation
 from mfnet_core.fit.plan import DEFAULT_LOSSES, LossWeights, uses
 from mfnet_core.fit.solver import (
+    Bounds,
     Free,
     ResidualTerm,
     charbonnier_irls,
@@ -208,23 +209,42 @@ class MultiViewFitter:
 
     # -- Levenberg-Marquardt on the landmark residuals -------------------------------------
     def free_entries(self, stage: str) -> Free:
-        """Which parameter entries move in a stage (coarse to fine)."""
+        """Which parameter entries move in a stage (coarse to fine). The jaw pose moves
+        only where the model's jaw joint moves the mesh; a coarse stage frees the first
+        10 PCA expression components, or every named blendshape (no order of importance)."""
         rigid: Free = [("head_rot", slice(None)), ("head_trans", slice(None))]
         if stage == "rigid":
             return rigid
+        jaw: Free = [("jaw_pose", slice(None))] if "jaw" in self.head.posed_joints else []
         if stage == "coarse":
+            named = self.head.expression_space.prior == "weights"
             return [
                 ("shape", slice(0, 20)),
-                ("expression", slice(0, 10)),
-                ("jaw_pose", slice(None)),
+                ("expression", slice(None) if named else slice(0, 10)),
+                *jaw,
                 *rigid,
             ]
-        return [
-            ("shape", slice(None)),
-            ("expression", slice(None)),
-            ("jaw_pose", slice(None)),
-            *rigid,
-        ]
+        return [("shape", slice(None)), ("expression", slice(None)), *jaw, *rigid]
+
+    def bounds(self, free: Free) -> Bounds | None:
+        """(P,) lower and upper limits of the free entries from the model's coefficient
+        spaces (blendshape weights in [0, 1]); None when nothing is bounded."""
+        spaces = {"shape": self.head.shape_space, "expression": self.head.expression_space}
+        if not any(spaces[n].bounded for n, _ in free if n in spaces):
+            return None
+        lo, hi = [], []
+        for name, sl in free:
+            base = getattr(self.params, name)
+            start, stop, _ = sl.indices(base.shape[-1])
+            rows = base.shape[0]
+            space = spaces.get(name)
+            inf = np.full(stop - start, np.inf)
+            low = inf * -1 if space is None or space.lower is None else space.lower[start:stop]
+            high = inf if space is None or space.upper is None else space.upper[start:stop]
+            lo.append(np.tile(low, rows))
+            hi.append(np.tile(high, rows))
+        as_t = lambda a: torch.as_tensor(np.concatenate(a), dtype=torch.float64, device=self.device)  # noqa: E731
+        return as_t(lo), as_t(hi)
 
     def _gather(self, free: Free) -> Tensor:
         return torch.cat([getattr(self.params, n)[..., sl].reshape(-1) for n, sl in free])
@@ -346,7 +366,9 @@ class MultiViewFitter:
         free = self.free_entries(stage)
         x = self._gather(free).double()
         landmarks = LandmarkTerm(self, lmk_subset, follow_contour)
-        x, cost = levenberg_marquardt(x, free, [landmarks, *terms], iterations)
+        x, cost = levenberg_marquardt(
+            x, free, [landmarks, *terms], iterations, bounds=self.bounds(free)
+        )
         vals = self._values(free, x[None])
         with torch.no_grad():
             for name, _ in free:

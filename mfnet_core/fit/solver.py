@@ -24,7 +24,10 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "Bounds",
     "Free",
+    "active_set",
+    "project",
     "ResidualTerm",
     "cauchy",
     "cauchy_irls",
@@ -138,10 +141,34 @@ class ResidualTerm(ABC):
 # -- Levenberg-Marquardt -------------------------------------------------------------------
 
 
+Bounds = tuple[Tensor, Tensor]  # (P,) lower and upper limits, -inf / inf where unbounded
+
+
+def project(x: Tensor, bounds: Bounds | None) -> Tensor:
+    """x (P,) clamped into the box `bounds` (unchanged without bounds)."""
+    return x if bounds is None else torch.maximum(torch.minimum(x, bounds[1]), bounds[0])
+
+
+def active_set(x: Tensor, g: Tensor, bounds: Bounds | None) -> Tensor:
+    """(P,) bool: parameters on a bound whose gradient g = J^T r pushes them out of the box.
+    They are held still for the step (a projected Levenberg-Marquardt with an active set),
+    so a weight at 0 that wants to go negative cannot stall the others."""
+    if bounds is None:
+        return torch.zeros_like(x, dtype=torch.bool)
+    lo, hi = bounds
+    return ((x <= lo) & (g > 0)) | ((x >= hi) & (g < 0))
+
+
 def lm_step(
-    x: Tensor, r: Tensor, jac: Tensor, residual: Callable[[Tensor], Tensor], mu: float
+    x: Tensor,
+    r: Tensor,
+    jac: Tensor,
+    residual: Callable[[Tensor], Tensor],
+    mu: float,
+    bounds: Bounds | None = None,
 ) -> tuple[Tensor, float, float, bool]:
-    """One Levenberg-Marquardt step with Marquardt's diagonal damping.
+    """One Levenberg-Marquardt step with Marquardt's diagonal damping, projected into
+    `bounds` when given (parameters held on a bound by the active set do not move).
 
     x (P,) parameters, r (R,) residuals at x, jac (R,P); residual(v) -> (R,) at other v.
     Raises the damping until the cost falls (at most 8 tries). Returns the new x, its cost,
@@ -150,28 +177,42 @@ def lm_step(
     cost = float(r @ r)
     jtj = jac.T @ jac
     g = jac.T @ r
-    diag = torch.diagonal(jtj).clamp_min(1e-12)
+    moving = ~active_set(x, g, bounds)
+    if not bool(moving.any()):
+        return x, cost, mu, False
+    jtj_m = jtj[moving][:, moving]
+    g_m = g[moving]
+    diag = torch.diagonal(jtj_m).clamp_min(1e-12)
     for _try in range(8):
-        step = torch.linalg.solve(jtj + mu * torch.diag(diag), -g)
-        r_new = residual(x + step)
+        step = torch.zeros_like(x)
+        step[moving] = torch.linalg.solve(jtj_m + mu * torch.diag(diag), -g_m)
+        x_new = project(x + step, bounds)
+        r_new = residual(x_new)
         new_cost = float(r_new @ r_new)
         if new_cost < cost:
-            return x + step, new_cost, max(mu * 0.3, 1e-9), cost - new_cost > 1e-6 * cost
+            return x_new, new_cost, max(mu * 0.3, 1e-9), cost - new_cost > 1e-6 * cost
         mu *= 10
     return x, cost, mu, False
 
 
 @torch.no_grad()
 def levenberg_marquardt(
-    x: Tensor, free: Free, terms: Sequence[ResidualTerm], iterations: int, mu: float = 1e-3
+    x: Tensor,
+    free: Free,
+    terms: Sequence[ResidualTerm],
+    iterations: int,
+    mu: float = 1e-3,
+    bounds: Bounds | None = None,
 ) -> tuple[Tensor, float]:
-    """Minimises the sum of the terms' squared IRLS-weighted residuals from x (P,).
+    """Minimises the sum of the terms' squared IRLS-weighted residuals from x (P,), inside
+    the box `bounds` when given (x is projected into it first).
 
     Per iteration: every term re-weights at x, the stacked residuals are linearised, and one
     damped step is taken; the loop stops early when a step no longer lowers the cost by
     1e-6 relative. Returns the final x and its cost (nan when `iterations` is 0).
     """
     cost = float("nan")
+    x = project(x, bounds)
     for _ in range(iterations):
         states = [t.reweight(free, x) for t in terms]
         lin = [t.linearise(free, x, s) for t, s in zip(terms, states, strict=True)]
@@ -182,7 +223,7 @@ def levenberg_marquardt(
             parts = [t.residuals(free, v[None], s)[0] for t, s in zip(terms, states, strict=True)]
             return torch.cat(parts)
 
-        x, cost, mu, improved = lm_step(x, r, jac, residual, mu)
+        x, cost, mu, improved = lm_step(x, r, jac, residual, mu, bounds)
         if not improved:
             break
         for t in terms:

@@ -19,7 +19,7 @@ stay at rest.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -70,14 +70,31 @@ class UVLayout:
 
 @dataclass(frozen=True)
 class Parts:
-    """Which part (and so which material) each face belongs to: skin, eyes, teeth, ..."""
+    """Which part (and so which material) each face belongs to: skin, eyes, teeth, ...
+
+    `painted` gives a default sRGB colour (0..1) to parts that photos rarely show well
+    (teeth, gums, sclera, lashes): the bake paints them instead of smearing skin into them.
+    `alpha` is the opacity of thin overlay parts (lashes, eye occlusion) for the renderer.
+    """
 
     names: tuple[str, ...]
     face_part: np.ndarray  # (F,) int64 index into names
+    painted: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+    alpha: dict[str, float] = field(default_factory=dict)
 
     @staticmethod
     def single(n_faces: int, name: str = "skin") -> Parts:
         return Parts((name,), np.zeros(n_faces, dtype=np.int64))
+
+    def face_paint(self) -> np.ndarray | None:
+        """(F,3) float32 sRGB per face, NaN where the photos are baked; None: nothing painted."""
+        if not self.painted:
+            return None
+        table = np.full((len(self.names), 3), np.nan, dtype=np.float32)
+        for i, name in enumerate(self.names):
+            if name in self.painted:
+                table[i] = self.painted[name]
+        return table[self.face_part]
 
 
 @dataclass(frozen=True)
@@ -156,6 +173,9 @@ class HeadModel(nn.Module, ABC):
     expression_space: CoefficientSpace
     n_shape: int
     n_expr: int
+    # Joints whose rotation moves the mesh (ICT opens the mouth with a blendshape, not its jaw
+    # joint): the fit frees only these poses.
+    posed_joints: frozenset[str] = frozenset(JOINT_ORDER)
 
     @property
     def kind(self) -> str:

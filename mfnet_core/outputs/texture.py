@@ -108,6 +108,11 @@ def srgb_to_linear(rgb: np.ndarray) -> np.ndarray:
     return _LUT[rgb]
 
 
+def srgb_to_linear_float(rgb: np.ndarray) -> np.ndarray:
+    """float sRGB (...,3) in 0..1 -> float32 linear light (gamma 2.2, as the LUT)."""
+    return np.power(np.clip(np.asarray(rgb, dtype=np.float32), 0, 1), _GAMMA)
+
+
 def linear_to_srgb(lin: np.ndarray) -> np.ndarray:
     """float (...,3) linear light -> uint8 (gamma 2.2)."""
     x = np.minimum(np.maximum(np.asarray(lin, dtype=np.float32), 0.0), 1.0)
@@ -132,6 +137,7 @@ def bake_texture(
     fade: float = 0.04,
     gutter: int | None = None,
     fill: str = "mesh",
+    face_paint: np.ndarray | None = None,
 ) -> BakeResult:
     """Bakes the photos of `views` into one UV texture (see the module docstring).
 
@@ -144,7 +150,9 @@ def bake_texture(
     border fade as a fraction of the square root of the mesh's pixel area in that view.
     gutter: texels of dilation beyond the UV islands (default max(4, size // 128)). fill: how texels that no view sees are filled,
     "mesh" (harmonic interpolation of colours over the mesh surface: continuous across UV
-    seams) or "push-pull" (pyramid fill in texture space).
+    seams) or "push-pull" (pyramid fill in texture space). face_paint: (F,3) sRGB in 0..1 per
+    face, NaN where the photos are baked (`Parts.face_paint`): painted faces get their
+    colour (teeth, sclera, lashes) and count as not seen.
     progress: called as progress(fraction, message).
     """
     report = progress or (lambda f, m: None)
@@ -222,12 +230,21 @@ def bake_texture(
         filled = _push_pull(blended, conf)
     inner = conf[..., None] * blended + (1 - conf[..., None]) * filled
     inner[~layout] = 0
+    painted = np.zeros((size, size), dtype=bool)
+    if face_paint is not None:
+        paint = np.asarray(face_paint, dtype=np.float32)
+        if paint.shape != (len(faces_t), 3):
+            raise ValueError(f"face_paint has shape {paint.shape}, expected ({len(faces_t)}, 3)")
+        on = layout & (texel_face >= 0)
+        colour = paint[np.where(on, texel_face, 0)]
+        painted = on & ~np.isnan(colour[..., 0])
+        inner[painted] = srgb_to_linear_float(colour[painted])
     out, band = _gutter(inner, layout, gutter)
     known = layout | band
     out[~known] = _smooth_fill(out, known)[~known]
     report(0.95, "holes filled")
     texture = linear_to_srgb(out)
-    seen = (total >= _SEEN_WEIGHT) & layout
+    seen = (total >= _SEEN_WEIGHT) & layout & ~painted
     mask = np.where(seen, 255, 0).astype(np.uint8)
     if layout.any():
         frac = seen.sum() / layout.sum()
