@@ -1,14 +1,20 @@
 """`mfnet reconstruct | demo | doctor`: progress bars for people, JSON lines for programs.
 
-Starts fast: `--help`, `--version`, argument errors and missing or broken photos answer
+Starts fast: `--help`, `--version`, argument errors (out-of-range numbers included),
+missing or broken photos and an output folder that cannot or must not be written answer
 before torch, OpenCV or dlib are imported (they take seconds to load); the heavy modules
 are imported by the command that needs them, after its inputs are checked.
+
+SIGINT, SIGTERM and SIGHUP end a run at any point with exit code 128 + the signal's number
+and one line on stderr; the result folder is then either the old one or the new one, whole
+(mfnet_core.outputs.result_folder), and the line says which.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import sys
 import tempfile
@@ -32,6 +38,75 @@ MODEL_CHOICES = ("auto", "ict", "flame", "test-head")  # mfnet_core.head.registr
 
 ProgressFn = Callable[[str, float, str], None]
 
+INTERRUPT_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+
+
+class Interrupted(KeyboardInterrupt):
+    """Raised in the main thread by SIGINT, SIGTERM or SIGHUP (a KeyboardInterrupt, so that
+    every clean-up that handles Ctrl-C handles them too)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _Signals:
+    """The interrupt this run received (None: none) and whether handlers still raise."""
+
+    received: int | None = None
+    raising = False
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    if _Signals.received is None:
+        _Signals.received = signum
+    if _Signals.raising:
+        raise Interrupted(signum)
+
+
+def _install_signal_handlers() -> dict[int, object]:
+    """Handlers for SIGINT, SIGTERM, SIGHUP; returns the previous ones.
+
+    Also when the parent ignores SIGINT: Python keeps an inherited SIG_IGN instead of raising
+    KeyboardInterrupt (background jobs of a shell, some launchers), and a run cancelled by
+    Ctrl-C or the add-on's Cancel would finish anyway. A SIGHUP ignored by `nohup` stays
+    ignored."""
+    _Signals.received = None
+    _Signals.raising = True
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous: dict[int, object] = {}
+    for name in INTERRUPT_SIGNALS:
+        signum = getattr(signal, name, None)
+        if signum is None:
+            continue
+        handler = signal.getsignal(signum)
+        if name == "SIGHUP" and handler == signal.SIG_IGN:
+            continue
+        previous[signum] = handler
+        signal.signal(signum, _on_signal)
+    return previous
+
+
+def _restore_signal_handlers(previous: dict[int, object]) -> None:
+    _Signals.raising = False
+    for signum, handler in previous.items():
+        signal.signal(signum, signal.SIG_DFL if handler is None else handler)  # type: ignore[arg-type]
+
+
+def _raise_if_interrupted() -> None:
+    """An interrupt that a library swallowed (pybind11 turns one raised while `import dlib`
+    initialises into an ImportError) still ends the run at the next progress report."""
+    if _Signals.received is not None and _Signals.raising:
+        raise Interrupted(_Signals.received)
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
 
 class ProgressPrinter:
     """One overall bar (tqdm) on stderr, or JSON lines on stdout, or nothing."""
@@ -41,6 +116,7 @@ class ProgressPrinter:
         self._bar = None
 
     def __call__(self, stage: str, fraction: float, message: str) -> None:
+        _raise_if_interrupted()
         if self.mode == "jsonl":
             line = {"stage": stage, "fraction": round(float(fraction), 4), "message": message}
             print(json.dumps(line), flush=True)
@@ -72,10 +148,51 @@ class ProgressPrinter:
             print(json.dumps({"stage": "error", "message": message}), flush=True)
 
 
+def _int_in(lo: int, hi: int) -> Callable[[str], int]:
+    """argparse type: a whole number from lo to hi."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be from {lo} to {hi}, not {value}")
+        return value
+
+    return parse
+
+
+def _float_in(lo: float, hi: float) -> Callable[[str], float]:
+    """argparse type: a finite number from lo to hi."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (math.isfinite(value) and lo <= value <= hi):
+            raise argparse.ArgumentTypeError(f"must be from {lo:g} to {hi:g}, not {text}")
+        return value
+
+    return parse
+
+
 def _check_arguments(args: argparse.Namespace) -> None:
     """Every argument check that needs no heavy import, so mistakes answer at once."""
     parse_losses(args.losses)
     check_flow_estimator(args.flow_method, args.raft_weights)
+
+
+def _check_output(args: argparse.Namespace, photos: list[Path]) -> None:
+    """The output folder, before torch loads: not a symlink, not taken (or an mfnet result
+    with --overwrite), not the photos' or the current folder, in a writable place. The run
+    claims (locks) it when it starts, with the same checks and a free-space estimate."""
+    if not getattr(args, "output", None):
+        return
+    from mfnet_core.outputs.result_folder import check_destination
+
+    check_destination(Path(args.output), args.overwrite, protect=photos)
 
 
 def _fit_options(args: argparse.Namespace) -> FitOptions:
@@ -107,6 +224,7 @@ def _load_photos(args: argparse.Namespace) -> list[ViewInput]:
             f"--views names {len(labels)} views but {len(args.photos)} photos were given"
         )
     photos = [load_photo(p) for p in args.photos]
+    _check_output(args, [Path(p) for p in args.photos])
     from mfnet_core.reconstruct import ViewInput
 
     return [ViewInput(photo=ph, label=labels[i] if labels else None) for i, ph in enumerate(photos)]
@@ -142,6 +260,7 @@ def cmd_reconstruct(args: argparse.Namespace, progress: ProgressPrinter) -> dict
 def cmd_demo(args: argparse.Namespace, progress: ProgressPrinter) -> dict:
     start = time.perf_counter()
     _check_arguments(args)
+    _check_output(args, [])
     import numpy as np
 
     from mfnet_core.metrics import vertex_error_mm
@@ -244,7 +363,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--views",
         help="names for the photos in order, e.g. left,front,right (checked against the fit)",
     )
-    r.add_argument("--expressions", type=int, default=50, help="expression shape keys to export")
+    r.add_argument(
+        "--expressions",
+        type=_int_in(0, 400),
+        default=50,
+        help="expression shape keys to export (0 to 400; at most what the model has)",
+    )
     r.add_argument("--landmarks", default="dlib", choices=["dlib", "face-alignment"])
     r.add_argument(
         "--weights", help="trained MFNet checkpoint (training/): start the fit from the network"
@@ -255,9 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="reconstruct 3 synthetic photos of the available head and report the error"
     )
     d.add_argument("-o", "--output", help="result folder (default: a new temp folder)")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--image-size", type=int, default=1024)
-    d.add_argument("--noise-px", type=float, default=1.0, help="landmark noise in pixels")
+    d.add_argument("--seed", type=_int_in(0, 2**32 - 1), default=0)
+    d.add_argument("--image-size", type=_int_in(128, 8192), default=1024)
+    d.add_argument(
+        "--noise-px", type=_float_in(0.0, 100.0), default=1.0, help="landmark noise in pixels"
+    )
     common(d)
 
     doc = sub.add_parser("doctor", help="what is installed, what is missing, where to get it")
@@ -266,48 +392,61 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _cancel_on_sigint() -> None:
-    """Ctrl-C / the add-on's Cancel (SIGINT) must stop a run even when the parent process
-    ignores SIGINT: Python keeps an inherited SIG_IGN instead of raising KeyboardInterrupt
-    (background jobs of a shell, some launchers), and the run would finish anyway."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
 def main(argv: list[str] | None = None) -> int:
-    _cancel_on_sigint()
+    previous = _install_signal_handlers()
+    try:
+        return _main(argv)
+    finally:
+        _restore_signal_handlers(previous)
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     mode = getattr(args, "progress", "none")
     if getattr(args, "json", False) and mode == "bar":
         mode = "none"
     progress = ProgressPrinter(mode)
     handlers = {"reconstruct": cmd_reconstruct, "demo": cmd_demo, "doctor": cmd_doctor}
+    summary: dict | None = None
     try:
         summary = handlers[args.command](args, progress)
-    except MfnetError as e:
-        progress.error(str(e))
-        print(f"mfnet: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        progress.error("cancelled")
-        print("mfnet: cancelled; nothing was written", file=sys.stderr)
-        return 130
-    if args.command == "doctor":
+        if args.command == "doctor":
+            if args.json:
+                print(json.dumps(summary, indent=2, default=str))
+            else:
+                _print_doctor(summary)
+            return 0 if summary.get("ok", True) else 1
+        progress.done(**summary)
         if args.json:
-            print(json.dumps(summary, indent=2, default=str))
+            print(json.dumps(summary, default=str))
+        elif mode != "jsonl":
+            for w in summary.get("warnings", []):
+                print(f"warning: {w}", file=sys.stderr)
+            print(f"result: {summary['result_dir']}  (model: {summary['model']})")
+            if "median_vertex_error_mm" in summary:
+                print(f"median face vertex error: {summary['median_vertex_error_mm']:.3f} mm")
+        return 0
+    except BaseException as e:
+        # Whatever an interrupt turned into on its way up (an ImportError from a pybind11
+        # module initialising, an MfnetError wrapping it), the run was interrupted.
+        signum = getattr(e, "signum", None) or _Signals.received
+        if signum is None and isinstance(e, KeyboardInterrupt):
+            signum = signal.SIGINT
+        if signum is None:
+            if isinstance(e, MfnetError):
+                progress.error(str(e))
+                print(f"mfnet: error: {e}", file=sys.stderr)
+                return 2
+            raise
+        _Signals.raising = False  # a second Ctrl-C must not cut the lines below
+        written = getattr(e, "result_written", None) or (summary or {}).get("result_dir")
+        if written:
+            what = f"the new result in {written} is complete"
         else:
-            _print_doctor(summary)
-        return 0 if summary.get("ok", True) else 1
-    progress.done(**summary)
-    if args.json:
-        print(json.dumps(summary, default=str))
-    elif mode != "jsonl":
-        for w in summary.get("warnings", []):
-            print(f"warning: {w}", file=sys.stderr)
-        print(f"result: {summary['result_dir']}  (model: {summary['model']})")
-        if "median_vertex_error_mm" in summary:
-            print(f"median face vertex error: {summary['median_vertex_error_mm']:.3f} mm")
-    return 0
+            what = "nothing was written (an existing result is unchanged)"
+        progress.error(f"cancelled by {_signal_name(signum)}")
+        print(f"mfnet: cancelled by {_signal_name(signum)}; {what}", file=sys.stderr)
+        return 128 + int(signum)
 
 
 if __name__ == "__main__":

@@ -40,9 +40,11 @@ from mfnet_core.outputs.report import (
     view_report,
 )
 from mfnet_core.outputs.result_folder import (
+    OutputClaim,
     atomic_folder,
     build_rig,
-    check_destination,
+    claim_destination,
+    estimate_result_bytes,
     save_png,
     write_glb,
     write_json,
@@ -177,11 +179,30 @@ def reconstruct(
     """Runs the whole pipeline and writes the result folder atomically.
 
     `head` is any head model (`head.registry.load_head_model`); it is moved to the run's
-    device in place. The components it keeps are the ones the fit frees."""
+    device in place. The components it keeps are the ones the fit frees. `out_dir` is
+    claimed (checked, locked) before any work starts and held until the result is in place."""
     options = options or ReconstructOptions()
     if not inputs:
         raise MfnetError("no photos given")
-    check_destination(Path(out_dir), options.overwrite)
+    sizes = [v.photo.rgb.shape[1::-1] for v in inputs]
+    needed = estimate_result_bytes(
+        head.n_vertices, options.expression_keys, options.texture_size, sizes
+    )
+    photos = [v.photo.path for v in inputs if v.photo.path is not None]
+    with claim_destination(
+        Path(out_dir), options.overwrite, protect=photos, needed_bytes=needed
+    ) as claim:
+        return _reconstruct(inputs, head, out_dir, options, progress, claim)
+
+
+def _reconstruct(
+    inputs: list[ViewInput],
+    head: HeadModel,
+    out_dir: Path,
+    options: ReconstructOptions,
+    progress: StageProgress | None,
+    claim: OutputClaim,
+) -> Reconstruction:
     plan = plan_losses(options.fit.losses, len(inputs))
     losses, skipped = plan.used, plan.skipped
     check_flow_options(options.dense.flow)
@@ -305,7 +326,7 @@ def reconstruct(
                 0,
                 "made with the generated test head, NOT FLAME: install FLAME for real results (mfnet doctor)",
             )
-        with atomic_folder(Path(out_dir), options.overwrite) as tmp:
+        with atomic_folder(claim) as tmp:
             np.savez_compressed(tmp / "rig.npz", **rig.arrays)
             png = save_png(tmp / "texture.png", baked.texture)
             save_png(tmp / "texture_mask.png", baked.mask)

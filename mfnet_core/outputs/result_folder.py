@@ -1,27 +1,46 @@
-"""Writes the result folder (docs/RESULT_FOLDER.md) atomically.
+"""Writes the result folder (docs/RESULT_FOLDER.md) atomically and safely.
 
 Everything goes into a hidden temporary sibling folder that is renamed into place at the
-end, so a failed or cancelled run never leaves a half-written result and an existing
-result is only replaced with `overwrite=True`.
+end, so a failed, cancelled or interrupted run never leaves a half-written result; the
+folder is claimed (checked and locked) before any work starts, and an existing folder is
+only replaced with `overwrite=True` when it is an mfnet result (see "output safety" below).
+
+Imports only numpy and PIL at module level (which the CLI has loaded anyway), so that the
+CLI can check the destination before torch loads.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import json
 import os
+import platform
 import shutil
+import signal
+import sys
 import tempfile
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pygltflib
 from PIL import Image
 
+from mfnet_core import __version__
 from mfnet_core.errors import MfnetError
-from mfnet_core.head.interface import HeadModel
+
+try:
+    import fcntl
+except ImportError:  # Windows: O_EXCL lock files instead
+    fcntl = None  # type: ignore[assignment]
+
+if TYPE_CHECKING:
+    from mfnet_core.head.interface import HeadModel
 
 FORMAT_VERSION = 1
 
@@ -119,6 +138,8 @@ def split_by_uv(
 def write_glb(path: Path, rig: RigData, texture_png: bytes, n_targets: int) -> None:
     """head.glb: neutral mesh, embedded texture, one morph target per expression key
     (named exp_000...) whose default weights are the fitted expression."""
+    import pygltflib
+
     a = rig.arrays
     vidx, tidx, faces = split_by_uv(a["faces"], a["uv_faces"])
     positions = a["vertices"][vidx].astype(np.float32)
@@ -216,30 +237,502 @@ def _json_default(o: object) -> object:
     raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
-def check_destination(out_dir: Path, overwrite: bool) -> None:
-    """Fails early, before any work, when the result would clobber something."""
-    if out_dir.exists() and not overwrite:
-        raise MfnetError(f"{out_dir} already exists; pass --overwrite to replace it")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise MfnetError(f"{out_dir} exists and is not a folder")
+# --------------------------------------------------------------------------- output safety
+#
+# A result folder OUT is only ever written through a claim on it (`claim_destination`): the
+# checks below pass, the lock `.OUT.lock` beside it is held (flock; a lock left by a dead run
+# is taken over), and the files go into `.OUT.partial-*` that `atomic_folder` renames into
+# place at the end. `--overwrite` replaces only a folder that holds the marker
+# `.mfnet-result` (written last, listing every file mfnet put there) and nothing else. The
+# renames and the clean-ups run with SIGINT/SIGTERM/SIGHUP deferred, so an interrupt leaves
+# either the old result or the new one whole and no hidden folder behind.
+
+MARKER = ".mfnet-result"
+MARKER_MAX_BYTES = 64 * 1024
+# Write errors that say the destination cannot take the result (reported in one line).
+STORAGE_ERRNOS = frozenset(
+    getattr(errno, n)
+    for n in ("ENOSPC", "EDQUOT", "EFBIG", "EROFS", "EIO", "EACCES", "EPERM")
+    if hasattr(errno, n)
+)
+INTERRUPT_SIGNALS = tuple(
+    getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n)
+)
+
+
+def _test_pause(point: str) -> None:
+    """Test hook: MFNET_TEST_PAUSE=<point> holds the run there for MFNET_TEST_PAUSE_S seconds
+    (default 10) after saying so on stderr, so that tests can signal a real process at a
+    known moment ("export": files being written; "swap": between the two renames)."""
+    if os.environ.get("MFNET_TEST_PAUSE") == point:
+        print(f"mfnet-test: paused at {point}", file=sys.stderr, flush=True)
+        deadline = time.monotonic() + float(os.environ.get("MFNET_TEST_PAUSE_S", "10"))
+        while time.monotonic() < deadline:
+            time.sleep(0.02)
 
 
 @contextlib.contextmanager
-def atomic_folder(out_dir: Path, overwrite: bool) -> Iterator[Path]:
-    """Yields a temporary folder beside `out_dir`; renames it into place on success."""
-    out_dir = out_dir.resolve()
-    check_destination(out_dir, overwrite)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+def signals_deferred() -> Iterator[None]:
+    """SIGINT/SIGTERM/SIGHUP arriving inside are acted on when the block ends, with the
+    handlers that were installed before it (a handler's exception is raised from here)."""
+    if threading.current_thread() is not threading.main_thread():
+        # Python runs signal handlers in the main thread only: nothing arrives here.
+        yield
+        return
+    pending: list[int] = []
+    previous: dict[int, object] = {}
+
+    def hold(signum: int, frame: object) -> None:
+        pending.append(signum)
+
+    for s in INTERRUPT_SIGNALS:
+        h = signal.getsignal(s)
+        if h is None or h == signal.SIG_IGN:  # not set from Python, or ignored: leave it
+            continue
+        previous[s] = h
+        signal.signal(s, hold)
     try:
-        yield tmp
-        if out_dir.exists():
-            old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)  # type: ignore[arg-type]
+        for s in dict.fromkeys(pending):
+            h = previous[s]
+            if callable(h):
+                h(s, None)  # may raise (KeyboardInterrupt, the CLI's Interrupted)
+            elif h == signal.SIG_DFL:
+                signal.raise_signal(s)
+
+
+def _umask() -> int:
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _absolute(out_dir: Path | str) -> Path:
+    """OUT as an absolute path: its parent with symlinks resolved, its own name kept (a
+    symlink named as OUT is refused, never followed)."""
+    out = Path(os.path.abspath(os.fspath(out_dir)))
+    if out.name in ("", ".", ".."):
+        raise MfnetError(f"{out_dir}: not a folder name a result can be written to")
+    return out.parent.resolve() / out.name
+
+
+def _existing_ancestor(path: Path) -> Path:
+    p = path
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _within(inner: Path, outer: Path) -> bool:
+    return inner == outer or outer in inner.parents
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def read_marker(folder: Path) -> dict | None:
+    """The marker's content when `folder` is an mfnet result, else None."""
+    path = folder / MARKER
+    try:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size > MARKER_MAX_BYTES:
+            return None
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(obj, dict) or obj.get("tool") != "mfnet":
+        return None
+    files = obj.get("files")
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        return None
+    return obj
+
+
+def _replaceable(out: Path) -> None:
+    """Raises unless `out` is a folder that mfnet wrote and that holds nothing else."""
+    marker = read_marker(out)
+    if marker is None:
+        raise MfnetError(
+            f"{out} is not an mfnet result folder (no {MARKER} marker): --overwrite only "
+            "replaces results mfnet wrote; choose another -o or remove it yourself"
+        )
+    ours = {*marker["files"], MARKER}
+    try:
+        entries = sorted(os.scandir(out), key=lambda e: e.name)
+    except OSError as e:
+        raise MfnetError(f"cannot read {out}: {e.strerror}") from None
+    for entry in entries:
+        if entry.name not in ours or not entry.is_file(follow_symlinks=False):
+            raise MfnetError(
+                f"{out} holds {entry.name!r}, which mfnet did not write: --overwrite "
+                "refuses to delete it; move it out or choose another -o"
+            )
+
+
+def estimate_result_bytes(
+    n_vertices: int,
+    n_expression_keys: int,
+    texture_size: int,
+    image_sizes: Sequence[tuple[int, int]] = (),
+) -> int:
+    """A modest estimate of a result folder's size (PNGs at about half their raw size),
+    for refusing a run when the disk clearly cannot hold it."""
+    texture = texture_size * texture_size * 3 // 2
+    mesh = n_vertices * 12 * (n_expression_keys + 1)  # glb morph targets; rig.npz as much
+    pictures = sum(int(w) * int(h) * 3 // 2 for w, h in image_sizes) * 2  # overlays
+    return 2 * texture + 2 * mesh + n_vertices * 60 + pictures
+
+
+def check_destination(
+    out_dir: Path | str,
+    overwrite: bool,
+    *,
+    protect: Sequence[Path | str] = (),
+    needed_bytes: int = 0,
+) -> Path:
+    """Fails early, before any work, when the result would clobber something or cannot be
+    written; returns OUT as an absolute path. Nothing is created.
+
+    protect: paths (the input photos) whose folders must never be replaced."""
+    out = _absolute(out_dir)
+    if out.is_symlink():
+        raise MfnetError(f"{out} is a symbolic link: give the real folder as -o")
+    exists = out.exists()
+    if exists and not overwrite:
+        raise MfnetError(f"{out} already exists; pass --overwrite to replace it")
+    if exists and not out.is_dir():
+        raise MfnetError(f"{out} exists and is not a folder")
+    try:
+        cwd = Path.cwd().resolve()
+    except OSError:
+        cwd = None
+    if cwd is not None and (_within(cwd, out) or _same_file(cwd, out)):
+        raise MfnetError(f"{out} is the current folder or holds it: choose another -o")
+    for p in protect:
+        photo = Path(os.path.abspath(os.fspath(p)))
+        photo = photo.parent.resolve() / photo.name
+        if _within(photo, out) or _same_file(photo.parent, out):
+            raise MfnetError(f"{out} holds the input photo {p}: choose another -o")
+    if exists:
+        _replaceable(out)
+    anchor = _existing_ancestor(out.parent)
+    if not anchor.is_dir():
+        raise MfnetError(f"cannot create {out}: {anchor} is not a folder")
+    if not os.access(anchor, os.W_OK | os.X_OK):
+        why = "read-only file system" if _read_only_fs(anchor) else "permission denied"
+        raise MfnetError(f"cannot write to {anchor} ({why}): choose another -o")
+    if needed_bytes > 0:
+        try:
+            free = shutil.disk_usage(anchor).free
+        except OSError:
+            free = None
+        if free is not None and free < needed_bytes:
+            raise MfnetError(
+                f"not enough free space for the result in {anchor}: about "
+                f"{_mb(needed_bytes)} needed, {_mb(free)} free"
+            )
+    return out
+
+
+def _read_only_fs(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & getattr(os, "ST_RDONLY", 1))
+    except (OSError, AttributeError):
+        return False
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def _write_error(out: Path, e: OSError) -> MfnetError:
+    why = e.strerror or str(e)
+    if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        why = "the disk is full" if e.errno == errno.ENOSPC else "disk quota exceeded"
+    return MfnetError(f"could not write the result to {out}: {why}; nothing was written")
+
+
+@dataclass
+class OutputClaim:
+    """This process's claim on a result folder: checked, locked, parents made. Release it
+    (or use it as a context manager); `atomic_folder(claim)` writes the result."""
+
+    out_dir: Path
+    overwrite: bool
+    lock_path: Path
+    _fd: int | None = None
+    _made: tuple[Path, ...] = ()
+    committed: bool = False
+
+    def release(self) -> None:
+        with signals_deferred():
+            fd, self._fd = self._fd, None
+            if fd is None:
+                return
+            try:
+                st = os.fstat(fd)
+                now = os.stat(self.lock_path, follow_symlinks=False)
+                if (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino):
+                    os.unlink(self.lock_path)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+            if not self.committed:
+                for d in self._made:  # parents this claim created, deepest first
+                    try:
+                        d.rmdir()
+                    except OSError:
+                        break
+
+    def __enter__(self) -> OutputClaim:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            if self._fd is not None:
+                self.release()
+
+
+def claim_destination(
+    out_dir: Path | str,
+    overwrite: bool,
+    *,
+    protect: Sequence[Path | str] = (),
+    needed_bytes: int = 0,
+) -> OutputClaim:
+    """Checks OUT (`check_destination`), makes its parent folders and takes the lock beside
+    it, so that a second run into the same OUT stops at once with one line. Leftovers of a
+    killed run into OUT are tidied: a lost `.OUT.old-*` (killed between the two renames) is
+    put back when OUT is missing, partial folders are removed."""
+    out = check_destination(out_dir, overwrite, protect=protect, needed_bytes=needed_bytes)
+    made: list[Path] = []
+    p = out.parent
+    while not p.exists():
+        made.append(p)
+        p = p.parent
+    try:
+        for d in reversed(made):
+            d.mkdir()
+    except OSError as e:
+        raise MfnetError(f"cannot create {out.parent}: {e.strerror}") from None
+    claim = OutputClaim(out, overwrite, out.parent / f".{out.name}.lock", _made=tuple(made))
+    with signals_deferred():
+        try:
+            claim._fd = _take_lock(claim.lock_path, out)
+        except BaseException:
+            claim.release()
+            for d in made:
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+            raise
+    try:
+        _tidy_leftovers(out)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        claim.release()
+        raise
+    return claim
+
+
+def _lock_owner(fd: int) -> str:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        info = json.loads(os.read(fd, 4096).decode("utf-8", "replace"))
+        return f" (pid {int(info['pid'])})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
+def _busy(out: Path, owner: str) -> MfnetError:
+    return MfnetError(
+        f"another mfnet run{owner} is writing {out}: wait for it to finish or choose another -o"
+    )
+
+
+def _take_lock(path: Path, out: Path) -> int:
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+    stamp = json.dumps({"tool": "mfnet", "pid": os.getpid(), "host": platform.node()}).encode()
+    while True:
+        if fcntl is None:
+            return _take_lock_excl(path, out, stamp)
+        try:
+            fd = os.open(path, flags, 0o644)
+        except OSError as e:
+            raise MfnetError(f"cannot write to {out.parent}: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            owner = _lock_owner(fd)
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise _busy(out, owner) from None
+            raise MfnetError(f"cannot lock {path}: {e.strerror}") from None
+        try:  # the file may have been removed by the run that held it just before
+            now = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            os.close(fd)
+            continue
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (now.st_dev, now.st_ino):
+            os.close(fd)
+            continue
+        os.ftruncate(fd, 0)
+        os.write(fd, stamp)
+        return fd
+
+
+def _take_lock_excl(path: Path, out: Path, stamp: bytes) -> int:
+    """Where flock is missing (Windows): O_EXCL create; a lock whose pid is gone is stale."""
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            try:
+                info = json.loads(path.read_text(encoding="utf-8"))
+                pid = int(info["pid"])
+            except (OSError, ValueError, KeyError, TypeError):
+                pid = None
+            if pid is not None and pid != os.getpid() and not _pid_alive(pid):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                continue
+            raise _busy(out, f" (pid {pid})" if pid else "") from None
+        except OSError as e:
+            raise MfnetError(f"cannot write to {out.parent}: {e.strerror}") from None
+        os.write(fd, stamp)
+        return fd
+    raise _busy(out, "")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _tidy_leftovers(out: Path) -> None:
+    """Under the lock: what a killed run into OUT left (SIGKILL, power loss)."""
+    pattern = glob.escape(f".{out.name}")
+    with signals_deferred():
+        for old in sorted(out.parent.glob(f"{pattern}.old-*")):
+            if not out.exists() and not out.is_symlink() and read_marker(old) is not None:
+                os.replace(old, out)  # the swap was cut between its renames: old is whole
+            elif read_marker(old) is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        for partial in out.parent.glob(f"{pattern}.partial-*"):
+            shutil.rmtree(partial, ignore_errors=True)
+
+
+def _finish(folder: Path) -> None:
+    """The marker (last, listing the files), modes from the umask, data on disk."""
+    mask = _umask()
+    names = sorted(e.name for e in os.scandir(folder) if e.name != MARKER)
+    marker = {"tool": "mfnet", "version": __version__, "format_version": FORMAT_VERSION}
+    (folder / MARKER).write_text(json.dumps({**marker, "files": names}) + "\n")
+    for entry in os.scandir(folder):
+        if entry.is_symlink():
+            continue
+        if entry.is_dir():
+            os.chmod(entry.path, 0o777 & ~mask)
+            continue
+        os.chmod(entry.path, 0o666 & ~mask)
+        fd = os.open(entry.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    os.chmod(folder, 0o777 & ~mask)
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    if os.name == "nt":
+        return
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_folder(claim: OutputClaim | Path | str, overwrite: bool = False) -> Iterator[Path]:
+    """Yields an empty hidden folder beside OUT; when the block ends without an error, the
+    files get the marker and the umask's modes and the folder replaces OUT in two renames
+    that signals cannot split. On an error or interrupt, nothing of the run stays.
+
+    `claim`: a held `claim_destination(...)` (kept held), or OUT itself (claimed here)."""
+    own = not isinstance(claim, OutputClaim)
+    if own:
+        claim = claim_destination(claim, overwrite)
+    assert isinstance(claim, OutputClaim)
+    out = claim.out_dir
+    try:
+        with signals_deferred():
+            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        try:
+            yield tmp
+            _test_pause("export")
+            _finish(tmp)
+            _commit(claim, tmp)
+        except BaseException as e:
+            with signals_deferred():
+                shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS and not claim.committed:
+                raise _write_error(out, e) from None
+            raise
+    finally:
+        if own:
+            claim.release()
+
+
+def _commit(claim: OutputClaim, tmp: Path) -> None:
+    out = claim.out_dir
+    try:
+        with signals_deferred():
+            if out.is_symlink() or out.exists():  # it may have appeared during the run
+                if not claim.overwrite:
+                    raise MfnetError(f"{out} appeared during the run; the new result was not kept")
+                if out.is_symlink() or not out.is_dir():
+                    raise MfnetError(f"{out} is no longer a folder; the new result was not kept")
+                _replaceable(out)
+                old = out.parent / f".{out.name}.old-{os.getpid()}"
+                os.replace(out, old)
+                _test_pause("swap")
+                try:
+                    os.replace(tmp, out)
+                except OSError:
+                    os.replace(old, out)  # put the old result back
+                    raise
+                claim.committed = True
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, out)
+                claim.committed = True
+            _fsync_dir(out.parent)
+    except BaseException as e:
+        if claim.committed:  # an interrupt delivered after the swap: the result is whole
+            with contextlib.suppress(AttributeError, TypeError):
+                e.result_written = out  # type: ignore[attr-defined]
         raise
