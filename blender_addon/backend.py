@@ -3,12 +3,15 @@
 The add-on never imports torch or mfnet_core: it finds a Python where `import mfnet_core`
 works, starts `reconstruct ... --progress jsonl`, reads one JSON object per stdout line on
 a background thread, and cancels by interrupting the child's process group (the backend
-then removes its temporary folder; see mfnet_core.outputs.result_folder.atomic_folder).
+then removes its temporary folder and exits with 130; see
+mfnet_core.outputs.result_folder.atomic_folder). A child that had to be killed is tidied up
+after: its partial folder removed, a result it was replacing put back, its lock removed.
 """
 
 from __future__ import annotations
 
 import collections
+import glob
 import json
 import os
 import queue
@@ -232,20 +235,71 @@ def parse_progress_line(line: str) -> dict | None:
     return obj
 
 
-def partial_folders(output: str | Path) -> list[Path]:
-    """Temporary siblings the backend writes before renaming into place."""
+def _siblings(output: str | Path, kind: str) -> list[Path]:
     out = Path(output)
     if not out.parent.is_dir():
         return []
-    return sorted(out.parent.glob(f".{out.name}.partial-*"))
+    return sorted(out.parent.glob(f"{glob.escape('.' + out.name)}.{kind}-*"))
+
+
+def partial_folders(output: str | Path) -> list[Path]:
+    """Temporary siblings the backend writes before renaming into place."""
+    return _siblings(output, "partial")
+
+
+def old_results(output: str | Path) -> list[Path]:
+    """An existing result the backend moved aside while it swaps in the new one (present
+    only between two renames; left behind only by a killed backend)."""
+    return _siblings(output, "old")
+
+
+def lock_path(output: str | Path) -> Path:
+    """The lock a running backend holds beside its output folder."""
+    out = Path(output)
+    return out.parent / f".{out.name}.lock"
+
+
+def tidy_after(output: str | Path, pid: int | None = None) -> None:
+    """After a backend writing `output` has ended, however it ended (killed included):
+    partial folders go, a result it was replacing comes back when the new one is not in
+    place, and its lock file goes when it held it (`pid`)."""
+    out = Path(output)
+    for p in partial_folders(out):
+        shutil.rmtree(p, ignore_errors=True)
+    for p in old_results(out):
+        if not out.exists() and not out.is_symlink():
+            try:
+                os.replace(p, out)
+                continue
+            except OSError:
+                pass
+        if out.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+    lock = lock_path(out)
+    if pid is not None and lock.is_file() and not lock.is_symlink():
+        try:
+            owner = json.loads(lock.read_text(encoding="utf-8")).get("pid")
+        except (OSError, ValueError, AttributeError):
+            owner = None
+        if owner == pid:
+            try:
+                lock.unlink()
+            except OSError:
+                pass
 
 
 def unique_folder(parent: Path, name: str) -> Path:
-    """parent/name, or parent/name_2, name_3, ... when taken."""
+    """parent/name, or parent/name_2, name_3, ... when taken (or being written)."""
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name).strip("._") or "head"
     candidate = parent / safe
     n = 2
-    while candidate.exists() or partial_folders(candidate):
+    while (
+        candidate.exists()
+        or candidate.is_symlink()
+        or partial_folders(candidate)
+        or old_results(candidate)
+        or lock_path(candidate).exists()
+    ):
         candidate = parent / f"{safe}_{n}"
         n += 1
     return candidate
@@ -356,8 +410,8 @@ class BackendJob:
         return "\n".join(text[-lines:])
 
     def cancel(self, grace: float = 10.0) -> None:
-        """Interrupts the child (the backend cleans up its temp folder), kills it after
-        `grace` seconds, and removes any partial folder it left."""
+        """Interrupts the child (the backend cleans up its temp folder and exits with 130),
+        kills it after `grace` seconds, and tidies what a killed child left (`tidy_after`)."""
         self.cancelled = True
         if self.proc.poll() is None:
             try:
@@ -380,8 +434,7 @@ class BackendJob:
                 self.proc.wait(timeout=5.0)
         for t in self._threads:
             t.join(timeout=2.0)
-        for p in partial_folders(self.output):
-            shutil.rmtree(p, ignore_errors=True)
+        tidy_after(self.output, self.proc.pid)
         self.poll()
 
     def wait(self, on_progress=None, should_cancel=None, interval: float = 0.1) -> JobState:

@@ -184,15 +184,18 @@ def _check_arguments(args: argparse.Namespace) -> None:
     check_flow_estimator(args.flow_method, args.raft_weights)
 
 
-def _check_output(args: argparse.Namespace, photos: list[Path]) -> None:
+def _check_output(
+    args: argparse.Namespace, photos: list[Path], sizes: list[tuple[int, int]]
+) -> None:
     """The output folder, before torch loads: not a symlink, not taken (or an mfnet result
     with --overwrite), not the photos' or the current folder, in a writable place. The run
     claims (locks) it when it starts, with the same checks and a free-space estimate."""
     if not getattr(args, "output", None):
         return
-    from mfnet_core.outputs.result_folder import check_destination
+    from mfnet_core.outputs.result_folder import check_destination, estimate_result_bytes
 
-    check_destination(Path(args.output), args.overwrite, protect=photos)
+    needed = estimate_result_bytes(0, 0, args.texture_size, sizes)
+    check_destination(Path(args.output), args.overwrite, protect=photos, needed_bytes=needed)
 
 
 def _fit_options(args: argparse.Namespace) -> FitOptions:
@@ -224,7 +227,7 @@ def _load_photos(args: argparse.Namespace) -> list[ViewInput]:
             f"--views names {len(labels)} views but {len(args.photos)} photos were given"
         )
     photos = [load_photo(p) for p in args.photos]
-    _check_output(args, [Path(p) for p in args.photos])
+    _check_output(args, [Path(p) for p in args.photos], [ph.rgb.shape[1::-1] for ph in photos])
     from mfnet_core.reconstruct import ViewInput
 
     return [ViewInput(photo=ph, label=labels[i] if labels else None) for i, ph in enumerate(photos)]
@@ -260,7 +263,7 @@ def cmd_reconstruct(args: argparse.Namespace, progress: ProgressPrinter) -> dict
 def cmd_demo(args: argparse.Namespace, progress: ProgressPrinter) -> dict:
     start = time.perf_counter()
     _check_arguments(args)
-    _check_output(args, [])
+    _check_output(args, [], [])
     import numpy as np
 
     from mfnet_core.metrics import vertex_error_mm

@@ -262,12 +262,14 @@ INTERRUPT_SIGNALS = tuple(
 
 def _test_pause(point: str) -> None:
     """Test hook: MFNET_TEST_PAUSE=<point> holds the run there for MFNET_TEST_PAUSE_S seconds
-    (default 10) after saying so on stderr, so that tests can signal a real process at a
-    known moment ("export": files being written; "swap": between the two renames)."""
+    (default 10; or until the file MFNET_TEST_RESUME exists) after saying so on stderr, so that tests can signal a real process at a
+    known moment: "partial" (the partial folder made, nothing written yet), "export" (the
+    files written, not yet marked and moved), "swap" (between the two renames)."""
     if os.environ.get("MFNET_TEST_PAUSE") == point:
         print(f"mfnet-test: paused at {point}", file=sys.stderr, flush=True)
         deadline = time.monotonic() + float(os.environ.get("MFNET_TEST_PAUSE_S", "10"))
-        while time.monotonic() < deadline:
+        resume = os.environ.get("MFNET_TEST_RESUME")  # or until this file exists
+        while time.monotonic() < deadline and not (resume and os.path.exists(resume)):
             time.sleep(0.02)
 
 
@@ -363,6 +365,11 @@ def read_marker(folder: Path) -> dict | None:
 
 def _replaceable(out: Path) -> None:
     """Raises unless `out` is a folder that mfnet wrote and that holds nothing else."""
+    try:
+        if not any(os.scandir(out)):
+            return  # an empty folder holds nothing to lose
+    except OSError as e:
+        raise MfnetError(f"cannot read {out}: {e.strerror}") from None
     marker = read_marker(out)
     if marker is None:
         raise MfnetError(
@@ -384,16 +391,17 @@ def _replaceable(out: Path) -> None:
 
 def estimate_result_bytes(
     n_vertices: int,
-    n_expression_keys: int,
+    n_expression_keys: int | None,
     texture_size: int,
     image_sizes: Sequence[tuple[int, int]] = (),
 ) -> int:
-    """A modest estimate of a result folder's size (PNGs at about half their raw size),
-    for refusing a run when the disk clearly cannot hold it."""
-    texture = texture_size * texture_size * 3 // 2
-    mesh = n_vertices * 12 * (n_expression_keys + 1)  # glb morph targets; rig.npz as much
-    pictures = sum(int(w) * int(h) * 3 // 2 for w, h in image_sizes) * 2  # overlays
-    return 2 * texture + 2 * mesh + n_vertices * 60 + pictures
+    """A low estimate of a result folder's size, for refusing a run when the disk clearly
+    cannot hold it (PNGs at a quarter of their raw size; a real result is larger)."""
+    keys = 100 if n_expression_keys is None else n_expression_keys  # None: all (FLAME: 100)
+    texture = texture_size * texture_size * 3 // 4  # texture.png, and again inside head.glb
+    mesh = n_vertices * 12 * (keys + 1)  # head.glb's morph targets
+    pictures = sum(int(w) * int(h) * 3 // 4 for w, h in image_sizes)  # one overlay each
+    return 2 * texture + mesh + n_vertices * 40 + pictures
 
 
 def check_destination(
@@ -543,7 +551,8 @@ def claim_destination(
                     d.rmdir()
             raise
     try:
-        _tidy_leftovers(out)
+        if _tidy_leftovers(out):  # an old result was put back: check again
+            check_destination(out, overwrite, protect=protect)
     except BaseException:
         claim.release()
         raise
@@ -630,17 +639,27 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _tidy_leftovers(out: Path) -> None:
-    """Under the lock: what a killed run into OUT left (SIGKILL, power loss)."""
+def leftovers(out: Path) -> list[Path]:
+    """The hidden siblings a run into OUT makes (partial, old); none after it ends."""
     pattern = glob.escape(f".{out.name}")
+    return sorted(p for kind in ("partial", "old") for p in out.parent.glob(f"{pattern}.{kind}-*"))
+
+
+def _tidy_leftovers(out: Path) -> bool:
+    """Under the lock: what a killed run into OUT left (SIGKILL, power loss). Returns True
+    when an old result was put back in place."""
+    restored = False
     with signals_deferred():
-        for old in sorted(out.parent.glob(f"{pattern}.old-*")):
-            if not out.exists() and not out.is_symlink() and read_marker(old) is not None:
-                os.replace(old, out)  # the swap was cut between its renames: old is whole
-            elif read_marker(old) is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        for partial in out.parent.glob(f"{pattern}.partial-*"):
-            shutil.rmtree(partial, ignore_errors=True)
+        for p in leftovers(out):
+            if ".old-" in p.name[len(out.name) + 1 :]:
+                if not out.exists() and not out.is_symlink() and read_marker(p) is not None:
+                    os.replace(p, out)  # the swap was cut between its renames: old is whole
+                    restored = True
+                elif read_marker(p) is not None:
+                    shutil.rmtree(p, ignore_errors=True)
+            else:
+                shutil.rmtree(p, ignore_errors=True)
+    return restored
 
 
 def _finish(folder: Path) -> None:
@@ -692,6 +711,7 @@ def atomic_folder(claim: OutputClaim | Path | str, overwrite: bool = False) -> I
         with signals_deferred():
             tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
         try:
+            _test_pause("partial")
             yield tmp
             _test_pause("export")
             _finish(tmp)
