@@ -34,6 +34,7 @@ from mfnet_core.network.predict import predict_init
 from mfnet_core.outputs.report import (
     dense_pictures,
     dense_section,
+    expression_disagreement,
     make_overlay,
     params_json,
     rerender_picture,
@@ -78,7 +79,7 @@ STAGE_ORDER = list(STAGE_SPAN)
 class ReconstructOptions:
     device: str = "auto"
     texture_size: int = 1024
-    expression_keys: int = 50
+    expression_keys: int | None = None  # None: every expression key the model has
     landmark_backend: str = "dlib"
     fit: FitOptions = field(default_factory=FitOptions)
     # the dense stages' knobs (flow estimator, rounds...); which terms run follows fit.losses
@@ -185,6 +186,8 @@ def reconstruct(
     if not inputs:
         raise MfnetError("no photos given")
     sizes = [v.photo.rgb.shape[1::-1] for v in inputs]
+    if options.expression_keys is None:
+        options = replace(options, expression_keys=head.n_expr)
     needed = estimate_result_bytes(
         head.n_vertices, options.expression_keys, options.texture_size, sizes
     )
@@ -265,6 +268,9 @@ def _reconstruct(
     yaws = fit.yaw_pitch_roll[:, 0]
     given = [v.label or label_from_filename(v.photo.path) for v in inputs]
     warnings.extend(view_warnings(names, yaws, given, files))
+    warnings.extend(
+        expression_disagreement(fit.params["view_expression"], names, head.expression_space.names)
+    )
 
     with timer.stage("texture", "baking the texture") as sub:
         faces_t = head.faces
@@ -341,7 +347,10 @@ def _reconstruct(
                 save_png(tmp / f"overlay_{names[i]}.png", overlay)
             for key, image in pictures.items():
                 save_png(tmp / f"overlay_{key}.png", image)
-            write_json(tmp / "params.json", params_json(head.info, params, names, intrinsics))
+            write_json(
+                tmp / "params.json",
+                params_json(head.info, params, names, intrinsics, head.expression_space.names),
+            )
             timings = {**timer.timings, "export": round(time.perf_counter() - export_start, 4)}
             timings["total"] = round(sum(timings.values()), 4)
             report["timings_s"] = timings

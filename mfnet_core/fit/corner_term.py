@@ -31,13 +31,13 @@ def _pose_vector(fitter: MultiViewFitter, jaw: Tensor) -> Tensor:
 
 
 def _columns(fitter: MultiViewFitter, free: Free) -> dict[str, Tensor]:
-    """For each parameter, a long tensor shaped like it (without the leading 1 for the
-    shared ones; (N,3) for the head pose) holding its column in the free vector, or -1."""
+    """For each parameter, a long tensor shaped like it ((1,S) shape, (Ne,E) expression,
+    (Ne,3) jaw, (N,3) head pose) holding its column in the free vector, or -1."""
     p = fitter.params
     shapes = {
         "shape": (1, p.shape.shape[1]),
-        "expression": (1, p.expression.shape[1]),
-        "jaw_pose": (1, 3),
+        "expression": tuple(p.expression.shape),
+        "jaw_pose": tuple(p.jaw_pose.shape),
         "head_rot": tuple(p.head_rot.shape),
         "head_trans": tuple(p.head_trans.shape),
     }
@@ -94,17 +94,23 @@ class CornerTerm(ResidualTerm):
 
     # -- machinery ---------------------------------------------------------------------------
     def corners(self, free: Free, x: Tensor) -> tuple[Tensor, Tensor]:
-        """x (B,P) -> camera-space corners (B,K,3,3) in views a and b."""
+        """x (B,P) -> camera-space corners (B,K,3,3) in views a and b, each view's triangle
+        from its own expression."""
         f = self.fitter
         vals = f._values(free, x)
-        betas = torch.cat([vals["shape"], vals["expression"]], 1)
-        verts, joints = self.subset(betas, _pose_vector(f, vals["jaw_pose"]))
-        b, n = vals["head_rot"].shape[:2]
+        b, n_e = vals["expression"].shape[:2]
+        betas = torch.cat(
+            [vals["shape"][:, None].expand(b, n_e, -1), vals["expression"]], -1
+        ).reshape(b * n_e, -1)
+        verts, joints = self.subset(betas, _pose_vector(f, vals["jaw_pose"].reshape(-1, 3)))
+        verts = verts.reshape(b, n_e, *verts.shape[1:])[:, f.view_model]  # (B,N,S,3)
+        pivots = joints[:, 0].reshape(b, n_e, 3)[:, f.view_model]  # (B,N,3)
+        n = vals["head_rot"].shape[1]
         rot = axis_angle_to_matrix(vals["head_rot"].reshape(-1, 3)).reshape(b, n, 3, 3)
-        pivot = joints[:, 0][:, None, None]  # (B,1,1,3)
-        tri = verts[:, self.local] - pivot  # (B,K,3,3) model space about the pivot
 
         def posed(idx: Tensor) -> Tensor:
+            pivot = pivots[:, idx, None]  # (B,K,1,3)
+            tri = verts[:, idx[:, None], self.local] - pivot  # (B,K,3,3) about the pivot
             r = rot[:, idx]  # (B,K,3,3)
             return (
                 torch.einsum("bkij,bkcj->bkci", r, tri) + pivot + vals["head_trans"][:, idx, None]
@@ -143,26 +149,34 @@ class CornerTerm(ResidualTerm):
 
     def linearise(self, free: Free, x: Tensor, irls: Tensor) -> tuple[Tensor, Tensor]:
         """Weighted residuals (K*C,) and their Jacobian (K*C,P) at x (P,), by the chain rule:
-        the subset's vertex and pivot derivatives (one batched evaluation over the shape,
-        expression and jaw entries) times the residual's derivatives w.r.t. its 18 corner
-        coordinates and the two head poses (small finite-difference batches, float64)."""
+        each expression row's subset vertex and pivot derivatives (one batched evaluation over
+        the shape, expression and jaw entries) times the residual's derivatives w.r.t. its 18
+        corner coordinates and the two head poses (small finite-difference batches, float64).
+        Views a and b may use different expression rows (per-view expressions)."""
         f = self.fitter
         cols = _columns(f, free)
         vals = f._values(free, x[None])
-        n_b = vals["shape"].shape[1] + vals["expression"].shape[1]
+        n_s = vals["shape"].shape[1]
+        n_e, n_x = vals["expression"].shape[1:]
         h = 1e-6
-        # 1. Rig: vertices and pivot, and their derivatives w.r.t. betas and jaw.
-        betas0 = torch.cat([vals["shape"], vals["expression"]], 1)[0]
-        jaw0 = vals["jaw_pose"][0]
-        m = n_b + 3
         dd = {"dtype": x.dtype, "device": x.device}
-        pert = torch.eye(m, **dd) * h
-        betas = torch.cat([betas0[None], betas0 + pert[:, :n_b]])
-        jaw = torch.cat([jaw0[None], jaw0 + pert[:, n_b:]])
-        verts, joints = self.subset(betas, _pose_vector(f, jaw))
-        d_v = (verts[1:] - verts[0]) / h  # (M,S,3)
-        d_p = (joints[1:, 0] - joints[0, 0]) / h  # (M,3)
-        v, p = verts[0][self.local], joints[0, 0]  # (K,3,3), (3,)
+        # 1. Rig: per expression row, vertices and pivot and their derivatives w.r.t. the
+        #    row's betas and jaw (M = shape + expression + 3 entries).
+        m = n_s + n_x + 3
+        base = torch.cat(
+            [vals["shape"][0][None].expand(n_e, -1), vals["expression"][0], vals["jaw_pose"][0]], 1
+        )  # (Ne,M)
+        rows = torch.cat([base[:, None], base[:, None] + torch.eye(m, **dd)[None] * h], 1)
+        rows = rows.reshape(-1, m)  # (Ne*(M+1),M)
+        verts, joints = self.subset(rows[:, :-3], _pose_vector(f, rows[:, -3:]))
+        verts = verts.reshape(n_e, m + 1, *verts.shape[1:])
+        joints = joints[:, 0].reshape(n_e, m + 1, 3)
+        d_v = (verts[:, 1:] - verts[:, :1]) / h  # (Ne,M,S,3)
+        d_p = (joints[:, 1:] - joints[:, :1]) / h  # (Ne,M,3)
+        ma, mb = f.view_model[self.ia], f.view_model[self.ib]  # (K,) expression row per side
+        va = verts[ma[:, None], 0, self.local]  # (K,3,3)
+        vb = verts[mb[:, None], 0, self.local]
+        pa, pb = joints[ma, 0], joints[mb, 0]  # (K,3)
         # 2. Pose: rotations and their derivatives w.r.t. the axis-angle entries.
         aa = vals["head_rot"][0]  # (N,3)
         n = aa.shape[0]
@@ -170,9 +184,10 @@ class CornerTerm(ResidualTerm):
         rots = axis_angle_to_matrix(aas.reshape(-1, 3)).reshape(4, n, 3, 3)
         rot, d_rot = rots[0], (rots[1:] - rots[0]) / h  # (N,3,3), (3,N,3,3)
         t = vals["head_trans"][0]
-        vc = v - p
-        ca = torch.einsum("kij,kcj->kci", rot[self.ia], vc) + p + t[self.ia, None]
-        cb = torch.einsum("kij,kcj->kci", rot[self.ib], vc) + p + t[self.ib, None]
+        vca, vcb = va - pa[:, None], vb - pb[:, None]
+        ra, rb = rot[self.ia], rot[self.ib]
+        ca = torch.einsum("kij,kcj->kci", ra, vca) + pa[:, None] + t[self.ia, None]
+        cb = torch.einsum("kij,kcj->kci", rb, vcb) + pb[:, None] + t[self.ib, None]
         # 3. The residual's derivatives w.r.t. the 18 corner coordinates.
         k = ca.shape[0]
         hc = 1e-7
@@ -184,35 +199,42 @@ class CornerTerm(ResidualTerm):
         c_dim = e.shape[-1]
         dq = ((e[1:] - e[0]) / hc).permute(1, 2, 0).reshape(k, c_dim, 2, 3, 3)
         dqa, dqb = dq[:, :, 0], dq[:, :, 1]  # (K,C,corner,xyz)
-        ra, rb = rot[self.ia], rot[self.ib]
         eye3 = torch.eye(3, **dd)
-        dq_dv = torch.einsum("kcix,kxy->kciy", dqa, ra) + torch.einsum("kcix,kxy->kciy", dqb, rb)
-        dq_dp = torch.einsum("kcix,kxy->kcy", dqa, eye3 - ra) + torch.einsum(
-            "kcix,kxy->kcy", dqb, eye3 - rb
-        )
-        j_bj = torch.einsum("kciy,mkiy->kcm", dq_dv, d_v[:, self.local]) + torch.einsum(
-            "kcy,my->kcm", dq_dp, d_p
-        )
-        dq_dta, dq_dtb = dqa.sum(2), dqb.sum(2)  # (K,C,3)
-        dr_a = torch.einsum("jkxy,kiy->kixj", d_rot[:, self.ia], vc)  # (K,corner,xyz,j)
-        dr_b = torch.einsum("jkxy,kiy->kixj", d_rot[:, self.ib], vc)
-        dq_dwa = torch.einsum("kcix,kixj->kcj", dqa, dr_a)
-        dq_dwb = torch.einsum("kcix,kixj->kcj", dqb, dr_b)
-        # 4. Assemble (K,C,P) in the fitter's column order.
         jac = torch.zeros(k, c_dim, x.shape[0], **dd)
-        bj_cols = torch.cat([cols["shape"][0], cols["expression"][0], cols["jaw_pose"][0]])
-        ok = bj_cols >= 0
-        jac[:, :, bj_cols[ok]] = j_bj[:, :, ok]
-        for name, idx, d in (
-            ("head_rot", self.ia, dq_dwa),
-            ("head_rot", self.ib, dq_dwb),
-            ("head_trans", self.ia, dq_dta),
-            ("head_trans", self.ib, dq_dtb),
-        ):
-            c = cols[name][idx]  # (K,3)
-            okc = (c >= 0)[:, None, :].expand(-1, c_dim, -1)
-            jac.scatter_add_(2, c.clamp_min(0)[:, None, :].expand(-1, c_dim, -1), d * okc)
+
+        def scatter(c: Tensor, d: Tensor) -> None:
+            """Adds d (K,C,Q) into the columns c (K,Q) of jac (-1: not free)."""
+            ok = (c >= 0)[:, None, :].expand(-1, c_dim, -1)
+            jac.scatter_add_(2, c.clamp_min(0)[:, None, :].expand(-1, c_dim, -1), d * ok)
+
+        for dqs, r, row in ((dqa, ra, ma), (dqb, rb, mb)):
+            dq_dv = torch.einsum("kcix,kxy->kciy", dqs, r)
+            dq_dp = torch.einsum("kcix,kxy->kcy", dqs, eye3 - r)
+            j_row = torch.einsum(
+                "kciy,kmiy->kcm", dq_dv, _gather_dv(d_v, row, self.local)
+            ) + torch.einsum("kcy,kmy->kcm", dq_dp, d_p[row])
+            row_cols = torch.cat(
+                [
+                    cols["shape"][0][None].expand(k, -1),
+                    cols["expression"][row],
+                    cols["jaw_pose"][row],
+                ],
+                1,
+            )  # (K,M)
+            scatter(row_cols, j_row)
+        dr_a = torch.einsum("jkxy,kiy->kixj", d_rot[:, self.ia], vca)  # (K,corner,xyz,j)
+        dr_b = torch.einsum("jkxy,kiy->kixj", d_rot[:, self.ib], vcb)
+        scatter(cols["head_rot"][self.ia], torch.einsum("kcix,kixj->kcj", dqa, dr_a))
+        scatter(cols["head_rot"][self.ib], torch.einsum("kcix,kixj->kcj", dqb, dr_b))
+        scatter(cols["head_trans"][self.ia], dqa.sum(2))
+        scatter(cols["head_trans"][self.ib], dqb.sum(2))
         sc = self._scale(irls)  # (K,)
         r = (e[0] * sc[:, None]).reshape(-1)
         jac = jac * sc[:, None, None]
         return r, jac.reshape(k * c_dim, -1)
+
+
+def _gather_dv(d_v: Tensor, row: Tensor, local: Tensor) -> Tensor:
+    """d_v (Ne,M,S,3), row (K,), local (K,3) -> (K,M,3,3): each triangle's corner
+    derivatives in its view's expression row."""
+    return d_v[row[:, None], :, local].permute(0, 2, 1, 3)

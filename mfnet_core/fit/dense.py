@@ -133,6 +133,7 @@ def refine_dense(
     if len(photos) != fitter.n_views:
         raise ValueError(f"{len(photos)} photos for a fit of {fitter.n_views} views")
     names = view_names or [f"view{i}" for i in range(fitter.n_views)]
+    fitter.hold_expression_departures(fitter.options.dense_expression_coupling)
     faces_np = fitter.head.faces.cpu().numpy()
     face_tri = fl.face_faces(faces_np, fitter.head.face_region)
     lam = o.flow_weight * fitter.options.weights.flow

@@ -112,3 +112,17 @@ class LandmarkSubset(nn.Module):
         corners = verts[:, tri]  # (B,N,68,3 corners,3)
         lmk = (corners * bary.to(verts.dtype)[None, ..., None]).sum(-2)
         return lmk, joints
+
+    def landmarks_of_rows(
+        self, betas: Tensor, pose: Tensor, row_of: Tensor, yaw_deg: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Landmarks when each view has its own model: U models given by betas (U,K) and pose
+        (U,3J); row_of (B,N) says which model view n of batch entry b uses; yaw_deg (N,) picks
+        each view's contour. Returns (B,N,68,3) landmarks and (B,N,3) root joints."""
+        verts, joints = self.vertices(betas, pose)  # (U,S,3), (U,J,3)
+        n = yaw_deg.shape[0]
+        faces, bary = self._head[0].landmark_triangles(yaw_deg, n)  # (N,68), (N,68,3)
+        tri = self.faces_local[faces]  # (N,68,3) local vertex ids
+        corners = verts[row_of[:, :, None, None], tri[None]]  # (B,N,68,3 corners,3)
+        lmk = (corners * bary.to(verts.dtype)[None, ..., None]).sum(-2)
+        return lmk, joints[row_of, 0]

@@ -50,10 +50,30 @@ def params_json(
     params: dict[str, np.ndarray],
     names: list[str],
     intrinsics: list[Intrinsics],
+    expression_names: tuple[str, ...] | None = None,
 ) -> dict:
+    """params.json: the fitted identity, the views' mean expression, and per view its pose,
+    camera and own expression (`expression`, named where the model names them)."""
+    n = len(names)
+    view_expr = params.get(
+        "view_expression", np.broadcast_to(params["expression"], (n, len(params["expression"])))
+    )
+    view_jaw = params.get("view_jaw_pose", np.broadcast_to(params["jaw_pose"], (n, 3)))
+
+    def named(e: np.ndarray) -> object:
+        if expression_names is None:
+            return e
+        return {k: round(float(v), 5) for k, v in zip(expression_names, e, strict=False)}
+
     return {
-        "model": {"kind": model.kind, "file": model.name, "sha256": model.sha256},
+        "model": {
+            "kind": model.kind,
+            "file": model.name,
+            "sha256": model.sha256,
+            "licence": model.licence,
+        },
         "shape": params["shape"],
+        "expression_names": list(expression_names) if expression_names else None,
         "expression": params["expression"],
         "jaw_pose": params["jaw_pose"],
         "neck_pose": params["neck_pose"],
@@ -63,6 +83,8 @@ def params_json(
                 "name": names[i],
                 "head_pose": params["head_pose"][i],
                 "head_translation": params["head_translation"][i],
+                "expression": named(view_expr[i]),
+                "jaw_pose": view_jaw[i],
                 "camera": {
                     "fx": k.fx,
                     "fy": k.fy,
@@ -76,6 +98,44 @@ def params_json(
         ],
         "units": "metres, FLAME axes (y up, face toward +z); rotations axis-angle in radians",
     }
+
+
+def expression_disagreement(
+    view_expression: np.ndarray,
+    names: list[str],
+    expression_names: tuple[str, ...] | None,
+    threshold: float = 0.5,
+) -> list[str]:
+    """Warnings where the photos clearly show different expressions (eyes closed in one,
+    a smile in another): a named blendshape weight that differs by more than `threshold`
+    between two views, or (unnamed PCA spaces) a view whose expression is more than
+    `threshold` x 4 standard deviations away from the others' mean.
+
+    view_expression: (N,E), one row per view."""
+    e = np.asarray(view_expression, dtype=np.float64)
+    if e.shape[0] < 2:
+        return []
+    out = []
+    if expression_names is not None:
+        spread = e.max(0) - e.min(0)
+        for k in np.argsort(-spread):
+            if spread[k] <= threshold:
+                break
+            hi, lo = int(e[:, k].argmax()), int(e[:, k].argmin())
+            out.append(
+                f"the photos show different expressions: {expression_names[k]} is "
+                f"{e[hi, k]:.2f} in {names[hi]} but {e[lo, k]:.2f} in {names[lo]}"
+            )
+        return out[:5]
+    for i in range(len(e)):
+        others = np.delete(e, i, axis=0).mean(0)
+        d = float(np.linalg.norm(e[i] - others))
+        if d > 4 * threshold:
+            out.append(
+                f"the photos show different expressions: {names[i]} differs from the others "
+                f"by {d:.1f} standard deviations"
+            )
+    return out
 
 
 def make_overlay(
