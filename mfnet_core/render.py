@@ -10,9 +10,10 @@ comes from recomputing barycentrics from the vertex positions at the fixed face 
 respect to vertex positions, and from `interpolate` / `grid_sample` for attributes and
 textures.
 
-Backends: a pure-PyTorch rasteriser (vectorised bounding-box enumeration, triangles bucketed
-by bounding-box size so that each bucket is one matrix product, an int64 z-buffer key
-reduced with `scatter_reduce(amin)`); when `pytorch3d` is importable and the tensors are on a
+Backends: a pure-PyTorch rasteriser (scanline spans: per face and pixel row, the run of
+covered pixel centres comes straight from the edge functions, so the cost is one item per
+face row plus one per covered pixel, not faces x pixels or bounding-box areas; an int64
+z-buffer key reduced with `scatter_reduce(amin)`); when `pytorch3d` is importable and the tensors are on a
 CUDA device, its `rasterize_meshes` picks the face per pixel instead (backend="auto"). Both
 paths share the barycentric and depth computation, so their outputs agree exactly wherever
 they pick the same face.
@@ -22,10 +23,10 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -47,11 +48,9 @@ __all__ = [
 ]
 
 _INT64_MAX = torch.iinfo(torch.int64).max
-# Candidates (pixels x triangles) handled in one tensor op; bounds memory to ~50 MB a chunk.
+# Fragments (face x covered pixel) or covered pixels handled in one pass of tensor ops;
+# bounds memory to ~50 MB a chunk.
 _CHUNK = 1 << 20
-# Bounding-box size classes (pixels); larger boxes are cut into _TILE x _TILE tiles.
-_SIZE_CLASSES = (1, 2, 4, 6, 8, 12, 16, 24, 32)
-_TILE = 32
 # Inside test tolerance on normalised edge functions (barycentrics): keeps shared edges
 # watertight under float32 rounding; a pixel centre on an edge counts as inside.
 _EDGE_EPS = 1e-6
@@ -186,28 +185,18 @@ def _valid_faces(tri: Tensor, cull_backfaces: bool) -> tuple[Tensor, Tensor]:
     return ok, area
 
 
-@lru_cache(maxsize=64)
-def _grid(gw: int, gh: int, device_str: str) -> tuple[Tensor, Tensor, Tensor]:
-    """(3,K) float32 rows (gx, gy, 1) and (K,) int64 gx, gy of a gh x gw pixel block."""
-    device = torch.device(device_str)
-    gy, gx = torch.meshgrid(
-        torch.arange(gh, device=device), torch.arange(gw, device=device), indexing="ij"
-    )
-    gx, gy = gx.reshape(-1), gy.reshape(-1)
-    g = torch.stack([gx.float(), gy.float(), torch.ones_like(gx, dtype=torch.float32)])
-    return g, gx, gy
-
-
-def _size_class(n: Tensor) -> Tensor:
-    """(N,) box sizes 1.._TILE -> (N,) index into _SIZE_CLASSES of the smallest class >= n."""
-    classes = torch.tensor(_SIZE_CLASSES, device=n.device)
-    return torch.searchsorted(classes, n)
-
-
 def _face_index_torch(
     verts: Tensor, faces: Tensor, height: int, width: int, cull: bool, perspective: bool
 ) -> Tensor:
-    """Pure-torch z-buffer: (H,W) int64 visible face per pixel, -1 for background."""
+    """Pure-torch z-buffer: (H,W) int64 visible face per pixel, -1 for background.
+
+    Scanline spans: every usable face is cut into the pixel rows of its bounding box, and on
+    each row its three edge functions (normalised: the barycentrics, float64) give the run of
+    pixel centres inside it directly, so the work is one item per face row and one per pixel a
+    face covers ("fragment"), never faces x pixels nor the empty part of a bounding box. Each
+    fragment's key (float32 depth bits, face id in the low 32 bits) is reduced per pixel with
+    scatter_reduce(amin): the nearest face wins, the lower face id on equal depth.
+    """
     device = verts.device
     tri = verts.to(torch.float64)[faces]  # (F,3,3)
     ok, area = _valid_faces(tri, cull)
@@ -218,105 +207,137 @@ def _face_index_torch(
     y1 = torch.floor(v.amax(1) - 0.5).clamp(max=height - 1)
     ok &= (x1 >= x0) & (y1 >= y0)
     fid = ok.nonzero().squeeze(1)
-    zkey = torch.full((height * width,), _INT64_MAX, dtype=torch.long, device=device)
+    background = torch.full((height, width), -1, dtype=torch.long, device=device)
     if len(fid) == 0:
-        return torch.full((height, width), -1, dtype=torch.long, device=device)
+        return background
     tri, area = tri[fid], area[fid]
-    x0, x1, y0, y1 = (t[fid].long() for t in (x0, x1, y0, y1))
-    bw, bh = x1 - x0 + 1, y1 - y0 + 1
+    x0, x1, y0, y1 = x0[fid], x1[fid], y0[fid], y1[fid]
 
-    # Edge-function gradients: w_i(p) = cross(v_j - p, v_k - p) / area, (j, k) = next two.
+    # Edge functions w_i(p) = cross(v_j - p, v_k - p) / area at the box's first pixel centre
+    # (local differences: accurate far from the origin) and their steps per pixel in x, y.
     vj, vk = tri[:, [1, 2, 0]], tri[:, [2, 0, 1]]  # (F',3,3)
     ea = (vj[..., 1] - vk[..., 1]) / area[:, None]  # d w_i / du, (F',3)
     eb = (vk[..., 0] - vj[..., 0]) / area[:, None]  # d w_i / dv
-    zf = tri[..., 2]  # (F',3)
-    zvals = 1.0 / zf if perspective else zf
-    za, zb = (ea * zvals).sum(1), (eb * zvals).sum(1)
-
-    # Work items: one per small face, one per _TILE x _TILE tile of a large face.
-    large = (bw > _TILE) | (bh > _TILE)
-    small_idx = (~large).nonzero().squeeze(1)
-    items = [
-        (
-            small_idx,
-            x0[small_idx],
-            y0[small_idx],
-            _size_class(bw[small_idx]),
-            _size_class(bh[small_idx]),
-        )
+    ox, oy = (x0 + 0.5)[:, None], (y0 + 0.5)[:, None]
+    w_o = ((vj[..., 0] - ox) * (vk[..., 1] - oy) - (vj[..., 1] - oy) * (vk[..., 0] - ox)) / area[
+        :, None
     ]
-    large_idx = large.nonzero().squeeze(1)
-    if len(large_idx):
-        ntx, nty = (bw[large_idx] + _TILE - 1) // _TILE, (bh[large_idx] + _TILE - 1) // _TILE
-        per = ntx * nty
-        owner = torch.repeat_interleave(large_idx, per)
-        local = torch.arange(int(per.sum()), device=device) - torch.repeat_interleave(
-            torch.cumsum(per, 0) - per, per
-        )
-        ntx_o = torch.repeat_interleave(ntx, per)
-        tx, ty = local % ntx_o, local // ntx_o
-        top = torch.full_like(owner, len(_SIZE_CLASSES) - 1)
-        items.append((owner, x0[owner] + tx * _TILE, y0[owner] + ty * _TILE, top, top))
-    item_face = torch.cat([it[0] for it in items])
-    item_x = torch.cat([it[1] for it in items])
-    item_y = torch.cat([it[2] for it in items])
-    cls = torch.cat([it[3] for it in items]) * len(_SIZE_CLASSES) + torch.cat(
-        [it[4] for it in items]
+    zvals = 1.0 / tri[..., 2] if perspective else tri[..., 2]
+    za, zb, z_o = (ea * zvals).sum(1), (eb * zvals).sum(1), (w_o * zvals).sum(1)
+
+    # A pixel (x0 + k, y0 + r) is inside when ea_i k + eb_i r + w_o_i >= -eps for i = 0..2.
+    # Edges with ea_i == 0 bound the rows; each other edge bounds k on row r:
+    # k >= P_i + Q_i r (ea_i > 0) or k <= P_i + Q_i r (ea_i < 0).
+    flat, pos, neg = ea == 0, ea > 0, ea < 0
+    rb = (-_EDGE_EPS - w_o) / eb
+    r_lo = torch.where(flat & (eb > 0), torch.ceil(rb), 0.0).amax(1).clamp(min=0.0)
+    r_hi = torch.where(flat & (eb < 0), torch.floor(rb), math.inf).amin(1)
+    r_hi = torch.minimum(r_hi, y1 - y0)
+    nrow = (r_hi - r_lo + 1).clamp(min=0.0).long()
+    p, q = (-_EDGE_EPS - w_o) / ea, -eb / ea
+    lo_tab = torch.cat([torch.where(pos, p, -math.inf), torch.where(pos, q, 0.0)], 1)
+    hi_tab = torch.cat([torch.where(neg, p, math.inf), torch.where(neg, q, 0.0)], 1)
+    per_face = (nrow, r_lo, lo_tab, hi_tab, x1 - x0, y0 * width + x0, z_o, zb, za, fid)
+
+    zkey = torch.full((height * width,), _INT64_MAX, dtype=torch.long, device=device)
+    for a, b in _chunks(torch.cumsum(nrow, 0), max(1, _CHUNK // 4)):  # ~50 MB of rows
+        _scan_rows(zkey, *(t[a:b] for t in per_face), width, perspective)
+    return _unpack_face(zkey).view(height, width)
+
+
+def _scan_rows(
+    zkey: Tensor,
+    nrow: Tensor,
+    r_lo: Tensor,
+    lo_tab: Tensor,
+    hi_tab: Tensor,
+    box_w: Tensor,
+    box_pix: Tensor,
+    z_o: Tensor,
+    zb: Tensor,
+    za: Tensor,
+    fid: Tensor,
+    width: int,
+    perspective: bool,
+) -> None:
+    """Rasterises rows r_lo .. r_lo + nrow - 1 of each face into `zkey` (see
+    `_face_index_torch`); lo_tab / hi_tab: (F,6) P and Q of the lower / upper k bounds,
+    box_w: last k of the box, box_pix: flat index of its first pixel."""
+    device = zkey.device
+    row_start = torch.cumsum(nrow, 0) - nrow
+    n_rows = int(row_start[-1] + nrow[-1])
+    if n_rows == 0:
+        return
+    row_face = _run_index(row_start, n_rows)  # (R,)
+    r = torch.arange(n_rows, device=device, dtype=torch.float64) - (
+        row_start.to(torch.float64) - r_lo
+    ).index_select(0, row_face)
+    t = lo_tab.index_select(0, row_face)
+    lo = torch.ceil(torch.addcmul(t[:, :3], t[:, 3:], r[:, None])).amax(1).clamp(min=0.0)
+    t = hi_tab.index_select(0, row_face)
+    hi = torch.floor(torch.addcmul(t[:, :3], t[:, 3:], r[:, None])).amin(1)
+    hi = torch.minimum(hi, box_w.index_select(0, row_face))
+    n = (hi - lo + 1).clamp(min=0.0).long()  # runs found empty stay, with length 0
+    # Per row: flat pixel index and depth of the run's first pixel, depth step, face id.
+    t = torch.stack([box_pix, z_o, zb, za], 1).index_select(0, row_face)
+    pix0 = (t[:, 0] + r * width + lo).long()
+    z0 = t[:, 1] + t[:, 2] * r + t[:, 3] * lo
+    dz = t[:, 3].contiguous()
+    face_ids = fid.to(torch.int32).index_select(0, row_face)
+    ends = torch.cumsum(n, 0)
+    if int(ends[-1]) == 0:
+        return
+    # Fragments, in chunks of whole rows (~_CHUNK fragments each).
+    for s, e in _chunks(ends, _CHUNK):
+        # Fragment j of the chunk is pixel k = j - start[row] of its row's run: flat index
+        # pix0 + k, depth z0 + dz k (the same numbers however the rows are chunked).
+        first = int(ends[s - 1]) if s else 0
+        count = int(ends[e - 1]) - first
+        start = ends[s:e] - n[s:e] - first
+        row = _run_index(start, count)  # (N,) int32
+        j = torch.arange(count, device=device)
+        pix = (pix0[s:e] - start).index_select(0, row) + j
+        k = j.to(torch.float64) - start.to(torch.float64).index_select(0, row)
+        z = torch.addcmul(z0[s:e].index_select(0, row), dz[s:e].index_select(0, row), k)
+        if perspective:
+            z = 1.0 / z
+        zbits = z.float().clamp_min(1e-30).view(torch.int32)
+        key = _pack_key(zbits, face_ids[s:e].index_select(0, row))
+        zkey.scatter_reduce_(0, pix, key, "amin")
+
+
+def _chunks(ends: Tensor, size: int) -> list[tuple[int, int]]:
+    """(N,) cumulative sums of item sizes -> [a, b) ranges of whole items, each ~`size` in
+    total (a single item may exceed it)."""
+    total = int(ends[-1]) if len(ends) else 0
+    cuts = torch.searchsorted(ends, torch.arange(size, max(total, size), size, device=ends.device))
+    bounds = [0, *sorted({int(i) + 1 for i in cuts} - {len(ends)}), len(ends)]
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+
+def _run_index(start: Tensor, count: int) -> Tensor:
+    """Runs of lengths `length` laid end to end, given as (R,) non-decreasing int64 starts
+    (start[0] == 0; cumsum(length) - length) and the total `count` -> (count,) int32 run of
+    each element (repeat_interleave(arange(R), length) without its cost; empty runs skipped)."""
+    marks = torch.zeros(count + 1, dtype=torch.int32, device=start.device)
+    marks.index_add_(
+        0, start[1:], torch.ones(len(start) - 1, dtype=torch.int32, device=start.device)
     )
+    return torch.cumsum(marks[:count], 0, dtype=torch.int32)
 
-    # Per item: edge functions and depth at the item's first pixel centre (float64, local).
-    ox = item_x.to(torch.float64) + 0.5
-    oy = item_y.to(torch.float64) + 0.5
-    tf = tri[item_face]  # (N,3,3)
-    vji, vki = vj[item_face], vk[item_face]
-    w_o = (
-        (vji[..., 0] - ox[:, None]) * (vki[..., 1] - oy[:, None])
-        - (vji[..., 1] - oy[:, None]) * (vki[..., 0] - ox[:, None])
-    ) / area[item_face, None]  # (N,3)
-    zi = (1.0 / tf[..., 2]) if perspective else tf[..., 2]
-    z_o = (w_o * zi).sum(1)
-    coef = torch.stack([ea[item_face], eb[item_face], w_o], dim=-1).float()  # (N,3,3)
-    zcoef = torch.stack([za[item_face], zb[item_face], z_o], dim=-1).float()  # (N,3)
-    xlim = (x1[item_face] - item_x).float()
-    ylim = (y1[item_face] - item_y).float()
-    face_ids = fid[item_face]
-    base = item_y * width + item_x
 
-    order = torch.argsort(cls, stable=True)
-    counts = torch.bincount(cls, minlength=len(_SIZE_CLASSES) ** 2).tolist()
-    start = 0
-    dev_str = str(device)
-    for c, n in enumerate(counts):
-        if n == 0:
-            continue
-        sel_all = order[start : start + n]
-        start += n
-        gw, gh = _SIZE_CLASSES[c // len(_SIZE_CLASSES)], _SIZE_CLASSES[c % len(_SIZE_CLASSES)]
-        g, gx, gy = _grid(gw, gh, dev_str)
-        k = gw * gh
-        off = gy * width + gx
-        step = max(1, _CHUNK // k)
-        for s in range(0, n, step):
-            sel = sel_all[s : s + step]
-            w = (coef[sel].reshape(-1, 3) @ g).view(len(sel), 3, k)  # (n,3,K) barycentrics
-            inside = w.amin(1) >= -_EDGE_EPS
-            if gw > 1:
-                inside &= g[0][None] <= xlim[sel, None]
-            if gh > 1:
-                inside &= g[1][None] <= ylim[sel, None]
-            flat = inside.view(-1).nonzero().squeeze(1)
-            if len(flat) == 0:
-                continue
-            it, kk = flat // k, flat % k
-            sit = sel[it]
-            zc = zcoef[sit]
-            z = zc[:, 0] * g[0][kk] + zc[:, 1] * g[1][kk] + zc[:, 2]
-            if perspective:
-                z = 1.0 / z
-            key = (z.clamp_min(1e-30).view(torch.int32).long() << 32) | face_ids[sit]
-            zkey.scatter_reduce_(0, base[sit] + off[kk], key, "amin")
-    face_index = torch.where(zkey == _INT64_MAX, -1, zkey & 0xFFFFFFFF)
-    return face_index.view(height, width)
+def _pack_key(high: Tensor, low: Tensor) -> Tensor:
+    """(N,) int32 high (>= 0), (N,) int32 low (>= 0) -> (N,) int64 high * 2^32 + low."""
+    if sys.byteorder == "little":
+        return torch.stack([low, high], 1).view(torch.int64).view(-1)
+    return (high.long() << 32) | low.long()
+
+
+def _unpack_face(zkey: Tensor) -> Tensor:
+    """z-buffer keys -> int64 face ids (low 32 bits), -1 where still _INT64_MAX."""
+    if sys.byteorder == "little":  # _INT64_MAX's low word is 0xFFFFFFFF = -1 as int32
+        return zkey.view(torch.int32).view(-1, 2)[:, 0].long()
+    return torch.where(zkey == _INT64_MAX, -1, zkey & 0xFFFFFFFF)
 
 
 def _face_index_pytorch3d(
@@ -393,21 +414,38 @@ def _fragments_from_faces(
     verts: Tensor, faces: Tensor, face_index: Tensor, perspective: bool
 ) -> Fragments:
     """Barycentrics and depth at the pixel centres for a given face per pixel (in chunks of
-    pixels, to bound memory on large images)."""
+    covered pixels, to bound memory on large images). The arithmetic is `_bary_from_coeffs`'s,
+    op for op (so `differentiable_bary` reproduces these values), on coefficients laid out
+    (11,P) so that every operand is contiguous."""
     height, width = face_index.shape
     fi = face_index.reshape(-1)
     dtype = verts.dtype if verts.is_floating_point() else torch.float32
     dev = verts.device
-    coef = _face_coeffs(verts.to(torch.float64)[faces]).to(dtype)
+    coef_t = _face_coeffs(verts.to(torch.float64)[faces]).to(dtype).T.contiguous()  # (11,F)
     bary = torch.zeros(height * width, 3, dtype=dtype, device=dev)
     depth = torch.full((height * width,), math.inf, dtype=dtype, device=dev)
-    for start in range(0, height * width, _CHUNK):
-        pix = (fi[start : start + _CHUNK] >= 0).nonzero().squeeze(1) + start
-        if len(pix) == 0:
-            continue
-        b, d = _bary_from_coeffs(_pixel_centres(pix, width, dtype), coef[fi[pix]], perspective)
-        bary[pix] = b
-        depth[pix] = d
+    covered = (fi >= 0).nonzero().squeeze(1)
+    for start in range(0, len(covered), _CHUNK):
+        pix = covered[start : start + _CHUNK]
+        f = fi.index_select(0, pix)
+        c = torch.empty(11, len(pix), dtype=dtype, device=dev)
+        for i in range(11):  # (faster than one index_select along dim 1)
+            torch.index_select(coef_t[i], 0, f, out=c[i])
+        row = torch.div(pix, width, rounding_mode="floor")
+        dx = ((pix - row * width).to(dtype) + 0.5) - c[0]
+        dy = (row.to(dtype) + 0.5) - c[1]
+        w = torch.addcmul(c[2:5] * dx, c[5:8], dy)  # (3,P)
+        w[0] += 1.0
+        z = c[8:11]
+        if perspective:
+            q = w / z
+            s = q[0] + q[1] + q[2]
+            w, d = q / s, 1.0 / s
+        else:
+            wz = w * z
+            d = wz[0] + wz[1] + wz[2]
+        bary.index_copy_(0, pix, w.T)
+        depth.index_copy_(0, pix, d)
     return Fragments(
         face_index, bary.view(height, width, 3), depth.view(height, width), perspective
     )

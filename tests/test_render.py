@@ -146,7 +146,7 @@ def test_matches_brute_force_with_offscreen_large_and_degenerate_triangles():
     assert not (fr.face_index == len(faces) - 1).any()  # a vertex behind the camera: skipped
 
 
-def test_large_image_tiling_matches_brute_force():
+def test_large_triangles_match_brute_force():
     verts = torch.tensor(
         [[-3.0, 5.0, 1.0], [300.0, 20.0, 2.0], [40.0, 250.0, 3.0], [200.0, 200.0, 0.5]]
     )
@@ -154,6 +154,128 @@ def test_large_image_tiling_matches_brute_force():
     fr = rasterize(verts, faces, 230, 260)
     ref = brute_force(verts, faces, 230, 260)
     assert (fr.face_index.numpy() != ref).sum() <= 2
+
+
+def brute_force_all(verts, faces, h, w, perspective):
+    """Every triangle at every pixel centre (numpy, float64): (F,H,W) smallest barycentric,
+    depth and (F,H,W,3) barycentrics (perspective-correct when asked); +inf / nan where a
+    face is unusable (zero area, a vertex at depth <= 0)."""
+    v = verts.double().numpy()
+    ys, xs = np.mgrid[0:h, 0:w]
+    px, py = xs + 0.5, ys + 0.5
+    n = len(faces)
+    wmin = np.full((n, h, w), -np.inf)
+    depth = np.full((n, h, w), np.inf)
+    bary = np.zeros((n, h, w, 3))
+    for i, (a, b, c) in enumerate(v[faces.numpy()]):
+        area = (b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0])
+        if abs(area) < 1e-10 or min(a[2], b[2], c[2]) <= 0:
+            continue
+        wa = ((b[0] - px) * (c[1] - py) - (b[1] - py) * (c[0] - px)) / area
+        wb = ((c[0] - px) * (a[1] - py) - (c[1] - py) * (a[0] - px)) / area
+        wc = ((a[0] - px) * (b[1] - py) - (a[1] - py) * (b[0] - px)) / area
+        wmin[i] = np.minimum(np.minimum(wa, wb), wc)
+        ws = np.stack([wa, wb, wc], -1)
+        if perspective:
+            q = ws / np.array([a[2], b[2], c[2]])
+            depth[i] = 1.0 / q.sum(-1)
+            bary[i] = q * depth[i][..., None]
+        else:
+            depth[i] = ws @ np.array([a[2], b[2], c[2]])
+            bary[i] = ws
+    return wmin, depth, bary
+
+
+def _tie_mesh(h, w, seed):
+    """A random mesh over an h x w image: a jittered grid with shared edges, reaching past
+    every border (faces partly off-screen), a tilted depth with bumps; random triangles
+    (slivers, big ones, partly off-screen) in front of and behind it; exact copies of some
+    grid faces appended (same coordinates: depth ties, the lower id must win); two
+    overlapping triangles in one constant-depth plane (ties between different faces)."""
+    g = np.random.default_rng(seed)
+    nx, ny = 9, 7
+    gx, gy = np.meshgrid(np.linspace(-0.2 * w, 1.2 * w, nx), np.linspace(-0.25 * h, 1.25 * h, ny))
+    gx = gx + g.uniform(-0.3, 0.3, gx.shape) * w / nx
+    gy = gy + g.uniform(-0.3, 0.3, gy.shape) * h / ny
+    gz = 3.0 + 0.01 * gx - 0.02 * gy + 0.3 * g.uniform(size=gx.shape)
+    verts = [np.stack([gx, gy, gz], -1).reshape(-1, 3)]
+    idx = np.arange(nx * ny).reshape(ny, nx)
+    a, b, c, d = idx[:-1, :-1], idx[:-1, 1:], idx[1:, 1:], idx[1:, :-1]
+    grid = np.concatenate([np.stack([a, b, c], -1), np.stack([a, c, d], -1)]).reshape(-1, 3)
+    faces = [grid]
+    n0 = nx * ny
+    k = 25
+    centre = g.uniform([-0.2 * w, -0.2 * h], [1.2 * w, 1.2 * h], (k, 1, 2))
+    size = np.exp(g.uniform(np.log(0.5), np.log(0.8 * w), (k, 1, 1)))
+    corners = centre + size * g.normal(size=(k, 3, 2))
+    z = np.repeat(g.uniform(1.5, 4.5, (k, 1, 1)), 3, 1) + g.uniform(-0.5, 0.5, (k, 3, 1))
+    verts.append(np.concatenate([corners, z], -1).reshape(-1, 3))
+    faces.append(n0 + np.arange(3 * k).reshape(k, 3))
+    n1 = n0 + 3 * k
+    plane = np.array(
+        [[0.1 * w, 0.2 * h, 2.0], [0.8 * w, 0.3 * h, 2.0], [0.3 * w, 0.9 * h, 2.0]]
+        + [[0.2 * w, 0.7 * h, 2.0], [0.7 * w, 0.1 * h, 2.0], [0.9 * w, 0.8 * h, 2.0]]
+    )
+    verts.append(plane)
+    faces.append(n1 + np.arange(6).reshape(2, 3))
+    dup = g.choice(len(grid), 20, replace=False)  # grid faces are faces 0..len(grid)-1
+    faces.append(grid[dup])
+    verts = torch.tensor(np.concatenate(verts), dtype=torch.float32)
+    faces = torch.tensor(np.concatenate(faces))
+    return verts, faces, len(faces) - len(dup), dup
+
+
+@pytest.mark.parametrize("perspective", [False, True])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_spans_match_brute_force_with_ties_and_offscreen_faces(perspective, seed):
+    h, w = 53, 77
+    verts, faces, first_dup, dup = _tie_mesh(h, w, seed)
+    fr = rasterize(verts, faces, h, w, perspective_correct=perspective)
+    wmin, depth, bary = brute_force_all(verts, faces, h, w, perspective)
+    fi = fr.face_index.numpy()
+    eps, tol_w = 1e-6, 1e-7
+    clearly_in = wmin >= tol_w
+    maybe_in = wmin >= -eps - tol_w
+    zmin = np.where(clearly_in, depth, np.inf).min(0)
+    ys, xs = np.mgrid[0:h, 0:w]
+    # Background only where no face clearly covers the pixel centre.
+    assert not clearly_in[:, fi < 0].any()
+    # The chosen face covers the pixel (up to the edge tolerance) and nothing that clearly
+    # covers it is nearer (up to float32 depth resolution).
+    won = fi >= 0
+    f, y, x = fi[won], ys[won], xs[won]
+    assert maybe_in[f, y, x].all()
+    assert (depth[f, y, x] <= zmin[won] * (1 + 1e-6)).all()
+    # Where the answer is unambiguous (no face within the tolerance of an edge, no depth
+    # tie other than with a copy), it is exactly the brute-force answer.
+    own = slice(0, first_dup)
+    z_sorted = np.sort(np.where(maybe_in[own], depth[own], np.inf), axis=0)
+    clear = ~(maybe_in & ~clearly_in).any(0) & (z_sorted[1] > z_sorted[0] * (1 + 1e-5))
+    best = np.where(clearly_in.any(0), np.where(clearly_in, depth, np.inf).argmin(0), -1)
+    assert clear.mean() > 0.8
+    assert (fi[clear] == best[clear]).all()
+    # Copies of faces never win: equal depth goes to the lower face id (their originals,
+    # which tie with them everywhere, do show).
+    assert not (fi >= first_dup).any()
+    assert np.isin(fi, dup).sum() > 50
+    # Barycentrics and depth at the chosen face: the brute force's, to float32 precision.
+    assert_close(fr.bary.numpy()[won], bary[f, y, x], atol=2e-5)
+    assert_close(fr.depth.numpy()[won], depth[f, y, x], atol=0, rtol=2e-6)
+
+
+@pytest.mark.parametrize("perspective", [False, True])
+def test_chunked_spans_give_the_same_fragments(monkeypatch, perspective):
+    """Rows and fragments are processed in chunks to bound memory; tiny chunks (down to one
+    row, runs split anywhere) give the same face, barycentrics and depth at every pixel."""
+    import mfnet_core.render as render
+
+    verts, faces, _, _ = _tie_mesh(53, 77, 3)
+    whole = rasterize(verts, faces, 53, 77, perspective_correct=perspective)
+    for chunk in (97, 8, 1):
+        monkeypatch.setattr(render, "_CHUNK", chunk)
+        part = rasterize(verts, faces, 53, 77, perspective_correct=perspective)
+        assert torch.equal(part.face_index, whole.face_index)
+        assert torch.equal(part.bary, whole.bary) and torch.equal(part.depth, whole.depth)
 
 
 def test_nearer_triangle_wins_regardless_of_order():
