@@ -13,6 +13,7 @@ and one line on stderr; the result folder is then either the old one or the new 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import signal
@@ -404,14 +405,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    args = build_parser().parse_args(argv)
-    mode = getattr(args, "progress", "none")
-    if getattr(args, "json", False) and mode == "bar":
-        mode = "none"
-    progress = ProgressPrinter(mode)
-    handlers = {"reconstruct": cmd_reconstruct, "demo": cmd_demo, "doctor": cmd_doctor}
+    progress: ProgressPrinter | None = None
     summary: dict | None = None
+    results_before = len(_results_written())
     try:
+        args = build_parser().parse_args(argv)
+        mode = getattr(args, "progress", "none")
+        if getattr(args, "json", False) and mode == "bar":
+            mode = "none"
+        progress = ProgressPrinter(mode)
+        handlers = {"reconstruct": cmd_reconstruct, "demo": cmd_demo, "doctor": cmd_doctor}
         summary = handlers[args.command](args, progress)
         if args.command == "doctor":
             if args.json:
@@ -437,19 +440,32 @@ def _main(argv: list[str] | None) -> int:
             signum = signal.SIGINT
         if signum is None:
             if isinstance(e, MfnetError):
-                progress.error(str(e))
+                if progress is not None:
+                    progress.error(str(e))
                 print(f"mfnet: error: {e}", file=sys.stderr)
                 return 2
             raise
         _Signals.raising = False  # a second Ctrl-C must not cut the lines below
-        written = getattr(e, "result_written", None) or (summary or {}).get("result_dir")
+        name = _signal_name(signum)
+        written = getattr(e, "result_written", None)
+        if not written and len(_results_written()) > results_before:
+            written = _results_written()[-1]
         if written:
             what = f"the new result in {written} is complete"
         else:
             what = "nothing was written (an existing result is unchanged)"
-        progress.error(f"cancelled by {_signal_name(signum)}")
-        print(f"mfnet: cancelled by {_signal_name(signum)}; {what}", file=sys.stderr)
+        with contextlib.suppress(OSError, ValueError):  # the terminal may be gone (SIGHUP)
+            if progress is not None:
+                progress.error(f"cancelled by {name}")
+            print(f"mfnet: cancelled by {name}; {what}", file=sys.stderr)
         return 128 + int(signum)
+
+
+def _results_written() -> list[Path]:
+    """The result folders this process has put in place (result_folder keeps the list; not
+    imported yet: none)."""
+    rf = sys.modules.get("mfnet_core.outputs.result_folder")
+    return rf.committed_results() if rf is not None else []
 
 
 if __name__ == "__main__":

@@ -707,18 +707,20 @@ def atomic_folder(claim: OutputClaim | Path | str, overwrite: bool = False) -> I
         claim = claim_destination(claim, overwrite)
     assert isinstance(claim, OutputClaim)
     out = claim.out_dir
+    tmp: Path | None = None
     try:
-        with signals_deferred():
-            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
         try:
+            with signals_deferred():  # a signal held here is raised inside the try
+                tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
             _test_pause("partial")
             yield tmp
             _test_pause("export")
             _finish(tmp)
             _commit(claim, tmp)
         except BaseException as e:
-            with signals_deferred():
-                shutil.rmtree(tmp, ignore_errors=True)
+            if tmp is not None:
+                with signals_deferred():
+                    shutil.rmtree(tmp, ignore_errors=True)
             if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS and not claim.committed:
                 raise _write_error(out, e) from None
             raise
@@ -756,3 +758,16 @@ def _commit(claim: OutputClaim, tmp: Path) -> None:
             with contextlib.suppress(AttributeError, TypeError):
                 e.result_written = out  # type: ignore[attr-defined]
         raise
+    finally:
+        if claim.committed:
+            _COMMITTED.append(out)
+
+
+# Result folders this process has put in place: an interrupt that arrives after that (the
+# CLI printing its summary, say) must not be reported as "nothing was written".
+_COMMITTED: list[Path] = []
+
+
+def committed_results() -> list[Path]:
+    """The result folders this process has written (in order)."""
+    return list(_COMMITTED)
