@@ -616,3 +616,21 @@ def test_deferred_signals_reach_the_previous_handler_after_the_block():
         assert signal.getsignal(signal.SIGTERM) is handler
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_the_add_on_tidies_what_a_killed_backend_left(tmp_path):
+    """cancel() kills a backend that ignores the interrupt; what it left is tidied: the
+    partial folder goes, the result it was replacing comes back, its lock goes."""
+    from blender_addon import backend
+
+    out = _fake_result(tmp_path / "out", "old")
+    os.replace(out, tmp_path / ".out.old-4242")
+    (tmp_path / ".out.partial-k1").mkdir()
+    (tmp_path / ".out.lock").write_text(json.dumps({"tool": "mfnet", "pid": 4242}))
+    assert backend.unique_folder(tmp_path, "out") == tmp_path / "out_2"  # being written
+    backend.tidy_after(out, pid=4242)
+    assert (out / "rig.npz").read_text() == "old" and _hidden(tmp_path) == []
+    # another run's lock is not ours to remove
+    (tmp_path / ".out.lock").write_text(json.dumps({"tool": "mfnet", "pid": 1}))
+    backend.tidy_after(out, pid=4242)
+    assert _hidden(tmp_path) == [".out.lock"]
