@@ -262,9 +262,10 @@ INTERRUPT_SIGNALS = tuple(
 
 def _test_pause(point: str) -> None:
     """Test hook: MFNET_TEST_PAUSE=<point> holds the run there for MFNET_TEST_PAUSE_S seconds
-    (default 10; or until the file MFNET_TEST_RESUME exists) after saying so on stderr, so that tests can signal a real process at a
-    known moment: "partial" (the partial folder made, nothing written yet), "export" (the
-    files written, not yet marked and moved), "swap" (between the two renames)."""
+    (default 10), or until the file MFNET_TEST_RESUME exists, after saying so on stderr, so
+    that tests can signal a real process at a known moment: "partial" (the partial folder
+    made, nothing written yet), "export" (the files written, not yet marked and moved),
+    "swap" (between the two renames)."""
     if os.environ.get("MFNET_TEST_PAUSE") == point:
         print(f"mfnet-test: paused at {point}", file=sys.stderr, flush=True)
         deadline = time.monotonic() + float(os.environ.get("MFNET_TEST_PAUSE_S", "10"))
