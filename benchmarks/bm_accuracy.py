@@ -25,15 +25,15 @@ headscan-james-menpo3d (BSD-3, see its SOURCES.md), rendered with its own photo 
 the capture's face region to the fitted mesh after a similarity alignment (the 68 3D
 landmarks give the start, ICP refines), as the FaceScape protocol does.
 
-Prints one JSON object with --json (else a table).
+Prints one JSON object with --json (else a table). Seconds are also given as ratios to the
+reference workload timed in the same process (`benchmarks/reference.py`), with the machine's
+CPU model, cores and load.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import trimesh
+from reference import Reference
 
 from mfnet_core.camera import axis_angle_to_matrix, yaw_pitch_roll_deg
 from mfnet_core.fit.dense import DenseOptions, refine_dense
@@ -214,17 +215,6 @@ def paired(per: dict[str, list[float]], a: str, b: str) -> dict:
     }
 
 
-def machine() -> dict:
-    return {
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "load_avg": [round(x, 2) for x in os.getloadavg()],
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -242,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     configs = {k: CONFIGS[k] for k in args.configs.split(",")}
     flame, kind = load_model(args.model)
-    start, load0 = time.perf_counter(), machine()["load_avg"]
+    ref = Reference.start()
+    start = time.perf_counter()
 
     def ablation(yaw: float) -> tuple[dict, dict]:
         per = {k: [] for k in configs}
@@ -330,19 +321,33 @@ def main(argv: list[str] | None = None) -> int:
         }
     elif not args.no_scan:
         result["scan"] = {"skipped": f"not found: {scan_dir}"}
-    result["machine"] = {**machine(), "load_avg_start": load0}
     result["total_seconds"] = round(time.perf_counter() - start, 1)
+    ref.finish()
+    result.update(ref.to_json())
+    times: dict = {"total_seconds": result["total_seconds"], "configs": {}}
+    for k, v in result["configs"].items():
+        times["configs"][k] = {n: v[n] for n in ("seconds", "scan_seconds") if n in v}
+    for y, other in result.get("other_yaws", {}).items():
+        times.setdefault("other_yaws", {})[y] = {
+            k: {"seconds": v["seconds"]} for k, v in other["configs"].items()
+        }
+    result["ratio_to_reference"] = ref.ratios(times)
     if args.json:
         print(json.dumps(result))
     else:
+        print(ref.summary())
         print(
-            f"{'loss set':26s} {'median mm':>10s} {'mean mm':>9s} {'s/subject':>10s} {'scan mm':>8s}"
+            f"{'loss set':26s} {'median mm':>10s} {'mean mm':>9s} {'s/subject':>10s} "
+            f"{'x ref':>7s} {'scan mm':>8s}"
         )
         for k, v in result["configs"].items():
             print(
                 f"{k:26s} {v['median_vertex_error_mm']:10.3f} {v['mean_vertex_error_mm']:9.3f} "
-                f"{v['seconds']:10.2f} {v.get('scan_median_mm', float('nan')):8.3f}"
+                f"{v['seconds']:10.2f} {ref.ratio(v['seconds'], 1):7.1f} "
+                f"{v.get('scan_median_mm', float('nan')):8.3f}"
             )
+        total = result["total_seconds"]
+        print(f"total {total:.1f} s ({ref.ratio(total, 1):.1f} x reference)")
         print(json.dumps(result["paired"], indent=1))
     return 0
 

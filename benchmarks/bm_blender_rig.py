@@ -78,11 +78,13 @@ def in_blender(argv: list[str]) -> dict:
 
 
 def driver() -> int:
-    """Outside Blender: run this file in both Blenders and print a markdown table."""
-    import platform
-
+    """Outside Blender: run this file in both Blenders and print a markdown table, in
+    seconds and as ratios to the reference workload (`benchmarks/reference.py`, timed in
+    this process before and after the Blender runs; Blender's Python lacks OpenCV)."""
     import harness
+    from reference import Reference
 
+    ref = Reference.start()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for kind in harness.KINDS:
@@ -97,17 +99,20 @@ def driver() -> int:
             res.pop("_stdout", None)
             rows.append(res)
             print(json.dumps(res), file=sys.stderr)
-    cpu = platform.processor() or platform.machine()
-    print(
-        f"| Blender | median build (s) | runs | read rig.npz | mesh + UVs + material | shape keys | armature + groups | drivers | one evaluation (s) |  ({cpu})"
+    ref.finish()
+    print(ref.summary())
+    head = (
+        "| Blender | median build | runs | read rig.npz | mesh + UVs + material | shape keys "
+        "| armature + groups | drivers | one evaluation |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        s = r["stage_median_seconds"]
-        print(
-            f"| {r['blender']} | {r['median_seconds']:.3f} | {r['runs']} | {s['read']:.3f} | {s['mesh']:.3f} | {s['shape_keys']:.3f} "
-            f"| {s['armature']:.3f} | {s['drivers']:.3f} | {r['evaluate_seconds']:.3f} |"
-        )
+    for unit, scale in (("seconds", 1.0), ("ratio to the reference", 1.0 / ref.seconds)):
+        print(f"\n{unit}:\n{head}\n|---|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            s = r["stage_median_seconds"]
+            cells = [r["median_seconds"], s["read"], s["mesh"], s["shape_keys"]]
+            cells += [s["armature"], s["drivers"], r["evaluate_seconds"]]
+            v = [f"{x * scale:.3f}" for x in cells]
+            print(f"| {r['blender']} | {v[0]} | {r['runs']} | " + " | ".join(v[1:]) + " |")
     return 0
 
 

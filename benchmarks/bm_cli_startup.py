@@ -3,8 +3,10 @@ missing photo, each in a cold process as users run it (median of --repeats runs,
 
     python benchmarks/bm_cli_startup.py [--repeats 5] [--json]
 
-The reference workload (`python -c pass`) is the interpreter's own start, timed the same
-way, so each figure is also given as a ratio to it.
+Each figure is also given as a ratio to two references timed in this run: the
+interpreter's own start (`python -c pass`, timed the same way) and the reference workload
+every benchmark times in its own process (`benchmarks/reference.py`, timed after the CLI
+runs so that its imports warm nothing for them), with the machine's CPU model, cores and load.
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+from reference import Reference, machine
 
 CASES = {
     "version": ["--version"],
@@ -40,30 +43,33 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     mfnet = shutil.which("mfnet", path=os.path.dirname(sys.executable)) or "mfnet"
+    machine_start = machine()
     with tempfile.TemporaryDirectory() as tmp:
-        ref = statistics.median(
+        py = statistics.median(
             _time([sys.executable, "-c", "pass"], tmp) for _ in range(args.repeats)
         )
         results = {
             name: statistics.median(_time([mfnet, *argv], tmp) for _ in range(args.repeats))
             for name, argv in CASES.items()
         }
+    ref = Reference.start(machine_start=machine_start).finish(repeats=0)
     out = {
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "load_avg": [round(x, 2) for x in os.getloadavg()],
-        },
-        "reference_python_start_s": round(ref, 4),
+        **ref.to_json(),
+        "reference_python_start_s": round(py, 4),
         "seconds": {k: round(v, 4) for k, v in results.items()},
-        "ratio_to_reference": {k: round(v / ref, 2) for k, v in results.items()},
+        "ratio_to_reference": ref.ratios(results),
+        "ratio_to_python_start": {k: round(v / py, 2) for k, v in results.items()},
     }
     if args.json:
         print(json.dumps(out))
     else:
-        print(f"reference (python -c pass): {ref:.3f} s")
+        print(ref.summary())
+        print(f"python -c pass: {py:.3f} s")
         for k, v in results.items():
-            print(f"mfnet {k:16s} {v:.3f} s  ({v / ref:.1f}x)")
+            print(
+                f"mfnet {k:16s} {v:.3f} s  ({ref.ratio(v, 2):.2f} x reference, "
+                f"{v / py:.1f} x python start)"
+            )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ once, then `refine_dense` --runs times from the same start with "flow" and with
 "flow+photo" (the overlay pictures and PSNR/SSIM report timed separately). Also times the
 parts of one flow round: rendering the fitted mesh in 3 views, I_{a->b} + DIS flow for the 4
 ordered pairs, and one Levenberg-Marquardt round. Prints one JSON object with medians (s),
-the load average before and after (2 shared cores: compare runs only at similar load), and
+the same as ratios to the reference workload timed in the same process
+(`benchmarks/reference.py`), the machine and the load average before and after, and
 the median vertex errors as a check that the runs did the same work. With --device cuda the
 fit runs on the GPU (the flow estimator and rasteriser run where they are; see the docs).
 """
@@ -16,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 
 import numpy as np
 import torch
+from reference import Reference
 
 from mfnet_core.fit import dense as dfm
 from mfnet_core.fit import flow as fl
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args(argv)
-    load0 = [round(x, 2) for x in os.getloadavg()]
+    ref = Reference.start()
     assets = load_flame_assets(ensure_test_head())
     flame = FLAME(assets, n_shape=100, n_expr=50).to(args.device)
     subj = make_realistic_subject(
@@ -124,14 +124,15 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(threads)
     out["flow_round_parts"] = {k: round(statistics.median(v), 3) for k, v in parts.items()}
     out["samples_per_round"] = int(sum(len(p.faces) for p in pfs))
-    out["machine"] = {
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "device": args.device,
-        "torch": torch.__version__,
-        "load_avg_start": load0,
-        "load_avg_end": [round(x, 2) for x in os.getloadavg()],
+    ref.finish()
+    times = {
+        k: ({n: x for n, x in v.items() if n != "error_mm"} if isinstance(v, dict) else v)
+        for k, v in out.items()
+        if k.endswith("_s") or isinstance(v, dict)
     }
+    out["ratio_to_reference"] = ref.ratios(times)
+    out = {**ref.to_json(), **out}
+    out["machine"]["device"] = args.device
     out["image_size"] = args.size
     out["runs"] = args.runs
     print(json.dumps(out))

@@ -5,17 +5,17 @@
 One synthetic subject (3 views of --size px at -35/0/+35 degrees yaw, known landmarks with
 1 px noise, so no detector), reconstructed --repeats times on each device (CUDA only where
 PyTorch sees a GPU). Prints one JSON object: median seconds per stage and end to end for each
-device, the results' agreement (largest difference of the fitted parameters and of the fitted
-mesh in mm, PSNR per view) and the error against the known mesh for each device. Exits 1
-when the devices disagree by more than --tolerance-mm on the mesh.
+device, also as ratios to the reference workload timed in the same process
+(`benchmarks/reference.py`) with the machine's CPU model, cores and load; the results'
+agreement (largest difference of the fitted parameters and of the fitted mesh in mm, PSNR
+per view) and the error against the known mesh for each device. Exits 1 when the devices
+disagree by more than --tolerance-mm on the mesh.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from reference import Reference
 
 from mfnet_core.fit.landmark_fit import FitOptions
 from mfnet_core.head.flame import FLAME
@@ -62,13 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tolerance-mm", type=float, default=0.1)
     args = ap.parse_args(argv)
     losses = tuple(t for t in args.losses.split(",") if t)
+    ref = Reference.start()
     assets = load_model_assets()
     flame = FLAME(assets, 100, 50)
     texture = procedural_texture(flame, 512, seed=0)
     subject = make_subject(flame, texture, seed=0, image_size=args.size, landmark_noise_px=1.0)
     inputs = [ViewInput(photo=v.photo, landmarks=v.landmarks_noisy) for v in subject.views]
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    load_before = os.getloadavg()
     timings: dict[str, dict[str, float]] = {}
     results = {}
     for dev in devices:
@@ -93,16 +94,11 @@ def main(argv: list[str] | None = None) -> int:
             for d, r in results.items()
         },
         "psnr_face": {d: [v["psnr_face"] for v in r.report["views"]] for d, r in results.items()},
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "load_avg_start": [round(x, 2) for x in load_before],
-            "load_avg_end": [round(x, 2) for x in os.getloadavg()],
-        },
     }
+    ref.finish()
+    summary["ratio_to_reference"] = ref.ratios(timings)
+    summary = {**ref.to_json(), **summary}
+    summary["machine"]["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     ok = True
     if "cuda" in results:
         a, b = results["cpu"].fit, results["cuda"].fit

@@ -19,7 +19,8 @@ It does this for each DIS preset and working resolution (`loss.flow_size`), with
 per person, at three meshes: an untrained
 network's prediction (what early training sees), a trained checkpoint's (--checkpoint), and
 the true mesh (the estimator's noise floor: there the flow should be zero). Prints one JSON
-object.
+object; the times also as ratios to the reference workload timed in this process
+(`benchmarks/reference.py`), with the machine's CPU model, cores and load.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bm_flow_targets import cpu_offer, make_batch  # noqa: E402
+from reference import Reference  # noqa: E402
 
 
 def true_vertices_cam(flame, batch: dict[str, Tensor]) -> Tensor:  # noqa: ANN001
@@ -187,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from training.losses import flow_context, flow_tasks, person_flow_targets
 
+    ref = Reference.start()
     torch.set_num_threads(1)
     presets = [p.strip() for p in args.presets.split(",") if p.strip()]
     results: dict[str, dict] = {}
@@ -227,14 +230,21 @@ def main(argv: list[str] | None = None) -> int:
                 row["per_person_landmark_px"] = landmark_errors(d, batch)
                 key = preset if size == 0 else f"{preset}@{context['size']}px"
                 results.setdefault(state, {})[key] = row
+    ref.finish()
+    per_person_s = {
+        state: {key: row["per_person_ms"] / 1000 for key, row in rows.items()}
+        for state, rows in results.items()
+    }
     print(
         json.dumps(
             {
+                **ref.to_json(),
                 "people": args.people,
                 "crop_px": crop,
                 "checkpoint": args.checkpoint,
                 "results": results,
-                "machine": cpu_offer(),
+                "ratio_to_reference": {"per_person": ref.ratios(per_person_s)},
+                "cpu_offer": cpu_offer(),
             },
             indent=2,
         )

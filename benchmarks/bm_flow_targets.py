@@ -13,7 +13,8 @@ once with the libraries' default threads, with each person's time inside its wor
 also reports what the machine offers: cores, CPU affinity, the cgroup CPU quota, the load,
 and the parallel efficiency of the same number of processes on a pure OpenCV DIS task
 (`machine_scaling`: if that is poor too, the machine is the limit, not the flow term).
-Prints one JSON object.
+Prints one JSON object; every time also as a ratio to the reference workload timed in this
+process (`benchmarks/reference.py`), with the machine's CPU model.
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from reference import Reference, cpu_model
 from torch.utils.data import default_collate
 
 
@@ -42,7 +43,7 @@ def cpu_offer() -> dict[str, object]:
             continue
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     return {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "affinity": affinity,
         "cgroup_cpu_quota": quota,
@@ -165,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     offer_start = cpu_offer()
+    ref = Reference.start()
     with tempfile.TemporaryDirectory() as tmp:
         trainer, batch, dec = make_batch(args.people, args.crop, Path(tmp))
         a = trainer.flame.assets
@@ -211,9 +213,25 @@ def main(argv: list[str] | None = None) -> int:
             # processes slow each other down (cores, memory, threads), not the IPC.
             "per_person_ms_inside_worker": round(1000 * statistics.median(inside), 1),
         }
+    scaling = machine_scaling(workers)
+    ref.finish()
+    times = {  # seconds
+        "per_person_by_torch_threads": {k: v / 1000 for k, v in per_person_threads.items()},
+        "serial_batch": serial_batch_s,
+        "pools": {
+            k: {
+                "first_batch": v["first_batch_s"],
+                "batch": v["batch_s"],
+                "per_person_inside_worker": v["per_person_ms_inside_worker"] / 1000,
+            }
+            for k, v in pools.items()
+        },
+        "machine_scaling": {k: v for k, v in scaling.items() if k.endswith("_s")},
+    }
     print(
         json.dumps(
             {
+                **ref.to_json(),
                 "people": len(tasks),
                 "crop_px": args.crop,
                 "pairs_per_person": round(sum(len(p) for p in pairs) / len(pairs), 2),
@@ -221,9 +239,10 @@ def main(argv: list[str] | None = None) -> int:
                 "serial_batch_s": round(serial_batch_s, 3),
                 "workers": workers,
                 "pools": pools,
-                "machine_scaling": machine_scaling(workers),
+                "machine_scaling": scaling,
                 "machine_start": offer_start,
                 "machine_end": cpu_offer(),
+                "ratio_to_reference": ref.ratios(times),
             },
             indent=2,
         )

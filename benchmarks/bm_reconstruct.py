@@ -5,8 +5,9 @@ landmarks + 1 px noise, so no detector), and (b) a real face (scikit-image's ast
 upscaled to 1024 px; the same photo three times, once mirrored) through the real dlib
 detector. Default losses (landmarks, eye, lip, flow, reg: the flow term's dense stage runs);
 `--losses` picks others, e.g. landmarks,eye,lip,reg for the landmark fit alone. Prints one
-JSON object: medians over --repeats runs, and the load average before and after (the
-machine may be shared).
+JSON object: medians over --repeats runs in seconds and as ratios to the reference workload
+timed in the same process (`benchmarks/reference.py`), the machine (CPU model, cores) and
+the load average before and after (the machine may be shared).
 
     python benchmarks/bm_reconstruct.py --repeats 3
 """
@@ -16,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from reference import Reference
 
 from mfnet_core.fit.landmark_fit import FitOptions
 from mfnet_core.head.flame import FLAME
@@ -66,6 +67,7 @@ def main() -> None:
     args = ap.parse_args()
     losses = tuple(t for t in args.losses.split(",") if t)
     options = ReconstructOptions(device=args.device, overwrite=True, fit=FitOptions(losses=losses))
+    ref = Reference.start()
     load_before = os.getloadavg()
     assets = load_model_assets()
     flame = FLAME(assets, 100, 50)
@@ -86,19 +88,23 @@ def main() -> None:
                     runs[-1]["_rec"].fit.vertices_model, subject.vertices_true, assets.face_region
                 )
                 results[name]["median_vertex_error_mm"] = round(float(np.median(err)), 3)
+    load_after = os.getloadavg()
+    ref.finish()
+    not_times = ("psnr_face_mean", "median_vertex_error_mm")
+    times = {n: {k: v for k, v in r.items() if k not in not_times} for n, r in results.items()}
     print(
         json.dumps(
             {
+                **ref.to_json(),
                 "model": assets.kind,
                 "device": args.device,
                 "losses": list(losses),
                 "load_average_before": [round(x, 2) for x in load_before],
-                "load_average_after": [round(x, 2) for x in os.getloadavg()],
+                "load_average_after": [round(x, 2) for x in load_after],
                 "torch_threads": torch.get_num_threads(),
-                "cpu": platform.processor() or platform.machine(),
-                "cores": os.cpu_count(),
                 "repeats": args.repeats,
                 "results_s": results,
+                "ratio_to_reference": ref.ratios(times),
             },
             indent=2,
         )

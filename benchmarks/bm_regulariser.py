@@ -2,12 +2,17 @@
 
 6 synthetic subjects of the available head, 1024 px renders, 3 px landmark noise; 3 views
 (-35/0/+35 degrees) and the front view alone. Prints median face-region vertex error (mm,
-rigid alignment) and the largest |expression| coefficient per setting.
+rigid alignment) and the largest |expression| coefficient per setting, with the seconds
+the setting's fits took, also as a ratio to the reference workload timed in the same process
+(`benchmarks/reference.py`; the machine and the reference time are printed first and last).
 
     OMP_NUM_THREADS=1 python benchmarks/bm_regulariser.py
 """
 
+import time
+
 import numpy as np
+from reference import Reference
 
 from mfnet_core.fit.landmark_fit import FitOptions, fit_landmarks
 from mfnet_core.fit.plan import LossWeights
@@ -18,6 +23,8 @@ from mfnet_core.synthetic import make_subject, procedural_texture
 
 
 def main() -> None:
+    ref = Reference.start()
+    print(ref.summary())
     assets = load_model_assets()
     flame = FLAME(assets, 100, 50)
     texture = procedural_texture(flame, 64, 0)
@@ -28,6 +35,7 @@ def main() -> None:
     for reg in (1e-4, 3e-3, 1e-2, 3e-2):
         for views in ([0, 1, 2], [1]):
             errors, expr = [], []
+            t0 = time.perf_counter()
             for s in subjects:
                 lmk = np.stack([s.views[i].landmarks_noisy for i in views])
                 intr = [s.views[i].intrinsics for i in views]
@@ -37,9 +45,13 @@ def main() -> None:
                 err = vertex_error_mm(fit.vertices_model, s.vertices_true, assets.face_region)
                 errors.append(np.median(err))
                 expr.append(np.abs(fit.params["expression"]).max())
+            secs = time.perf_counter() - t0
             print(
-                f"reg {reg:g} views {len(views)}: error {np.median(errors):.3f} mm, max|expr| {np.max(expr):.1f}"
+                f"reg {reg:g} views {len(views)}: error {np.median(errors):.3f} mm, "
+                f"max|expr| {np.max(expr):.1f}, {secs:.2f} s ({ref.ratio(secs, 2)} x reference)"
             )
+    ref.finish()
+    print(ref.summary())
 
 
 if __name__ == "__main__":

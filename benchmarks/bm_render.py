@@ -3,8 +3,10 @@
     python benchmarks/bm_render.py [--runs 5] [--device cpu|cuda]
 
 Prints one JSON object: median and min wall-clock seconds over the runs for each case, and
-the median CPU seconds of the process (summed over threads), plus the load average at the
-start and end (on a shared machine, compare runs only when the load is low).
+the median CPU seconds of the process (summed over threads), each also as a ratio to the
+reference workload timed in the same process (`benchmarks/reference.py`: compare ratios
+between machines and runs, not seconds), plus the machine (CPU model, cores) and the load
+average at the start and end.
 Cases:
 - raster_1024: the mesh covering ~500x500 px of a 1024x1024 image (a head in a photo)
 - raster_2048: the same view at 2048x2048 (~1000x1000 px)
@@ -23,13 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import statistics
 import time
 
 import numpy as np
 import torch
+from reference import Reference
 
 from mfnet_core.outputs.texture import BakeView, bake_texture
 from mfnet_core.render import rasterize, render_textured, vertex_normals
@@ -127,15 +128,13 @@ def main() -> None:
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     verts, faces, uv = HEAD
     faces_d = faces.to(dev)
+    ref = Reference.start()
     out: dict[str, object] = {
         "device": str(dev),
-        "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "machine": platform.machine(),
         "triangles": int(len(faces)),
         "vertices": int(len(verts)),
     }
-    out["loadavg_start"] = [round(x, 2) for x in os.getloadavg()]
     cases: dict[str, dict[str, float]] = {}
 
     scr1024, n1024 = camera_view(verts, 20.0, 1024)
@@ -193,9 +192,10 @@ def main() -> None:
                 args.runs,
                 sync,
             )
+    ref.finish()
     out["cases"] = cases
-    out["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
-    print(json.dumps(out, indent=1))
+    out["ratio_to_reference"] = ref.ratios(cases)
+    print(json.dumps({**ref.to_json(), **out}, indent=1))
 
 
 if __name__ == "__main__":
