@@ -202,7 +202,10 @@ def _check_output(
 def _fit_options(args: argparse.Namespace) -> FitOptions:
     from mfnet_core.fit.landmark_fit import FitOptions
 
-    return FitOptions(losses=parse_losses(args.losses))
+    return FitOptions(
+        losses=parse_losses(args.losses),
+        shared_expression=bool(getattr(args, "shared_expression", False)),
+    )
 
 
 def _dense_options(args: argparse.Namespace) -> DenseOptions:
@@ -340,6 +343,12 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--progress", default="bar", choices=["bar", "jsonl", "none"])
         sp.add_argument("--texture-size", type=int, default=1024, choices=[512, 1024, 2048, 4096])
         sp.add_argument(
+            "--shared-expression",
+            action="store_true",
+            help="one expression for all photos (the paper's same-moment assumption); "
+            "default: an expression per photo",
+        )
+        sp.add_argument(
             "--losses",
             default=",".join(DEFAULT_LOSSES),
             help=f"comma list from {','.join(LOSS_TERMS)} (flow needs 2+ photos; photo is opt-in)",
@@ -370,8 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--expressions",
         type=_int_in(0, 400),
-        default=50,
-        help="expression shape keys to export (0 to 400; at most what the model has)",
+        default=None,
+        help="expression shape keys to export (0 to 400; default: all the model has)",
     )
     r.add_argument("--landmarks", default="dlib", choices=["dlib", "face-alignment"])
     r.add_argument(

@@ -6,7 +6,8 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from mfnet_core.errors import ModelNotFoundError
+from mfnet_core.errors import MfnetError, ModelNotFoundError
+from mfnet_core.head.ict import load_ict_assets
 from mfnet_core.inputs.model_files import (
     DECA_URL,
     ENV_MODEL,
@@ -29,8 +30,21 @@ def _item(
 
 def doctor_report(explicit: Path | None = None) -> dict[str, Any]:
     """What is found and what is missing, each with the exact fix. `ok` is False only when
-    something required is broken (a missing FLAME is fine: the test head stands in)."""
+    something required is broken (a missing FLAME is fine: the shipped ICT model stands in)."""
     items: list[dict[str, Any]] = []
+    try:
+        ict = load_ict_assets()
+    except MfnetError as e:
+        items.append(_item("ICT Face Model", False, str(e), "reinstall mfnet (pip install -e .)"))
+    else:
+        items.append(
+            _item(
+                "ICT Face Model",
+                True,
+                f"{ict.source_path} ({ict.n_vertices} vertices, {len(ict.expression_names)} "
+                "ARKit expressions; MIT licence)",
+            )
+        )
     data = flame_dir()
     flame_fix = (
         f"register at {FLAME_URL}, download FLAME 2020 (generic_model.pkl) or FLAME 2023 / "
@@ -48,7 +62,7 @@ def doctor_report(explicit: Path | None = None) -> dict[str, Any]:
                 _item(
                     "FLAME model",
                     False,
-                    "not found; the generated test head (not FLAME) is used",
+                    "not found; the shipped ICT Face Model is used (--model auto)",
                     flame_fix,
                     True,
                 )

@@ -34,6 +34,7 @@ class InterfaceOnly(HeadModel):
             "expression_space",
             "n_shape",
             "n_expr",
+            "posed_joints",
         ):
             object.__setattr__(self, name, getattr(inner, name))
 

@@ -101,26 +101,63 @@ def build_rig(
         "image_size": np.asarray(image_size, dtype=np.int32).reshape(-1, 2),
         "view_names": np.array(view_names),
     }
+    # Additions readers of format 1 may ignore: key names, each view's own expression,
+    # parts and the model's licence (docs/RESULT_FOLDER.md).
+    n = len(view_names)
+    view_expr = np.zeros((n, k), dtype=np.float32)
+    fitted_views = np.asarray(params.get("view_expression", np.tile(fitted, (n, 1))), np.float32)
+    view_expr[:, : min(k, fitted_views.shape[1])] = fitted_views[:, :k]
+    names = head.expression_space.names
+    arrays.update(
+        {
+            "expression_names": np.array(
+                list(names[:k]) if names else [f"exp_{i:03d}" for i in range(k)]
+            ),
+            "view_expressions": view_expr,
+            "view_jaw_pose": np.asarray(
+                params.get("view_jaw_pose", np.tile(params["jaw_pose"], (n, 1))), np.float32
+            ).reshape(n, 3),
+            "part_names": np.array(list(head.parts.names)),
+            "face_part": head.parts.face_part.astype(np.int32),
+            "licence": np.array(head.info.licence),
+        }
+    )
     return RigData(arrays)
 
 
-def write_obj(folder: Path, vertices: np.ndarray, rig: RigData, texture_name: str) -> None:
-    """head.obj + head.mtl: the fitted mesh (expression and jaw applied, no head pose)."""
+def _parts(rig: RigData) -> tuple[list[str], np.ndarray]:
+    """Part names and (F,) part per face (one "skin" part for rigs without parts)."""
     a = rig.arrays
-    lines = ["# mfnet fitted head (FLAME axes, metres)", "mtllib head.mtl", "o head"]
+    if "part_names" in a and "face_part" in a:
+        return [str(n) for n in a["part_names"]], np.asarray(a["face_part"])
+    return ["skin"], np.zeros(len(a["faces"]), dtype=np.int64)
+
+
+def write_obj(folder: Path, vertices: np.ndarray, rig: RigData, texture_name: str) -> None:
+    """head.obj + head.mtl: the fitted mesh (expression and jaw applied, no head pose), one
+    group and material per part (skin, teeth, eyes...), all on the one texture atlas."""
+    a = rig.arrays
+    names, face_part = _parts(rig)
+    lines = ["# mfnet fitted head (model axes: y up, face toward +z; metres)", "mtllib head.mtl"]
     lines += [f"v {x:.6f} {y:.6f} {z:.6f}" for x, y, z in vertices]
     lines += [f"vt {u:.6f} {v:.6f}" for u, v in a["uv_coords"]]
-    lines.append("usemtl skin")
     f = a["faces"] + 1
     ft = a["uv_faces"] + 1
-    lines += [
-        f"f {f0}/{t0} {f1}/{t1} {f2}/{t2}"
-        for (f0, f1, f2), (t0, t1, t2) in zip(f.tolist(), ft.tolist(), strict=True)
-    ]
+    for i, name in enumerate(names):
+        sel = np.flatnonzero(face_part == i)
+        if not len(sel):
+            continue
+        lines += [f"g {name}", f"usemtl {name}"]
+        lines += [
+            f"f {f0}/{t0} {f1}/{t1} {f2}/{t2}"
+            for (f0, f1, f2), (t0, t1, t2) in zip(f[sel].tolist(), ft[sel].tolist(), strict=True)
+        ]
     (folder / "head.obj").write_text("\n".join(lines) + "\n")
-    (folder / "head.mtl").write_text(
-        f"newmtl skin\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nillum 1\nmap_Kd {texture_name}\n"
-    )
+    mtl = [
+        f"newmtl {name}\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nillum 1\nmap_Kd {texture_name}\n"
+        for name in names
+    ]
+    (folder / "head.mtl").write_text("\n".join(mtl))
 
 
 def split_by_uv(
@@ -176,16 +213,27 @@ def write_glb(path: Path, rig: RigData, texture_png: bytes, n_targets: int) -> N
     fl, ui = pygltflib.FLOAT, pygltflib.UNSIGNED_INT
     pos_acc = accessor(positions, pygltflib.VEC3, fl, array_buf, True)
     uv_acc = accessor(uvs, pygltflib.VEC2, fl, array_buf, False)
-    idx_acc = accessor(faces.reshape(-1), pygltflib.SCALAR, ui, elem_buf, False)
+    part_names, face_part = _parts(rig)
+    used = [i for i in range(len(part_names)) if np.any(face_part == i)]
+    idx_accs = [
+        accessor(faces[face_part == i].reshape(-1), pygltflib.SCALAR, ui, elem_buf, False)
+        for i in used
+    ]
     target_accs = [{"POSITION": accessor(t, pygltflib.VEC3, fl, array_buf, True)} for t in targets]
     image_view = add(texture_png, None)
-    names = [f"exp_{k:03d}" for k in range(len(targets))]
-    primitive = pygltflib.Primitive(
-        attributes=pygltflib.Attributes(POSITION=pos_acc, TEXCOORD_0=uv_acc),
-        indices=idx_acc,
-        material=0,
-        targets=target_accs,
-    )
+    if "expression_names" in a:
+        names = [str(n) for n in a["expression_names"][: len(targets)]]
+    else:
+        names = [f"exp_{k:03d}" for k in range(len(targets))]
+    primitives = [
+        pygltflib.Primitive(
+            attributes=pygltflib.Attributes(POSITION=pos_acc, TEXCOORD_0=uv_acc),
+            indices=acc,
+            material=m,
+            targets=target_accs,
+        )
+        for m, acc in enumerate(idx_accs)
+    ]
     gltf = pygltflib.GLTF2(
         asset=pygltflib.Asset(generator="mfnet", version="2.0"),
         scene=0,
@@ -193,18 +241,19 @@ def write_glb(path: Path, rig: RigData, texture_png: bytes, n_targets: int) -> N
         nodes=[pygltflib.Node(mesh=0, name="head")],
         meshes=[
             pygltflib.Mesh(
-                name="head", primitives=[primitive], weights=weights, extras={"targetNames": names}
+                name="head", primitives=primitives, weights=weights, extras={"targetNames": names}
             )
         ],
         materials=[
             pygltflib.Material(
-                name="skin",
+                name=part_names[i],
                 pbrMetallicRoughness=pygltflib.PbrMetallicRoughness(
                     baseColorTexture=pygltflib.TextureInfo(index=0),
                     metallicFactor=0.0,
                     roughnessFactor=0.7,
                 ),
             )
+            for i in used
         ],
         textures=[pygltflib.Texture(source=0, sampler=0)],
         samplers=[pygltflib.Sampler()],
