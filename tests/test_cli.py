@@ -125,7 +125,7 @@ def test_demo_json(tmp_path, cache_env):
     )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert summary["model"] == "test-head"
+    assert summary["model"] == "ict"  # the default without FLAME: the shipped ICT model
     assert summary["views"] == ["left", "front", "right"]
     assert summary["median_vertex_error_mm"] < 2.0
     assert Path(summary["result_dir"]).is_dir() and summary["seconds"] > 0
@@ -133,6 +133,12 @@ def test_demo_json(tmp_path, cache_env):
     report = json.loads((Path(summary["result_dir"]) / "report.json").read_text())
     assert report["loss_terms_used"] == ["landmarks", "eye", "lip", "flow", "reg"]
     assert report["dense"]["flow"]["method"] == "dis" and report["losses"]["flow"] > 0
+    # named ARKit keys, parts and the model's licence travel with the result
+    with np.load(Path(summary["result_dir"]) / "rig.npz") as z:
+        assert (
+            "eyeBlink_L" in z["expression_names"].tolist() and z["expression_basis"].shape[0] == 53
+        )
+        assert "teeth" in z["part_names"].tolist() and "MIT" in str(z["licence"])
     assert {(p["from"], p["to"]) for p in report["dense"]["pairs"]} >= {
         ("left", "front"),
         ("front", "right"),

@@ -456,7 +456,8 @@ def test_doctor_report_with_a_model(clean_env, test_head_path):
 def test_load_model_assets(clean_env, test_head_path):
     from mfnet_core.head.registry import load_model_assets
 
-    a = load_model_assets()
+    assert load_model_assets().kind == "ict"  # auto without FLAME: the shipped ICT model
+    a = load_model_assets("test-head")
     assert a.kind == "test-head"
     assert (clean_env / "cache" / "testhead" / "v1" / "mfnet_test_head_NOT_FLAME.pkl").is_file()
     b = load_model_assets("auto", test_head_path)
