@@ -198,92 +198,99 @@ def _face_index_torch(
     scatter_reduce(amin): the nearest face wins, the lower face id on equal depth.
     """
     device = verts.device
-    tri = verts.to(torch.float64)[faces]  # (F,3,3)
-    ok, area = _valid_faces(tri, cull)
-    u, v = tri[..., 0], tri[..., 1]
-    x0 = torch.ceil(u.amin(1) - 0.5).clamp(min=0)
-    x1 = torch.floor(u.amax(1) - 0.5).clamp(max=width - 1)
-    y0 = torch.ceil(v.amin(1) - 0.5).clamp(min=0)
-    y1 = torch.floor(v.amax(1) - 0.5).clamp(max=height - 1)
+    background = torch.full((height, width), -1, dtype=torch.long, device=device)
+    if len(faces) == 0:
+        return background
+    # Corner coordinates as (F,) columns (u[i], v[i], z[i]: corner i): every per-face step
+    # below is a handful of contiguous 1-D ops, which matters for meshes of 50k faces.
+    cols = verts.to(torch.float64).T.contiguous()  # (3,V)
+    corner = faces.T.contiguous()  # (3,F)
+    u, v, z = ([c.index_select(0, corner[i]) for i in range(3)] for c in cols)
+    area = (u[1] - u[0]) * (v[2] - v[0]) - (v[1] - v[0]) * (u[2] - u[0])  # as _valid_faces
+    ok = torch.isfinite(torch.stack([*u, *v, *z])).all(0)
+    ok &= (torch.minimum(torch.minimum(z[0], z[1]), z[2]) > 0) & (area.abs() > _MIN_AREA)
+    if cull:
+        ok &= area < 0
+    x0 = torch.ceil(torch.minimum(torch.minimum(u[0], u[1]), u[2]) - 0.5).clamp(min=0)
+    x1 = torch.floor(torch.maximum(torch.maximum(u[0], u[1]), u[2]) - 0.5).clamp(max=width - 1)
+    y0 = torch.ceil(torch.minimum(torch.minimum(v[0], v[1]), v[2]) - 0.5).clamp(min=0)
+    y1 = torch.floor(torch.maximum(torch.maximum(v[0], v[1]), v[2]) - 0.5).clamp(max=height - 1)
     ok &= (x1 >= x0) & (y1 >= y0)
     fid = ok.nonzero().squeeze(1)
-    background = torch.full((height, width), -1, dtype=torch.long, device=device)
     if len(fid) == 0:
         return background
-    tri, area = tri[fid], area[fid]
-    x0, x1, y0, y1 = x0[fid], x1[fid], y0[fid], y1[fid]
+    u, v, z = ([t.index_select(0, fid) for t in c] for c in (u, v, z))
+    area, x0, x1, y0, y1 = (t.index_select(0, fid) for t in (area, x0, x1, y0, y1))
 
     # Edge functions w_i(p) = cross(v_j - p, v_k - p) / area at the box's first pixel centre
     # (local differences: accurate far from the origin) and their steps per pixel in x, y.
-    vj, vk = tri[:, [1, 2, 0]], tri[:, [2, 0, 1]]  # (F',3,3)
-    ea = (vj[..., 1] - vk[..., 1]) / area[:, None]  # d w_i / du, (F',3)
-    eb = (vk[..., 0] - vj[..., 0]) / area[:, None]  # d w_i / dv
-    ox, oy = (x0 + 0.5)[:, None], (y0 + 0.5)[:, None]
-    w_o = ((vj[..., 0] - ox) * (vk[..., 1] - oy) - (vj[..., 1] - oy) * (vk[..., 0] - ox)) / area[
-        :, None
-    ]
-    zvals = 1.0 / tri[..., 2] if perspective else tri[..., 2]
-    za, zb, z_o = (ea * zvals).sum(1), (eb * zvals).sum(1), (w_o * zvals).sum(1)
+    ox, oy = x0 + 0.5, y0 + 0.5
+    zv = [1.0 / t for t in z] if perspective else z
+    ea_, eb_, wo_ = [], [], []
+    for j, k in ((1, 2), (2, 0), (0, 1)):
+        ea_.append((v[j] - v[k]) / area)  # d w_i / du
+        eb_.append((u[k] - u[j]) / area)  # d w_i / dv
+        wo_.append(((u[j] - ox) * (v[k] - oy) - (v[j] - oy) * (u[k] - ox)) / area)
+    za = ea_[0] * zv[0] + ea_[1] * zv[1] + ea_[2] * zv[2]
+    zb = eb_[0] * zv[0] + eb_[1] * zv[1] + eb_[2] * zv[2]
+    z_o = wo_[0] * zv[0] + wo_[1] * zv[1] + wo_[2] * zv[2]
 
     # A pixel (x0 + k, y0 + r) is inside when ea_i k + eb_i r + w_o_i >= -eps for i = 0..2.
     # Edges with ea_i == 0 bound the rows; each other edge bounds k on row r:
-    # k >= P_i + Q_i r (ea_i > 0) or k <= P_i + Q_i r (ea_i < 0).
-    flat, pos, neg = ea == 0, ea > 0, ea < 0
-    rb = (-_EDGE_EPS - w_o) / eb
-    r_lo = torch.where(flat & (eb > 0), torch.ceil(rb), 0.0).amax(1).clamp(min=0.0)
-    r_hi = torch.where(flat & (eb < 0), torch.floor(rb), math.inf).amin(1)
-    r_hi = torch.minimum(r_hi, y1 - y0)
+    # k >= P_i + Q_i r (ea_i > 0) or k <= P_i + Q_i r (ea_i < 0). Unused bounds are +-inf.
+    r_lo, r_hi = torch.zeros_like(za), y1 - y0
+    lo_p, lo_q, hi_p, hi_q = [], [], [], []
+    for ea, eb, w_o in zip(ea_, eb_, wo_, strict=True):
+        flat, pos, neg = ea == 0, ea > 0, ea < 0
+        rb = (-_EDGE_EPS - w_o) / eb
+        r_lo = torch.maximum(r_lo, torch.where(flat & (eb > 0), torch.ceil(rb), 0.0))
+        r_hi = torch.minimum(r_hi, torch.where(flat & (eb < 0), torch.floor(rb), math.inf))
+        p, q = (-_EDGE_EPS - w_o) / ea, -eb / ea
+        lo_p.append(torch.where(pos, p, -math.inf))
+        lo_q.append(torch.where(pos, q, 0.0))
+        hi_p.append(torch.where(neg, p, math.inf))
+        hi_q.append(torch.where(neg, q, 0.0))
     nrow = (r_hi - r_lo + 1).clamp(min=0.0).long()
-    p, q = (-_EDGE_EPS - w_o) / ea, -eb / ea
-    lo_tab = torch.cat([torch.where(pos, p, -math.inf), torch.where(pos, q, 0.0)], 1)
-    hi_tab = torch.cat([torch.where(neg, p, math.inf), torch.where(neg, q, 0.0)], 1)
-    per_face = (nrow, r_lo, lo_tab, hi_tab, x1 - x0, y0 * width + x0, z_o, zb, za, fid)
+    per_face = [nrow, r_lo, x1 - x0, y0 * width + x0, z_o, zb, za, fid.to(torch.int32)]
+    per_face += lo_p + lo_q + hi_p + hi_q
 
     zkey = torch.full((height * width,), _INT64_MAX, dtype=torch.long, device=device)
     for a, b in _chunks(torch.cumsum(nrow, 0), max(1, _CHUNK // 4)):  # ~50 MB of rows
-        _scan_rows(zkey, *(t[a:b] for t in per_face), width, perspective)
+        _scan_rows(zkey, [t[a:b] for t in per_face], width, perspective)
     return _unpack_face(zkey).view(height, width)
 
 
-def _scan_rows(
-    zkey: Tensor,
-    nrow: Tensor,
-    r_lo: Tensor,
-    lo_tab: Tensor,
-    hi_tab: Tensor,
-    box_w: Tensor,
-    box_pix: Tensor,
-    z_o: Tensor,
-    zb: Tensor,
-    za: Tensor,
-    fid: Tensor,
-    width: int,
-    perspective: bool,
-) -> None:
+def _scan_rows(zkey: Tensor, per_face: list[Tensor], width: int, perspective: bool) -> None:
     """Rasterises rows r_lo .. r_lo + nrow - 1 of each face into `zkey` (see
-    `_face_index_torch`); lo_tab / hi_tab: (F,6) P and Q of the lower / upper k bounds,
-    box_w: last k of the box, box_pix: flat index of its first pixel."""
+    `_face_index_torch`). per_face: (F,) columns nrow, r_lo, last k of the box, flat index
+    of its first pixel, depth there, depth steps in y and x, face id, then 3 x P and 3 x Q of
+    the lower k bounds and 3 x P and 3 x Q of the upper ones."""
+    nrow, r_lo, box_w, box_pix, z_o, zb, za, fid = per_face[:8]
+    lo_p, lo_q, hi_p, hi_q = (per_face[8 + 3 * i : 11 + 3 * i] for i in range(4))
     device = zkey.device
     row_start = torch.cumsum(nrow, 0) - nrow
     n_rows = int(row_start[-1] + nrow[-1])
     if n_rows == 0:
         return
     row_face = _run_index(row_start, n_rows)  # (R,)
-    r = torch.arange(n_rows, device=device, dtype=torch.float64) - (
+
+    def at_row(t: Tensor) -> Tensor:
+        return t.index_select(0, row_face)
+
+    r = torch.arange(n_rows, device=device, dtype=torch.float64) - at_row(
         row_start.to(torch.float64) - r_lo
-    ).index_select(0, row_face)
-    t = lo_tab.index_select(0, row_face)
-    lo = torch.ceil(torch.addcmul(t[:, :3], t[:, 3:], r[:, None])).amax(1).clamp(min=0.0)
-    t = hi_tab.index_select(0, row_face)
-    hi = torch.floor(torch.addcmul(t[:, :3], t[:, 3:], r[:, None])).amin(1)
-    hi = torch.minimum(hi, box_w.index_select(0, row_face))
+    )
+    lo = torch.zeros_like(r)
+    hi = at_row(box_w)
+    for i in range(3):
+        lo = torch.maximum(lo, torch.ceil(torch.addcmul(at_row(lo_p[i]), at_row(lo_q[i]), r)))
+        hi = torch.minimum(hi, torch.floor(torch.addcmul(at_row(hi_p[i]), at_row(hi_q[i]), r)))
     n = (hi - lo + 1).clamp(min=0.0).long()  # runs found empty stay, with length 0
     # Per row: flat pixel index and depth of the run's first pixel, depth step, face id.
-    t = torch.stack([box_pix, z_o, zb, za], 1).index_select(0, row_face)
-    pix0 = (t[:, 0] + r * width + lo).long()
-    z0 = t[:, 1] + t[:, 2] * r + t[:, 3] * lo
-    dz = t[:, 3].contiguous()
-    face_ids = fid.to(torch.int32).index_select(0, row_face)
+    pix0 = (at_row(box_pix) + r * width + lo).long()
+    dz = at_row(za)
+    z0 = at_row(z_o) + at_row(zb) * r + dz * lo
+    face_ids = at_row(fid)
     ends = torch.cumsum(n, 0)
     if int(ends[-1]) == 0:
         return
