@@ -10,6 +10,11 @@ resumes the rest). One person's failure does not stop the batch. OUTPUT/summary.
 who succeeded, was skipped or failed (with the reason); the exit code is 1 when anyone
 failed, 2 for bad arguments or no usable backend, else 0.
 
+An OUTPUT inside INPUT is never taken for a person (the subfolder holding it is skipped,
+with a note in the summary). Ctrl-C (SIGINT) stops the batch after the current person,
+with summary.json written and exit code 130; a second Ctrl-C stops at once (the running
+backend is cancelled, nothing half-written is left). SIGTERM stops at once (exit 143).
+
 --python names the backend Python (default: the add-on preference, else auto-detected: the
 MFNET_PYTHON variable, then python3/python on PATH where mfnet_core imports).
 """
@@ -21,6 +26,7 @@ import importlib
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 import traceback
@@ -60,6 +66,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument(
         "--device", default="", choices=["", "auto", "cpu", "cuda"], help="default: preference"
     )
+    ap.add_argument(
+        "--model",
+        default="",
+        help="head model passed to the backend (auto, flame, ict, test-head; default: its own)",
+    )
     ap.add_argument("--texture-size", type=int, default=1024, choices=[1024, 2048, 4096])
     ap.add_argument("--expressions", type=int, default=50, help="expression shape keys")
     ap.add_argument("--no-glb", action="store_true", help="write only the .blend")
@@ -86,6 +97,57 @@ def export_glb(path: Path) -> None:
         export_animations=False,
         export_apply=False,
     )
+
+
+class StopNow(BaseException):
+    """Raised by the signal handler to stop the batch at once (not an Exception, so that
+    no per-person `except Exception` swallows it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class Stopper:
+    """SIGINT: the first stops the batch after the current person, the second at once
+    (StopNow); SIGTERM stops at once. Blender's own SIGINT handler in background mode only
+    sets a flag nobody reads (the batch ran on), so this one replaces it while the batch
+    runs. The handler never prints through Python's buffered streams (a signal can arrive
+    in the middle of a print): it writes its one line with os.write."""
+
+    def __init__(self) -> None:
+        self.requested = 0
+        self.signum: int | None = None
+        self.stopping_now = False
+        self._previous: dict[int, object] = {}
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            # None: a handler installed from C (Blender's), which Python cannot put back
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        self._previous.clear()
+
+    def _say(self, text: str) -> None:
+        try:
+            os.write(sys.stdout.fileno(), f"\nmfnet-batch: {text}\n".encode())
+        except (OSError, ValueError, AttributeError):
+            pass
+
+    def _handle(self, signum, frame) -> None:
+        if self.stopping_now:  # a third signal while stopping: leave at once
+            os._exit(128 + signum)
+        self.requested += 1
+        self.signum = self.signum or signum
+        if signum == signal.SIGINT and self.requested == 1:
+            self._say("Ctrl-C: stopping after the current person (Ctrl-C again to stop now)")
+            return
+        self.stopping_now = True
+        self._say(f"{signal.Signals(signum).name}: stopping now")
+        raise StopNow(signum)
 
 
 def process_person(pkg, folder: Path, out: Path, python: str, args, prefs, log) -> dict:
@@ -121,6 +183,8 @@ def process_person(pkg, folder: Path, out: Path, python: str, args, prefs, log) 
             expressions=args.expressions,
             overwrite=result.exists(),
         )
+        if args.model:
+            cmd += ["--model", args.model]
         job = backend.BackendJob(cmd, result)
 
         def show(st):
@@ -128,7 +192,11 @@ def process_person(pkg, folder: Path, out: Path, python: str, args, prefs, log) 
             if not args.quiet and ev.get("stage") not in (None, "error", "done"):
                 log(f"{name}: {ev['stage']} {int(round(100 * ev['fraction']))}% {ev['message']}")
 
-        st = job.wait(on_progress=show)
+        try:
+            st = job.wait(on_progress=show)
+        except BaseException:  # StopNow: the backend stops too and tidies its output
+            job.cancel(grace=5.0)
+            raise
         if st.error:
             raise RuntimeError(st.error)
         result = Path(st.result_dir or result)
@@ -155,27 +223,66 @@ def process_person(pkg, folder: Path, out: Path, python: str, args, prefs, log) 
         entry["glb"] = str(glb)
     blend = out / f"{name}.blend"
     tmp_blend = out / f".{name}.partial.blend"
-    bpy.ops.wm.save_as_mainfile(filepath=str(tmp_blend), check_existing=False, compress=True)
-    os.replace(tmp_blend, blend)
-    for backup in out.glob(f".{name}.partial.blend1"):
-        backup.unlink(missing_ok=True)
+    try:
+        bpy.ops.wm.save_as_mainfile(filepath=str(tmp_blend), check_existing=False, compress=True)
+        os.replace(tmp_blend, blend)
+    finally:
+        for partial in (tmp_blend, out / f".{name}.partial.blend1"):
+            partial.unlink(missing_ok=True)
     entry["blend"] = str(blend)
     entry["seconds"] = round(time.perf_counter() - t0, 3)
     return entry
 
 
+def people_in(src: Path, dst: Path) -> tuple[list[Path], list[str]]:
+    """The person folders of src (its visible subfolders), and notes on the subfolders that
+    are left out because they are, or hold, the output folder dst (or would have their
+    output written over src)."""
+    people: list[Path] = []
+    notes: list[str] = []
+    for p in sorted(src.iterdir()):
+        if p.name.startswith(".") or not p.is_dir():
+            continue
+        real = p.resolve()
+        if real == dst or dst.is_relative_to(real):
+            what = "is" if real == dst else "holds"
+            notes.append(f"{p} {what} the output folder: skipped, not a person")
+            continue
+        out = dst / p.name
+        if src == out or src.is_relative_to(out):
+            notes.append(f"{p}: its output {out} would be the input folder: skipped")
+            continue
+        people.append(p)
+    return people, notes
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(_argv() if argv is None else argv)
     pkg = _package()
-    backend = pkg.backend
     prefs = pkg.preferences.get(bpy.context)
 
     def log(msg: str) -> None:
         print(f"mfnet-batch: {msg}", flush=True)
 
+    stopper = Stopper()
+    stopper.install()
+    try:
+        return run_batch(args, pkg, prefs, log, stopper)
+    except StopNow as e:  # before the people loop (finding the backend)
+        log(f"stopped by {e.args[0]} before any person was started")
+        return 128 + e.signum
+    finally:
+        stopper.restore()
+
+
+def run_batch(args, pkg, prefs, log, stopper: Stopper) -> int:
+    backend = pkg.backend
     src, dst = Path(args.input).resolve(), Path(args.output).resolve()
     if not src.is_dir():
         log(f"error: --input {src} is not a folder")
+        return 2
+    if dst == src:
+        log(f"error: --output {dst} is the --input folder; give a separate folder")
         return 2
     dst.mkdir(parents=True, exist_ok=True)
     try:
@@ -189,7 +296,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     log(f"backend: {python.path} (mfnet_core {python.version}, from {python.source})")
 
-    people = sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
+    people, notes = people_in(src, dst)
+    for note in notes:
+        log(note)
     started = time.time()
     summary: dict = {
         "format": SUMMARY_FORMAT,
@@ -199,42 +308,66 @@ def main(argv: list[str] | None = None) -> int:
         "backend_python": python.path,
         "blender": bpy.app.version_string,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+        "notes": notes,
         "people": [],
     }
-    for i, folder in enumerate(people, 1):
-        out = dst / folder.name
-        blend = out / f"{folder.name}.blend"
-        glb = out / f"{folder.name}.glb"
-        if blend.is_file() and (args.no_glb or glb.is_file()):
-            log(f"[{i}/{len(people)}] {folder.name}: already done, skipped")
+    current = ""
+    try:
+        for i, folder in enumerate(people, 1):
+            if stopper.requested:
+                break
+            current = folder.name
+            out = dst / folder.name
+            blend = out / f"{folder.name}.blend"
+            glb = out / f"{folder.name}.glb"
+            if blend.is_file() and (args.no_glb or glb.is_file()):
+                log(f"[{i}/{len(people)}] {folder.name}: already done, skipped")
+                summary["people"].append(
+                    {
+                        "name": folder.name,
+                        "status": "skipped",
+                        "reason": "already done",
+                        "blend": str(blend),
+                    }
+                )
+                current = ""
+                continue
+            log(f"[{i}/{len(people)}] {folder.name}")
+            try:
+                entry = process_person(pkg, folder, out, python.path, args, prefs, log)
+                entry["status"] = "succeeded"
+                log(f"{folder.name}: done in {entry['seconds']:.1f} s")
+            except Exception as e:  # one person's failure never stops the batch
+                reason = str(e) or type(e).__name__
+                entry = {"name": folder.name, "status": "failed", "reason": reason}
+                if not isinstance(e, (RuntimeError, pkg.rigdata.ResultError, backend.BackendError)):
+                    entry["traceback"] = traceback.format_exc()
+                log(f"{folder.name}: FAILED: {reason}")
+            summary["people"].append(entry)
+            current = ""
+            write_summary(dst / "summary.json", summary | _totals(summary, started))
+    except StopNow as e:
+        if current:
             summary["people"].append(
-                {
-                    "name": folder.name,
-                    "status": "skipped",
-                    "reason": "already done",
-                    "blend": str(blend),
-                }
+                {"name": current, "status": "failed", "reason": f"interrupted ({e.args[0]})"}
             )
-            continue
-        log(f"[{i}/{len(people)}] {folder.name}")
-        try:
-            entry = process_person(pkg, folder, out, python.path, args, prefs, log)
-            entry["status"] = "succeeded"
-            log(f"{folder.name}: done in {entry['seconds']:.1f} s")
-        except Exception as e:  # one person's failure never stops the batch
-            reason = str(e) or type(e).__name__
-            entry = {"name": folder.name, "status": "failed", "reason": reason}
-            if not isinstance(e, (RuntimeError, pkg.rigdata.ResultError, backend.BackendError)):
-                entry["traceback"] = traceback.format_exc()
-            log(f"{folder.name}: FAILED: {reason}")
-        summary["people"].append(entry)
-        write_summary(dst / "summary.json", summary | _totals(summary, started))
     summary |= _totals(summary, started)
+    if stopper.requested:
+        seen = {p["name"] for p in summary["people"]}
+        summary["interrupted"] = True
+        summary["signal"] = signal.Signals(stopper.signum or signal.SIGINT).name
+        summary["not_started"] = [p.name for p in people if p.name not in seen]
+    else:
+        summary["interrupted"] = False
     write_summary(dst / "summary.json", summary)
     log(
         f"{len(summary['succeeded'])} succeeded, {len(summary['skipped'])} skipped, "
         f"{len(summary['failed'])} failed; summary: {dst / 'summary.json'}"
     )
+    if stopper.requested:
+        left = ", ".join(summary["not_started"]) or "nobody"
+        log(f"stopped by {summary['signal']}; not started: {left}")
+        return 128 + (stopper.signum or signal.SIGINT)
     return 1 if summary["failed"] else 0
 
 

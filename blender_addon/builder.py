@@ -24,6 +24,7 @@ from .rigdata import (
     BASIS_KEY,
     ResultRig,
     bone_specs,
+    check_blender_names,
     corrective_key_name,
     expression_slider_limit,
     load_result,
@@ -324,11 +325,12 @@ def build_rig(
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     rig = result if isinstance(result, ResultRig) else load_result(result)
+    check_blender_names(rig)  # bones, groups and keys are looked up by these names
     timings["read"] = time.perf_counter() - t0
     context = context or bpy.context
     collection = collection or context.collection or context.scene.collection
     name = name or (rig.folder.name if rig.folder.name else "mfnet_head")
-    warnings: list[str] = []
+    warnings: list[str] = list(rig.warnings)
     if rig.model_kind == "test-head":
         warnings.append("built from the generated test head, not FLAME")
     over = [(k, float(v)) for k, v in enumerate(rig.expression) if abs(v) > SHAPE_KEY_LIMIT]
@@ -351,7 +353,7 @@ def build_rig(
     mat = build_material(rig, f"{name}_skin", pack=pack_texture)
     me.materials.append(mat)
     if rig.texture is None:
-        warnings.append("texture.png missing: the material has a plain skin colour")
+        warnings.append("no usable texture.png: the material has a plain skin colour")
     lap("mesh")
     add_shape_keys(mesh_obj, rig)
     lap("shape_keys")

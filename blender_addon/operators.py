@@ -126,18 +126,42 @@ def _status(context, text: str | None) -> None:
 
 def photo_path(image: bpy.types.Image, tmpdir: Path) -> str:
     """A file path the backend can read for this image (writes packed or generated images
-    to tmpdir)."""
+    to tmpdir).
+
+    The file name comes from the image's name and stored path, which a .blend can set to
+    anything (`../x`, `/abs/path`): it goes through strings.safe_file_name, and the file
+    is created new (never through an existing file or link) directly inside tmpdir.
+    """
     path = bpy.path.abspath(image.filepath, library=image.library) if image.filepath else ""
     if path and os.path.isfile(path) and not image.is_dirty:
         return path
-    suffix = Path(path).suffix.lower() if path else ".png"
-    out = tmpdir / f"{image.name}{suffix or '.png'}"
+    suffix = Path(path).suffix.lower() if path else ""
     if image.packed_file is not None:
-        out.write_bytes(image.packed_file.data)
+        out = _new_file_in(tmpdir, image.name, suffix if S.plain_suffix(suffix) else ".png")
+        with open(out, "xb") as f:
+            f.write(image.packed_file.data)
     else:
-        out = out.with_suffix(".png")
+        out = _new_file_in(tmpdir, image.name, ".png")
         image.save_render(str(out))
     return str(out)
+
+
+def _new_file_in(folder: Path, name: str, suffix: str) -> Path:
+    """folder/<safe name><suffix>, numbered when taken; always directly inside folder."""
+    stem = S.safe_file_name(name, default="photo")
+    for n in range(1, 1000):
+        candidate = folder / S.safe_file_name(stem if n == 1 else f"{stem}_{n}", suffix)
+        if candidate.parent != folder:  # safe_file_name makes this impossible
+            raise OSError(f"refusing to write outside {folder}: {candidate}")
+        if not os.path.lexists(candidate):
+            return candidate
+    raise OSError(f"{folder}: no free file name for {stem!r}")
+
+
+def result_folder(root: Path, name: str) -> Path:
+    """A new folder for the backend's result inside root, named after the head (the
+    panel's Name, which a .blend can set to anything, or the front photo's name)."""
+    return backend.unique_folder(root, S.safe_file_name(name, default="head"))
 
 
 def reconstruct_inputs(context, tmpdir: Path) -> tuple[list[str], list[str]]:
@@ -196,7 +220,7 @@ class MFNET_OT_reconstruct(bpy.types.Operator):
         self._name = head_name(context, paths, views)
         root = preferences.results_root(prefs)
         root.mkdir(parents=True, exist_ok=True)
-        out = backend.unique_folder(root, self._name)
+        out = result_folder(root, self._name)
         device = prefs.device if s.device == "PREFS" else s.device
         cmd = backend.reconstruct_command(
             python,

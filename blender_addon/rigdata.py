@@ -18,8 +18,10 @@ FLAME axes (both relative to the parent, like FLAME's kinematic chain).
 
 from __future__ import annotations
 
+import ast
 import json
 import math
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -137,25 +139,6 @@ def continuous_quaternions(q: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- the folder
 
 
-_REQUIRED: dict[str, tuple[str, ...]] = {
-    # key: symbolic shape (checked against each other below)
-    "format_version": (),
-    "vertices": ("V", 3),
-    "faces": ("F", 3),
-    "uv_coords": ("T", 2),
-    "uv_faces": ("F", 3),
-    "expression_basis": ("K", "V", 3),
-    "expression": ("K",),
-    "pose_correctives": ("P", "V", 3),
-    "joints": ("J", 3),
-    "joint_expression_basis": ("K", "J", 3),
-    "joint_names": ("J",),
-    "parents": ("J",),
-    "skin_weights": ("V", "J"),
-}
-_OPTIONAL_POSES = {"jaw_pose": 3, "neck_pose": 3, "eye_pose": 6}
-
-
 @dataclass
 class ResultRig:
     """The arrays of a result folder's rig.npz that the add-on uses, in FLAME axes, float64.
@@ -183,6 +166,7 @@ class ResultRig:
     fitted_pose: dict[str, np.ndarray] = field(default_factory=dict)  # jaw/neck/eye axis-angle
     texture: Path | None = None
     params: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # renamed joints, ignored files
 
     @property
     def n_vertices(self) -> int:
@@ -230,108 +214,467 @@ class ResultRig:
         return out
 
 
-def _as_str(a: np.ndarray) -> str:
-    return str(np.asarray(a).reshape(-1)[0]) if np.asarray(a).size else ""
+# --------------------------------------------------------------------------- reading rig.npz
+
+# Limits no real result comes near (FLAME: V=5023, F=9976, K<=300, J=5, ~25 MB of arrays),
+# so that a damaged or crafted file is refused before it costs memory or time. Sizes are
+# the ones each .npy header declares, checked for every array before any array is read.
+MAX_ARRAY_BYTES = 1 << 30  # one array
+MAX_TOTAL_BYTES = 2 << 30  # all arrays read from one rig.npz
+MAX_TEXT_BYTES = 1 << 20  # one array of names
+MAX_TEXT_CHARS = 1024  # one name
+MAX_NPY_HEADER = 10_000  # numpy's own default limit for a .npy header
+MAX_PARAMS_BYTES = 16 << 20  # params.json
+MAX_TEXTURE_SIZE = 16384  # texture.png, pixels per side
+_READ_CHUNK = 16 << 20
+
+# The symbolic dimensions of rig.npz (docs/RESULT_FOLDER.md) and their allowed ranges.
+DIMENSIONS: dict[str, tuple[int, int]] = {
+    "V": (3, 2_000_000),  # vertices
+    "F": (1, 4_000_000),  # faces
+    "T": (1, 4_000_000),  # UV coordinates
+    "K": (0, 1000),  # expression keys
+    "J": (1, 64),  # joints
+    "P": (0, 9 * 63),  # pose-corrective components, 9*(J-1)
+    "S": (0, 10_000),  # shape coefficients
+    "N": (0, 256),  # views
+}
+GEOMETRY = 1e3  # metres: no part of a head lies a kilometre away
+ANGLE = 1e3  # radians, axis-angle
+
+
+@dataclass(frozen=True)
+class Field:
+    """How one rig.npz array must look.
+
+    shape: per axis an exact size (int) or a symbolic dimension (DIMENSIONS) that every
+    field using it must agree on. kind: "float" (any float dtype), "int" (any integer
+    dtype) or "str" (unicode or UTF-8 bytes). limit: floats: the largest absolute value, or
+    an inclusive (low, high) range; ints: a (low, high) range, high exclusive, where high
+    may be a dimension name (indices). Every float must be finite.
+    """
+
+    shape: tuple
+    kind: str
+    required: bool = True
+    limit: float | tuple | None = None
+
+
+# One table per format_version; format_version 2 can be {**FIELDS_V1, ...changes}.
+FIELDS_V1: dict[str, Field] = {
+    "format_version": Field((), "int"),
+    "model_kind": Field((), "str", required=False),
+    "model_name": Field((), "str", required=False),
+    "vertices": Field(("V", 3), "float", limit=GEOMETRY),
+    "faces": Field(("F", 3), "int", limit=(0, "V")),
+    "uv_coords": Field(("T", 2), "float", limit=GEOMETRY),
+    "uv_faces": Field(("F", 3), "int", limit=(0, "T")),
+    "expression_basis": Field(("K", "V", 3), "float", limit=GEOMETRY),
+    "expression": Field(("K",), "float", limit=GEOMETRY),
+    "pose_correctives": Field(("P", "V", 3), "float", limit=GEOMETRY),
+    "joints": Field(("J", 3), "float", limit=GEOMETRY),
+    "joint_expression_basis": Field(("K", "J", 3), "float", limit=GEOMETRY),
+    "joint_names": Field(("J",), "str"),
+    "parents": Field(("J",), "int", limit=(-1, "J")),
+    "skin_weights": Field(("V", "J"), "float", limit=(-1e-4, 1.0 + 1e-4)),
+    "shape": Field(("S",), "float", required=False, limit=GEOMETRY),
+    "jaw_pose": Field((3,), "float", required=False, limit=ANGLE),
+    "neck_pose": Field((3,), "float", required=False, limit=ANGLE),
+    "eye_pose": Field((6,), "float", required=False, limit=ANGLE),
+    "head_pose": Field(("N", 3), "float", required=False, limit=ANGLE),
+    "head_translation": Field(("N", 3), "float", required=False, limit=GEOMETRY),
+    "camera": Field(("N", 4), "float", required=False, limit=1e7),
+    "image_size": Field(("N", 2), "int", required=False, limit=(0, 1 << 20)),
+    "view_names": Field(("N",), "str", required=False),
+}
+FIELDS: dict[int, dict[str, Field]] = {1: FIELDS_V1}
+_VERSION_FIELD = Field((), "int")
+_KINDS = {"float": "f", "int": "iu", "str": "US"}
+_KIND_WORDS = {"float": "a float array", "int": "an integer array", "str": "text"}
+
+
+def _rule_correctives(a: dict, dims: dict) -> str | None:
+    if dims["P"] != 9 * (dims["J"] - 1):
+        j = dims["J"]
+        return f"pose_correctives has {dims['P']} components, expected 9*(J-1)={9 * (j - 1)}"
+    return None
+
+
+def _rule_parents(a: dict, dims: dict) -> str | None:
+    p = a["parents"]
+    if p[0] != -1 or any(not (0 <= p[j] < j) for j in range(1, len(p))):
+        return f"parents {p.tolist()} is not a tree rooted at joint 0 (parents before children)"
+    return None
+
+
+def _rule_joint_names(a: dict, dims: dict) -> str | None:
+    names = a["joint_names"]
+    if len(set(names)) != len(names) or any(not n.strip() for n in names):
+        return f"joint_names {_one_line(names, 200)} must be unique and non-empty"
+    return None
+
+
+# Checks between fields, run after every field passed its own checks: (fields, rule).
+RULES_V1 = (
+    (("pose_correctives", "joints"), _rule_correctives),
+    (("parents",), _rule_parents),
+    (("joint_names",), _rule_joint_names),
+)
+RULES: dict[int, tuple] = {1: RULES_V1}
+
+
+def _one_line(value: object, limit: int = 300) -> str:
+    text = " ".join(str(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _clean_text(text: str) -> str:
+    """Control characters and lone surrogates (which UTF-8 cannot encode) become '_'."""
+    return "".join(
+        "_" if ord(ch) < 32 or ord(ch) == 127 or 0xD800 <= ord(ch) <= 0xDFFF else ch for ch in text
+    )
+
+
+class _Member:
+    """One array of an .npz (a zip of .npy files): header first, data only on request."""
+
+    def __init__(self, zf, info, where: str) -> None:
+        self.zf, self.info, self.where = zf, info, where
+        self.shape: tuple[int, ...] = ()
+        self.dtype = np.dtype(np.float64)
+        self.fortran = False
+        self.nbytes = 0
+
+    def read_header(self) -> None:
+        try:
+            with self.zf.open(self.info) as f:
+                self._parse_header(f)
+        except ResultError:
+            raise
+        except Exception as e:  # zipfile, zlib, struct, literal_eval, np.dtype errors
+            raise ResultError(f"{self.where}: cannot be read ({_one_line(e)})") from e
+
+    def _parse_header(self, f) -> None:
+        magic = f.read(8)
+        if len(magic) != 8 or magic[:6] != b"\x93NUMPY":
+            raise ResultError(f"{self.where}: not a .npy array")
+        major = magic[6]
+        if major not in (1, 2, 3):
+            raise ResultError(f"{self.where}: .npy format version {major} is not supported")
+        size_bytes = f.read(2 if major == 1 else 4)
+        if len(size_bytes) != (2 if major == 1 else 4):
+            raise ResultError(f"{self.where}: truncated .npy header")
+        size = int.from_bytes(size_bytes, "little")
+        if size > MAX_NPY_HEADER:
+            raise ResultError(
+                f"{self.where}: .npy header of {size} bytes (at most {MAX_NPY_HEADER})"
+            )
+        text = f.read(size)
+        if len(text) != size:
+            raise ResultError(f"{self.where}: truncated .npy header")
+        header = ast.literal_eval(text.decode("utf-8" if major == 3 else "latin-1"))
+        if (
+            not isinstance(header, dict)
+            or set(header) != {"descr", "fortran_order", "shape"}
+            or not isinstance(header["descr"], str)
+            or not isinstance(header["fortran_order"], bool)
+            or not isinstance(header["shape"], tuple)
+            or not all(type(d) is int and d >= 0 for d in header["shape"])
+        ):
+            raise ResultError(f"{self.where}: malformed .npy header {_one_line(header, 120)}")
+        dtype = np.dtype(header["descr"])
+        if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
+            raise ResultError(
+                f"{self.where}: dtype {_one_line(header['descr'], 60)} holds objects or records "
+                "(rig.npz holds plain numbers and text, never pickled objects)"
+            )
+        self.shape, self.dtype, self.fortran = header["shape"], dtype, header["fortran_order"]
+        count = math.prod(self.shape)
+        self.nbytes = count * dtype.itemsize
+        if count and dtype.itemsize == 0:
+            raise ResultError(f"{self.where}: dtype {dtype.str} has no size")
+        if count > MAX_ARRAY_BYTES or self.nbytes > MAX_ARRAY_BYTES:
+            raise ResultError(
+                f"{self.where}: declares {self.nbytes} bytes ({self.shape}, {dtype.str}); "
+                f"at most {MAX_ARRAY_BYTES} bytes per array"
+            )
+
+    def read_data(self) -> np.ndarray:
+        try:
+            with self.zf.open(self.info) as f:
+                self._parse_header(f)
+                arr = np.empty(math.prod(self.shape), dtype=self.dtype)
+                buf = memoryview(arr.reshape(-1).view(np.uint8))
+                pos = 0
+                while pos < self.nbytes:
+                    chunk = f.read(min(_READ_CHUNK, self.nbytes - pos))
+                    if not chunk:
+                        raise ResultError(
+                            f"{self.where}: truncated: {pos} of {self.nbytes} bytes of data"
+                        )
+                    buf[pos : pos + len(chunk)] = chunk
+                    pos += len(chunk)
+                if f.read(1):  # reading to the end also checks the zip's CRC
+                    raise ResultError(f"{self.where}: more data than its shape {self.shape}")
+        except ResultError:
+            raise
+        except Exception as e:
+            raise ResultError(f"{self.where}: cannot be read ({_one_line(e)})") from e
+        return arr.reshape(self.shape, order="F" if self.fortran else "C")
+
+
+def _open_npz(path: Path):
+    """The zip and {key: ZipInfo} of its .npy members (nothing decompressed yet)."""
+    try:
+        zf = zipfile.ZipFile(path)
+        members = {
+            i.filename[: -len(".npy")]: i for i in zf.infolist() if i.filename.endswith(".npy")
+        }
+    except Exception as e:  # BadZipFile, OSError, ValueError, struct.error...
+        raise ResultError(f"{path}: cannot be read as .npz ({_one_line(e)})") from e
+    return zf, members
+
+
+def _check_header(path: Path, key: str, spec: Field, m: _Member, dims: dict[str, int]) -> None:
+    where = f"{path}: {key}"
+    want = "".join(_KINDS[spec.kind])
+    if m.dtype.kind not in want:
+        raise ResultError(f"{where}: has dtype {m.dtype.str}, expected {_KIND_WORDS[spec.kind]}")
+    if len(m.shape) != len(spec.shape):
+        raise ResultError(f"{where}: has shape {m.shape}, expected {_shape_text(spec.shape)}")
+    for size, sym in zip(m.shape, spec.shape, strict=True):
+        if isinstance(sym, int):
+            if size != sym:
+                raise ResultError(
+                    f"{where}: has shape {m.shape}, expected {_shape_text(spec.shape)}"
+                )
+            continue
+        if sym in dims and dims[sym] != size:
+            raise ResultError(f"{where}: has {sym}={size} but other arrays have {sym}={dims[sym]}")
+        lo, hi = DIMENSIONS[sym]
+        if not lo <= size <= hi:
+            raise ResultError(f"{where}: has {sym}={size}, expected {lo} <= {sym} <= {hi}")
+        dims[sym] = size
+    if spec.kind == "str" and m.nbytes > MAX_TEXT_BYTES:
+        raise ResultError(f"{where}: {m.nbytes} bytes of text (at most {MAX_TEXT_BYTES})")
+
+
+def _shape_text(shape: tuple) -> str:
+    return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _check_values(path: Path, key: str, spec: Field, raw: np.ndarray, dims: dict[str, int]):
+    """The array converted for use (float64, int64, str or list of str) after its checks."""
+    where = f"{path}: {key}"
+    if spec.kind == "float":
+        a = np.asarray(raw, dtype=np.float64)
+        if not np.all(np.isfinite(a)):
+            raise ResultError(f"{where}: contains NaN or infinite values")
+        if a.size and spec.limit is not None:
+            lo, hi = spec.limit if isinstance(spec.limit, tuple) else (-spec.limit, spec.limit)
+            if a.min() < lo or a.max() > hi:
+                raise ResultError(
+                    f"{where}: values from {a.min():.6g} to {a.max():.6g}, expected {lo:g} to {hi:g}"
+                )
+        return a
+    if spec.kind == "int":
+        if not raw.size:
+            return raw.astype(np.int64)
+        low, high = int(raw.min()), int(raw.max())  # Python ints: exact for any dtype
+        lo, hi = spec.limit if spec.limit is not None else (-(2**62), 2**62)
+        hi = dims[hi] if isinstance(hi, str) else hi
+        if low < lo or high >= hi:
+            what = {"faces": "vertices", "uv_faces": "UV coordinates"}.get(key, "")
+            extra = f" (index outside the {hi} {what})" if what else ""
+            raise ResultError(
+                f"{where}: values from {low} to {high}, expected {lo} <= value < {hi}{extra}"
+            )
+        return raw.astype(np.int64)
+    try:
+        items = [
+            x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in raw.reshape(-1).tolist()
+        ]
+    except Exception as e:  # invalid UTF-8 or code points
+        raise ResultError(f"{where}: is not valid text ({_one_line(e, 80)})") from e
+    if any(len(x) > MAX_TEXT_CHARS for x in items):
+        raise ResultError(f"{where}: a name longer than {MAX_TEXT_CHARS} characters")
+    return items[0] if raw.ndim == 0 else items
+
+
+def read_rig_npz(path: str | Path) -> tuple[int, dict[str, object]]:
+    """(format_version, {field: checked value}) of a rig.npz, or ResultError (one line that
+    names the file and the field).
+
+    Reads only the fields of its version's table (FIELDS); other members are never
+    decompressed. Every field's .npy header (dtype kind, shape, sizes agreeing with the
+    other fields, declared bytes) is checked before any array is read; then its values
+    (finite, within limits) and the rules between fields (RULES). Never unpickles.
+    """
+    path = Path(path)
+    zf, members = _open_npz(path)
+    with zf:
+        if "format_version" not in members:
+            raise ResultError(f"{path}: missing arrays format_version (not an mfnet rig.npz?)")
+        m = _Member(zf, members["format_version"], f"{path}: format_version")
+        m.read_header()
+        _check_header(path, "format_version", _VERSION_FIELD, m, {})
+        version = int(_check_values(path, "format_version", _VERSION_FIELD, m.read_data(), {}))
+        if version not in FIELDS:
+            raise ResultError(
+                f"{path}: format_version {version}; this add-on reads version "
+                f"{', '.join(str(v) for v in FIELDS)} (update the add-on or the backend so they match)"
+            )
+        table = FIELDS[version]
+        missing = [k for k, spec in table.items() if spec.required and k not in members]
+        if missing:
+            raise ResultError(f"{path}: missing arrays {', '.join(missing)}")
+        dims: dict[str, int] = {}
+        headers: dict[str, _Member] = {}
+        total = 0
+        for key, spec in table.items():  # every header before any data
+            if key not in members:
+                continue
+            m = _Member(zf, members[key], f"{path}: {key}")
+            m.read_header()
+            _check_header(path, key, spec, m, dims)
+            total += m.nbytes
+            if total > MAX_TOTAL_BYTES:
+                raise ResultError(f"{path}: arrays declare more than {MAX_TOTAL_BYTES} bytes")
+            headers[key] = m
+        values: dict[str, object] = {}
+        for key, m in headers.items():
+            values[key] = _check_values(path, key, table[key], m.read_data(), dims)
+    for keys, rule in RULES[version]:
+        if all(k in values for k in keys):
+            problem = rule(values, dims)
+            if problem:
+                raise ResultError(f"{path}: {problem}")
+    return version, values
+
+
+# --------------------------------------------------------------------------- Blender names
+
+NAME_BYTES = 63  # Blender's limit for bone, vertex-group and shape-key names (UTF-8 bytes)
+# A joint name must leave room for its corrective keys' "pose_<joint>_00"
+JOINT_NAME_BYTES = NAME_BYTES - len(corrective_key_name("", 0, 0))
+
+
+def _truncate_utf8(text: str, n_bytes: int) -> str:
+    return text.encode("utf-8")[:n_bytes].decode("utf-8", errors="ignore")
+
+
+def blender_joint_names(names: list[str]) -> tuple[list[str], list[str]]:
+    """(names, notes): the joint names as the rig's bones, vertex groups and corrective keys
+    can carry them: at most JOINT_NAME_BYTES bytes of UTF-8 (cut at a character), control
+    characters replaced, unique also against the "MCH-" pivot bones (a clash gets "~2",
+    "~3"...). Names that fit are kept as they are; notes say what was renamed."""
+    out: list[str] = []
+    notes: list[str] = []
+    taken: set[str] = set()
+    for name in names:
+        clean = _clean_text(name)
+        cand, n = _truncate_utf8(clean, JOINT_NAME_BYTES), 1
+        while not cand or cand in taken or pivot_bone_name(cand) in taken:
+            n += 1
+            tail = f"~{n}"
+            cand = _truncate_utf8(clean, JOINT_NAME_BYTES - len(tail)) + tail
+        taken |= {cand, pivot_bone_name(cand)}
+        if cand != name:
+            notes.append(f"joint {_one_line(repr(name), 100)} is named {cand!r} in Blender")
+        out.append(cand)
+    return out, notes
+
+
+def check_blender_names(rig: ResultRig) -> None:
+    """ResultError unless rig.joint_names already are Blender-safe (blender_joint_names)."""
+    fixed, notes = blender_joint_names(rig.joint_names)
+    if fixed != rig.joint_names:
+        raise ResultError(
+            f"{rig.folder}: joint names do not fit Blender ({'; '.join(notes)[:300]})"
+        )
+
+
+# --------------------------------------------------------------------------- the folder
+
+
+def _texture(folder: Path, warnings: list[str]) -> Path | None:
+    """texture.png when it is a regular file with a PNG header of a sane size."""
+    path = folder / TEXTURE_FILE
+    if not path.exists():
+        return None
+    if not path.is_file():
+        warnings.append(f"{TEXTURE_FILE} is not a regular file: ignored")
+        return None
+    try:
+        with open(path, "rb") as f:
+            head = f.read(24)
+    except OSError as e:
+        warnings.append(f"{TEXTURE_FILE} cannot be read ({_one_line(e, 100)}): ignored")
+        return None
+    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        warnings.append(f"{TEXTURE_FILE} is not a PNG image: ignored")
+        return None
+    w, h = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    if not (0 < w <= MAX_TEXTURE_SIZE and 0 < h <= MAX_TEXTURE_SIZE):
+        warnings.append(f"{TEXTURE_FILE} is {w}x{h} (at most {MAX_TEXTURE_SIZE} a side): ignored")
+        return None
+    return path
+
+
+def _params(folder: Path, warnings: list[str]) -> dict:
+    path = folder / "params.json"
+    if not path.exists():
+        return {}
+    try:
+        if not path.is_file() or path.stat().st_size > MAX_PARAMS_BYTES:
+            raise ValueError(f"not a regular file of at most {MAX_PARAMS_BYTES} bytes")
+        params = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(params, dict):
+            raise ValueError("not a JSON object")
+    except Exception as e:  # OSError, ValueError, RecursionError
+        warnings.append(f"params.json ignored: {_one_line(e, 100)}")
+        return {}
+    return params
 
 
 def load_result(folder: str | Path) -> ResultRig:
     """Reads and checks a result folder (rig.npz, texture.png, params.json).
 
-    Raises ResultError with a message that names the file and what is wrong.
+    Raises ResultError with one line that names the file and what is wrong.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise ResultError(f"{folder}: not a folder (expected an mfnet result folder)")
     path = folder / RIG_FILE
-    if not path.is_file():
+    if not path.exists():
         raise ResultError(f"{path}: missing; this is not an mfnet result folder")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-    except Exception as e:  # zipfile.BadZipFile, ValueError (pickled objects), OSError
-        raise ResultError(f"{path}: cannot be read ({e})") from e
-
-    missing = [k for k in _REQUIRED if k not in data]
-    if missing:
-        raise ResultError(f"{path}: missing arrays {', '.join(missing)}")
-    version = int(np.asarray(data["format_version"]).reshape(-1)[0])
-    if version != FORMAT_VERSION:
-        raise ResultError(
-            f"{path}: format_version {version}; this add-on reads version {FORMAT_VERSION} "
-            "(update the add-on or the backend so they match)"
-        )
-    sizes: dict[str, int] = {}
-    for key, shape in _REQUIRED.items():
-        arr = np.asarray(data[key])
-        if len(shape) != arr.ndim:
-            raise ResultError(f"{path}: {key} has shape {arr.shape}, expected {shape}")
-        for dim, want in zip(arr.shape, shape, strict=True):
-            if isinstance(want, int):
-                if dim != want:
-                    raise ResultError(f"{path}: {key} has shape {arr.shape}, expected {shape}")
-            elif sizes.setdefault(want, dim) != dim:
-                raise ResultError(
-                    f"{path}: {key} has {want}={dim} but other arrays have {want}={sizes[want]}"
-                )
-    n_j = sizes["J"]
-    if sizes["P"] != 9 * (n_j - 1):
-        raise ResultError(
-            f"{path}: pose_correctives has {sizes['P']} components, expected 9*(J-1)={9 * (n_j - 1)}"
-        )
-    faces = np.asarray(data["faces"], dtype=np.int64)
-    uv_faces = np.asarray(data["uv_faces"], dtype=np.int64)
-    if faces.size and (faces.min() < 0 or faces.max() >= sizes["V"]):
-        raise ResultError(f"{path}: faces index outside the {sizes['V']} vertices")
-    if uv_faces.size and (uv_faces.min() < 0 or uv_faces.max() >= sizes["T"]):
-        raise ResultError(f"{path}: uv_faces index outside the {sizes['T']} UV coordinates")
-    parents = np.asarray(data["parents"], dtype=np.int64)
-    if parents[0] != -1 or any(not (0 <= parents[j] < j) for j in range(1, n_j)):
-        raise ResultError(f"{path}: parents {parents.tolist()} is not a tree rooted at joint 0")
-    names = [str(n) for n in np.asarray(data["joint_names"]).tolist()]
-    if len(set(names)) != len(names) or any(not n for n in names):
-        raise ResultError(f"{path}: joint_names {names} must be unique and non-empty")
-    floats = {
-        k: np.asarray(data[k], dtype=np.float64)
-        for k in (
-            "vertices", "uv_coords", "expression_basis", "expression", "pose_correctives",
-            "joints", "joint_expression_basis", "skin_weights",
-        )
-    }  # fmt: skip
-    for k, a in floats.items():
-        if not np.all(np.isfinite(a)):
-            raise ResultError(f"{path}: {k} contains NaN or infinite values")
-
-    fitted: dict[str, np.ndarray] = {}
-    for key, n in _OPTIONAL_POSES.items():
-        if key in data and np.asarray(data[key]).size == n:
-            fitted[key] = np.asarray(data[key], dtype=np.float64).reshape(n)
-
-    params: dict = {}
-    if (folder / "params.json").is_file():
-        try:
-            params = json.loads((folder / "params.json").read_text())
-        except (OSError, ValueError):
-            params = {}
-    texture = folder / TEXTURE_FILE
+    if not path.is_file():
+        raise ResultError(f"{path}: not a regular file")
+    _, v = read_rig_npz(path)
+    warnings: list[str] = []
+    names, notes = blender_joint_names(v["joint_names"])
+    warnings += notes
+    fitted = {k: v[k].reshape(-1) for k in ("jaw_pose", "neck_pose", "eye_pose") if k in v}
     return ResultRig(
         folder=folder,
-        vertices=floats["vertices"],
-        faces=faces,
-        uv_coords=floats["uv_coords"],
-        uv_faces=uv_faces,
-        expression_basis=floats["expression_basis"],
-        expression=floats["expression"],
-        pose_correctives=floats["pose_correctives"],
-        joints=floats["joints"],
-        joint_expression_basis=floats["joint_expression_basis"],
+        vertices=v["vertices"],
+        faces=v["faces"],
+        uv_coords=v["uv_coords"],
+        uv_faces=v["uv_faces"],
+        expression_basis=v["expression_basis"],
+        expression=v["expression"],
+        pose_correctives=v["pose_correctives"],
+        joints=v["joints"],
+        joint_expression_basis=v["joint_expression_basis"],
         joint_names=names,
-        parents=parents,
-        skin_weights=floats["skin_weights"],
-        model_kind=_as_str(data.get("model_kind", np.array("unknown"))),
-        model_name=_as_str(data.get("model_name", np.array(""))),
+        parents=v["parents"],
+        skin_weights=np.clip(v["skin_weights"], 0.0, 1.0),
+        model_kind=_clean_text(v.get("model_kind", "unknown")),
+        model_name=_clean_text(v.get("model_name", "")),
         fitted_pose=fitted,
-        texture=texture if texture.is_file() else None,
-        params=params,
+        texture=_texture(folder, warnings),
+        params=_params(folder, warnings),
+        warnings=warnings,
     )
 
 
@@ -379,7 +722,9 @@ def bone_specs(rig: ResultRig) -> list[BoneSpec]:
     that name.
     """
     joints_b = to_blender(rig.joints)
-    height = float(np.ptp(rig.vertices[:, 1])) or 0.2
+    height = float(np.ptp(rig.vertices[:, 1]))
+    if not height >= 1e-2:  # a flat or tiny mesh: Blender drops bones that round to length 0
+        height = 0.2
     specs: list[BoneSpec] = []
     for j, name in enumerate(rig.joint_names):
         head = joints_b[j]

@@ -73,3 +73,51 @@ MSG_BUILD_FAILED = "Building the rig failed: {error}"
 MSG_DONE = "Built {name} in {seconds:.1f} s (result folder: {folder})"
 MSG_BACKEND_FAILED = "Backend failed: {error}"
 MSG_PHOTO_MISSING = "{view} photo: file not found: {path}"
+
+
+# --------------------------------------------------------------------------- file names
+
+# Characters that cannot appear in a file name on some platform we run on (or that change
+# a path's meaning: separators, a drive colon), plus every control character.
+_BAD_FILE_CHARS = frozenset('/\\:*?"<>|') | frozenset(chr(c) for c in range(32)) | {"\x7f"}
+_WINDOWS_DEVICES = frozenset(
+    ["CON", "PRN", "AUX", "NUL"] + [f"{p}{i}" for p in ("COM", "LPT") for i in range(1, 10)]
+)
+FILE_NAME_BYTES = 200  # well below the 255 bytes most file systems allow
+
+
+def safe_file_name(name: object, suffix: str = "", default: str = "file") -> str:
+    """One plain file name, safe to join to a folder, made from `name` (anything read from a
+    .blend or a result folder: image and object names, stored paths, user text) and an
+    optional `suffix` (such as ".png"; dropped unless it is "." and 1-10 letters or digits).
+
+    The result is never empty, ".", "..", hidden (leading dot), or a Windows device name;
+    it holds no path separator, drive colon or control character; it is at most
+    FILE_NAME_BYTES bytes of UTF-8. So `folder / safe_file_name(x)` always names an entry
+    directly inside `folder`.
+    """
+    text = str(name) if name is not None else ""
+    text = "".join("_" if ch in _BAD_FILE_CHARS else ch for ch in text)
+    text = "".join(ch for ch in text if not 0xD800 <= ord(ch) <= 0xDFFF)  # lone surrogates
+    text = text.strip(" .")
+    ext = suffix if plain_suffix(suffix) else ""
+    if not text:
+        text = default
+    if text.split(".")[0].upper() in _WINDOWS_DEVICES:
+        text = "_" + text
+    room = FILE_NAME_BYTES - len(ext.encode("utf-8"))
+    data = text.encode("utf-8")
+    if len(data) > room:
+        text = data[:room].decode("utf-8", errors="ignore").rstrip(" .") or default
+    return text + ext
+
+
+def plain_suffix(suffix: str) -> bool:
+    """True for a file suffix such as ".png": a dot and 1-10 ASCII letters or digits."""
+    return (
+        isinstance(suffix, str)
+        and 2 <= len(suffix) <= 11
+        and suffix[0] == "."
+        and suffix[1:].isascii()
+        and suffix[1:].isalnum()
+    )
