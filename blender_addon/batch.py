@@ -2,6 +2,9 @@
 
     blender -b -P blender_addon/batch.py -- --input DIR --output DIR [--python PATH] [options]
 
+Options: --flame PATH, --model auto|flame|ict|test-head, --device auto|cpu|cuda,
+--texture-size 1024|2048|4096, --expressions K, --no-glb, --quiet.
+
 Each subfolder of --input holds one person's photos (jpg/png/tif/bmp/webp; files whose names
 contain left/front/right are passed as those views). Per person this writes
 OUTPUT/<person>/result/ (the backend's result folder), <person>.glb and <person>.blend (the
@@ -119,6 +122,7 @@ class Stopper:
         self.requested = 0
         self.signum: int | None = None
         self.stopping_now = False
+        self.finishing = False  # the people loop is over: only the summary is left
         self._previous: dict[int, object] = {}
 
     def install(self) -> None:
@@ -142,6 +146,8 @@ class Stopper:
             os._exit(128 + signum)
         self.requested += 1
         self.signum = self.signum or signum
+        if self.finishing:  # writing the summary takes a moment: let it finish
+            return
         if signum == signal.SIGINT and self.requested == 1:
             self._say("Ctrl-C: stopping after the current person (Ctrl-C again to stop now)")
             return
@@ -268,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     stopper.install()
     try:
         return run_batch(args, pkg, prefs, log, stopper)
-    except StopNow as e:  # before the people loop (finding the backend)
+    except StopNow as e:  # before the people loop (while finding the backend)
         log(f"stopped by {e.args[0]} before any person was started")
         return 128 + e.signum
     finally:
@@ -351,6 +357,7 @@ def run_batch(args, pkg, prefs, log, stopper: Stopper) -> int:
             summary["people"].append(
                 {"name": current, "status": "failed", "reason": f"interrupted ({e.args[0]})"}
             )
+    stopper.finishing = True
     summary |= _totals(summary, started)
     if stopper.requested:
         seen = {p["name"] for p in summary["people"]}

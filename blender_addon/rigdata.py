@@ -219,8 +219,8 @@ class ResultRig:
 # Limits no real result comes near (FLAME: V=5023, F=9976, K<=300, J=5, ~25 MB of arrays),
 # so that a damaged or crafted file is refused before it costs memory or time. Sizes are
 # the ones each .npy header declares, checked for every array before any array is read.
-MAX_ARRAY_BYTES = 1 << 30  # one array
-MAX_TOTAL_BYTES = 2 << 30  # all arrays read from one rig.npz
+MAX_ARRAY_BYTES = 512 << 20  # one array
+MAX_TOTAL_BYTES = 1 << 30  # all arrays read from one rig.npz
 MAX_TEXT_BYTES = 1 << 20  # one array of names
 MAX_TEXT_CHARS = 1024  # one name
 MAX_NPY_HEADER = 10_000  # numpy's own default limit for a .npy header
@@ -425,12 +425,15 @@ class _Member:
 
 def _open_npz(path: Path):
     """The zip and {key: ZipInfo} of its .npy members (nothing decompressed yet)."""
+    zf = None
     try:
         zf = zipfile.ZipFile(path)
         members = {
             i.filename[: -len(".npy")]: i for i in zf.infolist() if i.filename.endswith(".npy")
         }
     except Exception as e:  # BadZipFile, OSError, ValueError, struct.error...
+        if zf is not None:
+            zf.close()
         raise ResultError(f"{path}: cannot be read as .npz ({_one_line(e)})") from e
     return zf, members
 

@@ -316,11 +316,23 @@ def test_declared_gigabytes_are_refused_without_reading(rig_arrays, tmp_path):
     assert rig.n_vertices == rig_arrays["vertices"].shape[0]
     assert peak < 200e6, f"{peak / 1e6:.0f} MB allocated for a member nobody reads"
 
-    # many known members, each within the per-array cap, together beyond the total cap
-    half = npy_member({"descr": "<f4", "fortran_order": False, "shape": (5, 5782, 3 * 10_000)})
-    folder = tmp_path / "total"
-    _zip_with(rig_arrays, {"expression_basis": half}, folder / "rig.npz")
-    assert_one_line_error(folder, "expression_basis")
+
+def test_total_declared_size_is_capped(rig_arrays, tmp_path, monkeypatch):
+    """Arrays each within the per-array cap but together beyond the total: refused from
+    the headers (the cap lowered to 1 MB here, which the 3 MB test-head rig exceeds)."""
+    folder = write_rig(tmp_path / "r", rig_arrays)
+    monkeypatch.setattr(rigdata, "MAX_TOTAL_BYTES", 1 << 20)
+    monkeypatch.setattr(rigdata, "MAX_ARRAY_BYTES", 1 << 20)
+    assert_one_line_error(folder, "arrays declare more than 1048576 bytes")
+
+
+def test_rigdata_imports_without_bpy_or_torch():
+    code = (
+        "import sys; import blender_addon.rigdata, blender_addon.strings; "
+        "bad = {'bpy', 'torch', 'mfnet_core'} & {m.split('.')[0] for m in sys.modules}; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=harness.REPO, timeout=120)
 
 
 @pytest.mark.parametrize(
@@ -798,3 +810,19 @@ def test_batch_output_inside_input_and_ctrl_c(tmp_path):
     assert not backend.lock_path(result).exists()
     assert not list((out / "bob").glob(".*partial*")) and not (out / "bob" / "bob.blend").exists()
     assert _processes_writing(result) == [], "the backend outlived the batch"
+
+    # SIGTERM (to Blender alone, as a service manager sends it) stops at once too
+    term = _Batch(inp, out, home, extra)
+    term.wait_for(_working_on("bob"))
+    term.proc.send_signal(signal.SIGTERM)
+    assert term.wait() == 143, term.log
+    assert not result.exists() and not backend.partial_folders(result)
+    assert _processes_writing(result) == [], "the backend outlived the batch"
+
+    # and a plain rerun finishes the batch: bob is done, alice skipped, the output not a person
+    last = _Batch(inp, out, home, extra)
+    assert last.wait() == 0, last.log
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["succeeded"] == ["bob"] and summary["skipped"] == ["alice"]
+    assert summary["interrupted"] is False and summary["failed"] == [] and summary["notes"]
+    assert (out / "bob" / "bob.blend").is_file()
