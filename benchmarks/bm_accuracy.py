@@ -44,9 +44,10 @@ import trimesh
 from reference import Reference
 
 from mfnet_core.camera import axis_angle_to_matrix, yaw_pitch_roll_deg
+from mfnet_core.errors import MfnetError
 from mfnet_core.fit.dense import DenseOptions, refine_dense
 from mfnet_core.fit.landmark_fit import FitOptions, fit_landmarks
-from mfnet_core.head.flame import FLAME, load_flame_assets
+from mfnet_core.head.flame import FLAME
 from mfnet_core.metrics import similarity_transform, vertex_error_mm
 from mfnet_core.synthetic import (
     HeadScan,
@@ -69,20 +70,15 @@ CONFIGS: dict[str, tuple[str, ...]] = {
 
 
 def load_model(which: str) -> tuple[FLAME, str]:
-    """The test head (default) or the user's FLAME (--model flame: found as `mfnet doctor`
-    says, e.g. MFNET_FLAME_MODEL)."""
-    if which == "flame":
-        from mfnet_core.inputs.model_files import find_flame_model
+    """The test head (default), the shipped ICT Face Model (--model ict) or the user's FLAME
+    (--model flame: found as `mfnet doctor` says, e.g. MFNET_FLAME_MODEL)."""
+    from mfnet_core.head.registry import load_head_model
 
-        path = find_flame_model()
-        if path is None:
-            raise SystemExit("--model flame: no FLAME model found (run `mfnet doctor`)")
-        assets = load_flame_assets(path)
-    else:
-        from mfnet_core.head.testhead import ensure_test_head
-
-        assets = load_flame_assets(ensure_test_head())
-    return FLAME(assets, n_shape=100, n_expr=50), assets.kind
+    try:
+        head = load_head_model(which)
+    except MfnetError as e:
+        raise SystemExit(f"--model {which}: {e}") from None
+    return head, head.info.kind
 
 
 def run_config(flame: FLAME, losses: tuple[str, ...], photos, landmarks, intrinsics, cache: dict):
@@ -155,11 +151,13 @@ class MeshQuery:
 
 def scan_distance_mm(
     scan: HeadScan, verts: np.ndarray, faces: np.ndarray, lmk68: np.ndarray, iterations: int = 20
-) -> float:
+) -> tuple[float, float]:
     """Median distance (mm) from the capture's face region to the fitted mesh, after a
     similarity transform of the fitted mesh onto the capture: start from the 51 inner 3D
     landmarks (17-67; the contour's semantics differ between the two), then ICP with
-    closest points on the fitted surface, trimming pairs beyond 3x the median distance."""
+    closest points on the fitted surface, trimming pairs beyond 3x the median distance.
+    Returns the distance and the similarity's scale (fitted mesh -> capture, both in metres:
+    1 when the fit is metric)."""
     pts = scan.vertices[scan.face_region()].astype(np.float64)
     query = MeshQuery(verts.astype(np.float64), np.asarray(faces))
     s, rot, t = similarity_transform(
@@ -173,7 +171,7 @@ def scan_distance_mm(
         keep = dist <= 3 * np.median(dist) + 1e-9
         s, rot, t = similarity_transform(closest[keep], sub[keep])
     _closest, dist = query.on_surface((pts - t) @ rot / s)
-    return float(np.median(dist) * s * 1000.0)
+    return float(np.median(dist) * s * 1000.0), float(s)
 
 
 def scan_errors(flame, scan: HeadScan, yaw: float, size: int, configs) -> tuple[dict, str]:
@@ -189,7 +187,8 @@ def scan_errors(flame, scan: HeadScan, yaw: float, size: int, configs) -> tuple[
         with torch.no_grad():
             v = torch.as_tensor(res.vertices_model)[None]
             lm3 = flame.landmarks_frontal(v)[0].numpy()
-        out[name] = (scan_distance_mm(scan, res.vertices_model, faces, lm3), sec)
+        dist, scale = scan_distance_mm(scan, res.vertices_model, faces, lm3)
+        out[name] = (dist, sec, scale)
     return out, views.landmark_source
 
 
@@ -225,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--repeats", type=int, default=1, help="landmark-error draws per subject")
     ap.add_argument("--configs", default=",".join(CONFIGS))
-    ap.add_argument("--model", choices=("test-head", "flame"), default="test-head")
+    ap.add_argument("--model", choices=("test-head", "ict", "flame"), default="test-head")
     ap.add_argument("--no-scan", action="store_true")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
@@ -311,8 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_scan and (scan_dir / "james.obj").is_file():
         scan = load_headscan(scan_dir)
         res, source = scan_errors(flame, scan, args.yaw, args.size, configs)
-        for k, (d, s) in res.items():
+        for k, (d, s, scale) in res.items():
             result["configs"][k]["scan_median_mm"] = round(d, 4)
+            result["configs"][k]["scan_scale"] = round(scale, 4)
             result["configs"][k]["scan_seconds"] = round(s, 3)
         result["scan"] = {
             "name": scan.name,
@@ -338,13 +338,13 @@ def main(argv: list[str] | None = None) -> int:
         print(ref.summary())
         print(
             f"{'loss set':26s} {'median mm':>10s} {'mean mm':>9s} {'s/subject':>10s} "
-            f"{'x ref':>7s} {'scan mm':>8s}"
+            f"{'x ref':>7s} {'scan mm':>8s} {'scale':>6s}"
         )
         for k, v in result["configs"].items():
             print(
                 f"{k:26s} {v['median_vertex_error_mm']:10.3f} {v['mean_vertex_error_mm']:9.3f} "
                 f"{v['seconds']:10.2f} {ref.ratio(v['seconds'], 1):7.1f} "
-                f"{v.get('scan_median_mm', float('nan')):8.3f}"
+                f"{v.get('scan_median_mm', float('nan')):8.3f} {v.get('scan_scale', float('nan')):6.3f}"
             )
         total = result["total_seconds"]
         print(f"total {total:.1f} s ({ref.ratio(total, 1):.1f} x reference)")

@@ -451,5 +451,10 @@ class ICTFaceModel(FLAME):
             lower=np.zeros(self.n_expr, dtype=np.float32),
             upper=np.ones(self.n_expr, dtype=np.float32),
             prior="weights",
+            # A weight of 1 is a full expression: held 10x harder than a PCA coefficient of
+            # one standard deviation, else identity leaks into expression keys (a rendered
+            # real head scan: browDown_L 1.0, mouthFrown_L 0.94 at 1x; at most 0.5 at 10x,
+            # for 0.15 mm of scan distance; docs/BENCHMARKS.md).
+            prior_scale=10.0,
         )
         self.posed_joints = frozenset({"root", "neck", "eye_L", "eye_R"})

@@ -112,6 +112,9 @@ class CoefficientSpace:
     lower: np.ndarray | None = None  # (size,)
     upper: np.ndarray | None = None  # (size,)
     prior: str = "normal"
+    # how strongly the regulariser holds this space, relative to the fit's `reg` weight
+    # (blendshape weights of 1 are a full expression, not one standard deviation)
+    prior_scale: float = 1.0
 
     @property
     def bounded(self) -> bool:
