@@ -58,7 +58,8 @@ _EDGE_EPS = 1e-6
 _MIN_AREA = 1e-10
 # CPU threads for the rasteriser's many mid-sized tensor ops. One thread: on a quiet 2-core
 # machine two threads gain ~1.3x, on a busy one they lose 3-50x (each op waits for a
-# descheduled worker); single-threaded, a 10k-triangle head at 1024 px takes ~40 ms.
+# descheduled worker); single-threaded, a 10k-triangle head at 1024 px takes ~30 ms
+# (0.14-0.16 x benchmarks/reference.py's workload; bm_render.py raster_1024).
 _CPU_THREADS = 1
 
 
