@@ -36,7 +36,9 @@ from mfnet_core.head.interface import (
     UVLayout,
 )
 from mfnet_core.head.subset import SubsetLBS
+from mfnet_core.inputs.files import regular_file
 from mfnet_core.inputs.model_files import find_side_file, user_cache_dir
+from mfnet_core.inputs.npz import ArraySpec, check_array, read_npz
 from mfnet_core.inputs.safe_pickle import load_npy_object, load_restricted_pickle
 
 __all__ = [
@@ -441,28 +443,44 @@ class FLAME(HeadModel):
 
 _REQUIRED = ("v_template", "f", "shapedirs", "posedirs", "J_regressor", "kintree_table", "weights")
 
+# What each model array may be, checked from the .npy header (npz) or the unpickled array
+# (pkl) before anything else touches it: dimensions, dtype kind, finite values, not empty.
+_FLOAT = "biuf"
+_MODEL_SPECS: dict[str, ArraySpec] = {
+    "v_template": ArraySpec((None, 3), _FLOAT, finite=True, min_size=3),
+    "f": ArraySpec((None, 3), "iu", min_size=3),
+    "shapedirs": ArraySpec((None, 3, None), _FLOAT, finite=True),
+    "exprdirs": ArraySpec((None, 3, None), _FLOAT, finite=True, required=False),
+    "posedirs": ArraySpec((None, 3, None), _FLOAT, finite=True),
+    "J_regressor": ArraySpec((None, None), _FLOAT, finite=True, min_size=1),
+    "kintree_table": ArraySpec((2, None), "iu", min_size=2),
+    "weights": ArraySpec((None, None), _FLOAT, finite=True, min_size=1),
+    "mfnet_test_head": ArraySpec((), "biu", required=False),
+}
+
 
 def _read_model_dict(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ModelNotFoundError(f"FLAME model file not found: {path}")
+    """The model's arrays (only the keys in _MODEL_SPECS), each checked against its spec."""
+    regular_file(path, what="FLAME model file", error=ModelNotFoundError)
     if path.suffix.lower() == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                data: dict[str, Any] = {k: z[k] for k in z.files}
-        except ValueError as e:
-            raise MfnetError(
-                f"{path}: the .npz holds pickled objects ({e}); save it with plain arrays "
-                "(J_regressor dense) or use the original .pkl"
-            ) from None
-        except Exception as e:
-            raise MfnetError(f"{path} is not a readable .npz ({e})") from None
-        if "mfnet_test_head" in data:
-            data["mfnet_test_head"] = bool(np.asarray(data["mfnet_test_head"]))
-        return data
-    obj = load_restricted_pickle(path)
-    if not isinstance(obj, dict):
-        raise MfnetError(f"{path}: expected a dict of FLAME arrays, found {type(obj).__name__}")
-    return obj
+        data: dict[str, Any] = read_npz(path, _MODEL_SPECS, what="FLAME model file")
+    else:
+        obj = load_restricted_pickle(path)
+        if not isinstance(obj, dict):
+            raise MfnetError(f"{path}: expected a dict of FLAME arrays, found {type(obj).__name__}")
+        missing = [k for k, spec in _MODEL_SPECS.items() if spec.required and k not in obj]
+        if missing:
+            raise MfnetError(f"{path}: missing key(s) {missing} (not a FLAME model file?)")
+        data = {}
+        for key, spec in _MODEL_SPECS.items():
+            if key in obj:
+                value = obj[key]
+                if key == "mfnet_test_head" and isinstance(value, bool):
+                    value = np.asarray(value)
+                data[key] = check_array(value, key, str(path), spec)
+    if "mfnet_test_head" in data:
+        data["mfnet_test_head"] = bool(data["mfnet_test_head"])
+    return data
 
 
 def _array(data: dict[str, Any], key: str, path: Path, ndim: int, dtype: Any) -> np.ndarray:
@@ -472,10 +490,12 @@ def _array(data: dict[str, Any], key: str, path: Path, ndim: int, dtype: Any) ->
         raise MfnetError(f"{path}: missing key {key!r} (not a FLAME model file?)") from None
     try:
         a = np.asarray(a, dtype=dtype)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise MfnetError(f"{path}: key {key!r} is not a numeric array") from None
     if a.ndim != ndim:
         raise MfnetError(f"{path}: key {key!r} has shape {a.shape}, expected {ndim} dimensions")
+    if a.dtype.kind == "f" and not np.isfinite(a).all():  # also float64 values past float32
+        raise MfnetError(f"{path}: key {key!r} holds NaN/inf or values too large for float32")
     return a
 
 
@@ -486,27 +506,43 @@ def _load_landmarks(path: Path, n_faces: int, model_path: Path) -> LandmarkEmbed
     def arr(d: dict[str, Any], key: str, src: Path, dtype: Any) -> np.ndarray:
         if key not in d:
             raise MfnetError(f"{src}: missing key {key!r} (expected a FLAME landmark embedding)")
-        return np.asarray(_dense(d[key]), dtype=dtype)
+        a = check_array(d[key], key, str(src), ArraySpec(kinds=_FLOAT, finite=True, min_size=1))
+        if np.dtype(dtype).kind in "iu" and a.dtype.kind == "f" and np.any(a != np.round(a)):
+            raise MfnetError(f"{src}: key {key!r} should hold face ids, found fractions")
+        return np.asarray(a, dtype=dtype)
+
+    def flat(a: np.ndarray, cols: int, key: str, src: Path) -> np.ndarray:
+        if a.size % cols:
+            raise MfnetError(f"{src}: key {key!r} has shape {a.shape}, not a multiple of {cols}")
+        return a.reshape(-1, cols) if cols > 1 else a.reshape(-1)
 
     if path.suffix == ".npy":
         d = load_npy_object(path)
         if not isinstance(d, dict):
             raise MfnetError(f"{path}: expected a pickled dict (DECA's landmark_embedding.npy)")
-        static_f = arr(d, "static_lmk_faces_idx", path, np.int64).reshape(-1)
-        static_b = arr(d, "static_lmk_bary_coords", path, np.float32).reshape(-1, 3)
+        static_f = flat(
+            arr(d, "static_lmk_faces_idx", path, np.int64), 1, "static_lmk_faces_idx", path
+        )
+        static_b = flat(
+            arr(d, "static_lmk_bary_coords", path, np.float32), 3, "static_lmk_bary_coords", path
+        )
         dyn_f = arr(d, "dynamic_lmk_faces_idx", path, np.int64)
         dyn_b = arr(d, "dynamic_lmk_bary_coords", path, np.float32)
         if "full_lmk_faces_idx" in d:
-            full_f = arr(d, "full_lmk_faces_idx", path, np.int64).reshape(-1)
-            full_b = arr(d, "full_lmk_bary_coords", path, np.float32).reshape(-1, 3)
+            full_f = flat(
+                arr(d, "full_lmk_faces_idx", path, np.int64), 1, "full_lmk_faces_idx", path
+            )
+            full_b = flat(
+                arr(d, "full_lmk_bary_coords", path, np.float32), 3, "full_lmk_bary_coords", path
+            )
         else:
             full_f = full_b = None
     else:
         d = load_restricted_pickle(path)
         if not isinstance(d, dict):
             raise MfnetError(f"{path}: expected a dict with lmk_face_idx and lmk_b_coords")
-        static_f = arr(d, "lmk_face_idx", path, np.int64).reshape(-1)
-        static_b = arr(d, "lmk_b_coords", path, np.float32).reshape(-1, 3)
+        static_f = flat(arr(d, "lmk_face_idx", path, np.int64), 1, "lmk_face_idx", path)
+        static_b = flat(arr(d, "lmk_b_coords", path, np.float32), 3, "lmk_b_coords", path)
         dyn_path = path.parent / "flame_dynamic_embedding.npy"
         if not dyn_path.is_file():
             raise ModelNotFoundError(
@@ -583,24 +619,21 @@ def _read_obj_uv(path: Path, faces: np.ndarray) -> UVLayout:
 def _load_uv(path: Path, faces: np.ndarray) -> UVLayout:
     if path.suffix.lower() == ".obj":
         return _read_obj_uv(path, faces)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if "vt" not in z.files or "ft" not in z.files:
-                missing = [k for k in ("vt", "ft") if k not in z.files]
-                raise MfnetError(
-                    f"{path}: missing key(s) {missing} (expected FLAME_texture.npz with vt, ft)"
-                )
-            vt = np.asarray(z["vt"], dtype=np.float32)
-            ft = np.asarray(z["ft"], dtype=np.int64)
-    except MfnetError:
-        raise
-    except Exception as e:
-        raise MfnetError(f"{path} is not a readable .npz ({e})") from None
+    z = read_npz(path, _UV_SPECS, what="UV layout file")
+    vt = np.asarray(z["vt"], dtype=np.float32)
+    ft = np.asarray(z["ft"], dtype=np.int64)
     if ft.shape != faces.shape:
         raise MfnetError(f"{path}: ft has shape {ft.shape}, the model has {faces.shape[0]} faces")
     if ft.min() < 0 or ft.max() >= len(vt):
         raise MfnetError(f"{path}: ft indexes past vt ({len(vt)} uv vertices)")
-    return UVLayout(vt.reshape(-1, 2), ft)
+    return UVLayout(vt, ft)
+
+
+# FLAME_texture.npz also holds the albedo space (hundreds of MB), never read here.
+_UV_SPECS = {
+    "vt": ArraySpec((None, 2), _FLOAT, finite=True, min_size=2),
+    "ft": ArraySpec((None, 3), "iu", min_size=3),
+}
 
 
 def generated_uv(vertices: np.ndarray, faces: np.ndarray) -> UVLayout:
@@ -610,9 +643,11 @@ def generated_uv(vertices: np.ndarray, faces: np.ndarray) -> UVLayout:
     cache = user_cache_dir() / "uv" / f"{key}.npz"
     if cache.is_file():
         try:
-            with np.load(cache, allow_pickle=False) as z:
-                return UVLayout(z["vt"].astype(np.float32), z["ft"].astype(np.int64))
-        except Exception:
+            z = read_npz(cache, _UV_SPECS, what="UV cache file")
+            vt, ft = z["vt"].astype(np.float32), z["ft"].astype(np.int64)
+            if ft.shape == faces.shape and ft.min() >= 0 and ft.max() < len(vt):
+                return UVLayout(vt, ft)
+        except MfnetError:
             pass  # a damaged cache entry is simply regenerated
     import xatlas
 
@@ -687,6 +722,8 @@ def load_flame_assets(
     if "exprdirs" in data:
         shapedirs = alldirs
         exprdirs = _array(data, "exprdirs", path, 3, np.float32)
+        if exprdirs.shape[:2] != (n_v, 3):
+            raise MfnetError(f"{path}: 'exprdirs' has shape {exprdirs.shape}, expected ({n_v},3,K)")
     else:
         n_s = min(N_SHAPE_FLAME, alldirs.shape[2])
         shapedirs, exprdirs = alldirs[:, :, :n_s], alldirs[:, :, n_s:]
@@ -738,7 +775,8 @@ def load_flame_assets(
     if mask_file is not None:
         masks = load_restricted_pickle(mask_file)
         if isinstance(masks, dict) and "face" in masks:
-            ids = np.asarray(masks["face"], dtype=np.int64).reshape(-1)
+            ids = check_array(masks["face"], "face", str(mask_file), ArraySpec(kinds="iu"))
+            ids = ids.astype(np.int64).reshape(-1)
             if ids.size and ids.min() >= 0 and ids.max() < n_v:
                 face_region = np.zeros(n_v, dtype=bool)
                 face_region[ids] = True
