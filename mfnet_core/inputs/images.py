@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mfnet_core.errors import PhotoError
+from mfnet_core.inputs.files import describe_mode, open_regular
 
 # Smallest usable side: below this no landmark detector finds a face reliably.
 MIN_SIDE_PX = 64
@@ -26,6 +30,8 @@ MIN_SIDE_PX = 64
 # anything bigger from a camera is rare, from an attacker a decompression bomb).
 MAX_PIXELS = 80_000_000
 DEFAULT_MAX_SIDE = 2048
+# Larger files are refused before opening: an 80 Mpx 16-bit RGB TIFF is 480 MB.
+MAX_FILE_BYTES = 512 * 2**20
 
 # A "normal" lens: 50 mm on 35 mm film (36 x 24 mm) sees 2*atan(18/50) = 39.6 degrees across
 # the long side. Phone main cameras are wider (~26 mm equiv.), but portraits are usually taken
@@ -132,18 +138,35 @@ def load_photo(path: str | Path, max_side: int = DEFAULT_MAX_SIDE) -> Photo:
     name = path.name
     if max_side < MIN_SIDE_PX:
         raise ValueError(f"max_side must be >= {MIN_SIDE_PX}")
-    if not path.exists():
-        raise PhotoError(f"{name}: file not found ({path})")
-    if path.is_dir():
-        raise PhotoError(f"{name}: is a folder, not a photo ({path})")
+    # stat before opening: open() on a FIFO blocks until a writer comes, a device never ends
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise PhotoError(f"{name}: file not found ({path})") from None
+    except OSError as e:
+        raise PhotoError(f"{name}: cannot read the file ({e.strerror or e}) ({path})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise PhotoError(f"{name}: is {describe_mode(st.st_mode)}, not a photo ({path})")
+    if st.st_size > MAX_FILE_BYTES:
+        raise PhotoError(
+            f"{name}: {st.st_size / 2**20:.0f} MiB is larger than the "
+            f"{MAX_FILE_BYTES / 2**20:.0f} MiB limit for a photo; save it smaller first"
+        )
+    if st.st_size == 0:
+        raise PhotoError(f"{name}: the file is empty ({path})")
+    with open_regular(path, what="photo", max_bytes=MAX_FILE_BYTES, error=PhotoError) as fh:
+        return _load_open(fh, path, name, max_side)
 
+
+def _load_open(fh: BinaryIO, path: Path, name: str, max_side: int) -> Photo:
+    """`load_photo` once the file is known to be a regular file of a sane size and open."""
     if path.suffix.lower() in (".heic", ".heif", ".avif"):
         _register_heif_opener()
     try:
         with warnings.catch_warnings():
             # We enforce our own, lower limit below; Pillow's warning would only be noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(path)
+            im = Image.open(fh)
     except Image.DecompressionBombError as e:
         raise PhotoError(f"{name}: image is absurdly large ({e}); refusing to decode it") from e
     except UnidentifiedImageError as e:
