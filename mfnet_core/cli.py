@@ -1,4 +1,4 @@
-"""`mfnet reconstruct | demo | doctor`: progress bars for people, JSON lines for programs.
+"""`mfnet reconstruct | demo | track | doctor`: progress bars for people, JSON lines for programs.
 
 Starts fast: `--help`, `--version`, argument errors (out-of-range numbers included),
 missing or broken photos and an output folder that cannot or must not be written answer
@@ -310,6 +310,70 @@ def cmd_demo(args: argparse.Namespace, progress: ProgressPrinter) -> dict:
     }
 
 
+def cmd_track(args: argparse.Namespace, progress: ProgressPrinter) -> dict:
+    """A video or a folder of frames of the person in `--identity` -> track.csv (Live Link
+    Face style), track.npz, track.json in the output folder. Inputs, the identity's model
+    kind and the output folder are checked before torch loads. Ctrl-C keeps the frames done
+    so far (written whole, `complete: false`) and exits 130."""
+    from mfnet_core.track.files import check_output_folder
+    from mfnet_core.track.identity import read_identity
+    from mfnet_core.track.video import check_source
+
+    check_source(args.source)
+    identity = read_identity(args.identity)
+    kind = identity.model_kind if args.model == "auto" else args.model
+    if kind != identity.model_kind:
+        raise MfnetError(
+            f"--identity {identity.folder} was made with the {identity.model_kind} head model, "
+            f"not {kind}; track with --model {identity.model_kind} (or leave --model out)"
+        )
+    if kind not in MODEL_CHOICES[1:]:
+        raise MfnetError(f"--identity {identity.folder}: unknown head model {kind!r} in rig.npz")
+    out = Path(args.output)
+    check_output_folder(out, args.overwrite)
+
+    from mfnet_core.head.registry import load_head_model
+    from mfnet_core.track.run import ClipOptions, TrackInterrupted, track_clip, write_track
+    from mfnet_core.track.tracker import TrackOptions
+    from mfnet_core.track.video import open_frames
+
+    progress("track", 0.0, f"loading the {kind} head model")
+    head = load_head_model(kind, Path(args.flame) if args.flame else None)
+    source = open_frames(args.source, fps=args.fps, max_side=args.max_side)
+    options = ClipOptions(
+        focal_px=args.focal_px,
+        max_frames=args.max_frames,
+        smoothing=args.smoothing,
+        track=TrackOptions(iterations=args.iterations),
+    )
+    try:
+        result = track_clip(source, head, identity, options, progress=progress)
+    except TrackInterrupted as e:
+        _Signals.raising = False  # a second Ctrl-C must not cut the frames done in half
+        if e.tracker.frames:
+            partial = e.tracker.result(complete=False)
+            check_output_folder(out, True)
+            write_track(out, partial)
+            e.result_written = f"{out} ({partial.n_frames} frames, those tracked before it)"  # type: ignore[attr-defined]
+        raise
+    progress("track", 0.995, "writing track.csv, track.npz, track.json")
+    check_output_folder(out, args.overwrite)
+    files = write_track(out, result)
+    s = result.summary
+    return {
+        "result_dir": str(out),
+        "files": [str(f) for f in files],
+        "model": head.kind,
+        "frames": s["frames"],
+        "fps": s["fps"],
+        "frames_with_face": s["frames_with_face"],
+        "frames_bridged": s["frames_bridged"],
+        "frames_per_second": s["frames_per_second"],
+        "seconds": s["timings_s"]["total"],
+        "warnings": s["warnings"],
+    }
+
+
 def cmd_doctor(args: argparse.Namespace, progress: ProgressPrinter) -> dict:
     from mfnet_core.doctor import doctor_report
 
@@ -399,6 +463,60 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common(d)
 
+    t = sub.add_parser(
+        "track",
+        help="video or frames of a reconstructed person -> per-frame ARKit weights, head and "
+        "eye angles (Live Link Face CSV) and an npz",
+    )
+    t.add_argument("source", help="a video file (anything OpenCV reads) or a folder of frames")
+    t.add_argument(
+        "--identity",
+        required=True,
+        metavar="RESULT_DIR",
+        help="the person's result folder from `mfnet reconstruct` (its rig.npz: identity held fixed)",
+    )
+    t.add_argument(
+        "-o", "--output", required=True, help="folder for track.csv, track.npz, track.json"
+    )
+    t.add_argument(
+        "--model",
+        default="auto",
+        choices=MODEL_CHOICES,
+        help="head model; auto (default): the one the identity was made with",
+    )
+    t.add_argument("--flame", help="FLAME model file (.pkl), for an identity made with FLAME")
+    t.add_argument(
+        "--fps",
+        type=_float_in(0.1, 1000.0),
+        help="frame rate of a folder of frames (default 30), or one that overrides the video's",
+    )
+    t.add_argument(
+        "--max-side",
+        type=_int_in(64, 16384),
+        help="scale frames down to this longer side first (default: as they are)",
+    )
+    t.add_argument(
+        "--focal-px",
+        type=_float_in(1.0, 1e6),
+        help="the camera's focal length in pixels (default: a 40 degree field of view)",
+    )
+    t.add_argument("--max-frames", type=_int_in(1, 10**9), help="track at most this many frames")
+    t.add_argument(
+        "--smoothing",
+        type=_float_in(0.0, 10.0),
+        default=1.0,
+        help="temporal smoothing strength (0 off, 1 default, more is smoother; blinks survive 1)",
+    )
+    t.add_argument(
+        "--iterations",
+        type=_int_in(1, 50),
+        default=4,
+        help="Levenberg-Marquardt iterations per frame (default 4)",
+    )
+    t.add_argument("--progress", default="bar", choices=["bar", "jsonl", "none"])
+    t.add_argument("--overwrite", action="store_true", help="replace a track in the folder")
+    t.add_argument("--json", action="store_true", help="print one JSON summary at the end")
+
     doc = sub.add_parser("doctor", help="what is installed, what is missing, where to get it")
     doc.add_argument("--flame")
     doc.add_argument("--json", action="store_true")
@@ -423,7 +541,12 @@ def _main(argv: list[str] | None) -> int:
         if getattr(args, "json", False) and mode == "bar":
             mode = "none"
         progress = ProgressPrinter(mode)
-        handlers = {"reconstruct": cmd_reconstruct, "demo": cmd_demo, "doctor": cmd_doctor}
+        handlers = {
+            "reconstruct": cmd_reconstruct,
+            "demo": cmd_demo,
+            "track": cmd_track,
+            "doctor": cmd_doctor,
+        }
         summary = handlers[args.command](args, progress)
         if args.command == "doctor":
             if args.json:

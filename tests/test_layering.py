@@ -61,12 +61,14 @@ FLOOR_MODULES = frozenset({"__init__", "errors", "camera", "render", "metrics"})
 # and to any group not listed, imports are allowed). A new subpackage needs a row here.
 # Importing training from anywhere in mfnet_core (network included) is rule 2.
 WING_RULES: dict[str, frozenset[str]] = {
-    "floor": frozenset({"head", "inputs", "fit", "outputs", "network", "top"}),
-    "head": frozenset({"fit", "outputs", "network", "top"}),
-    "inputs": frozenset({"head", "fit", "outputs", "network", "top"}),
-    "fit": frozenset({"outputs", "network", "top"}),
-    "outputs": frozenset({"network", "top"}),  # may use fit's public modules
-    "network": frozenset({"fit", "outputs", "top"}),
+    "floor": frozenset({"head", "inputs", "fit", "outputs", "network", "track", "top"}),
+    "head": frozenset({"fit", "outputs", "network", "track", "top"}),
+    "inputs": frozenset({"head", "fit", "outputs", "network", "track", "top"}),
+    "fit": frozenset({"outputs", "network", "track", "top"}),
+    "outputs": frozenset({"network", "track", "top"}),  # may use fit's public modules
+    "network": frozenset({"fit", "outputs", "track", "top"}),
+    # video tracking (`mfnet track`): uses head, inputs and fit's solver; only the top uses it
+    "track": frozenset({"outputs", "network", "top"}),
     "top": frozenset(),  # may import anything in mfnet_core
 }
 

@@ -1,0 +1,142 @@
+"""68 landmarks per video frame with dlib, fast enough for video.
+
+A photo gets dlib's HOG detector over the whole picture (with upsampling) and the shape
+predictor at five box scales (mfnet_core.inputs.landmarks.DlibBackend): ~0.2 s. A video frame
+mostly shows the face where the last one did, so here the HOG detector looks only at a crop
+around the previous face, scaled so that the face is ~110 px wide (~5-9 ms instead of
+55-210 ms for a 640 px frame), and the predictor runs at three box scales (their median, ~4
+ms). The whole frame is searched only when the crop finds nothing (the face moved far, or
+it is the first frame). A frame where neither finds a face has none: the tracker bridges it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mfnet_core.inputs.landmarks import _dlib_shape, _DlibModels
+
+__all__ = ["FrameFace", "VideoLandmarker"]
+
+Box = tuple[float, float, float, float]
+
+
+@dataclass
+class FrameFace:
+    landmarks: np.ndarray  # (68,2) float32 pixels, corner origin
+    box: Box  # (x0, y0, x1, y1) the detector's box in frame pixels
+    search: str  # "crop" (around the previous face) or "frame" (the whole frame)
+
+
+def _iou(a: Box, b: Box) -> float:
+    x0, y0 = max(a[0], b[0]), max(a[1], b[1])
+    x1, y1 = min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)
+    area = lambda r: max(0.0, r[2] - r[0]) * max(0.0, r[3] - r[1])  # noqa: E731
+    union = area(a) + area(b) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _scale_box(box: Box, k: float) -> Box:
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    hw, hh = k * (box[2] - box[0]) / 2, k * (box[3] - box[1]) / 2
+    return (cx - hw, cy - hh, cx + hw, cy + hh)
+
+
+class VideoLandmarker:
+    """Per-frame 68-point landmarks for a clip, following the face from frame to frame.
+
+    box_scales: the predictor runs on the box scaled by each (median of the runs);
+    crop_face_px: the face's width in the crop the detector searches; full_upsample_every:
+    a whole-frame search upsamples (finds faces under ~80 px, 4x slower) on the first frame
+    and then only every this many frames while no face is found.
+    """
+
+    def __init__(
+        self,
+        box_scales: tuple[float, ...] = (0.93, 1.0, 1.08),
+        crop_face_px: int = 110,
+        full_max_side: int = 640,
+        full_upsample_every: int = 15,
+    ) -> None:
+        self.box_scales = tuple(box_scales) or (1.0,)
+        self.crop_face_px = crop_face_px
+        self.full_max_side = full_max_side
+        self.full_upsample_every = full_upsample_every
+        self.previous: Box | None = None
+        self._misses = 0
+        self._hog = _DlibModels.get("hog")
+        self._predictor = _DlibModels.get("predictor")
+
+    def reset(self) -> None:
+        self.previous = None
+        self._misses = 0
+
+    def __call__(self, rgb: np.ndarray) -> FrameFace | None:
+        rgb = np.ascontiguousarray(rgb)
+        box, search = None, "crop"
+        if self.previous is not None:
+            box = self._search_crop(rgb, self.previous)
+        if box is None:
+            search = "frame"
+            box = self._search_frame(rgb)
+        if box is None:
+            self.previous = None
+            self._misses += 1
+            return None
+        self._misses = 0
+        self.previous = box
+        runs = [_dlib_shape(self._predictor, rgb, _scale_box(box, k)) for k in self.box_scales]
+        lm = np.median(np.stack(runs), axis=0).astype(np.float32)
+        return FrameFace(lm, box, search)
+
+    # -- detection ---------------------------------------------------------------------------
+    def _hog_boxes(self, img: np.ndarray, upsample: int) -> list[tuple[Box, float]]:
+        rects, scores, _ = self._hog.run(img, upsample, 0.0)
+        return [
+            ((r.left(), r.top(), r.right() + 1.0, r.bottom() + 1.0), float(s))
+            for r, s in zip(rects, scores, strict=True)
+        ]
+
+    def _search_crop(self, rgb: np.ndarray, prev: Box) -> Box | None:
+        """The face near `prev`: HOG on a crop twice the box's size, scaled so that the face
+        is `crop_face_px` wide."""
+        import cv2
+
+        h, w = rgb.shape[:2]
+        x0, y0, x1, y1 = _scale_box(prev, 2.0)
+        x0, y0 = max(0, int(x0)), max(0, int(y0))
+        x1, y1 = min(w, int(np.ceil(x1))), min(h, int(np.ceil(y1)))
+        if x1 - x0 < 16 or y1 - y0 < 16:
+            return None
+        s = min(2.0, self.crop_face_px / max(prev[2] - prev[0], 1.0))
+        crop = rgb[y0:y1, x0:x1]
+        if abs(s - 1.0) > 1e-3:
+            size = (max(1, round((x1 - x0) * s)), max(1, round((y1 - y0) * s)))
+            interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
+            crop = cv2.resize(crop, size, interpolation=interp)
+        found = self._hog_boxes(np.ascontiguousarray(crop), 0)
+        if not found:
+            return None
+        boxes = [(b[0] / s + x0, b[1] / s + y0, b[2] / s + x0, b[3] / s + y0) for b, _ in found]
+        best = max(boxes, key=lambda b: _iou(b, prev))
+        return best if _iou(best, prev) > 0.2 else None
+
+    def _search_frame(self, rgb: np.ndarray) -> Box | None:
+        """The largest face in the whole frame (scaled to `full_max_side`)."""
+        import cv2
+
+        h, w = rgb.shape[:2]
+        s = min(1.0, self.full_max_side / max(h, w))
+        img = rgb
+        if s < 1.0:
+            size = (max(1, round(w * s)), max(1, round(h * s)))
+            img = np.ascontiguousarray(cv2.resize(rgb, size, interpolation=cv2.INTER_AREA))
+        found = self._hog_boxes(img, 0)
+        if not found and self._misses % self.full_upsample_every == 0:
+            found = self._hog_boxes(img, 1)
+        if not found:
+            return None
+        b, _ = max(found, key=lambda f: (f[0][2] - f[0][0]) * (f[0][3] - f[0][1]))
+        return (b[0] / s, b[1] / s, b[2] / s, b[3] / s)
