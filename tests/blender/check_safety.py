@@ -77,10 +77,7 @@ def main() -> dict:
         "distinct": len(set(landed)) == len(landed),
         "outside": sorted(f for f in after - before if Path(f).parent != tmpdir),
         "absolute_targets": [
-            str(p)
-            for p in (absolute, relative)
-            for p in (p, p.with_suffix(".png"))
-            if p.exists()
+            str(p) for p in (absolute, relative) for p in (p, p.with_suffix(".png")) if p.exists()
         ],
         "n_packed": sum(p["packed"] for p in photos),
     }
