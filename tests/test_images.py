@@ -286,3 +286,80 @@ def test_folder_is_not_a_photo(tmp_path: Path) -> None:
     d.mkdir()
     with pytest.raises(PhotoError, match="photos"):
         load_photo(d)
+
+
+# ---- not a regular file, or too large: refused before anything opens or decodes it ----
+
+
+def _refused_within(call, seconds: float = 10.0) -> PhotoError:
+    """`call` must raise PhotoError within `seconds` (run in a thread: a reader blocked on
+    a FIFO would otherwise hang the test run)."""
+    import threading
+
+    result: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            call()
+            result.append(None)
+        except BaseException as e:  # noqa: BLE001
+            result.append(e)
+
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    th.join(seconds)
+    assert not th.is_alive(), f"load_photo still blocked after {seconds} s"
+    assert result and isinstance(result[0], PhotoError), result
+    assert "\n" not in str(result[0])
+    return result[0]
+
+
+def test_fifo_is_refused_without_hanging(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "left.jpg"
+    os.mkfifo(fifo)
+    try:
+        err = _refused_within(lambda: load_photo(fifo))
+    finally:
+        try:  # release a reader the old code left blocked in open()
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+    assert "left.jpg" in str(err) and "FIFO" in str(err)
+
+
+def test_device_is_refused(tmp_path: Path) -> None:
+    link = tmp_path / "front.png"
+    link.symlink_to("/dev/zero")  # a device that never ends, behind a photo's name
+    err = _refused_within(lambda: load_photo(link))
+    assert "front.png" in str(err) and "device" in str(err)
+
+
+def test_folder_named_like_a_photo_is_refused(tmp_path: Path) -> None:
+    d = tmp_path / "right.jpg"
+    d.mkdir()
+    err = _refused_within(lambda: load_photo(d))
+    assert "right.jpg" in str(err) and "folder" in str(err)
+
+
+def test_file_size_capped_before_opening(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mfnet_core.inputs.images as images
+
+    p = tmp_path / "big.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 255, (300, 300, 3), np.uint8)).save(p)
+    monkeypatch.setattr(images, "MAX_FILE_BYTES", 100_000)
+
+    def no_open(*a: object, **k: object) -> None:
+        raise AssertionError("Image.open was called")
+
+    monkeypatch.setattr(images.Image, "open", no_open)
+    with pytest.raises(PhotoError, match=r"big\.png: .*MiB limit"):
+        load_photo(p)
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    p = tmp_path / "empty.jpg"
+    p.write_bytes(b"")
+    with pytest.raises(PhotoError, match=r"empty\.jpg: the file is empty"):
+        load_photo(p)

@@ -489,7 +489,8 @@ def _array(data: dict[str, Any], key: str, path: Path, ndim: int, dtype: Any) ->
     except KeyError:
         raise MfnetError(f"{path}: missing key {key!r} (not a FLAME model file?)") from None
     try:
-        a = np.asarray(a, dtype=dtype)
+        with np.errstate(over="ignore", invalid="ignore"):  # refused just below
+            a = np.asarray(a, dtype=dtype)
     except (TypeError, ValueError, OverflowError):
         raise MfnetError(f"{path}: key {key!r} is not a numeric array") from None
     if a.ndim != ndim:

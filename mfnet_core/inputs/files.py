@@ -99,7 +99,12 @@ def read_regular(
     """The whole content of a regular file of at most `max_bytes` bytes."""
     with open_regular(path, what=what, max_bytes=max_bytes, error=error) as f:
         try:
-            data = f.read(max_bytes + 1)
+            # read(n) allocates n bytes up front: ask for the size fstat gave, plus one
+            # byte to notice a file that grew since
+            size = os.fstat(f.fileno()).st_size
+            data = f.read(size + 1)
+            while len(data) <= max_bytes and (more := f.read(1 << 20)):
+                data += more
         except OSError as e:
             raise error(f"cannot read {what} {path}: {e.strerror or e}") from None
     if len(data) > max_bytes:

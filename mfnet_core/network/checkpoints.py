@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,6 +216,26 @@ def _bounded_meta(meta: dict[str, Any], path: Path) -> dict[str, Any]:
     return meta
 
 
+@functools.lru_cache(maxsize=8)
+def _meta_shapes(items: tuple[tuple[str, Any], ...]) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):  # no memory, whatever the config says
+        net = MFNet(MFNetConfig(**dict(items)))
+        return {k: tuple(v.shape) for k, v in net.state_dict().items()}
+
+
+def _shapes(config: MFNetConfig, path: Path) -> dict[str, tuple[int, ...]]:
+    """The state dict shapes of the network `config` describes, from a network on the
+    meta device (no memory) before the real one is made."""
+    try:
+        return dict(_meta_shapes(tuple(sorted(config.to_dict().items()))))
+    except MfnetError as exc:
+        raise MfnetError(f"{path}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - nn layers refuse odd sizes in their own words
+        raise MfnetError(
+            f"{path}: model_config describes no valid network ({_one_line(exc)})"
+        ) from None
+
+
 def load_checkpoint(
     path: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[MFNet, dict[str, Any]]:
@@ -233,16 +254,7 @@ def load_checkpoint(
         raise MfnetError(f"{path}: the checkpoint has no 'model_config'; not an MFNet checkpoint")
     config = _config(data["model_config"], path)
     state = _tensor_dict(data.get("model"), path, "'model'")
-    # shapes from a network on the meta device (no memory) before the real one is made
-    try:
-        with torch.device("meta"):
-            shapes = {k: tuple(v.shape) for k, v in MFNet(config).state_dict().items()}
-    except MfnetError as exc:
-        raise MfnetError(f"{path}: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - nn layers refuse odd sizes in their own words
-        raise MfnetError(
-            f"{path}: model_config describes no valid network ({_one_line(exc)})"
-        ) from None
+    shapes = _shapes(config, path)
     n_params = sum(math.prod(s) for s in shapes.values())
     if n_params > MAX_PARAMETERS:
         raise MfnetError(
