@@ -582,6 +582,11 @@ def test_checkpoint_tensors_checked(tmp_path):
         load_checkpoint(_save(tmp_path, tiny_checkpoint(model=bad)))
     _one_line(err.value, k, "NaN")
     bad = dict(state)
+    bad[k] = state[k].to(torch.complex64)  # loading would drop the imaginary part
+    with pytest.raises(MfnetError) as err:
+        load_checkpoint(_save(tmp_path, tiny_checkpoint(model=bad)))
+    _one_line(err.value, k, "expected floating point")
+    bad = dict(state)
     bad[k] = "weights"
     with pytest.raises(MfnetError) as err:
         load_checkpoint(_save(tmp_path, tiny_checkpoint(model=bad)))

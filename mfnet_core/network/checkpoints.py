@@ -217,15 +217,15 @@ def _bounded_meta(meta: dict[str, Any], path: Path) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=8)
-def _meta_shapes(items: tuple[tuple[str, Any], ...]) -> dict[str, tuple[int, ...]]:
+def _meta_shapes(items: tuple[tuple[str, Any], ...]) -> dict[str, tuple[tuple[int, ...], bool]]:
     with torch.device("meta"):  # no memory, whatever the config says
         net = MFNet(MFNetConfig(**dict(items)))
-        return {k: tuple(v.shape) for k, v in net.state_dict().items()}
+        return {k: (tuple(v.shape), v.is_floating_point()) for k, v in net.state_dict().items()}
 
 
-def _shapes(config: MFNetConfig, path: Path) -> dict[str, tuple[int, ...]]:
-    """The state dict shapes of the network `config` describes, from a network on the
-    meta device (no memory) before the real one is made."""
+def _shapes(config: MFNetConfig, path: Path) -> dict[str, tuple[tuple[int, ...], bool]]:
+    """The state dict (shape, is floating point) of the network `config` describes, from a
+    network on the meta device (no memory) before the real one is made."""
     try:
         return dict(_meta_shapes(tuple(sorted(config.to_dict().items()))))
     except MfnetError as exc:
@@ -255,7 +255,7 @@ def load_checkpoint(
     config = _config(data["model_config"], path)
     state = _tensor_dict(data.get("model"), path, "'model'")
     shapes = _shapes(config, path)
-    n_params = sum(math.prod(s) for s in shapes.values())
+    n_params = sum(math.prod(s) for s, _ in shapes.values())
     if n_params > MAX_PARAMETERS:
         raise MfnetError(
             f"{path}: model_config describes {n_params:,} parameters, more than the "
@@ -268,12 +268,15 @@ def load_checkpoint(
             f"{path}: the weights do not fit its model_config ({len(missing)} missing, e.g. "
             f"{missing[:2]}; {len(extra)} unexpected, e.g. {extra[:2]})"
         )
-    for k, want in shapes.items():
+    for k, (want, floating) in shapes.items():
         v = state[k]
         if not isinstance(v, Tensor):
             raise MfnetError(f"{path}: model[{k!r}] is a {type(v).__name__}, not a tensor")
         if tuple(v.shape) != want:
             raise MfnetError(f"{path}: model[{k!r}] has shape {tuple(v.shape)}, expected {want}")
+        if v.is_complex() or v.is_floating_point() != floating:
+            kind = "floating point" if floating else "integer"
+            raise MfnetError(f"{path}: model[{k!r}] is {v.dtype}, expected {kind}")
         if v.is_floating_point() and not bool(torch.isfinite(v).all()):
             raise MfnetError(f"{path}: model[{k!r}] holds NaN/inf values")
     try:
