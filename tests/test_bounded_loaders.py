@@ -32,6 +32,7 @@ import torch
 
 from mfnet_core.errors import MfnetError
 from mfnet_core.head.flame import load_flame_assets
+from mfnet_core.inputs.model_files import find_flame_model
 from mfnet_core.inputs.npz import ArraySpec, read_npz
 from mfnet_core.inputs.safe_pickle import load_npy_object, load_restricted_pickle
 from mfnet_core.network.checkpoints import load_backbone_weights, load_checkpoint
@@ -262,6 +263,7 @@ def test_pickle_that_is_a_fifo_does_not_hang(tmp_path):
     os.mkfifo(fifo)
     _no_hang(lambda: load_restricted_pickle(fifo), str(fifo), "FIFO")
     _no_hang(lambda: load_flame_assets(fifo), str(fifo), "FIFO")
+    _no_hang(lambda: find_flame_model(fifo), "--flame", str(fifo), "FIFO")
 
 
 def _no_hang(call, *names: str, seconds: float = 10.0) -> None:

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from mfnet_core.errors import ModelNotFoundError
+from mfnet_core.inputs.files import regular_file
 
 __all__ = [
     "user_data_dir",
@@ -100,8 +101,12 @@ def find_flame_model(explicit: Path | None = None) -> Path | None:
                     f"{origin}: no FLAME model (.pkl) in {p}; expected one of {', '.join(MODEL_NAMES)}"
                 )
             return found
-        if not p.is_file():
+        if not p.exists():
             raise ModelNotFoundError(f"{origin}: FLAME model file not found: {p}")
+        try:  # a FIFO or device named as the model: said as such, never opened
+            regular_file(p, what="FLAME model file", error=ModelNotFoundError)
+        except ModelNotFoundError as e:
+            raise ModelNotFoundError(f"{origin}: {e}") from None
         return p
     return _model_in_folder(flame_dir())
 
