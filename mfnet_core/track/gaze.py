@@ -39,6 +39,8 @@ __all__ = [
 
 MIN_OPENNESS = 0.15  # lid gap over eye width below which the iris is not looked for
 MAX_DARK_SPREAD = 0.14  # horizontal spread (std) of the darkest pixels over the eye width
+MIN_DARK_COLUMN = 0.5  # share of the opening's height the iris fills at its centre
+MIN_CONTRAST = 0.3  # (bright - dark) / bright inside the eye: the white against the iris
 EYE_LOOK_FULL_DEG = {"horizontal": 35.0, "up": 25.0, "down": 25.0}
 # iBUG-68: 36-41 the subject's right eye, 42-47 the left.
 EYE_LANDMARKS = {"L": tuple(range(42, 48)), "R": tuple(range(36, 42))}
@@ -118,13 +120,13 @@ def iris_centre(gray: np.ndarray, pts: np.ndarray, min_width_px: float = 8.0) ->
     local = (pts - [x0, y0]) * k  # corner-origin pixels in the patch
     mask = np.zeros(patch.shape, np.uint8)
     cv2.fillPoly(mask, [np.round(local - 0.5).astype(np.int32)], 1)
-    mask = cv2.erode(mask, np.ones((3, 3), np.uint8)).astype(bool)
+    mask = cv2.erode(mask, np.ones((7, 7), np.uint8)).astype(bool)  # off the lash line
     if mask.sum() < 30:
         return None
     yy, xx = np.mgrid[0 : patch.shape[0], 0 : patch.shape[1]]
     vals = patch[mask]
-    lo, hi = float(vals.min()), float(np.percentile(vals, 90))
-    if hi - lo < 8.0:  # no contrast: no iris to find
+    lo, hi = np.percentile(vals, [15, 85])
+    if hi - lo < MIN_CONTRAST * hi:  # no dark iris against a white: skin, a lid, a shadow
         return None
 
     def centroid(sel: np.ndarray, thr: float) -> np.ndarray | None:
@@ -142,6 +144,10 @@ def iris_centre(gray: np.ndarray, pts: np.ndarray, min_width_px: float = 8.0) ->
     # without eyeballs) spreads along the whole eye.
     dark = mask & (patch <= thr)
     if dark.sum() < 5 or float(xx[dark].std()) > MAX_DARK_SPREAD * 48.0:
+        return None
+    # ... and it fills the opening from lid to lid where it is (a lash line only its top)
+    column = mask & (np.abs(xx - c[0]) <= 2.0)
+    if column.sum() < 3 or float(dark[column].mean()) < MIN_DARK_COLUMN:
         return None
     iris_r = 0.22 * 48.0
     near = mask & ((xx - c[0]) ** 2 + (yy - c[1]) ** 2 <= (1.3 * iris_r) ** 2)

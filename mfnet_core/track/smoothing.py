@@ -53,7 +53,7 @@ class OneEuro:
 # Blendshape weights (units: weight, 0..1): blinks must survive (see the module docstring).
 WEIGHTS = OneEuro(min_cutoff=1.5, beta=2.0, d_cutoff=10.0)
 # Head rotation (radians; a head turns at up to ~3 rad/s) and translation (metres).
-HEAD_ROTATION = OneEuro(min_cutoff=1.0, beta=1.0, d_cutoff=10.0)
+HEAD_ROTATION = OneEuro(min_cutoff=1.0, beta=5.0, d_cutoff=10.0)
 HEAD_TRANSLATION = OneEuro(min_cutoff=1.0, beta=30.0, d_cutoff=10.0)
 # Eye rotation (radians): saccades are fast, fixations still.
 EYE_ROTATION = OneEuro(min_cutoff=1.0, beta=2.0, d_cutoff=10.0)
@@ -87,9 +87,34 @@ def one_euro(x: np.ndarray, fps: float, settings: OneEuro) -> np.ndarray:
 
 def smooth_zero_phase(x: np.ndarray, fps: float, settings: OneEuro) -> np.ndarray:
     """The one-euro filter forward, then backward over its output: no lag (see the module
-    docstring). (T,C) or (T,) in, same shape out."""
-    forward = one_euro(np.asarray(x, dtype=np.float64), fps, settings)
-    return one_euro(forward[::-1], fps, settings)[::-1].copy()
+    docstring). (T,C) or (T,) in, same shape out. The take is extended at both ends by its
+    point reflection (half a second, as scipy's filtfilt pads) about a straight line fitted
+    to its first / last frames, so that the filters start and end on the curve's own slope
+    instead of lagging behind it, and a noisy end frame is not taken as the pivot."""
+    x = np.asarray(x, dtype=np.float64)
+    n = len(x)
+    pad = min(n - 1, max(1, int(round(0.5 * fps)))) if n > 1 else 0
+    if pad:
+        first, last = _end_values(x, max(3, int(round(0.1 * fps))))
+        head = 2 * first - x[pad:0:-1]
+        tail = 2 * last - x[-2 : -pad - 2 : -1]
+        x = np.concatenate([head, x, tail])
+    forward = one_euro(x, fps, settings)
+    out = one_euro(forward[::-1], fps, settings)[::-1]
+    return out[pad : pad + n].copy()
+
+
+def _end_values(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The values at the first and last frame of straight lines fitted (least squares) to
+    the first and the last `k` frames of (T,...) `x`."""
+    k = max(2, min(k, len(x)))
+    t = np.arange(k, dtype=np.float64)
+    w = (t - t.mean()) / ((t - t.mean()) ** 2).sum()  # slope weights
+    flat = x.reshape(len(x), -1)
+    a, b = flat[:k], flat[-k:]
+    first = a.mean(0) - (a * w[:, None]).sum(0) * t.mean()
+    last = b.mean(0) + (b * w[:, None]).sum(0) * (k - 1 - t.mean())
+    return first.reshape(x.shape[1:]), last.reshape(x.shape[1:])
 
 
 def gap_ranges(valid: np.ndarray) -> list[tuple[int, int]]:
