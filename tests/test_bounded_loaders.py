@@ -248,6 +248,16 @@ def test_allocations_asked_by_a_pickle_are_size_checked():
     with pytest.raises(MfnetError) as err:
         load_restricted_pickle(data, source="alloc.pkl")
     _one_line(err.value, "alloc.pkl", "MiB")
+    # an object array's state whose shape says 10**9 items for a list of three: numpy
+    # allocates the shape before it compares it with the list
+    a = np.empty(3, dtype=object)
+    a[:] = [1, 2, 3]
+    data = pickle.dumps(a, protocol=2)
+    i = data.index(b"K\x03\x85")  # BININT1 3, TUPLE1: the shape (3,)
+    data = data[:i] + b"J" + (10**9).to_bytes(4, "little") + data[i + 2 :]
+    with pytest.raises(MfnetError) as err:
+        load_restricted_pickle(data, source="state.pkl")
+    _one_line(err.value, "state.pkl", "MiB")
 
 
 def test_a_real_sized_flame_pickle_still_loads():

@@ -379,6 +379,10 @@ class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
                 f"refusing to set the state of a {type(inst).__name__} from {self.source}"
             )
         state = self.stack.pop()
+        if isinstance(inst, np.ndarray) and isinstance(state, tuple) and len(state) in (4, 5):
+            # (version,) shape, dtype, fortran, data: numpy allocates the shape before it
+            # compares it with the data (object arrays), so the shape is checked here
+            _check_alloc(state[-4], state[-3], "numpy array state")
         inst.__setstate__(state)
 
     def load_setitem(self) -> None:
