@@ -179,6 +179,19 @@ def _float_in(lo: float, hi: float) -> Callable[[str], float]:
     return parse
 
 
+def _neutral_arg(text: str) -> str | int:
+    """argparse type of `track --neutral`: auto, none or a frame number."""
+    if text in ("auto", "none"):
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give auto, none or a frame number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a frame number is 0 or more, not {value}")
+    return value
+
+
 def _check_arguments(args: argparse.Namespace) -> None:
     """Every argument check that needs no heavy import, so mistakes answer at once."""
     parse_losses(args.losses)
@@ -344,6 +357,7 @@ def cmd_track(args: argparse.Namespace, progress: ProgressPrinter) -> dict:
         focal_px=args.focal_px,
         max_frames=args.max_frames,
         smoothing=args.smoothing,
+        neutral=args.neutral,
         track=TrackOptions(iterations=args.iterations),
     )
     try:
@@ -506,6 +520,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=_float_in(0.0, 10.0),
         default=1.0,
         help="temporal smoothing strength (0 off, 1 default, more is smoother; blinks survive 1)",
+    )
+    t.add_argument(
+        "--neutral",
+        type=_neutral_arg,
+        default="auto",
+        metavar="auto|none|FRAME",
+        help="the actor's rest weights taken off every frame: auto (default: each weight's "
+        "quietest level in the take), none, or the number of a frame with a neutral face",
     )
     t.add_argument(
         "--iterations",

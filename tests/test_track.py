@@ -216,6 +216,48 @@ def test_frames_without_a_face_are_bridged_and_flagged(ict, clip, tmp_path):
     assert len(take.timecodes) == N_FRAMES
 
 
+def test_neutral_rest_level_is_taken_off(ict, clip):
+    """`auto` takes each weight's quietest level (5th percentile) off, a frame number that
+    frame's weights; `none` leaves the per-frame fit; 1 stays 1."""
+    from mfnet_core.track.run import Tracker
+
+    names = ict.expression_space.names
+    ident = _identity(clip.shape, names)
+    bias = np.zeros((68, 2))
+    bias[48:68, 1] += 2.0  # a detector that puts the whole mouth 2 px low on this face
+    takes = {}
+    for neutral in ("none", "auto", 2):
+        tracker = Tracker(ict, ident, clip.intrinsics, FPS, smoothing_strength=0, neutral=neutral)
+        rng = np.random.default_rng(2)  # the same detections for each
+        for lm in clip.landmarks:
+            tracker.add_frame(None, lm + bias + rng.normal(scale=0.5, size=lm.shape))
+        takes[neutral] = tracker.result()
+    raw = takes["none"].arrays["expression_raw"]
+    assert np.array_equal(takes["none"].arrays["expression"], raw)
+    auto = takes["auto"].arrays["expression"]
+    assert np.array_equal(takes["auto"].arrays["expression_raw"], raw)
+    assert ((auto <= 1e-6).mean(0) >= 0.05).all()  # every key rests at 0 somewhere
+    rest = takes["auto"].arrays["neutral"]
+    np.testing.assert_allclose(rest, np.percentile(raw, 5, axis=0), atol=1e-6)
+    expected = np.clip((raw - rest) / np.maximum(1 - rest, 0.5), 0, 1)
+    np.testing.assert_allclose(auto, expected, atol=1e-6)
+    assert np.abs(takes[2].arrays["expression"][2]).max() < 1e-6
+    assert takes["auto"].summary["neutral"].startswith("auto")
+    jaw = names.index("jawOpen")
+    err_none = np.abs(raw[:, jaw] - clip.expression[:, jaw]).mean()
+    err_auto = np.abs(auto[:, jaw] - clip.expression[:, jaw]).mean()
+    print(f"jawOpen error with a biased mouth: {err_none:.3f} raw, {err_auto:.3f} calibrated")
+    assert err_auto < err_none
+    with pytest.raises(MfnetError, match="neutral"):
+        Tracker(ict, ident, clip.intrinsics, FPS, neutral="calm")
+    tracker = Tracker(ict, ident, clip.intrinsics, FPS, neutral=500)
+    for lm in clip.landmarks:
+        tracker.add_frame(None, lm)
+    late = tracker.result()
+    assert late.summary["neutral"].startswith("auto")
+    assert any("neutral frame 500" in w for w in late.summary["warnings"])
+
+
 # --------------------------------------------------------------------------- smoothing
 
 
@@ -539,6 +581,10 @@ def test_cli_refusals_answer_before_torch(tmp_path):
             "--smoothing",
         ),
         (["track", str(frames), "-o", "out"], "--identity"),
+        (
+            ["track", str(frames), "--identity", str(ident), "-o", "out", "--neutral", "calm"],
+            "--neutral",
+        ),
     ]
     for argv, needle in cases:
         rc, heavy, err = _probe(*argv, cwd=tmp_path)

@@ -57,6 +57,8 @@ TRACK_FORMAT_VERSION = 1
 # is taken as a detector failure: treated as a frame without a face.
 MAX_RESIDUAL_FACE = 0.12
 
+# `neutral="auto"` needs this many frames with a face to find the rest level of each weight.
+MIN_NEUTRAL_FRAMES = 10
 # Gaze measured in fewer of the frames with a face than this is taken as unreliable.
 MIN_GAZE_FRACTION = 0.3
 
@@ -100,6 +102,7 @@ class Tracker:
         options: TrackOptions | None = None,
         smoothing_strength: float = 1.0,
         gaze: bool = True,
+        neutral: str | int = "auto",
     ) -> None:
         check_identity_matches(identity, head.kind, head.n_shape, head.expression_space.names)
         self.head = head
@@ -108,6 +111,9 @@ class Tracker:
         self.fps = float(fps)
         self.options = options or TrackOptions()
         self.smoothing_strength = float(smoothing_strength)
+        if not (neutral in ("auto", "none") or isinstance(neutral, int)):
+            raise MfnetError(f"neutral must be auto, none or a frame number, not {neutral!r}")
+        self.neutral = neutral
         self.fitter = FrameFitter(head, identity.shape, intrinsics, self.options)
         self.names = tuple(head.expression_space.names or ())
         self.eyes: dict[str, EyeModel] = self._eye_models() if gaze else {}
@@ -201,6 +207,45 @@ class Tracker:
         return out
 
     # -- the take ----------------------------------------------------------------------------
+    def _neutral(self, coeffs: np.ndarray, face: np.ndarray) -> tuple[np.ndarray | None, str]:
+        """The person's rest weights to take off every frame, and where they came from.
+
+        Why: dlib's points and the model's landmark definitions differ a little for every
+        face, and the fit explains the difference with expression keys that then sit above 0
+        on a still face (on tests/data/james up to 0.7). As Live Link Face calibrates on the
+        actor's neutral face, the track takes the rest level of each blendshape weight off:
+        `auto` (default) its 5th percentile over the frames with a face (the take's quietest
+        moments; a take of fewer than MIN_NEUTRAL_FRAMES keeps its weights), a frame number
+        that frame's weights, `none` nothing. Then w' = (w - rest) / (1 - rest) so that 1
+        stays 1 (gain at most 2). Gaze keys (eyeLook, set from the eyes' angles) and models
+        whose expressions are unbounded PCA coefficients are left as they are."""
+        n_expr = self.fitter.model.n_expr
+        space = self.head.expression_space
+        if self.neutral == "none" or space.prior != "weights" or not face.any():
+            return None, "none"
+        if self.neutral == "auto":
+            if int(face.sum()) < MIN_NEUTRAL_FRAMES:
+                return None, f"none (fewer than {MIN_NEUTRAL_FRAMES} frames with a face)"
+            rest = np.percentile(coeffs[face, :n_expr], 5, axis=0)
+            source = "auto: 5th percentile of each weight over the frames with a face"
+        else:
+            frame = int(self.neutral)
+            if not (0 <= frame < len(face)) or not face[frame]:
+                self.warnings.append(
+                    f"neutral frame {frame}: no face was tracked there; the rest levels come "
+                    "from the take instead (auto)"
+                )
+                saved, self.neutral = self.neutral, "auto"
+                try:
+                    return self._neutral(coeffs, face)
+                finally:
+                    self.neutral = saved
+            rest = coeffs[frame, :n_expr].copy()
+            source = f"frame {frame}"
+        for k in self.look_index.values():
+            rest[k] = 0.0
+        return np.clip(rest, 0.0, 1.0), source
+
     def result(self, complete: bool = True) -> TrackResult:
         """Bridged (frames without a face interpolated), smoothed, mapped to ARKit."""
         n = len(self.frames)
@@ -238,6 +283,10 @@ class Tracker:
                 eyes[:, k] = np.nan
             else:
                 eyes[:, k] = smoothing.median_of_valid(eyes[:, k], gaze_found[:, k])
+        neutral, neutral_from = self._neutral(coeffs, face)
+        warnings.extend(w for w in self.warnings if w not in warnings)
+        if neutral is not None:
+            coeffs[:, :n_expr] = (coeffs[:, :n_expr] - neutral) / np.maximum(1.0 - neutral, 0.5)
         if face.any():
             coeffs = smoothing.bridge_gaps(coeffs, face)
             rot = smoothing.bridge_gaps(rot, face)
@@ -324,6 +373,7 @@ class Tracker:
             "camera": self.intrinsics.as_vector(),
             "image_size": np.array([self.intrinsics.width, self.intrinsics.height], dtype=np.int32),
             "complete": np.array(bool(complete)),
+            "neutral": (np.zeros(n_expr) if neutral is None else neutral).astype(np.float32),
         }
         gaps = smoothing.gap_ranges(face)
         if not self.names:
@@ -359,6 +409,7 @@ class Tracker:
                 round(float(np.nanmedian(resid)), 3) if face.any() else None
             ),
             "smoothing": self.smoothing_strength,
+            "neutral": neutral_from,
             "arkit_columns_without_key": missing,
             "model_keys_without_column": unused,
             "timings_s": {
@@ -398,6 +449,7 @@ class ClipOptions:
     focal_px: float | None = None  # the camera's focal length at the original size
     max_frames: int | None = None
     smoothing: float = 1.0
+    neutral: str | int = "auto"  # the rest weights taken off (Tracker._neutral)
     track: TrackOptions = field(default_factory=TrackOptions)
 
 
@@ -415,7 +467,9 @@ def track_clip(
     w, h = source.size
     focal = options.focal_px * source.scale if options.focal_px else None
     intr = Intrinsics.from_focal(w, h, focal)
-    tracker = Tracker(head, identity, intr, source.fps, options.track, options.smoothing)
+    tracker = Tracker(
+        head, identity, intr, source.fps, options.track, options.smoothing, neutral=options.neutral
+    )
     total = source.n_frames
     if options.max_frames is not None:
         total = min(total, options.max_frames) if total else options.max_frames
