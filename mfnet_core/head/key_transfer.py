@@ -204,7 +204,8 @@ class TransferOptions:
     closest_weight: float = 1.0
     reverse_weight: float = 0.5
     reject_mm: tuple[float, float] = (20.0, 5.0)  # pair rejection distance, first/last round
-    normal_dot_min: float = 0.3  # pairs whose normals disagree more are dropped
+    normal_dot_min: float = 0.3  # registration pairs whose normals disagree more: none
+    sample_dot_min: float = 0.0  # a target vertex never samples skin that faces away
     # sides of the lips and lids: how far from their landmarks, how much closer to one side
     side_radius_mm: float = 18.0
     side_margin_mm: float = 0.5
@@ -339,9 +340,19 @@ class _MeshQuery:
         self.f = np.asarray(faces, dtype=np.int64)
         self.tree = cKDTree(self.v[self.f].mean(1))
         self.k = min(k, len(self.f))
+        self.normals = _face_normals(self.v, self.f)
 
-    def closest(self, points: np.ndarray, chunk: int = 4096):
-        """(N,3) -> triangle (N,), barycentrics (N,3), point (N,3), distance (N,)."""
+    def closest(
+        self,
+        points: np.ndarray,
+        normals: np.ndarray | None = None,
+        min_dot: float = -1.0,
+        chunk: int = 4096,
+    ):
+        """(N,3) -> triangle (N,), barycentrics (N,3), point (N,3), distance (N,). With
+        `normals` (N,3), triangles whose normal makes a dot product below `min_dot` with
+        the point's are passed over; a point left with none gets distance inf (and the
+        closest triangle regardless)."""
         points = np.asarray(points, dtype=np.float64)
         n = len(points)
         tri = np.zeros(n, dtype=np.int64)
@@ -355,12 +366,18 @@ class _MeshQuery:
             a, b, c = (self.v[self.f[cand, i]] for i in range(3))
             q, bc = _closest_on_triangles(p[:, None, :], a, b, c)
             d = np.linalg.norm(p[:, None, :] - q, axis=-1)
-            best = d.argmin(1)
             r = np.arange(len(p))
+            if normals is not None:
+                facing = np.einsum("nkd,nd->nk", self.normals[cand], normals[s : s + chunk])
+                d_ok = np.where(facing >= min_dot, d, np.inf)
+                best = np.where(np.isfinite(d_ok).any(1), d_ok.argmin(1), d.argmin(1))
+                dist[s : s + chunk] = d_ok[r, best]
+            else:
+                best = d.argmin(1)
+                dist[s : s + chunk] = d[r, best]
             tri[s : s + chunk] = cand[r, best]
             bary[s : s + chunk] = bc[r, best]
             pt[s : s + chunk] = q[r, best]
-            dist[s : s + chunk] = d[r, best]
         return tri, bary, pt, dist
 
 
@@ -373,12 +390,13 @@ class _SidedQuery:
         self.ids = {s: np.flatnonzero(face_side != -s) for s in (1, -1)}
         self.sub = {s: _MeshQuery(vertices, faces[ids]) for s, ids in self.ids.items()}
 
-    def closest(self, points: np.ndarray, side: np.ndarray):
-        tri, bary, pt, dist = self.all.closest(points)
+    def closest(self, points, side, normals=None, min_dot=-1.0):
+        tri, bary, pt, dist = self.all.closest(points, normals, min_dot)
         for s in (1, -1):
             sel = side == s
             if sel.any() and len(self.ids[s]):
-                t, b, p, d = self.sub[s].closest(points[sel])
+                nrm = None if normals is None else normals[sel]
+                t, b, p, d = self.sub[s].closest(points[sel], nrm, min_dot)
                 tri[sel], bary[sel], pt[sel], dist[sel] = self.ids[s][t], b, p, d
         return tri, bary, pt, dist
 
@@ -504,7 +522,6 @@ def _fit_identity(
     landmark_ids: np.ndarray,
     landmark_targets: np.ndarray,
     target: _SidedQuery,
-    target_normals: np.ndarray,
     opt: TransferOptions,
 ) -> tuple[np.ndarray, np.ndarray]:
     """ICT's identity coefficients that bring the aligned source closest to the target
@@ -521,10 +538,8 @@ def _fit_identity(
     beta = np.zeros(n_s)
     x = x_sim
     for _ in range(opt.identity_rounds):
-        tri, _, p, d = target.closest(x, v_side)
-        src_n = _vertex_normals(x, faces)
+        _, _, p, d = target.closest(x, v_side, _vertex_normals(x, faces), opt.normal_dot_min)
         ok = used & (d < opt.reject_mm[0] * MM)
-        ok &= (src_n * target_normals[tri]).sum(1) > opt.normal_dot_min
         b = basis[:, ok, :].reshape(n_s, -1)
         r = (p[ok] - x_sim[ok]).ravel()
         prior = opt.identity_prior * (int(ok.sum()) + w_lm * len(landmark_ids)) * MM**2
@@ -542,7 +557,6 @@ def _nonrigid_icp(
     landmark_ids: np.ndarray,
     landmark_targets: np.ndarray,
     target: _SidedQuery,
-    target_normals: np.ndarray,
     target_points: np.ndarray,
     target_point_normals: np.ndarray,
     target_point_side: np.ndarray,
@@ -569,17 +583,15 @@ def _nonrigid_icp(
     for k, stiff in enumerate(opt.stiffness):
         frac = k / max(rounds - 1, 1)
         reject = (opt.reject_mm[0] + (opt.reject_mm[1] - opt.reject_mm[0]) * frac) * MM
-        # source -> target
-        tri, _, p, d = target.closest(x, v_side)
+        # source -> target, target -> source (pairs whose normals disagree are never made)
         src_n = _vertex_normals(x, faces)
-        ok = used & (d < reject) & ((src_n * target_normals[tri]).sum(1) > opt.normal_dot_min)
-        cw = np.where(ok, opt.closest_weight, 0.0)
-        # target -> source
+        _, _, p, d = target.closest(x, v_side, src_n, opt.normal_dot_min)
+        cw = np.where(used & (d < reject), opt.closest_weight, 0.0)
         sq = _SidedQuery(x, faces, f_side)
-        stri, sbary, _, sd = sq.closest(target_points, target_point_side)
-        sn = _face_normals(x, faces)[stri]
-        rok = (sd < reject) & ((sn * target_point_normals).sum(1) > opt.normal_dot_min)
-        rw = np.where(rok, w_rev, 0.0)
+        stri, sbary, _, sd = sq.closest(
+            target_points, target_point_side, target_point_normals, opt.normal_dot_min
+        )
+        rw = np.where(sd < reject, w_rev, 0.0)
         b = sp.csr_matrix(
             (sbary.ravel(), (rows, faces[stri].ravel())), shape=(len(target_points), n)
         )
@@ -798,10 +810,10 @@ def transfer_expression_keys(
     # 3. ICT's identity, then the non-rigid ICP onto the target's movable surface
     tquery = _SidedQuery(tv, tfm, t_fside)
     t_used = np.unique(tfm)
-    t_normals = _face_normals(tv, tfm)
+    t_normals = _vertex_normals(tv, tfm)
     basis = scale * src.identity[: opt.identity_components] @ rot.T
     beta, x0 = _fit_identity(
-        x0, basis, src.faces, src_side[0], src.landmarks[inner], tl[inner], tquery, t_normals, opt
+        x0, basis, src.faces, src_side[0], src.landmarks[inner], tl[inner], tquery, opt
     )
     x = _nonrigid_icp(
         x0,
@@ -810,9 +822,8 @@ def transfer_expression_keys(
         src.landmarks[inner],
         tl[inner],
         tquery,
-        t_normals,
         tv[t_used],
-        _vertex_normals(tv, tfm)[t_used],
+        t_normals[t_used],
         t_vside[t_used],
         opt,
     )
@@ -832,9 +843,13 @@ def transfer_expression_keys(
     ctri = np.zeros(n_t, dtype=np.int64)
     cbary = np.zeros((n_t, 3))
     cdist = np.full(n_t, np.inf)
-    ctri[ids], cbary[ids], _, cdist[ids] = squery.closest(tv[ids], t_vside[ids])
+    ctri[ids], cbary[ids], _, cdist[ids] = squery.closest(
+        tv[ids], t_vside[ids], t_normals[ids], opt.sample_dot_min
+    )
     cover = np.where(mask, 1.0 - _smoothstep(cdist, opt.full_mm * MM, opt.zero_mm * MM), 0.0)
-    zero = (~mask) | (cdist > opt.pin_mm * MM)
+    # held at zero: outside the mask, and far from any of ICT's skin (not merely from skin
+    # that faces the same way: that is filled)
+    zero = (~mask) | (np.isfinite(cdist) & (cdist > opt.pin_mm * MM))
     fill = _fill_solver(tf, n_t, cover, zero)
     corners = src.faces[ctri]
     deltas = np.zeros((len(keys), n_t, 3), dtype=np.float32)
