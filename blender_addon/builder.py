@@ -22,10 +22,10 @@ import numpy as np
 from . import drivers_math as dm
 from .rigdata import (
     BASIS_KEY,
+    DRIVEN_PREFIX,
     ResultRig,
     bone_specs,
     check_blender_names,
-    corrective_key_name,
     expression_slider_limit,
     load_result,
     loop_arrays,
@@ -141,18 +141,60 @@ def build_material(rig: ResultRig, name: str, pack: bool = False) -> bpy.types.M
     return mat
 
 
+def _set_alpha(mat: bpy.types.Material, alpha: float) -> None:
+    """A see-through material (eyelashes, eye occlusion): the shader's alpha and blending."""
+    bsdf = next((n for n in mat.node_tree.nodes if n.type == "BSDF_PRINCIPLED"), None)
+    if bsdf is not None and "Alpha" in bsdf.inputs:
+        bsdf.inputs["Alpha"].default_value = alpha
+    if hasattr(mat, "surface_render_method"):  # EEVEE Next (4.2+)
+        mat.surface_render_method = "BLENDED"
+    if hasattr(mat, "blend_method"):
+        try:
+            mat.blend_method = "BLEND"
+        except (TypeError, AttributeError):
+            pass
+
+
+def assign_materials(rig: ResultRig, me: bpy.types.Mesh, name: str, pack: bool) -> None:
+    """One material slot per part (skin, teeth, sclera_L, eyelashes...), all on the baked
+    texture, each face on its part's slot; thin overlay parts blend by their opacity."""
+    parts = rig.part_names if rig.face_part is not None else ["skin"]
+    first = None
+    for i, part in enumerate(parts):
+        mat = build_material(rig, f"{name}_{part}", pack=pack)
+        if first is None:
+            first = mat
+        elif rig.texture is not None:  # one image for all parts
+            img = next(n.image for n in first.node_tree.nodes if n.type == "TEX_IMAGE")
+            tex = next(n for n in mat.node_tree.nodes if n.type == "TEX_IMAGE")
+            old, tex.image = tex.image, img
+            if old is not None and old != img and old.users == 0:
+                bpy.data.images.remove(old)
+        if rig.part_alpha is not None and rig.part_alpha[i] < 1.0:
+            _set_alpha(mat, float(rig.part_alpha[i]))
+        me.materials.append(mat)
+    if rig.face_part is not None and len(parts) > 1:
+        me.polygons.foreach_set("material_index", rig.face_part.astype(np.int32))
+        me.update()
+
+
 def add_shape_keys(obj: bpy.types.Object, rig: ResultRig) -> None:
     """Basis + one key per expression component + one per pose-corrective component."""
     rest = to_blender(rig.vertices)
     obj.shape_key_add(name=BASIS_KEY, from_mix=False)
     obj.data.shape_keys.use_relative = True
     limit = expression_slider_limit(rig.expression)
+    bounded = rig.expression_lower is not None and rig.expression_upper is not None
     for k, name in enumerate(rig.expression_key_names()):
         kb = obj.shape_key_add(name=name, from_mix=False)
         kb.data.foreach_set(
             "co", (rest + to_blender(rig.expression_basis[k])).astype(np.float32).reshape(-1)
         )
-        kb.slider_min, kb.slider_max = -limit, limit
+        if bounded:  # blendshape weights (ARKit): the model's own range
+            kb.slider_min = float(rig.expression_lower[k])
+            kb.slider_max = float(rig.expression_upper[k])
+        else:
+            kb.slider_min, kb.slider_max = -limit, limit
     for p, name in rig.corrective_key_names():
         kb = obj.shape_key_add(name=name, from_mix=False)
         kb.data.foreach_set(
@@ -218,18 +260,74 @@ def add_corrective_drivers(
     """Each pose-corrective key's value = (R_j - I)[r, c] of its bone's quaternion."""
     key = mesh_obj.data.shape_keys
     count = 0
-    for j in range(1, rig.n_joints):
+    for p, name in rig.corrective_key_names():  # models without correctives have none
+        j, r, c = p // 9 + 1, (p % 9) // 3, p % 3
         bone = _path_escape(rig.joint_names[j])
-        for r in range(3):
-            for c in range(3):
-                kb = key.key_blocks[corrective_key_name(rig.joint_names[j], r, c)]
-                drv = _scripted(kb.driver_add("value"), dm.rotation_minus_identity_expr(r, c))
-                for i, v in enumerate(dm.QUAT_VARS):
-                    _add_var(
-                        drv, v, "OBJECT", arm_obj, f'pose.bones["{bone}"].rotation_quaternion[{i}]'
-                    )
-                count += 1
+        kb = key.key_blocks[name]
+        drv = _scripted(kb.driver_add("value"), dm.rotation_minus_identity_expr(r, c))
+        for i, v in enumerate(dm.QUAT_VARS):
+            _add_var(drv, v, "OBJECT", arm_obj, f'pose.bones["{bone}"].rotation_quaternion[{i}]')
+        count += 1
     return count
+
+
+# ARKit keys a bone drives: key -> (bone, local rotation axis, sign, radians at weight 1).
+# Bones use the model's axes (x to the subject's left, y up, z out of the face): the jaw
+# opens with +x, turns the chin to the subject's left with +y; an eye looks down with +x
+# and toward +x (the left eye outward, the right eye inward) with +y.
+BONE_DRIVEN_KEYS: dict[str, tuple[str, str, float, float]] = {
+    "jawOpen": ("jaw", "X", 1.0, 0.45),
+    "jawLeft": ("jaw", "Y", 1.0, 0.2),
+    "jawRight": ("jaw", "Y", -1.0, 0.2),
+    "eyeLookDown_L": ("eye_L", "X", 1.0, 0.45),
+    "eyeLookUp_L": ("eye_L", "X", -1.0, 0.45),
+    "eyeLookOut_L": ("eye_L", "Y", 1.0, 0.6),
+    "eyeLookIn_L": ("eye_L", "Y", -1.0, 0.6),
+    "eyeLookDown_R": ("eye_R", "X", 1.0, 0.45),
+    "eyeLookUp_R": ("eye_R", "X", -1.0, 0.45),
+    "eyeLookIn_R": ("eye_R", "Y", 1.0, 0.6),
+    "eyeLookOut_R": ("eye_R", "Y", -1.0, 0.6),
+}
+
+
+def add_bone_driven_keys(
+    mesh_obj: bpy.types.Object, arm_obj: bpy.types.Object, rig: ResultRig
+) -> list[str]:
+    """For models whose jaw opens by a blendshape (ICT), a `DRV-` copy of jawOpen, jawLeft,
+    jawRight and the eyeLook keys, driven by the jaw and eye bones' rotation (clamped to
+    [0, 1]): rotating the jaw bone opens the mouth, turning an eye bone moves the lids with
+    the eyeball, and the artist's own ARKit sliders stay free (both add up). Returns the
+    keys made; none where the jaw is skinned (FLAME) or the keys are missing."""
+    names = rig.expression_key_names()
+    index = {n: k for k, n in enumerate(names)}
+    joints = {n: j for j, n in enumerate(rig.joint_names)}
+    rest = to_blender(rig.vertices)
+    made = []
+    for key_name, (bone, axis, sign, full) in BONE_DRIVEN_KEYS.items():
+        if key_name not in index or bone not in joints:
+            continue
+        if bone == "jaw" and rig.skin_weights[:, joints[bone]].max() > 1e-6:
+            continue  # the jaw bone already moves the mesh by skinning
+        kb = mesh_obj.shape_key_add(name=DRIVEN_PREFIX + key_name, from_mix=False)
+        offset = to_blender(rig.expression_basis[index[key_name]])
+        kb.data.foreach_set("co", (rest + offset).astype(np.float32).reshape(-1))
+        kb.slider_min, kb.slider_max = 0.0, 1.0
+        fc = kb.driver_add("value")
+        _plain_driver_curve(fc)
+        drv = fc.driver
+        drv.type = "SCRIPTED"
+        var = drv.variables.new()
+        var.name = "a"
+        var.type = "TRANSFORMS"
+        t = var.targets[0]
+        t.id = arm_obj
+        t.bone_target = bone
+        t.transform_type = f"ROT_{axis}"
+        t.rotation_mode = f"SWING_TWIST_{axis}"
+        t.transform_space = "LOCAL_SPACE"
+        drv.expression = f"min(max({sign:+.1f} * a / {full}, 0.0), 1.0)"
+        made.append(kb.name)
+    return made
 
 
 def add_pivot_drivers(mesh_obj: bpy.types.Object, arm_obj: bpy.types.Object, rig: ResultRig) -> int:
@@ -289,14 +387,19 @@ def add_pivot_drivers(mesh_obj: bpy.types.Object, arm_obj: bpy.types.Object, rig
 
 
 def fitted_pose_json(rig: ResultRig) -> dict:
-    """The pose fitted to the photos, in the pose-library format (poses.Pose)."""
+    """The pose fitted to the photos, in the pose-library format (poses.Pose), plus each
+    photo's own expression under "views" (view name -> key -> value)."""
     bones = {
         name: quaternion_to_axis_angle(q).tolist() for name, q in rig.fitted_quaternions().items()
     }
-    expression = {
-        n: float(v) for n, v in zip(rig.expression_key_names(), rig.expression, strict=True)
-    }
-    return {"expression": expression, "bones": bones}
+    names = rig.expression_key_names()
+    expression = {n: float(v) for n, v in zip(names, rig.expression, strict=True)}
+    views = {}
+    if rig.view_expressions is not None:
+        for i, e in enumerate(rig.view_expressions):
+            label = rig.view_names[i] if i < len(rig.view_names) else f"view{i}"
+            views[label] = {n: float(v) for n, v in zip(names, e, strict=True)}
+    return {"expression": expression, "bones": bones, "views": views}
 
 
 def apply_fitted(mesh_obj: bpy.types.Object, arm_obj: bpy.types.Object, rig: ResultRig) -> None:
@@ -335,7 +438,8 @@ def build_rig(
         warnings.append("built from the generated test head, not FLAME")
     over = [(k, float(v)) for k, v in enumerate(rig.expression) if abs(v) > SHAPE_KEY_LIMIT]
     if over:
-        listed = ", ".join(f"exp_{k:03d} = {v:.1f}" for k, v in over[:4])
+        key_names = rig.expression_key_names()
+        listed = ", ".join(f"{key_names[k]} = {v:.1f}" for k, v in over[:4])
         more = " ..." if len(over) > 4 else ""
         warnings.append(
             f"{listed}{more} clamped to the +-{SHAPE_KEY_LIMIT:g} shape-key range (implausible fit)"
@@ -350,8 +454,7 @@ def build_rig(
     me = build_mesh(rig, name)
     mesh_obj = bpy.data.objects.new(name, me)
     collection.objects.link(mesh_obj)
-    mat = build_material(rig, f"{name}_skin", pack=pack_texture)
-    me.materials.append(mat)
+    assign_materials(rig, me, name, pack_texture)
     if rig.texture is None:
         warnings.append("no usable texture.png: the material has a plain skin colour")
     lap("mesh")
@@ -368,6 +471,7 @@ def build_rig(
     lap("armature")
     n_corr = add_corrective_drivers(mesh_obj, arm_obj, rig)
     n_piv = add_pivot_drivers(mesh_obj, arm_obj, rig)
+    driven = add_bone_driven_keys(mesh_obj, arm_obj, rig)
     lap("drivers")
 
     fitted = fitted_pose_json(rig)
@@ -381,6 +485,8 @@ def build_rig(
         "expression_keys": rig.n_expressions,
         "corrective_drivers": n_corr,
         "pivot_drivers": n_piv,
+        "bone_driven_keys": driven,
+        "licence": rig.licence,
     }
     arm_obj[FITTED_TAG] = json.dumps(fitted)
     mesh_obj[HEAD_TAG] = 1

@@ -12,10 +12,10 @@ from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 from . import builder, poses, preferences
 from . import strings as S
 from .rigdata import (
-    EXPRESSION_PREFIX,
     axis_angle_to_quaternion,
     continuous_quaternions,
     expression_slider_limit,
+    is_expression_key,
     quaternion_to_axis_angle,
 )
 
@@ -40,7 +40,7 @@ def joint_bones(arm) -> list[str]:
 
 def expression_keys(mesh) -> list:
     key = mesh.data.shape_keys
-    return [kb for kb in key.key_blocks if kb.name.startswith(EXPRESSION_PREFIX)] if key else []
+    return [kb for kb in key.key_blocks if is_expression_key(kb.name)] if key else []
 
 
 def current_pose(arm, mesh) -> poses.Pose:
@@ -59,8 +59,9 @@ def apply_pose(arm, mesh, pose: poses.Pose, reset_missing: bool = True) -> list[
     for kb in expression_keys(mesh):
         if kb.name in pose.expression:
             v = pose.expression[kb.name]
-            lim = expression_slider_limit(np.array([v, kb.slider_max]))
-            kb.slider_min, kb.slider_max = -lim, lim
+            if not kb.slider_min <= v <= kb.slider_max:  # widen, keeping bounded keys' [0, 1]
+                lim = expression_slider_limit(np.array([v, kb.slider_max]))
+                kb.slider_min, kb.slider_max = min(kb.slider_min, -lim), max(kb.slider_max, lim)
             kb.value = v
         elif reset_missing:
             kb.value = 0.0
@@ -202,6 +203,51 @@ class MFNET_OT_expressions_fitted(_RigOperator, bpy.types.Operator):
     def execute(self, context):
         arm, mesh = active_rig(context)
         apply_pose(arm, mesh, fitted_pose(arm))
+        return {"FINISHED"}
+
+
+_view_items_cache: list[tuple[str, str, str]] = []
+
+
+def _view_items(self, context):
+    """Enum items: the photos whose own expression the rig keeps (module list: Blender
+    needs the strings kept alive)."""
+    _view_items_cache.clear()
+    rig = active_rig(context)
+    views = {}
+    if rig is not None:
+        try:
+            views = json.loads(rig[0].get(builder.FITTED_TAG, "{}")).get("views", {})
+        except (ValueError, AttributeError):
+            views = {}
+    for name in views:
+        _view_items_cache.append((name, name, f"The expression fitted to the {name} photo"))
+    if not _view_items_cache:
+        _view_items_cache.append(("", "(one expression for all photos)", ""))
+    return _view_items_cache
+
+
+class MFNET_OT_expressions_view(_RigOperator, bpy.types.Operator):
+    bl_idname = S.OP_EXPR_VIEW
+    bl_label = S.LABEL_VIEW
+    bl_description = S.TIP_VIEW
+    bl_options = {"REGISTER", "UNDO"}
+    bl_property = "view"
+
+    view: EnumProperty(name="Photo", items=_view_items)  # type: ignore[valid-type]
+
+    def invoke(self, context, event):
+        context.window_manager.invoke_search_popup(self)
+        return {"RUNNING_MODAL"}
+
+    def execute(self, context):
+        arm, mesh = active_rig(context)
+        views = json.loads(arm.get(builder.FITTED_TAG, "{}")).get("views", {})
+        if self.view not in views:
+            self.report({"WARNING"}, "this rig keeps no per-photo expressions")
+            return {"CANCELLED"}
+        fitted = fitted_pose(arm)
+        apply_pose(arm, mesh, poses.Pose(views[self.view], fitted.bones))
         return {"FINISHED"}
 
 
@@ -394,9 +440,7 @@ class MFNET_UL_expressions(bpy.types.UIList):
 
     def filter_items(self, context, data, propname):
         items = getattr(data, propname)
-        flags = [
-            self.bitflag_filter_item if kb.name.startswith(EXPRESSION_PREFIX) else 0 for kb in items
-        ]
+        flags = [self.bitflag_filter_item if is_expression_key(kb.name) else 0 for kb in items]
         if self.filter_name:
             pattern = self.filter_name.lower()
             flags = [
@@ -423,6 +467,7 @@ class MFNET_PT_expressions(bpy.types.Panel):
         row = layout.row(align=True)
         row.operator(S.OP_EXPR_RESET, icon="LOOP_BACK")
         row.operator(S.OP_EXPR_FITTED, icon="USER")
+        row.operator(S.OP_EXPR_VIEW, icon="IMAGE_DATA")
         row.operator(S.OP_EXPR_KEYFRAME, icon="KEY_HLT")
         layout.template_list(
             "MFNET_UL_expressions",
@@ -459,6 +504,7 @@ class MFNET_PT_animation(bpy.types.Panel):
 classes = (
     MFNET_OT_expressions_reset,
     MFNET_OT_expressions_fitted,
+    MFNET_OT_expressions_view,
     MFNET_OT_expressions_keyframe,
     MFNET_OT_pose_save,
     MFNET_OT_pose_apply,

@@ -42,6 +42,15 @@ HEAD_SOCKET = "head"
 EXPRESSION_PREFIX = "exp_"
 CORRECTIVE_PREFIX = "pose_"
 BASIS_KEY = "Basis"
+# Copies of ARKit keys that a bone drives (the jaw opens jawOpen, the eyes the eyeLook
+# keys): the artist's own sliders stay free, both workflows add up.
+DRIVEN_PREFIX = "DRV-"
+
+
+def is_expression_key(name: str) -> bool:
+    """Expression keys are every shape key but the basis, the pose correctives (drivers own
+    them) and the bone-driven copies."""
+    return name != BASIS_KEY and not name.startswith((CORRECTIVE_PREFIX, DRIVEN_PREFIX))
 
 
 class ResultError(ValueError):
@@ -167,6 +176,15 @@ class ResultRig:
     texture: Path | None = None
     params: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # renamed joints, ignored files
+    expression_names: list[str] | None = None  # e.g. ARKit names; None: exp_000...
+    expression_lower: np.ndarray | None = None  # (K,) slider limits where bounded
+    expression_upper: np.ndarray | None = None
+    view_names: list[str] = field(default_factory=list)
+    view_expressions: np.ndarray | None = None  # (N,K) each photo's own expression
+    part_names: list[str] = field(default_factory=lambda: ["skin"])
+    face_part: np.ndarray | None = None  # (F,) index into part_names
+    part_alpha: np.ndarray | None = None  # (Q,) opacity per part
+    licence: str = ""
 
     @property
     def n_vertices(self) -> int:
@@ -181,10 +199,16 @@ class ResultRig:
         return len(self.joint_names)
 
     def expression_key_names(self) -> list[str]:
+        """The model's own key names (ARKit names on the ICT model), else exp_000..."""
+        if self.expression_names is not None and len(self.expression_names) == self.n_expressions:
+            return list(self.expression_names)
         return [expression_key_name(k) for k in range(self.n_expressions)]
 
     def corrective_key_names(self) -> list[tuple[int, str]]:
-        """[(posedirs component p, shape key name)] in component order."""
+        """[(posedirs component p, shape key name)] in component order; none for models
+        without pose correctives (all zero, e.g. the ICT model)."""
+        if not np.any(self.pose_correctives):
+            return []
         out = []
         for j in range(1, self.n_joints):
             for r in range(3):
@@ -238,6 +262,7 @@ DIMENSIONS: dict[str, tuple[int, int]] = {
     "P": (0, 9 * 63),  # pose-corrective components, 9*(J-1)
     "S": (0, 10_000),  # shape coefficients
     "N": (0, 256),  # views
+    "Q": (1, 64),  # parts / materials
 }
 GEOMETRY = 1e3  # metres: no part of a head lies a kilometre away
 ANGLE = 1e3  # radians, axis-angle
@@ -286,6 +311,17 @@ FIELDS_V1: dict[str, Field] = {
     "camera": Field(("N", 4), "float", required=False, limit=1e7),
     "image_size": Field(("N", 2), "int", required=False, limit=(0, 1 << 20)),
     "view_names": Field(("N",), "str", required=False),
+    # added within format 1 (older folders lack them): key names, per-view expressions,
+    # key bounds, parts and the head model's licence
+    "expression_names": Field(("K",), "str", required=False),
+    "expression_lower": Field(("K",), "float", required=False, limit=GEOMETRY),
+    "expression_upper": Field(("K",), "float", required=False, limit=GEOMETRY),
+    "view_expressions": Field(("N", "K"), "float", required=False, limit=GEOMETRY),
+    "view_jaw_pose": Field(("N", 3), "float", required=False, limit=ANGLE),
+    "part_names": Field(("Q",), "str", required=False),
+    "face_part": Field(("F",), "int", required=False, limit=(0, "Q")),
+    "part_alpha": Field(("Q",), "float", required=False, limit=(0.0, 1.0)),
+    "licence": Field((), "str", required=False),
 }
 FIELDS: dict[int, dict[str, Field]] = {1: FIELDS_V1}
 _VERSION_FIELD = Field((), "int")
@@ -588,6 +624,24 @@ def blender_joint_names(names: list[str]) -> tuple[list[str], list[str]]:
     return out, notes
 
 
+def blender_key_names(names: list[str]) -> tuple[list[str], list[str]]:
+    """Names for shape keys and materials: at most 63 UTF-8 bytes, non-empty, unique."""
+    out: list[str] = []
+    notes: list[str] = []
+    seen: set[str] = set()
+    for i, n in enumerate(names):
+        name = _truncate_utf8(n.strip() or f"key_{i:03d}", 59)
+        base, k = name, 2
+        while name in seen or name == BASIS_KEY:
+            name = f"{_truncate_utf8(base, 56)}~{k}"
+            k += 1
+        if name != n:
+            notes.append(f"name {n!r} became {name!r} (Blender names are unique, at most 63 bytes)")
+        seen.add(name)
+        out.append(name)
+    return out, notes
+
+
 def check_blender_names(rig: ResultRig) -> None:
     """ResultError unless rig.joint_names already are Blender-safe (blender_joint_names)."""
     fixed, notes = blender_joint_names(rig.joint_names)
@@ -678,7 +732,31 @@ def load_result(folder: str | Path) -> ResultRig:
         texture=_texture(folder, warnings),
         params=_params(folder, warnings),
         warnings=warnings,
+        **_optional_fields(v, len(v["faces"]), warnings),
     )
+
+
+def _optional_fields(v: dict, n_faces: int, warnings: list[str]) -> dict:
+    """The fields added within format 1, where present: key names made safe for Blender
+    (unique, at most 63 bytes), per-view expressions, bounds, parts, licence."""
+    out: dict = {}
+    if "expression_names" in v:
+        names, notes = blender_key_names([_clean_text(n) for n in v["expression_names"]])
+        out["expression_names"] = names
+        warnings += notes
+    for key in ("expression_lower", "expression_upper", "view_expressions", "part_alpha"):
+        if key in v:
+            out[key] = v[key]
+    if "view_names" in v:
+        out["view_names"] = [_clean_text(n) for n in v["view_names"]]
+    if "part_names" in v and "face_part" in v:
+        names, notes = blender_key_names([_clean_text(n) for n in v["part_names"]])
+        out["part_names"] = names
+        out["face_part"] = v["face_part"]
+        warnings += notes
+    if "licence" in v:
+        out["licence"] = _clean_text(v["licence"])
+    return out
 
 
 # --------------------------------------------------------------------------- rig layout

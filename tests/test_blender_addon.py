@@ -171,7 +171,7 @@ def flame_reference(result_dir: Path, expression: np.ndarray, pose: np.ndarray) 
 
     with np.load(result_dir / "rig.npz") as z:
         kind, shape = str(z["model_kind"]), z["shape"]
-    assets = load_model_assets()
+    assets = load_model_assets(kind)
     assert assets.kind == kind, f"result made with {kind}, but this machine loads {assets.kind}"
     flame = FLAME(assets, n_shape=len(shape), n_expr=expression.shape[1])
     n = len(expression)
@@ -276,3 +276,51 @@ def test_rig_build_benchmark_flame_sized(kind, tmp_path):
     assert res["n_expression_keys"] == 100 and res["n_corrective_keys"] == 36
     assert len(res["seconds"]) == 3 and min(res["seconds"]) > 0
     print(f"{kind} Blender {res['blender']}: median rig build {res['median_seconds']:.3f} s")
+
+
+@pytest.fixture(scope="module")
+def ict_result(tmp_path_factory) -> Path:
+    """An ICT Face Model result whose left photo has the eyes closed (per-photo expressions)."""
+    from test_ict import _person
+
+    from mfnet_core.head.registry import load_head_model
+    from mfnet_core.reconstruct import ReconstructOptions, reconstruct
+
+    ict = load_head_model("ict")
+    names = ict.expression_space.names
+    blink = np.zeros(ict.n_expr)
+    blink[[names.index("eyeBlink_L"), names.index("eyeBlink_R")]] = 1.0
+    inputs = _person(ict, [blink, np.zeros(ict.n_expr), np.zeros(ict.n_expr)])
+    out = tmp_path_factory.mktemp("ict") / "ict_result"
+    reconstruct(inputs, ict, out, ReconstructOptions(device="cpu", texture_size=256))
+    return out
+
+
+@pytest.mark.slow  # a reconstruction with the ICT model, then a build in each Blender
+@pytest.mark.parametrize("kind", harness.KINDS)
+def test_ict_rig_arkit_keys_parts_bones_and_views(kind, addon_zip, ict_result, tmp_path):
+    from mfnet_core.head.ict import load_ict_assets
+
+    lm = load_ict_assets().regions["multipie68_vertex"]
+    res = harness.run(
+        kind,
+        "check_ict_rig.py",
+        [ict_result, "--lips", lm[62], lm[66], "--zip", addon_zip],
+        tmp_path / "home",
+    )
+    keys = res["keys"]
+    # the 53 ARKit-named keys with [0, 1] sliders, no empty pose-corrective keys
+    assert {"eyeBlink_L", "jawOpen", "mouthSmile_R", "browInnerUp_L"} <= set(keys)
+    assert not any(k.startswith(("exp_", "pose_")) for k in keys)
+    assert res["sliders"] == {"eyeBlink_L": [0.0, 1.0], "jawOpen": [0.0, 1.0]}
+    # one material per part, every slot used, the lashes blended
+    mats = res["materials"]
+    assert len(mats) == 12 and any(m.endswith("_teeth") for m in mats)
+    assert min(res["material_faces"]) > 0 and res["lash_blend"] in ("BLEND", "BLENDED")
+    # the jaw bone opens the mouth (through DRV-jawOpen), the eye bone drives the lids
+    assert res["drv_jawOpen"] > 0.5 and res["lip_gap_jaw"] > res["lip_gap_rest"] + 0.01
+    assert res["drv_look_down_L"] > 0.5 and res["drv_look_up_L"] == 0.0
+    # each photo's own expression: the left photo's eyes closed, the others open
+    views = res["views"]
+    assert all(v["result"] == ["FINISHED"] for v in views.values())
+    assert views["left"]["eyeBlink_L"] > 0.6 and views["front"]["eyeBlink_L"] < 0.25

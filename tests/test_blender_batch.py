@@ -199,7 +199,12 @@ def test_batch_two_people_and_a_broken_folder(photos, tmp_path):
             assert (
                 not res["autoexec_enabled"]
                 and res["jaw_moves_mesh"] > 1e-3
-                and res["corrective_value"] < 0
+                and res["simple_expressions"]  # run without "Auto Run Python Scripts"
+                and (
+                    res["corrective_value"] < 0  # FLAME-style: the jaw's pose corrective
+                    if res["corrective_value"] is not None
+                    else res["driven_jaw_open"] > 0  # ICT: the jaw bone drives jawOpen
+                )
             )
 
     # resume: done people are skipped, the broken one is tried again and fails again

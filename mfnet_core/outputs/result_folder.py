@@ -119,9 +119,16 @@ def build_rig(
             ).reshape(n, 3),
             "part_names": np.array(list(head.parts.names)),
             "face_part": head.parts.face_part.astype(np.int32),
+            "part_alpha": np.array(
+                [head.parts.alpha.get(n, 1.0) for n in head.parts.names], dtype=np.float32
+            ),
             "licence": np.array(head.info.licence),
         }
     )
+    space = head.expression_space
+    if space.lower is not None and space.upper is not None:
+        arrays["expression_lower"] = np.asarray(space.lower[:k], dtype=np.float32)
+        arrays["expression_upper"] = np.asarray(space.upper[:k], dtype=np.float32)
     return RigData(arrays)
 
 

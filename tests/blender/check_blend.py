@@ -38,7 +38,10 @@ def main() -> dict:
     rest = verts()
     arm.pose.bones["jaw"].rotation_quaternion = (0.98, 0.2, 0.0, 0.0)
     opened = verts()
-    corr = key.key_blocks["pose_jaw_11"].value
+    # FLAME-style rigs: the jaw's pose corrective; ICT rigs: the jaw bone's DRV-jawOpen key
+    ev = mesh.evaluated_get(bpy.context.evaluated_depsgraph_get()).data.shape_keys.key_blocks
+    corr = ev["pose_jaw_11"].value if "pose_jaw_11" in ev else None
+    drv_jaw = ev["DRV-jawOpen"].value if "DRV-jawOpen" in ev else None
     return {
         "objects": sorted(o.name for o in bpy.data.objects),
         "n_shape_keys": len(key.key_blocks),
@@ -48,6 +51,12 @@ def main() -> dict:
         "autoexec_enabled": bool(bpy.context.preferences.filepaths.use_scripts_auto_execute),
         "jaw_moves_mesh": float(np.abs(opened - rest).max()),
         "corrective_value": corr,
+        "driven_jaw_open": drv_jaw,
+        "simple_expressions": all(
+            getattr(fc.driver, "is_simple_expression", True)
+            for fc in drivers
+            if fc.driver.type == "SCRIPTED"
+        ),
         "mfnet_tag": dict(arm["mfnet"]) if "mfnet" in arm.keys() else None,
     }
 

@@ -61,7 +61,7 @@ def main() -> dict:
         "mesh": rig[1].name if rig else None,
         "armature": rig[0].name if rig else None,
         "n_expression_keys": sum(
-            kb.name.startswith("exp_") for kb in rig[1].data.shape_keys.key_blocks
+            addon.rigdata.is_expression_key(kb.name) for kb in rig[1].data.shape_keys.key_blocks
         )
         if rig
         else 0,

@@ -111,8 +111,8 @@ def built_zip() -> Path:
 
 
 def demo_result(tmp_path_factory) -> Path:
-    """A result folder made by the real backend: `python -m mfnet_core demo` (the generated
-    test head unless FLAME is installed). Made once per test session."""
+    """A result folder made by the real backend: `python -m mfnet_core demo --model
+    test-head` (FLAME's file format and LBS). Made once per test session."""
     out = tmp_path_factory.getbasetemp() / "mfnet_demo_result"
     if (out / "rig.npz").is_file():
         return out
@@ -122,6 +122,8 @@ def demo_result(tmp_path_factory) -> Path:
             "-m",
             "mfnet_core",
             "demo",
+            "--model",
+            "test-head",  # the FLAME-format model: the parity tests compare with its forward
             "-o",
             str(out),
             "--json",
