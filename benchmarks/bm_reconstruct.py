@@ -28,8 +28,7 @@ from PIL import Image
 from reference import Reference
 
 from mfnet_core.fit.landmark_fit import FitOptions
-from mfnet_core.head.flame import FLAME
-from mfnet_core.head.registry import load_model_assets
+from mfnet_core.head.registry import load_head_model
 from mfnet_core.inputs.images import photo_from_array
 from mfnet_core.metrics import vertex_error_mm
 from mfnet_core.reconstruct import ReconstructOptions, ViewInput, reconstruct
@@ -64,30 +63,36 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--losses", default=",".join(FitOptions().losses))
+    ap.add_argument(
+        "--models",
+        default="test-head,ict",
+        help="head models, one column each (ict, flame, test-head)",
+    )
     args = ap.parse_args()
     losses = tuple(t for t in args.losses.split(",") if t)
     options = ReconstructOptions(device=args.device, overwrite=True, fit=FitOptions(losses=losses))
     ref = Reference.start()
     load_before = os.getloadavg()
-    assets = load_model_assets()
-    flame = FLAME(assets, 100, 50)
-    texture = procedural_texture(flame, 512, seed=0)
-    subject = make_subject(flame, texture, seed=0, image_size=1024, landmark_noise_px=1.0)
-    synth = [ViewInput(photo=v.photo, landmarks=v.landmarks_noisy) for v in subject.views]
     real = astronaut_views()
     results: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, inputs in (("synthetic_3x1024", synth), ("astronaut_3x1024_dlib", real)):
-            runs = [run(inputs, flame, Path(tmp) / name, options) for _ in range(args.repeats)]
-            keys = [k for k in runs[0] if not k.startswith("_")]
-            results[name] = {k: round(statistics.median(r[k] for r in runs), 3) for k in keys}
-            psnr = [v["psnr_face"] for v in runs[-1]["_rec"].report["views"]]
-            results[name]["psnr_face_mean"] = round(float(np.mean(psnr)), 2)
-            if name.startswith("synthetic"):
-                err = vertex_error_mm(
-                    runs[-1]["_rec"].fit.vertices_model, subject.vertices_true, assets.face_region
-                )
-                results[name]["median_vertex_error_mm"] = round(float(np.median(err)), 3)
+    for kind in [m for m in args.models.split(",") if m]:
+        head = load_head_model(kind)
+        texture = procedural_texture(head, 512, seed=0)
+        subject = make_subject(head, texture, seed=0, image_size=1024, landmark_noise_px=1.0)
+        synth = [ViewInput(photo=v.photo, landmarks=v.landmarks_noisy) for v in subject.views]
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, inputs in (("synthetic_3x1024", synth), ("astronaut_3x1024_dlib", real)):
+                runs = [run(inputs, head, Path(tmp) / name, options) for _ in range(args.repeats)]
+                keys = [k for k in runs[0] if not k.startswith("_")]
+                row = {k: round(statistics.median(r[k] for r in runs), 3) for k in keys}
+                psnr = [v["psnr_face"] for v in runs[-1]["_rec"].report["views"]]
+                row["psnr_face_mean"] = round(float(np.mean(psnr)), 2)
+                if name.startswith("synthetic"):
+                    err = vertex_error_mm(
+                        runs[-1]["_rec"].fit.vertices_model, subject.vertices_true, head.face_region
+                    )
+                    row["median_vertex_error_mm"] = round(float(np.median(err)), 3)
+                results[f"{kind}/{name}"] = row
     load_after = os.getloadavg()
     ref.finish()
     not_times = ("psnr_face_mean", "median_vertex_error_mm")
@@ -96,7 +101,7 @@ def main() -> None:
         json.dumps(
             {
                 **ref.to_json(),
-                "model": assets.kind,
+                "models": args.models.split(","),
                 "device": args.device,
                 "losses": list(losses),
                 "load_average_before": [round(x, 2) for x in load_before],
