@@ -55,6 +55,7 @@ class Clip:
     landmarks: np.ndarray  # (T,68,2) exact projections
     expression: np.ndarray  # (T,53)
     head_rot: np.ndarray  # (T,3)
+    head_trans: np.ndarray  # (T,3)
     shape: np.ndarray
     intrinsics: object
 
@@ -74,7 +75,7 @@ def clip(ict) -> Clip:
     rng = np.random.default_rng(16)
     shape = rng.normal(size=ict.n_shape).astype(np.float32)
     texture = procedural_texture(ict, size=256, seed=16)
-    frames, lms, exprs, rots = [], [], [], []
+    frames, lms, exprs, rots, trans = [], [], [], [], []
     start = time.perf_counter()
     for i in range(N_FRAMES):
         params = {
@@ -92,9 +93,16 @@ def clip(ict) -> Clip:
         lms.append(v.landmarks_true)
         exprs.append(params["expression"])
         rots.append(v.head_rot)
+        trans.append(v.head_trans)
     print(f"rendered {N_FRAMES} frames at {SIZE} px in {time.perf_counter() - start:.1f} s")
     return Clip(
-        np.stack(frames), np.stack(lms), np.stack(exprs), np.stack(rots), shape, v.intrinsics
+        np.stack(frames),
+        np.stack(lms),
+        np.stack(exprs),
+        np.stack(rots),
+        np.stack(trans),
+        shape,
+        v.intrinsics,
     )
 
 
@@ -400,6 +408,79 @@ def test_gaze_from_the_iris_inverts_the_projection(ict):
     assert looks["eyeLookOut_L"] == 1.0 and looks["eyeLookIn_L"] == 0.0
     assert abs(looks["eyeLookDown_L"] - 0.5) < 1e-9 and looks["eyeLookUp_L"] == 0.0
     assert gaze.eye_look_weights("R", 0.2, 0)["eyeLookIn_R"] > 0
+
+
+def test_gaze_through_the_tracker(ict, clip, monkeypatch):
+    """The tracker's gaze wiring on the clip: the iris finder is replaced by the true iris
+    position of an eye turned by known angles (the renders show no eyeballs); the tracked eye
+    angles, eye poses, eyeLook weights and CSV eye columns follow them, and `neutral="auto"`
+    takes each eye's median angles off."""
+    import torch
+
+    from mfnet_core.camera import axis_angle_to_matrix_np
+    from mfnet_core.track import gaze, run
+
+    names = ict.expression_space.names
+    yaw = np.where(np.arange(N_FRAMES) >= 12, 0.3, -0.1)
+    pitch = np.where(np.arange(N_FRAMES) % 8 < 4, 0.1, -0.15)
+    ident = _identity(clip.shape, names)
+    with torch.no_grad():
+        out = ict(
+            shape=torch.as_tensor(clip.shape)[None].expand(N_FRAMES, -1),
+            expression=torch.as_tensor(clip.expression),
+        )
+    joints = out.joints.numpy().astype(np.float64)
+    intr = clip.intrinsics
+
+    def true_iris(side: str, i: int, eye) -> np.ndarray:
+        rot = axis_angle_to_matrix_np(clip.head_rot[i])
+        pivot = joints[i, 0]
+        d = (
+            axis_angle_to_matrix_np(gaze.eye_pose_from_angles(yaw[i], pitch[i], eye.rest))
+            @ eye.rest
+        )
+        p = rot @ (joints[i, eye.joint] + eye.radius * d - pivot) + pivot + clip.head_trans[i]
+        return np.array([intr.cx + intr.fx * p[0] / -p[2], intr.cy - intr.fy * p[1] / -p[2]])
+
+    takes = {}
+    for neutral in ("none", "auto"):
+        tracker = run.Tracker(ict, ident, intr, FPS, smoothing_strength=0, neutral=neutral)
+        calls = {"n": 0}
+
+        def fake_iris(gray, pts, tracker=tracker, calls=calls):
+            i, k = divmod(calls["n"], 2)
+            calls["n"] += 1
+            side = ("L", "R")[k]
+            return true_iris(side, i, tracker.eyes[side])
+
+        monkeypatch.setattr(run, "iris_centre", fake_iris)
+        for rgb, lm in zip(clip.frames, clip.landmarks, strict=True):
+            tracker.add_frame(rgb, lm)
+        takes[neutral] = tracker.result()
+    a = takes["none"].arrays
+    assert a["gaze_found"].all()
+    got = a["eye_angles"].reshape(N_FRAMES, 2, 2)
+    for k in range(2):
+        assert np.abs(got[:, k, 0] - yaw).max() < np.radians(1.5), np.degrees(got[:, k, 0] - yaw)
+        assert np.abs(got[:, k, 1] - pitch).max() < np.radians(1.5)
+    np.testing.assert_allclose(a["angles"][:, 3], got[:, 0, 0], atol=1e-6)  # LeftEyeYaw
+    np.testing.assert_allclose(a["angles"][:, 7], got[:, 1, 1], atol=1e-6)  # RightEyePitch
+    look = a["expression"]
+    h = np.radians(gaze.EYE_LOOK_FULL_DEG["horizontal"])
+    np.testing.assert_allclose(
+        look[:, names.index("eyeLookOut_L")], np.clip(got[:, 0, 0] / h, 0, 1), atol=1e-5
+    )
+    np.testing.assert_allclose(
+        look[:, names.index("eyeLookIn_R")], np.clip(got[:, 1, 0] / h, 0, 1), atol=1e-5
+    )
+    arkit = a["arkit"][:, livelink.ARKIT_NAMES.index("EyeLookOutLeft")]
+    np.testing.assert_allclose(arkit, look[:, names.index("eyeLookOut_L")], atol=1e-6)
+    pose_back = [gaze.eye_angles(p, tracker.eyes["L"].rest) for p in a["eye_pose"][:, :3]]
+    np.testing.assert_allclose(np.array(pose_back)[:, 0], got[:, 0, 0], atol=1e-5)
+    auto = takes["auto"].arrays["eye_angles"].reshape(N_FRAMES, 2, 2)
+    rest = takes["auto"].arrays["eye_neutral"].reshape(2, 2)
+    np.testing.assert_allclose(rest, np.median(got, axis=0), atol=1e-4)
+    np.testing.assert_allclose(auto, got - rest, atol=1e-4)
 
 
 def _drawn_eye(offset_px: float, iris: bool = True, open_: float = 1.0, width: float = 60.0):

@@ -207,6 +207,23 @@ class Tracker:
         return out
 
     # -- the take ----------------------------------------------------------------------------
+    def _eye_rest(self, eyes: np.ndarray, found: np.ndarray) -> np.ndarray:
+        """(2,2) each eye's (yaw, pitch) when the actor looks straight ahead, taken off the
+        measured angles: with `neutral="auto"` the median over the frames where the iris was
+        found (an actor mostly looks at the camera; this also takes off how far this face's
+        irises sit from the model's), with a frame number that frame's angles, else 0."""
+        rest = np.zeros((2, 2))
+        if self.neutral == "none":
+            return rest
+        for k in range(2):
+            if isinstance(self.neutral, int) and 0 <= self.neutral < len(eyes):
+                if found[self.neutral, k]:
+                    rest[k] = eyes[self.neutral, k]
+                    continue
+            if found[:, k].sum() >= MIN_NEUTRAL_FRAMES:
+                rest[k] = np.median(eyes[found[:, k], k], axis=0)
+        return rest
+
     def _neutral(self, coeffs: np.ndarray, face: np.ndarray) -> tuple[np.ndarray | None, str]:
         """The person's rest weights to take off every frame, and where they came from.
 
@@ -283,6 +300,8 @@ class Tracker:
                 eyes[:, k] = np.nan
             else:
                 eyes[:, k] = smoothing.median_of_valid(eyes[:, k], gaze_found[:, k])
+        eye_rest = self._eye_rest(eyes, gaze_found)
+        eyes = eyes - eye_rest[None]
         neutral, neutral_from = self._neutral(coeffs, face)
         warnings.extend(w for w in self.warnings if w not in warnings)
         if neutral is not None:
@@ -374,6 +393,7 @@ class Tracker:
             "image_size": np.array([self.intrinsics.width, self.intrinsics.height], dtype=np.int32),
             "complete": np.array(bool(complete)),
             "neutral": (np.zeros(n_expr) if neutral is None else neutral).astype(np.float32),
+            "eye_neutral": eye_rest.reshape(4).astype(np.float32),
         }
         gaps = smoothing.gap_ranges(face)
         if not self.names:
