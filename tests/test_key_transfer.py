@@ -281,6 +281,54 @@ def test_landmark_positions_alone_tell_the_lips_apart(head, test_head_assets):
     assert opened[62, 1] - opened[66, 1] > 0.015
 
 
+def test_lip_sides_keep_the_slit_apart(head, test_head_assets):
+    """The lips' sides alone (normals ignored) keep each slit vertex on its own lip; with
+    neither sides nor normals, the upper and lower lip vertices of the slit take the same
+    motion and jawOpen leaves the mouth shut."""
+    a = test_head_assets
+    v, mask = head["v"], head["mask"]
+    no_normals = {"normal_dot_min": -1.0, "sample_dot_min": -1.0}
+    gaps = []
+    for extra in ({}, {"side_radius_mm": 1e-3}):
+        res = kt.transfer_expression_keys(
+            v,
+            a.faces,
+            _lm(head),
+            target_landmark_faces=a.landmarks.full_faces,
+            target_landmark_bary=a.landmarks.full_bary,
+            target_mask=mask,
+            names=["jawOpen"],
+            options=kt.TransferOptions(**no_normals, **extra),
+        )
+        opened = _lm(head, res.key("jawOpen"))
+        gaps.append(opened[62, 1] - opened[66, 1])
+    print(
+        f"\njawOpen lip gap, normals ignored: {gaps[0] * 1e3:.1f} mm with sides, "
+        f"{gaps[1] * 1e3:.1f} mm without"
+    )
+    assert gaps[0] > 0.015
+    assert gaps[1] < 0.005
+
+
+def test_sides_of_the_test_heads_mouth(head, test_head_assets):
+    """Upper-lip vertices of the slit are upper, their lower-lip copies lower, the corners
+    neither; far from the mouth and eyes nothing is on a side."""
+    a = test_head_assets
+    v, f, mask = head["v"], a.faces, head["mask"]
+    fm = f[mask[f].all(1)]
+    pins = kt._landmark_pins(f, a.landmarks.full_faces, a.landmarks.full_bary)
+    side, face_side = kt._sides(v, fm, pins, 18e-3, 0.5e-3)
+    tree = cKDTree(v)
+    pairs = [p for p in tree.query_pairs(1e-9) if mask[list(p)].all()]
+    assert len(pairs) >= 10  # the slit's coincident upper/lower vertices
+    for i, j in pairs:
+        upper, lower = (i, j) if side[i] >= side[j] else (j, i)
+        if abs(v[i, 0]) < 0.015:  # away from the corners
+            assert side[upper] == 1 and side[lower] == -1
+    assert (side[v[:, 1] > 0.07] == 0).all() and (side[v[:, 2] < 0] == 0).all()
+    assert set(np.unique(face_side)) == {-1, 0, 1}
+
+
 def test_jaw_keys_become_a_rotation_and_a_residual(head, test_head_assets):
     res = head["res"]
     assert set(res.jaw) == set(kt.JAW_KEYS)
