@@ -224,6 +224,47 @@ def test_frames_without_a_face_are_bridged_and_flagged(ict, clip, tmp_path):
     assert len(take.timecodes) == N_FRAMES
 
 
+def test_a_model_with_a_jaw_joint_and_pca_expressions(test_head, tmp_path):
+    """The generated test head (FLAME's layout: the jaw is a joint, expressions are PCA
+    components, no names): the jaw's rotation and the first component are tracked (the jaw
+    linearised about the previous frame), the CSV's ARKit weights are 0 with a warning."""
+    from mfnet_core.synthetic import make_subject, procedural_texture
+    from mfnet_core.track.run import Tracker, write_track
+
+    texture = procedural_texture(test_head, size=64, seed=1)
+    shape = np.random.default_rng(4).normal(size=test_head.n_shape).astype(np.float32)
+    lms, jaws, first = [], [], []
+    for i in range(12):
+        jaw = np.array([0.15 * math.sin(math.pi * i / 11), 0, 0], np.float32)
+        e = np.zeros(test_head.n_expr, np.float32)
+        e[0] = math.sin(i / 3)
+        params = {
+            "shape": shape,
+            "expression": e,
+            "jaw_pose": jaw,
+            "eye_pose": np.zeros(6, np.float32),
+            "neck_pose": np.zeros(3, np.float32),
+        }
+        s = make_subject(test_head, texture, seed=3, yaws_deg=(5.0,), image_size=256, params=params)
+        lms.append(s.views[0].landmarks_true)
+        jaws.append(jaw[0])
+        first.append(e[0])
+    ident = Identity(Path("p"), shape.astype(np.float64), "test-head", "", None)
+    tracker = Tracker(test_head, ident, s.views[0].intrinsics, FPS, smoothing_strength=0)
+    for lm in lms:
+        tracker.add_frame(None, lm)
+    result = tracker.result()
+    a = result.arrays
+    assert np.abs(a["jaw_pose"][:, 0] - np.array(jaws)).max() < 0.01, a["jaw_pose"][:, 0]
+    assert np.abs(a["expression"][:, 0] - np.array(first)).max() < 0.15, a["expression"][:, 0]
+    assert result.summary["neutral"] == "none"  # PCA coefficients have no rest level
+    assert np.all(a["arkit"] == 0) and any(
+        "no ARKit-named keys" in w for w in result.summary["warnings"]
+    )
+    write_track(tmp_path, result)
+    assert len(livelink.read_livelink_csv(tmp_path / "track.csv").timecodes) == 12
+
+
 def test_neutral_rest_level_is_taken_off(ict, clip):
     """`auto` takes each weight's quietest level (5th percentile) off, a frame number that
     frame's weights; `none` leaves the per-frame fit; 1 stays 1."""
