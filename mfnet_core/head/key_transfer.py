@@ -222,8 +222,9 @@ class TransferOptions:
     """The transfer's knobs (the defaults suit human heads in metres)."""
 
     method: str = "displacement"  # or "deformation_transfer" (module docstring, step 4)
-    # ICT's identity fitted first (rounds; prior weight: 1 = a coefficient of 1 costs as much
-    # as 1 mm of residual at every pair), then the non-rigid ICP: stiffness per round (high = stiff), relative term weights
+    # ICT's identity first: components, rounds, prior (p: a coefficient of 1 costs as much as
+    # a residual of sqrt(p) mm at every pair); then the non-rigid ICP: stiffness per round
+    # (high = stiff) and the terms' relative weights
     identity_components: int = 30
     identity_rounds: int = 3
     identity_prior: float = 0.05
@@ -290,7 +291,7 @@ class KeyTransferResult:
     surface_mm: tuple[float, float]  # source to target distance: median, 95th percentile
     corr_faces: np.ndarray  # (V,) source triangle per target vertex
     corr_bary: np.ndarray  # (V,3)
-    corr_distance_mm: np.ndarray  # (V,) inf outside the mask
+    corr_distance_mm: np.ndarray  # (V,) inf outside the mask or with no skin facing its way
     coverage: np.ndarray  # (V,) in [0,1]
     jaw: dict[str, JawFit] = field(default_factory=dict)
     seconds: float = 0.0
