@@ -185,6 +185,8 @@ class ResultRig:
     face_part: np.ndarray | None = None  # (F,) index into part_names
     part_alpha: np.ndarray | None = None  # (Q,) opacity per part
     licence: str = ""
+    arkit_names: list[str] = field(default_factory=list)  # ARKit keys beside PCA ones
+    arkit_basis: np.ndarray | None = None  # (A,V,3)
 
     @property
     def n_vertices(self) -> int:
@@ -263,6 +265,7 @@ DIMENSIONS: dict[str, tuple[int, int]] = {
     "S": (0, 10_000),  # shape coefficients
     "N": (0, 256),  # views
     "Q": (1, 64),  # parts / materials
+    "A": (0, 200),  # ARKit keys transferred onto a PCA model
 }
 GEOMETRY = 1e3  # metres: no part of a head lies a kilometre away
 ANGLE = 1e3  # radians, axis-angle
@@ -322,6 +325,8 @@ FIELDS_V1: dict[str, Field] = {
     "face_part": Field(("F",), "int", required=False, limit=(0, "Q")),
     "part_alpha": Field(("Q",), "float", required=False, limit=(0.0, 1.0)),
     "licence": Field((), "str", required=False),
+    "arkit_names": Field(("A",), "str", required=False),
+    "arkit_basis": Field(("A", "V", 3), "float", required=False, limit=GEOMETRY),
 }
 FIELDS: dict[int, dict[str, Field]] = {1: FIELDS_V1}
 _VERSION_FIELD = Field((), "int")
@@ -756,6 +761,11 @@ def _optional_fields(v: dict, n_faces: int, warnings: list[str]) -> dict:
         warnings += notes
     if "licence" in v:
         out["licence"] = _clean_text(v["licence"])
+    if "arkit_names" in v and "arkit_basis" in v:
+        names, notes = blender_key_names([_clean_text(n) for n in v["arkit_names"]])
+        out["arkit_names"] = names
+        out["arkit_basis"] = v["arkit_basis"]
+        warnings += notes
     return out
 
 

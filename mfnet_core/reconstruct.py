@@ -31,6 +31,7 @@ from mfnet_core.inputs.images import Photo
 from mfnet_core.inputs.landmarks import detect_landmarks
 from mfnet_core.network.checkpoints import load_checkpoint
 from mfnet_core.network.predict import predict_init
+from mfnet_core.outputs.arkit_keys import arkit_key_arrays, needs_arkit_keys
 from mfnet_core.outputs.report import (
     dense_pictures,
     dense_section,
@@ -86,6 +87,8 @@ class ReconstructOptions:
     dense: DenseOptions = field(default_factory=DenseOptions)
     overwrite: bool = False
     weights: Path | None = None  # trained MFNet checkpoint: start the fit from its prediction
+    # ARKit-named keys (the ICT model's, transferred) for models whose keys are PCA components
+    arkit_keys: bool = True
 
 
 @dataclass
@@ -304,6 +307,9 @@ def _reconstruct(
             view_names=names,
             n_expression_keys=options.expression_keys,
         )
+        if options.arkit_keys and needs_arkit_keys(head):
+            sub(0.05, "ARKit keys")
+            rig.arrays.update(arkit_key_arrays(head, rig.arrays))
         report = {
             "mfnet_version": __version__,
             "model": head.info.kind,

@@ -126,6 +126,7 @@ def _check_structure(res: dict, result_dir: Path, kind: str) -> None:
         n_v, n_f, n_k = len(z["vertices"]), len(z["faces"]), len(z["expression"])
         expression = z["expression"]
         drift = z["joint_expression_basis"]
+        arkit = [str(n) for n in z["arkit_names"]] if "arkit_names" in z.files else []
     assert res["module"] == ("mfnet" if res["blender"] < "4.2" else "bl_ext.user_default.mfnet")
     assert res["n_vertices"] == n_v and res["n_faces"] == n_f and res["faces_equal"]
     # armature: FLAME's joints (+ hidden MCH- pivots, + the "head" socket)
@@ -141,7 +142,9 @@ def _check_structure(res: dict, result_dir: Path, kind: str) -> None:
     # shape keys: basis, K expression keys, 9 (J-1) correctives, all relative to the basis
     keys = res["shape_keys"]
     assert keys[0] == "Basis" and keys[1 : 1 + n_k] == [f"exp_{k:03d}" for k in range(n_k)]
-    assert keys[1 + n_k :] == [
+    # then the ARKit keys transferred onto PCA models (named, [0, 1]), then the correctives
+    assert keys[1 + n_k : 1 + n_k + len(arkit)] == arkit
+    assert keys[1 + n_k + len(arkit) :] == [
         f"pose_{names[j]}_{r}{c}" for j in range(1, len(names)) for r in range(3) for c in range(3)
     ]
     assert res["shape_key_relative"] == ["Basis", "Basis"]
@@ -228,6 +231,8 @@ def test_rig_from_demo_matches_flame_forward(kind, addon_zip, demo_dir, tmp_path
     err = np.abs(verts - want).max(axis=(1, 2))
     assert err.max() <= PARITY_TOL, f"max vertex error per sample (m): {err}"
     assert np.abs(pose[1:, 2]).max() > 0.1  # the jaw really moved
+    # the test head is a PCA model: it also carries the ICT model's ARKit keys, transferred
+    assert {"eyeBlink_L", "jawOpen", "mouthSmile_R"} <= set(res["shape_keys"])
 
 
 @pytest.mark.parametrize("kind", harness.KINDS)

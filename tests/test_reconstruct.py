@@ -293,3 +293,30 @@ def test_reconstruct_on_cuda_matches_cpu(test_head_assets, tmp_path):
         assert rec.report["device"].startswith(device)
         meshes[device] = rec.fit.vertices_model
     assert np.abs(meshes["cpu"] - meshes["cuda"]).max() < 1e-4
+
+
+def test_pca_models_get_arkit_keys(tmp_path, test_head):
+    """A PCA head (the test head, like FLAME) gets the ICT model's 53 ARKit keys in rig.npz,
+    transferred onto its fitted rest mesh: eyeBlink_L closes the left eye's lids only."""
+    from mfnet_core.reconstruct import ReconstructOptions, ViewInput, reconstruct
+    from mfnet_core.synthetic import make_subject, procedural_texture
+
+    texture = procedural_texture(test_head, size=128, seed=4)
+    subject = make_subject(test_head, texture, seed=4, image_size=384)
+    inputs = [ViewInput(photo=v.photo, landmarks=v.landmarks_noisy) for v in subject.views]
+    opts = ReconstructOptions(
+        device="cpu", texture_size=256, fit=FitOptions(losses=("landmarks", "reg"))
+    )
+    reconstruct(inputs, test_head, tmp_path / "out", opts)
+    with np.load(tmp_path / "out" / "rig.npz") as z:
+        names = [str(n) for n in z["arkit_names"]]
+        basis, rest = z["arkit_basis"], z["vertices"]
+    assert len(names) == 53 and basis.shape == (53, len(rest), 3)
+    emb = test_head.landmark_embedding
+    faces = test_head.faces.numpy()
+    lid = lambda i: faces[emb.full_faces[i]]  # noqa: E731 - the landmark's triangle
+    blink = basis[names.index("eyeBlink_L")]
+    # the subject's left eye is iBUG 42-47: its upper lid (43, 44) moves down, the right's not
+    left_down = -blink[lid(43), 1].mean()
+    right_move = np.abs(blink[lid(37)]).max()
+    assert left_down > 0.002 and right_move < 0.1 * left_down
