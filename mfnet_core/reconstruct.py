@@ -271,6 +271,11 @@ def _reconstruct(
     yaws = fit.yaw_pitch_roll[:, 0]
     given = [v.label or label_from_filename(v.photo.path) for v in inputs]
     warnings.extend(view_warnings(names, yaws, given, files))
+    if len(inputs) == 1:
+        warnings.append(
+            "one photo: PSNR/SSIM compare the re-render with the photo the texture came from, "
+            "so they say little about the head's quality"
+        )
     warnings.extend(
         expression_disagreement(fit.params["view_expression"], names, head.expression_space.names)
     )
@@ -328,6 +333,9 @@ def _reconstruct(
             "loss_terms_used": list(losses),
             "loss_terms_skipped": skipped,
             "fit_start": fit_start,
+            # PSNR/SSIM re-render the photos the texture was baked from: a consistency
+            # check of the fit, not a measure of quality at views no photo saw
+            "quality_measured_on": "the input photos (the texture's own source)",
             "timings_s": timer.timings,
             "warnings": warnings,
         }

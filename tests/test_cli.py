@@ -133,6 +133,9 @@ def test_demo_json(tmp_path, cache_env):
     report = json.loads((Path(summary["result_dir"]) / "report.json").read_text())
     assert report["loss_terms_used"] == ["landmarks", "eye", "lip", "flow", "reg"]
     assert report["dense"]["flow"]["method"] == "dis" and report["losses"]["flow"] > 0
+    # pairs the flow term leaves out are listed with the reason (left and right: opposite sides)
+    skipped = {(p["from"], p["to"]): p["reason"] for p in report["dense"]["pairs_skipped"]}
+    assert "opposite sides" in skipped[("left", "right")] and ("left", "front") not in skipped
     # named ARKit keys, parts and the model's licence travel with the result
     with np.load(Path(summary["result_dir"]) / "rig.npz") as z:
         assert (

@@ -73,6 +73,7 @@ class DenseReport:
     images: dict[str, np.ndarray]  # name -> (H,W,3) uint8 overlay pictures
     timings_s: dict[str, float]
     history: list[dict[str, float]]
+    pairs_skipped: list[dict[str, str]] = field(default_factory=list)  # from, to, reason
 
 
 class FlowTerm(CornerTerm):
@@ -202,8 +203,9 @@ def _final_report(
 ) -> DenseReport:
     """Eq. 6 at the final mesh, every term's value, PSNR / SSIM per view, pictures."""
     views = _views(fitter, photos, o.flow.size, face_tri)
+    skipped: list[tuple[int, int, str]] = []
     pfs = (
-        fl.all_pair_flows(views, fitter.head.faces, o.flow, seed=o.seed + 99)
+        fl.all_pair_flows(views, fitter.head.faces, o.flow, seed=o.seed + 99, skipped=skipped)
         if fitter.n_views > 1
         else []
     )
@@ -253,6 +255,7 @@ def _final_report(
         loss_terms={k: round(v, 6) for k, v in parts.items()},
         views=[{"name": names[i], **q} for i, q in enumerate(quality)],
         pairs=pairs,
+        pairs_skipped=[{"from": names[a], "to": names[b], "reason": r} for a, b, r in skipped],
         images=images,
         timings_s={"quality": round(time.perf_counter() - t_q, 4)},
         history=[],

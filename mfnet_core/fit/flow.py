@@ -537,25 +537,51 @@ def pair_flow(
 
 
 def all_pair_flows(
-    views: list[ViewRender], faces: Tensor, options: FlowOptions | None = None, seed: int = 0
+    views: list[ViewRender],
+    faces: Tensor,
+    options: FlowOptions | None = None,
+    seed: int = 0,
+    skipped: list[tuple[int, int, str]] | None = None,
 ) -> list[PairFlow]:
     """Every ordered pair (a, b), a != b, with a non-empty covisible mask, except pairs whose
     views are turned to opposite sides (each beyond `side_threshold_deg`: their MB is the
     strip along the nose, seen at grazing angles by both; measured biased by 1-2 px at the
-    true geometry) and pairs more than `max_pair_yaw_deg` apart."""
+    true geometry) and pairs more than `max_pair_yaw_deg` apart. Pairs left out are appended
+    to `skipped` as (a, b, reason), for the report."""
     o = options or FlowOptions()
     out = []
     thr = o.side_threshold_deg
+    skip = skipped if skipped is not None else []
     for b in range(len(views)):
         for a in range(len(views)):
+            if a == b:
+                continue
             ya, yb = views[a].yaw_deg, views[b].yaw_deg
             opposite = (ya > thr and yb < -thr) or (ya < -thr and yb > thr)
-            if a == b or abs(ya - yb) > o.max_pair_yaw_deg or (o.skip_opposite and opposite):
+            if abs(ya - yb) > o.max_pair_yaw_deg:
+                skip.append(
+                    (
+                        a,
+                        b,
+                        f"the views are {abs(ya - yb):.0f} degrees apart (> {o.max_pair_yaw_deg:g})",
+                    )
+                )
+                continue
+            if o.skip_opposite and opposite:
+                skip.append(
+                    (
+                        a,
+                        b,
+                        f"turned to opposite sides ({ya:.0f} and {yb:.0f} degrees): they share only a grazing strip",
+                    )
+                )
                 continue
             rng = np.random.default_rng([seed, a, b])
             pf = pair_flow(views[a], views[b], faces, a, b, options, rng)
             if pf.stats["samples"] > 0:
                 out.append(pf)
+            else:
+                skip.append((a, b, "no covisible face pixels"))
     return out
 
 

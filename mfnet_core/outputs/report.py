@@ -207,9 +207,14 @@ def dense_section(
         {**p, "from": by_label.get(p["from"], p["from"]), "to": by_label.get(p["to"], p["to"])}
         for p in dense.pairs
     ]
+    skipped = [
+        {**p, "from": by_label.get(p["from"], p["from"]), "to": by_label.get(p["to"], p["to"])}
+        for p in dense.pairs_skipped
+    ]
     return {
         "flow": {"method": flow.method, "raft_weights": flow.raft_weights},
         "views": [{**v, "name": names[i]} for i, v in enumerate(dense.views)],
         "pairs": pairs,
+        "pairs_skipped": skipped,
         "timings_s": dense.timings_s,
     }
