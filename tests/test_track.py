@@ -632,6 +632,26 @@ def test_video_and_folder_frames(tmp_path):
         open_frames(tmp_path / "junk.mp4")
 
 
+def test_a_still_face_gives_still_landmarks():
+    """A real face (tests/data/james) in identical frames: found in every one, searched in a
+    crop after the first, and the points do not move (the box follows the points, not the
+    detector's pyramid steps)."""
+    from PIL import Image
+
+    from mfnet_core.track.faces import VideoLandmarker
+
+    photo = Path(__file__).parent / "data" / "james" / "james_views_900.jpg"
+    rgb = np.ascontiguousarray(np.asarray(Image.open(photo).convert("RGB"))[:, :450])
+    lmk = VideoLandmarker()
+    faces = [lmk(rgb) for _ in range(6)]
+    assert all(f is not None for f in faces)
+    assert faces[0].search == "frame" and all(f.search.startswith("crop") for f in faces[1:])
+    pts = np.stack([f.landmarks for f in faces[2:]])
+    assert pts.std(0).max() < 0.05, pts.std(0).max()
+    assert lmk(np.zeros_like(rgb)) is None  # no face: found as such, and forgotten
+    assert lmk.previous is None
+
+
 def test_identity_is_read_and_checked(tmp_path):
     from mfnet_core.track.identity import check_identity_matches
 

@@ -1,14 +1,28 @@
 """`mfnet track`: frames -> landmarks -> per-frame fit with the identity fixed -> gaze ->
-bridged and smoothed curves -> Live Link Face CSV, npz and a JSON summary.
+bridged, calibrated and smoothed curves -> Live Link Face CSV, npz and a JSON summary.
 
 Outputs (in the output folder, each written atomically: a reader sees a whole file):
 - `track.csv`: Live Link Face style (mfnet_core.track.livelink): Timecode, BlendShapeCount,
-  the 52 ARKit weights, head and eye angles in radians.
-- `track.npz`: the raw arrays (TRACK_NPZ_KEYS below): per frame the model's own
-  coefficients (raw and smoothed), head pose, eye pose, landmarks, and which frames had a
-  face (the others are bridged: interpolated, and flagged `interpolated`).
-- `track.json`: frames, fps, frames without a face (as ranges), speed, warnings, and whether
-  the take is complete (an interrupted run keeps the frames done so far, `complete: false`).
+  the 52 ARKit weights, head and eye angles in radians. Times are frame / fps (a variable
+  frame rate video is taken at its nominal rate).
+- `track.npz` (format_version 1; T frames, K the model's expression keys):
+  `model_kind`, `model_name`, `identity` (the result folder), `shape` (S,), `fps` (),
+  `times` (T,) seconds, `face_found` (T,) bool, `interpolated` (T,) bool (no face: bridged),
+  `gaze_found` (T,2) bool (left, right eye), `expression_names` (K,), `expression` (T,K) the
+  final weights (bridged, rest level taken off, smoothed, in the model's bounds),
+  `expression_raw` (T,K) the per-frame fit (NaN without a face), `neutral` (K,) the rest
+  level taken off, `jaw_pose` (T,3) (zeros for models that open the mouth with a key),
+  `head_pose` (T,3) axis-angle about the root joint and `head_translation` (T,3) metres,
+  camera space as in docs/RESULT_FOLDER.md ("Camera model"), both also `_raw`; `eye_pose`
+  (T,6) left then right axis-angle in head axes; `eye_angles` (T,4) left yaw, pitch, right
+  yaw, pitch (radians, relative to the rest gaze; `_raw` as measured, NaN where not),
+  `eye_neutral` (4,) the rest gaze taken off; `arkit_names` (52,), `arkit` (T,52) the CSV's
+  weights; `angle_names` (9,), `angles` (T,9) the CSV's angles; `landmarks` (T,68,2) the
+  detections and `landmarks_fitted` (T,68,2) the fit's (pixels, NaN without a face),
+  `residual_px` (T,) their median distance; `camera` (4,) fx, fy, cx, cy and `image_size`
+  (2,) of the frames as tracked; `complete` () False for a take cut short by an interrupt.
+- `track.json`: frames, fps, frames without a face (as ranges), the rest levels' source,
+  speed, warnings, and whether the take is complete.
 """
 
 from __future__ import annotations
