@@ -33,6 +33,7 @@ from mfnet_core.network.checkpoints import load_checkpoint
 from mfnet_core.network.predict import predict_init
 from mfnet_core.outputs.arkit_keys import arkit_key_arrays, needs_arkit_keys
 from mfnet_core.outputs.report import (
+    consistency_warnings,
     dense_pictures,
     dense_section,
     expression_disagreement,
@@ -271,6 +272,7 @@ def _reconstruct(
     yaws = fit.yaw_pitch_roll[:, 0]
     given = [v.label or label_from_filename(v.photo.path) for v in inputs]
     warnings.extend(view_warnings(names, yaws, given, files))
+    warnings.extend(consistency_warnings(lmk, fit.residuals_px, names))
     if len(inputs) == 1:
         warnings.append(
             "one photo: PSNR/SSIM compare the re-render with the photo the texture came from, "

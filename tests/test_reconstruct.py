@@ -320,3 +320,38 @@ def test_pca_models_get_arkit_keys(tmp_path, test_head):
     left_down = -blink[lid(43), 1].mean()
     right_move = np.abs(blink[lid(37)]).max()
     assert left_down > 0.002 and right_move < 0.1 * left_down
+
+
+def test_results_that_would_mislead_are_flagged(tmp_path, test_head):
+    """The same photo three times, and a photo whose landmarks belong to another face shape
+    (eyes 30 % further apart): report.json says so instead of fusing them silently."""
+    from mfnet_core.reconstruct import ReconstructOptions, ViewInput, reconstruct
+    from mfnet_core.synthetic import make_subject, procedural_texture
+
+    texture = procedural_texture(test_head, size=128, seed=6)
+    subject = make_subject(test_head, texture, seed=6, image_size=384)
+    opts = ReconstructOptions(
+        device="cpu",
+        texture_size=256,
+        arkit_keys=False,
+        fit=FitOptions(losses=("landmarks", "reg")),
+    )
+    front = subject.views[1]
+    same = [ViewInput(photo=front.photo, landmarks=front.landmarks_noisy) for _ in range(3)]
+    rec = reconstruct(same, test_head, tmp_path / "same", opts)
+    assert any("same picture twice" in w for w in rec.report["warnings"]), rec.report["warnings"]
+
+    other = front.landmarks_noisy.copy()
+    centre = other.mean(0)
+    other[36:48] = centre + (other[36:48] - centre) * np.array([1.6, 1.0])  # eyes far apart
+    other[0:17] = centre + (other[0:17] - centre) * np.array([0.6, 1.4])  # a long narrow jaw
+    mixed = [ViewInput(photo=v.photo, landmarks=v.landmarks_noisy) for v in subject.views]
+    mixed[1] = ViewInput(photo=front.photo, landmarks=other)
+    rec = reconstruct(mixed, test_head, tmp_path / "mixed", opts)
+    assert any("do not fit the head" in w for w in rec.report["warnings"]), rec.report["warnings"]
+    # an ordinary set raises neither
+    ok = [ViewInput(photo=v.photo, landmarks=v.landmarks_noisy) for v in subject.views]
+    rec = reconstruct(ok, test_head, tmp_path / "ok", opts)
+    assert not any("same picture" in w or "do not fit" in w for w in rec.report["warnings"]), (
+        rec.report["warnings"]
+    )
