@@ -372,7 +372,15 @@ def cmd_track(args: argparse.Namespace, progress: ProgressPrinter) -> dict:
         raise
     progress("track", 0.995, "writing track.csv, track.npz, track.json")
     check_output_folder(out, args.overwrite)
-    files = write_track(out, result)
+    _Signals.raising = False  # the three files are written whole, then an interrupt counts
+    try:
+        files = write_track(out, result)
+    finally:
+        _Signals.raising = True
+    if _Signals.received is not None:
+        late = Interrupted(_Signals.received)
+        late.result_written = f"{out} (all {result.n_frames} frames)"  # type: ignore[attr-defined]
+        raise late
     s = result.summary
     return {
         "result_dir": str(out),
