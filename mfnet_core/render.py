@@ -643,7 +643,10 @@ def sample_texture(texture: Tensor, uv: Tensor) -> Tensor:
 
 def _as_normals(x: Tensor, faces: Tensor, kind: str) -> Tensor:
     if kind == "auto":
-        kind = "normals" if bool(((x.norm(dim=-1) - 1).abs() < 1e-3).all()) else "verts"
+        # unit rows are normals; zero rows are vertices no drawn face uses (a subset of faces)
+        length = x.norm(dim=-1)
+        unit = ((length - 1).abs() < 1e-3) | (length == 0)
+        kind = "normals" if bool(unit.all()) and bool((length > 0).any()) else "verts"
     if kind == "normals":
         return x
     if kind == "verts":

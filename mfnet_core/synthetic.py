@@ -214,7 +214,9 @@ def make_subject(
         )
     verts = out.vertices[0]
     pivot = out.joints[0, 0]
-    faces = head.faces.cpu()
+    drawn = torch.as_tensor(head.parts.opaque())  # no see-through overlays over the eyes
+    faces = head.faces.cpu()[drawn]
+    uv_faces_drawn = torch.as_tensor(head.uv.uv_faces, dtype=torch.long)[drawn]
     intr = Intrinsics.from_fov(image_size, image_size)
     cam = torch.as_tensor(intr.as_vector())[None]
     views = []
@@ -236,11 +238,12 @@ def make_subject(
             normals,
             faces,
             torch.as_tensor(head.uv.uv_coords),
-            torch.as_tensor(head.uv.uv_faces, dtype=torch.long),
+            uv_faces_drawn,
             torch.as_tensor(texture, dtype=torch.float32) / 255.0,
             image_size,
             image_size,
             sh_coeffs=sh,
+            normals_kind="normals",
         )
         bg = _background(rng, image_size)
         m = mask[..., None].float()
@@ -575,9 +578,10 @@ def make_realistic_subject(
     if texture is None:
         texture = skin_texture(head, o.texture_size, seed=seed)
     params = params or random_params(head, rng)
-    faces = head.faces.cpu()
+    drawn = torch.as_tensor(head.parts.opaque())  # no see-through overlays over the eyes
+    faces = head.faces.cpu()[drawn]
     uv = torch.as_tensor(head.uv.uv_coords)
-    uv_faces = torch.as_tensor(head.uv.uv_faces, dtype=torch.long)
+    uv_faces = torch.as_tensor(head.uv.uv_faces, dtype=torch.long)[drawn]
     tex_t = torch.as_tensor(texture, dtype=torch.float32) / 255.0
     intr = Intrinsics.from_fov(o.image_size, o.image_size)
     cam = torch.as_tensor(intr.as_vector())[None]
@@ -627,7 +631,16 @@ def make_realistic_subject(
             1 + o.light_jitter * torch.as_tensor(rng.normal(size=(9, 1)), dtype=torch.float32)
         )
         img, mask, _ = render_textured(
-            screen, normals, faces, uv, uv_faces, tex_t, o.image_size, o.image_size, sh_coeffs=sh
+            screen,
+            normals,
+            faces,
+            uv,
+            uv_faces,
+            tex_t,
+            o.image_size,
+            o.image_size,
+            sh_coeffs=sh,
+            normals_kind="normals",
         )
         bg = _cluttered_background(rng, o.image_size)
         m = mask[..., None].float()

@@ -489,3 +489,17 @@ def test_cuda_matches_cpu():
     a = rasterize(scr.float(), faces, 256, 256, backend="torch")
     b = rasterize(scr.float().cuda(), faces.cuda(), 256, 256, backend="torch")
     assert (a.face_index == b.face_index.cpu()).float().mean() > 0.999
+
+
+def test_auto_normals_with_unused_vertices():
+    """Drawing a subset of a mesh's faces leaves some vertices without a normal (zero rows):
+    "auto" must still read the array as normals, not as positions (that shaded the ICT
+    model's skin black where the eye overlays were left out)."""
+    from mfnet_core.render import _as_normals
+
+    normals = torch.nn.functional.normalize(torch.randn(10, 3), dim=-1)
+    normals[7:] = 0  # vertices only the left-out faces used
+    faces = torch.tensor([[0, 1, 2], [2, 3, 4]])
+    assert torch.equal(_as_normals(normals, faces, "auto"), normals)
+    positions = torch.randn(10, 3) * 3
+    assert not torch.equal(_as_normals(positions, faces, "auto"), positions)

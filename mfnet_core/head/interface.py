@@ -86,6 +86,12 @@ class Parts:
     def single(n_faces: int, name: str = "skin") -> Parts:
         return Parts((name,), np.zeros(n_faces, dtype=np.int64))
 
+    def opaque(self, min_alpha: float = 0.5) -> np.ndarray:
+        """(F,) bool: faces a renderer without blending should draw (thin see-through
+        overlays such as the eye-occlusion shell would otherwise hide the eyes)."""
+        keep = np.array([self.alpha.get(n, 1.0) >= min_alpha for n in self.names])
+        return keep[self.face_part]
+
     def face_paint(self) -> np.ndarray | None:
         """(F,3) float32 sRGB per face, NaN where the photos are baked; None: nothing painted."""
         if not self.painted:
