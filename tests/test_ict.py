@@ -220,6 +220,7 @@ def test_fit_a_synthetic_ict_person(ict, tmp_path):
     expr = rec.fit.params["expression"]
     assert expr.shape == (53,) and expr.min() >= 0 and expr.max() <= 1
     err = vertex_error_mm(rec.fit.vertices_model, subject.vertices_true, ict.face_region)
+    print(f"median face vertex error {np.median(err):.3f} mm")
     assert np.median(err) < 1.0, np.median(err)
     tex = np.asarray(Image.open(tmp_path / "out" / "texture.png").convert("RGB"), np.float64)
     s = tex.shape[0]

@@ -192,7 +192,7 @@ def test_synthetic_set_rendered_by_processes_equals_one_process(tmp_path: Path):
     from training.config import SyntheticData
     from training.synthetic_set import ensure_synthetic_set, render_worker_count
 
-    flame = FLAME(load_model_assets(), 20, 10).eval()
+    flame = FLAME(load_model_assets("test-head"), 20, 10).eval()
     common = dict(n_train=3, n_val=2, image_size=64, n_textures=2, texture_size=64)
     one = ensure_synthetic_set(SyntheticData(root=str(tmp_path / "a"), **common), flame)
     cfg_two = SyntheticData(root=str(tmp_path / "b"), render_workers=2, **common)
