@@ -27,7 +27,7 @@ from reference import Reference
 
 from mfnet_core.fit.landmark_fit import FitOptions
 from mfnet_core.head.flame import FLAME
-from mfnet_core.head.registry import load_model_assets
+from mfnet_core.head.registry import load_model_assets, resolve_kind
 from mfnet_core.metrics import vertex_error_mm
 from mfnet_core.reconstruct import ReconstructOptions, ViewInput, reconstruct
 from mfnet_core.synthetic import make_subject, procedural_texture
@@ -64,7 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     losses = tuple(t for t in args.losses.split(",") if t)
     ref = Reference.start()
-    assets = load_model_assets()
+    # FLAME when installed, else the test head (FLAME's format); the ICT model has its own
+    # benchmarks (bm_accuracy/bm_reconstruct --model(s) ict)
+    kind = "flame" if resolve_kind("auto") == "flame" else "test-head"
+    assets = load_model_assets(kind)
     flame = FLAME(assets, 100, 50)
     texture = procedural_texture(flame, 512, seed=0)
     subject = make_subject(flame, texture, seed=0, image_size=args.size, landmark_noise_px=1.0)

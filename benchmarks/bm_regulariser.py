@@ -18,7 +18,7 @@ from reference import Reference
 from mfnet_core.fit.landmark_fit import FitOptions, fit_landmarks
 from mfnet_core.fit.plan import LossWeights
 from mfnet_core.head.flame import FLAME
-from mfnet_core.head.registry import load_model_assets
+from mfnet_core.head.registry import load_model_assets, resolve_kind
 from mfnet_core.metrics import vertex_error_mm
 from mfnet_core.synthetic import make_subject, procedural_texture
 
@@ -26,7 +26,10 @@ from mfnet_core.synthetic import make_subject, procedural_texture
 def main() -> None:
     ref = Reference.start()
     print(ref.summary())
-    assets = load_model_assets()
+    # FLAME when installed, else the test head (FLAME's format); the ICT model has its own
+    # benchmarks (bm_accuracy/bm_reconstruct --model(s) ict)
+    kind = "flame" if resolve_kind("auto") == "flame" else "test-head"
+    assets = load_model_assets(kind)
     flame = FLAME(assets, 100, 50)
     texture = procedural_texture(flame, 64, 0)
     subjects = [
