@@ -195,6 +195,7 @@ def add_shape_keys(obj: bpy.types.Object, rig: ResultRig) -> None:
             kb.slider_max = float(rig.expression_upper[k])
         else:
             kb.slider_min, kb.slider_max = -limit, limit
+        kb.value = 0.0  # Blender 5 starts new keys at 1; apply_fitted sets the fitted values
     own = set(rig.expression_key_names())
     for a, name in enumerate(rig.arkit_names):  # PCA models: the ICT model's ARKit keys too
         if name in own or rig.arkit_basis is None:
@@ -203,6 +204,7 @@ def add_shape_keys(obj: bpy.types.Object, rig: ResultRig) -> None:
         offset = to_blender(rig.arkit_basis[a])
         kb.data.foreach_set("co", (rest + offset).astype(np.float32).reshape(-1))
         kb.slider_min, kb.slider_max = 0.0, 1.0
+        kb.value = 0.0  # Blender 5 starts new keys at 1
     for p, name in rig.corrective_key_names():
         kb = obj.shape_key_add(name=name, from_mix=False)
         kb.data.foreach_set(

@@ -483,6 +483,7 @@ def _fuzz_folder(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@pytest.mark.slow  # ~20-30 s on 2 cores
 def test_fuzz_the_result_folder_reader(rig_arrays, tmp_path):
     """Thousands of damaged rig.npz files made from a valid one (random truncations, bit
     flips anywhere and in the zip/.npy headers, wrong dtypes, shapes and values, lying

@@ -260,6 +260,7 @@ def _person(ict, expressions: list[np.ndarray], yaws=(-35.0, 0.0, 35.0), size: i
     return [ViewInput(photo=v.photo, landmarks=v.landmarks_noisy) for v in views]
 
 
+@pytest.mark.slow  # ~20-30 s on 2 cores
 def test_per_photo_expressions_and_the_disagreement_warning(ict, tmp_path):
     """Eyes closed in the left photo only: the fit gives that view its own blink, keeps the
     other views open-eyed, says so in report.json, and keeps each view's weights in

@@ -408,6 +408,7 @@ def test_killed_between_the_renames_the_old_result_comes_back(tmp_path):
     assert (out / "rig.npz").read_text() == "old" and _hidden(tmp_path) == []
 
 
+@pytest.mark.slow  # ~20-30 s on 2 cores
 def test_two_runs_into_one_folder_exactly_one_wins(tmp_path, photo, env):
     """Two real processes: the second, started while the first writes, says why it stops."""
     out, resume = tmp_path / "out", tmp_path / "resume"

@@ -145,6 +145,7 @@ def _track(
 # --------------------------------------------------------------------------- accuracy
 
 
+@pytest.mark.slow  # ~20-30 s on 2 cores
 def test_synthetic_clip_weights_timing_and_pose(ict, clip):
     """Known weights per frame, landmarks with 1 px noise: mean absolute error of the visible
     keys, the blink and the jaw's timing, all weights in [0, 1], the head's yaw."""
@@ -182,6 +183,7 @@ def test_synthetic_clip_weights_timing_and_pose(ict, clip):
     assert np.median(a["residual_px"]) < 1.5
 
 
+@pytest.mark.slow  # ~20-30 s on 2 cores
 def test_synthetic_clip_with_real_dlib(ict, clip):
     """dlib's landmarks on the renders themselves: every frame found, the jaw opening where
     it is in time. (Blinks are not checked here: the synthetic renderer draws the ICT
