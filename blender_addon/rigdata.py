@@ -22,12 +22,12 @@ import ast
 import json
 import math
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this add-on reads; 1 stays readable
 RIG_FILE = "rig.npz"
 TEXTURE_FILE = "texture.png"
 GLB_FILE = "head.glb"
@@ -328,7 +328,22 @@ FIELDS_V1: dict[str, Field] = {
     "arkit_names": Field(("A",), "str", required=False),
     "arkit_basis": Field(("A", "V", 3), "float", required=False, limit=GEOMETRY),
 }
-FIELDS: dict[int, dict[str, Field]] = {1: FIELDS_V1}
+# Format 2 requires what format 1 only allowed: the keys' names, each view's expression,
+# the parts and the model's licence.
+_REQUIRED_IN_V2 = (
+    "expression_names",
+    "view_expressions",
+    "view_jaw_pose",
+    "part_names",
+    "face_part",
+    "part_alpha",
+    "licence",
+)
+FIELDS_V2: dict[str, Field] = {
+    **FIELDS_V1,
+    **{k: replace(FIELDS_V1[k], required=True) for k in _REQUIRED_IN_V2},
+}
+FIELDS: dict[int, dict[str, Field]] = {1: FIELDS_V1, 2: FIELDS_V2}
 _VERSION_FIELD = Field((), "int")
 _KINDS = {"float": "f", "int": "iu", "str": "US"}
 _KIND_WORDS = {"float": "a float array", "int": "an integer array", "str": "text"}
@@ -361,7 +376,7 @@ RULES_V1 = (
     (("parents",), _rule_parents),
     (("joint_names",), _rule_joint_names),
 )
-RULES: dict[int, tuple] = {1: RULES_V1}
+RULES: dict[int, tuple] = {1: RULES_V1, 2: RULES_V1}
 
 
 def _one_line(value: object, limit: int = 300) -> str:

@@ -248,7 +248,7 @@ BAD_FIELDS = {
     # missing and unknown
     "no skin_weights": ({"skin_weights": None}, "missing arrays skin_weights"),
     "no format_version": ({"format_version": None}, "format_version"),
-    "format_version 2": ({"format_version": np.array(2, np.int32)}, "format_version 2"),
+    "format_version 3": ({"format_version": np.array(3, np.int32)}, "format_version 3"),
 }
 
 

@@ -242,7 +242,7 @@ def _rewrite(folder: Path, **changes) -> None:
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"format_version": np.array(2)}, "format_version 2"),
+        ({"format_version": np.array(3)}, "format_version 3"),
         ({"skin_weights": None}, "missing arrays skin_weights"),
         ({"faces": np.array([[0, 1, 99999]], dtype=np.int32)}, "faces"),
         ({"parents": np.array([-1, 0, 1, 5, 1], dtype=np.int32)}, "parents"),

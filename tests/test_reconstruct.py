@@ -82,7 +82,7 @@ def test_result_folder_contract(demo_run):
         assert f in names, f
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".result")]
     rig = np.load(out / "rig.npz", allow_pickle=False)
-    assert int(rig["format_version"]) == 1
+    assert int(rig["format_version"]) == 2
     v = rig["vertices"]
     assert v.shape == (assets.n_vertices, 3)
     assert rig["expression_basis"].shape == (20, len(v), 3)

@@ -42,7 +42,7 @@ except ImportError:  # Windows: O_EXCL lock files instead
 if TYPE_CHECKING:
     from mfnet_core.head.interface import HeadModel
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: key names, per-view expressions, parts, licence (docs/RESULT_FOLDER.md)
 
 
 @dataclass
