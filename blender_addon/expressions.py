@@ -9,7 +9,7 @@ import bpy
 import numpy as np
 from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 
-from . import builder, poses, preferences
+from . import builder, livelink, poses, preferences
 from . import strings as S
 from .rigdata import (
     axis_angle_to_quaternion,
@@ -143,6 +143,19 @@ def keyframe_sequence(arm, mesh, seq: poses.Sequence, start_frame: int = 1) -> d
         "dropped_columns": 0,
     }
     keys = expression_keys(mesh)
+    summary["named_keys"] = 0
+    summary["unmatched_columns"] = []
+    if seq.named:  # Live Link Face columns onto the rig's ARKit-named keys
+        names = {kb.name for kb in keys}
+        fcs = _fcurves(mesh.data.shape_keys)
+        for column, values in seq.named.items():
+            targets = livelink.rig_keys_for(column, names)
+            if not targets:
+                summary["unmatched_columns"].append(column)
+            for target in targets:
+                path = f'key_blocks["{bpy.utils.escape_identifier(target)}"].value'
+                write_keys(fcs, path, 0, frames, values, "Expression")
+                summary["named_keys"] += 1
     if seq.expression is not None and keys:
         values, dropped = poses.fit_expression_columns(seq.expression, len(keys))
         summary["dropped_columns"] = dropped
@@ -392,7 +405,7 @@ class MFNET_OT_import_sequence(_RigOperator, bpy.types.Operator):
     bl_options = {"REGISTER", "UNDO"}
 
     filepath: StringProperty(subtype="FILE_PATH")
-    filter_glob: StringProperty(default="*.npz;*.json", options={"HIDDEN"})
+    filter_glob: StringProperty(default="*.npz;*.json;*.csv", options={"HIDDEN"})
     start_frame: IntProperty(name="Start Frame", default=1)
     use_fps: BoolProperty(name="Use the File's Frame Rate", default=True)
     set_range: BoolProperty(name="Set Scene Frame Range", default=True)
@@ -417,6 +430,14 @@ class MFNET_OT_import_sequence(_RigOperator, bpy.types.Operator):
         if self.set_range:
             scene.frame_start = self.start_frame
             scene.frame_end = self.start_frame + seq.n_frames - 1
+        notes = list(seq.notes)
+        if summary["unmatched_columns"]:
+            notes.append(
+                f"{len(summary['unmatched_columns'])} columns have no shape key on this rig: "
+                + ", ".join(summary["unmatched_columns"][:6])
+            )
+        for note in notes:
+            self.report({"WARNING"}, note)
         if summary["dropped_columns"]:
             self.report(
                 {"WARNING"},
@@ -424,7 +445,8 @@ class MFNET_OT_import_sequence(_RigOperator, bpy.types.Operator):
             )
         self.report(
             {"INFO"},
-            f"Keyed {seq.n_frames} frames ({summary['expression_keys']} expression keys, bones {summary['bones']})",
+            f"Keyed {seq.n_frames} frames ({summary['expression_keys'] + summary['named_keys']} "
+            f"expression keys, bones {summary['bones']})",
         )
         return {"FINISHED"}
 

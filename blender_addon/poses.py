@@ -22,10 +22,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from . import livelink
 
 POSES_FORMAT = "mfnet-poses"
 POSES_VERSION = 1
@@ -122,6 +124,8 @@ class Sequence:
     neck_pose: np.ndarray | None
     jaw_pose: np.ndarray | None
     eye_pose: np.ndarray | None  # (T,6) left then right
+    named: dict[str, np.ndarray] | None = None  # Live Link column -> (T,) weight
+    notes: list[str] = field(default_factory=list)  # e.g. columns the reader did not know
 
     def joint_rotations(self, joint_names: list[str]) -> dict[str, np.ndarray]:
         """Bone name -> (T,3) axis-angle, by FLAME's joint order (root, neck, jaw, eye_L, eye_R)."""
@@ -150,13 +154,50 @@ def load_sequence(path: str | Path) -> Sequence:
         elif suffix == ".json":
             obj = json.loads(path.read_text(encoding="utf-8"))
             raw = _json_to_arrays(obj, path)
+        elif suffix == ".csv":
+            return sequence_from_livelink(livelink.read_livelink_csv(path))
         else:
-            raise PoseError(f"{path}: use a .npz or .json file")
+            raise PoseError(f"{path}: use a .npz, .json or Live Link Face .csv file")
     except PoseError:
         raise
+    except livelink.LiveLinkError as e:
+        raise PoseError(str(e)) from None
     except Exception as e:  # OSError, ValueError, BadZipFile
         raise PoseError(f"{path}: cannot be read ({e})") from e
     return sequence_from_arrays(raw, str(path))
+
+
+def sequence_from_livelink(take: livelink.LiveLinkTake) -> Sequence:
+    """A Live Link Face take as a sequence: named ARKit weights, the head's angles on the
+    neck bone, the eyes' on the eye bones."""
+    n = take.n_frames
+    a = take.angles
+
+    def rotation(names: tuple[str, str, str]) -> np.ndarray | None:
+        if not any(k in a for k in names):
+            return None
+        yaw, pitch, roll = (a.get(k, np.zeros(n)) for k in names)
+        return livelink.angles_to_axis_angle(yaw, pitch, roll)
+
+    left, right = rotation(livelink.EYE_ANGLES["L"]), rotation(livelink.EYE_ANGLES["R"])
+    eyes = None
+    if left is not None or right is not None:
+        zero = np.zeros((n, 3))
+        eyes = np.concatenate(
+            [left if left is not None else zero, right if right is not None else zero], 1
+        )
+    notes = [f"columns not understood: {', '.join(take.unknown)}"] if take.unknown else []
+    return Sequence(
+        n_frames=n,
+        fps=take.fps,
+        expression=None,
+        root_pose=None,
+        neck_pose=rotation(livelink.HEAD_ANGLES),
+        jaw_pose=None,
+        eye_pose=eyes,
+        named=take.weights,
+        notes=notes,
+    )
 
 
 def _json_to_arrays(obj: object, path: Path) -> dict:

@@ -329,3 +329,38 @@ def test_ict_rig_arkit_keys_parts_bones_and_views(kind, addon_zip, ict_result, t
     views = res["views"]
     assert all(v["result"] == ["FINISHED"] for v in views.values())
     assert views["left"]["eyeBlink_L"] > 0.6 and views["front"]["eyeBlink_L"] < 0.25
+
+
+@pytest.mark.slow  # builds on the ICT result fixture (a reconstruction)
+@pytest.mark.parametrize("kind", harness.KINDS)
+def test_live_link_face_csv_onto_the_ict_rig(kind, addon_zip, ict_result, tmp_path):
+    """A Live Link Face CSV (as `mfnet track` writes it, plus a column nobody knows) keys the
+    ARKit-named shape keys (BrowInnerUp onto ICT's _L and _R), the neck and eye bones, and
+    sets the scene's frame rate and range."""
+    from mfnet_core.track.livelink import ANGLE_NAMES, ARKIT_NAMES, livelink_csv_text
+
+    t = 40  # over a second: the timecodes tell the rate
+    w = np.zeros((t, len(ARKIT_NAMES)))
+    a = np.zeros((t, len(ANGLE_NAMES)))
+    w[:, ARKIT_NAMES.index("EyeBlinkLeft")] = np.linspace(0, 1, t)
+    w[:, ARKIT_NAMES.index("JawOpen")] = 0.5
+    w[:, ARKIT_NAMES.index("BrowInnerUp")] = 0.25
+    a[:, ANGLE_NAMES.index("HeadYaw")] = np.linspace(0, 0.3, t)  # turns to their own left
+    a[:, ANGLE_NAMES.index("LeftEyePitch")] = 0.2  # looks up
+    lines = livelink_csv_text(w, a, 30.0).splitlines()
+    lines = [lines[0] + ",MysteryColumn"] + [ln + ",7" for ln in lines[1:]]
+    take = tmp_path / "take.csv"
+    take.write_text("\n".join(lines) + "\n")
+    res = harness.run(
+        kind, "check_livelink.py", [ict_result, take, "--zip", addon_zip], tmp_path / "home"
+    )
+    assert res["result"] == ["FINISHED"]
+    assert res["fps"] == pytest.approx(30.0) and res["range"] == [1, t]
+    f1, f10 = res["frames"]["1"], res["frames"]["10"]
+    assert f1["eyeBlink_L"] == pytest.approx(0.0, abs=1e-4)
+    assert f10["eyeBlink_L"] == pytest.approx(9 / (t - 1), abs=1e-3)
+    assert f10["jawOpen"] == pytest.approx(0.5, abs=1e-4)
+    assert f10["browInnerUp_L"] == pytest.approx(0.25, abs=1e-4) == f10["browInnerUp_R"]
+    # yaw to the subject's left = a rotation about +y; looking up = about -x (rig axes)
+    assert np.allclose(f10["neck_axis_angle"], [0, 0.3 * 9 / (t - 1), 0], atol=1e-3)
+    assert np.allclose(f10["eye_L_axis_angle"], [-0.2, 0, 0], atol=1e-3)
