@@ -320,7 +320,7 @@ def test_sequence_errors(tmp_path):
     with pytest.raises(poses.PoseError, match="no expression"):
         poses.load_sequence(tmp_path / "b.json")
     (tmp_path / "c.txt").write_text("x")
-    with pytest.raises(poses.PoseError, match=".npz or .json"):
+    with pytest.raises(poses.PoseError, match=".npz, .json or Live Link Face .csv"):
         poses.load_sequence(tmp_path / "c.txt")
 
 
