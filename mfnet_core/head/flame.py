@@ -36,7 +36,7 @@ from mfnet_core.head.interface import (
     UVLayout,
 )
 from mfnet_core.head.subset import SubsetLBS
-from mfnet_core.inputs.files import regular_file
+from mfnet_core.inputs.files import file_sha256, regular_file
 from mfnet_core.inputs.model_files import find_side_file, user_cache_dir
 from mfnet_core.inputs.npz import ArraySpec, check_array, read_npz
 from mfnet_core.inputs.safe_pickle import load_npy_object, load_restricted_pickle
@@ -90,14 +90,6 @@ class FlameAssets:
 
 
 # -- small helpers -----------------------------------------------------------------------------
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _dense(a: Any) -> np.ndarray:
@@ -799,6 +791,6 @@ def load_flame_assets(
         face_region=face_region,
         kind=kind,
         name=path.name,
-        sha256=_sha256(path),
+        sha256=file_sha256(path),
         source_path=path,
     )

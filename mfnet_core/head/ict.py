@@ -24,7 +24,6 @@ Units: the file is in centimetres; the model works in metres (`ModelInfo.file_un
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +41,7 @@ from mfnet_core.head.interface import (
     Parts,
     UVLayout,
 )
+from mfnet_core.inputs.files import file_sha256
 
 __all__ = [
     "ICT_MODEL_FILE",
@@ -123,14 +123,6 @@ class ICTAssets(FlameAssets):
     expression_names: tuple[str, ...] = ()
     parts: Parts | None = None
     regions: dict = field(default_factory=dict)
-
-
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # -- mesh helpers -----------------------------------------------------------------------------
@@ -346,7 +338,7 @@ def load_ict_assets(
             f"the ICT Face Model file is missing: {path} (reinstall mfnet, or build it with "
             "tools/build_ict_model.py)"
         )
-    digest = _digest(path)
+    digest = file_sha256(path)
     if expected_sha256 is not None and digest != expected_sha256:
         raise MfnetError(
             f"{path}: the ICT model file was changed or damaged ({path.stat().st_size} bytes, "

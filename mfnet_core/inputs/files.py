@@ -10,6 +10,7 @@ changed in between), with a size cap checked before a byte is read.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import BinaryIO
 
 from mfnet_core.errors import MfnetError
 
-__all__ = ["regular_file", "open_regular", "read_regular", "describe_mode"]
+__all__ = ["regular_file", "open_regular", "read_regular", "describe_mode", "file_sha256"]
 
 
 def describe_mode(mode: int) -> str:
@@ -110,3 +111,12 @@ def read_regular(
     if len(data) > max_bytes:
         raise error(f"{path}: grew past the {max_bytes / 2**20:.0f} MiB allowed for a {what}")
     return data
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks (model files are checked and reported by it)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
