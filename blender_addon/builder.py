@@ -109,8 +109,20 @@ def build_mesh(rig: ResultRig, name: str) -> bpy.types.Mesh:
     return me
 
 
-def build_material(rig: ResultRig, name: str, pack: bool = False) -> bpy.types.Material:
-    """Principled material whose base colour is the baked texture (texture.png)."""
+def load_texture(rig: ResultRig, name: str, pack: bool = False):
+    """The baked texture.png as a Blender image (packed into the .blend on request), or None."""
+    if rig.texture is None:
+        return None
+    img = bpy.data.images.load(str(rig.texture), check_existing=True)
+    img.name = f"{name}_texture"
+    if pack:
+        img.pack()
+    return img
+
+
+def build_material(rig: ResultRig, name: str, pack: bool = False, image=None) -> bpy.types.Material:
+    """Principled material whose base colour is the baked texture (texture.png); `image`
+    (from `load_texture`) shares one image between materials."""
     mat = bpy.data.materials.new(name)
     if mat.node_tree is None:  # Blender < 5.0 creates the node tree on demand
         mat.use_nodes = True
@@ -126,11 +138,8 @@ def build_material(rig: ResultRig, name: str, pack: bool = False) -> bpy.types.M
         sock = bsdf.inputs.get(key)
         if sock is not None:
             sock.default_value = value
-    if rig.texture is not None:
-        img = bpy.data.images.load(str(rig.texture), check_existing=True)
-        img.name = f"{name}_texture"
-        if pack:
-            img.pack()
+    img = image if image is not None else load_texture(rig, name, pack)
+    if img is not None:
         tex = nt.nodes.new("ShaderNodeTexImage")
         tex.name = tex.label = "mfnet texture"
         tex.image = img
@@ -159,17 +168,9 @@ def assign_materials(rig: ResultRig, me: bpy.types.Mesh, name: str, pack: bool) 
     """One material slot per part (skin, teeth, sclera_L, eyelashes...), all on the baked
     texture, each face on its part's slot; thin overlay parts blend by their opacity."""
     parts = rig.part_names if rig.face_part is not None else ["skin"]
-    first = None
+    image = load_texture(rig, f"{name}_{parts[0]}", pack)  # one image for all parts
     for i, part in enumerate(parts):
-        mat = build_material(rig, f"{name}_{part}", pack=pack)
-        if first is None:
-            first = mat
-        elif rig.texture is not None:  # one image for all parts
-            img = next(n.image for n in first.node_tree.nodes if n.type == "TEX_IMAGE")
-            tex = next(n for n in mat.node_tree.nodes if n.type == "TEX_IMAGE")
-            old, tex.image = tex.image, img
-            if old is not None and old != img and old.users == 0:
-                bpy.data.images.remove(old)
+        mat = build_material(rig, f"{name}_{part}", image=image)
         if rig.part_alpha is not None and rig.part_alpha[i] < 1.0:
             _set_alpha(mat, float(rig.part_alpha[i]))
         me.materials.append(mat)
