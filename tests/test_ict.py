@@ -11,6 +11,7 @@ import torch
 
 from mfnet_core.errors import MfnetError
 from mfnet_core.head.ict import (
+    ICT_LICENCE_FILE,
     ICT_MODEL_FILE,
     ICTFaceModel,
     contour_table,
@@ -34,7 +35,7 @@ def ict(assets):
 
 def test_shipped_with_licence_and_registered():
     assert ICT_MODEL_FILE.is_file()
-    licence = (ICT_MODEL_FILE.parent / "ICT_FACE_MODEL_LICENSE.txt").read_text()
+    licence = ICT_LICENCE_FILE.read_text()
     assert "MIT" in licence and "USC Institute for Creative Technologies" in licence
     assert resolve_kind("ict") == "ict"
     assert resolve_kind("auto", None) in ("ict", "flame")  # FLAME only where the user has it

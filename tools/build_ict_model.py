@@ -70,7 +70,7 @@ def main() -> None:
         expression_scale=ex_s,
         landmarks_and_regions=np.array(json.dumps(regions)),
     )
-    shutil.copy(src / "LICENSE", out / "ICT_FACE_MODEL_LICENSE.txt")
+    shutil.copy(src / "LICENSE", out / "LICENSE")
     # what the storage changes, in millimetres
     id_err = np.abs(id_q * id_s[:, None, None] - z["identity_deltas"]).max() * 10
     ex_err = np.abs(ex_q * ex_s[:, None, None] - ex_d).max() * 10

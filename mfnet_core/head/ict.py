@@ -54,7 +54,7 @@ __all__ = [
 
 DATA = Path(__file__).resolve().parent / "data"
 ICT_MODEL_FILE = DATA / "ict_face_model.npz"
-ICT_LICENCE_FILE = DATA / "ICT_FACE_MODEL_LICENSE.txt"
+ICT_LICENCE_FILE = DATA / "LICENSE"  # the ICT-FaceKit MIT licence, beside the model
 # The shipped file's hash: a damaged or edited copy is refused with one line.
 ICT_MODEL_SHA256 = "38291ac5bf22983a41c56987907c00058ac790d429b1f583bfddb46408d5f7b6"
 ICT_LICENCE = (
