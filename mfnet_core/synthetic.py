@@ -162,6 +162,13 @@ def _paint_near(
     return colour * (1 - w) + target * w
 
 
+def drawn_faces(head: HeadModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """(F',3) faces and (F',3) uv faces a photo renderer draws: the see-through overlays
+    (the ICT eye-occlusion shell, lacrimal fluid) are left out, or they hide the eyes."""
+    drawn = torch.as_tensor(head.parts.opaque())
+    return head.faces.cpu()[drawn], torch.as_tensor(head.uv.uv_faces, dtype=torch.long)[drawn]
+
+
 def random_params(
     head: HeadModel, rng: np.random.Generator, expression_scale: float = 0.6
 ) -> dict[str, np.ndarray]:
@@ -214,9 +221,7 @@ def make_subject(
         )
     verts = out.vertices[0]
     pivot = out.joints[0, 0]
-    drawn = torch.as_tensor(head.parts.opaque())  # no see-through overlays over the eyes
-    faces = head.faces.cpu()[drawn]
-    uv_faces_drawn = torch.as_tensor(head.uv.uv_faces, dtype=torch.long)[drawn]
+    faces, uv_faces_drawn = drawn_faces(head)
     intr = Intrinsics.from_fov(image_size, image_size)
     cam = torch.as_tensor(intr.as_vector())[None]
     views = []
@@ -578,10 +583,8 @@ def make_realistic_subject(
     if texture is None:
         texture = skin_texture(head, o.texture_size, seed=seed)
     params = params or random_params(head, rng)
-    drawn = torch.as_tensor(head.parts.opaque())  # no see-through overlays over the eyes
-    faces = head.faces.cpu()[drawn]
+    faces, uv_faces = drawn_faces(head)
     uv = torch.as_tensor(head.uv.uv_coords)
-    uv_faces = torch.as_tensor(head.uv.uv_faces, dtype=torch.long)[drawn]
     tex_t = torch.as_tensor(texture, dtype=torch.float32) / 255.0
     intr = Intrinsics.from_fov(o.image_size, o.image_size)
     cam = torch.as_tensor(intr.as_vector())[None]
