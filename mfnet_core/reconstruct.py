@@ -27,6 +27,11 @@ from mfnet_core.fit.landmark_fit import (
 from mfnet_core.fit.photometric import view_quality
 from mfnet_core.fit.plan import check_flow_estimator, plan_losses
 from mfnet_core.head.interface import HeadModel
+from mfnet_core.inputs.face_identity import (
+    check_identity,
+    different_people_warnings,
+    identity_section,
+)
 from mfnet_core.inputs.images import Photo
 from mfnet_core.inputs.landmarks import detect_landmarks
 from mfnet_core.network.checkpoints import load_checkpoint
@@ -69,7 +74,8 @@ STAGE_SPAN = {
     "photos": 0.05,
     "landmarks": 0.10,
     "fit": 0.20,
-    "dense": 0.30,
+    "dense": 0.28,
+    "identity": 0.02,  # do the photos show one person (face descriptors)
     "quality": 0.05,  # PSNR / SSIM re-render when no dense term ran (else part of "dense")
     "texture": 0.20,
     "export": 0.10,
@@ -228,7 +234,7 @@ def _reconstruct(
         ]
 
     with timer.stage("landmarks", "detecting landmarks") as sub:
-        landmarks = []
+        landmarks, pose_hints = [], []
         for i, view in enumerate(inputs):
             if view.landmarks is None:
                 res = detect_landmarks(
@@ -236,8 +242,10 @@ def _reconstruct(
                 )
                 warnings.extend(res.warnings)
                 landmarks.append(np.asarray(res.landmarks, dtype=np.float32))
+                pose_hints.append(res.pose_hint)
             else:
                 landmarks.append(np.asarray(view.landmarks, dtype=np.float32))
+                pose_hints.append("")
             sub((i + 1) / len(inputs), f"landmarks {i + 1}/{len(inputs)}")
     lmk = np.stack(landmarks)
 
@@ -271,8 +279,15 @@ def _reconstruct(
 
     yaws = fit.yaw_pitch_roll[:, 0]
     given = [v.label or label_from_filename(v.photo.path) for v in inputs]
-    warnings.extend(view_warnings(names, yaws, given, files))
+    warnings.extend(view_warnings(names, yaws, given, files, pose_hints))
     warnings.extend(consistency_warnings(lmk, fit.residuals_px, names))
+    with timer.stage("identity", "checking the photos show one person"):
+        identity = check_identity(photos, lmk, yaws)
+    warnings.extend(
+        different_people_warnings(
+            identity, [f"{f} ({n} view)" for n, f in zip(names, files, strict=True)]
+        )
+    )
     if len(inputs) == 1:
         warnings.append(
             "one photo: PSNR/SSIM compare the re-render with the photo the texture came from, "
@@ -335,6 +350,7 @@ def _reconstruct(
             "loss_terms_used": list(losses),
             "loss_terms_skipped": skipped,
             "fit_start": fit_start,
+            "same_person_check": identity_section(identity, names),
             # PSNR/SSIM re-render the photos the texture was baked from: a consistency
             # check of the fit, not a measure of quality at views no photo saw
             "quality_measured_on": "the input photos (the texture's own source)",

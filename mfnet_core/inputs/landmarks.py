@@ -101,6 +101,9 @@ class FaceDetection:
     landmarks: np.ndarray
     score: float
     detector: str = ""  # which detector found the box ("hog", "cnn", "sfd")
+    # how turned the detector saw the face: "frontal", "turned" (HOG's side detectors, about
+    # 25-60 degrees), "steep" (only the CNN found it: HOG misses faces beyond ~60 degrees)
+    pose_hint: str = ""
 
     @property
     def width(self) -> float:
@@ -140,6 +143,7 @@ class LandmarkResult:
     backend: str = ""
     detector: str = ""
     seconds: float = 0.0
+    pose_hint: str = ""  # FaceDetection.pose_hint: "frontal", "turned", "steep" or unknown
 
 
 # ---------------------------------------------------------------- dlib
@@ -186,10 +190,11 @@ class _DlibModels:
         file = {
             "predictor": "shape_predictor_68_face_landmarks.dat",
             "cnn": "mmod_human_face_detector.dat",
+            "recognition": "dlib_face_recognition_resnet_model_v1.dat",
         }[key]
         if models is None or not (models / file).is_file():
-            if key == "cnn":
-                return None  # optional fallback detector
+            if key in ("cnn", "recognition"):
+                return None  # optional: fallback detector, same-person check
             raise MfnetError(
                 f"dlib's 68-point model {file} was not found "
                 f"(looked in {models or 'the face_recognition_models package: not installed'}); "
@@ -197,7 +202,15 @@ class _DlibModels:
             )
         if key == "predictor":
             return dlib.shape_predictor(str(models / file))
+        if key == "recognition":
+            return dlib.face_recognition_model_v1(str(models / file))
         return dlib.cnn_face_detection_model_v1(str(models / file))
+
+
+def dlib_model(key: str) -> Any:
+    """A dlib model loaded once per process: "hog", "predictor", "cnn" or "recognition" (the
+    last two None when face-recognition-models lacks them)."""
+    return _DlibModels.get(key)
 
 
 def _resize(rgb: np.ndarray, scale: float) -> np.ndarray:
@@ -264,16 +277,27 @@ class DlibBackend:
         for box, score, det in boxes:
             runs = [_dlib_shape(predictor, rgb, _scale_box(box, k)) for k in self.box_scales]
             lm = np.median(np.stack(runs), axis=0).astype(np.float32)
-            out.append(FaceDetection(box=box, landmarks=lm, score=score, detector=det))
+            hint = {"hog-frontal": "frontal", "hog-side": "turned", "cnn": "steep"}.get(det, "")
+            out.append(
+                FaceDetection(
+                    box=box,
+                    landmarks=lm,
+                    score=score,
+                    detector=det.split("-")[0],
+                    pose_hint=hint,
+                )
+            )
         out.sort(key=lambda d: -d.area)
         return out
 
     @staticmethod
     def _hog(img: np.ndarray, upsample: int, scale: float, pad: int) -> list[_Box]:
         detector = _DlibModels.get("hog")
-        rects, scores, _ = detector.run(img, upsample, 0.0)
+        rects, scores, kinds = detector.run(img, upsample, 0.0)
+        # dlib's HOG sub-detectors: 0 frontal, 1/2 looking left/right, 3/4 frontal but tilted
         return [
-            (_unmap(r, scale, pad), float(s), "hog") for r, s in zip(rects, scores, strict=True)
+            (_unmap(r, scale, pad), float(s), "hog-side" if k in (1, 2) else "hog-frontal")
+            for r, s, k in zip(rects, scores, kinds, strict=True)
         ]
 
     @staticmethod
@@ -465,6 +489,7 @@ def detect_landmarks(
         backend=be.name,
         detector=face.detector,
         seconds=seconds,
+        pose_hint=face.pose_hint,
     )
 
 

@@ -37,11 +37,33 @@ def name_views(yaws: np.ndarray) -> list[str]:
     return [f"view{i}" for i in range(n)]
 
 
+# A face only the CNN detector finds is turned beyond ~60 degrees (HOG's +-45 degree
+# detectors miss it); dlib's 68 points then squeeze a frontal face onto the cheek and ear,
+# and the fit follows them to a near-frontal pose. A fitted yaw below this says so.
+STEEP_BUT_FITTED_FRONTAL_DEG = 40.0
+
+
 def view_warnings(
-    names: list[str], yaws: np.ndarray, labels: list[str | None], files: list[str]
+    names: list[str],
+    yaws: np.ndarray,
+    labels: list[str | None],
+    files: list[str],
+    pose_hints: list[str] | None = None,
 ) -> list[str]:
+    """What to tell the user about each view's pose: a file name that contradicts the fitted
+    view, a side view barely turned, a face turned too far for 68 landmarks, and a face the
+    detector saw steeply turned that the fit put near frontal (a profile the model cannot
+    follow: its landmarks, pose and texture are wrong)."""
     warnings = []
-    for name, yaw, label, file in zip(names, yaws, labels, files, strict=True):
+    hints = pose_hints or [""] * len(names)
+    for name, yaw, label, file, hint in zip(names, yaws, labels, files, hints, strict=True):
+        if hint == "steep" and abs(yaw) < STEEP_BUT_FITTED_FRONTAL_DEG:
+            warnings.append(
+                f"{file}: the face looks turned beyond ~60° (a profile), but its landmarks fit "
+                f"only as a face turned {abs(yaw):.0f}°: the 68-point landmarks cannot follow a "
+                "profile, so this view's pose, shape and texture are wrong; use photos turned "
+                "no more than 45°"
+            )
         if label and label != name and len(names) == 3:
             warnings.append(
                 f"{file}: named '{label}' but the fitted pose says '{name}' (yaw {yaw:+.0f}°); using '{name}'"
