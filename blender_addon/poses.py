@@ -27,10 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
-from . import livelink
+from . import livelink, rigdata
 
 POSES_FORMAT = "mfnet-poses"
 POSES_VERSION = 1
+# A JSON pose library or sequence, and all arrays read from one .npz sequence: an hour of
+# 60 fps animation with 100 expression columns is ~170 MB of float64.
+MAX_SEQUENCE_BYTES = 512 << 20
+MAX_FRAMES = livelink.MAX_FRAMES
 
 
 class PoseError(ValueError):
@@ -75,7 +79,7 @@ def load_library(path: str | Path) -> dict[str, Pose]:
     if not path.exists():
         return {}
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
+        obj = json.loads(_read_text(path))
     except (OSError, ValueError) as e:
         raise PoseError(f"{path}: not a readable JSON file ({e})") from e
     if not isinstance(obj, dict) or obj.get("format") != POSES_FORMAT:
@@ -149,10 +153,11 @@ def load_sequence(path: str | Path) -> Sequence:
     suffix = path.suffix.lower()
     try:
         if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                raw: dict = {k: z[k] for k in z.files}
+            if not path.is_file():
+                raise PoseError(f"{path}: not a file")
+            raw: dict = _read_npz(path)
         elif suffix == ".json":
-            obj = json.loads(path.read_text(encoding="utf-8"))
+            obj = json.loads(_read_text(path))
             raw = _json_to_arrays(obj, path)
         elif suffix == ".csv":
             return sequence_from_livelink(livelink.read_livelink_csv(path))
@@ -165,6 +170,59 @@ def load_sequence(path: str | Path) -> Sequence:
     except Exception as e:  # OSError, ValueError, BadZipFile
         raise PoseError(f"{path}: cannot be read ({e})") from e
     return sequence_from_arrays(raw, str(path))
+
+
+# The keys sequence_from_arrays reads; nothing else in an .npz is decompressed.
+SEQUENCE_KEYS = (
+    "expression",
+    "exp",
+    "neck_pose",
+    "jaw_pose",
+    "eye_pose",
+    "leye_pose",
+    "reye_pose",
+    *_ROOT_KEYS,
+    "pose",
+    "fps",
+)
+
+
+def _read_text(path: Path) -> str:
+    """A JSON file's text, refusing what is not a regular file or is too big to be ours."""
+    if not path.is_file():
+        raise PoseError(f"{path}: not a file")
+    size = path.stat().st_size
+    if size > MAX_SEQUENCE_BYTES:
+        raise PoseError(f"{path}: {size >> 20} MiB, larger than {MAX_SEQUENCE_BYTES >> 20} MiB")
+    return path.read_text(encoding="utf-8")
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The sequence arrays of an .npz: only SEQUENCE_KEYS, every header checked (numbers
+    only, declared size within MAX_SEQUENCE_BYTES in all) before any data is decompressed,
+    never unpickled; a tiny file declaring gigabytes is refused, not expanded."""
+    try:
+        zf, members = rigdata.open_npz(path)
+        with zf:
+            headers: dict[str, rigdata.NpzMember] = {}
+            total = 0
+            for key in SEQUENCE_KEYS:
+                if key not in members:
+                    continue
+                m = rigdata.NpzMember(zf, members[key], f"{path}: {key}")
+                m.read_header()
+                if m.dtype.kind not in "fiub":
+                    raise PoseError(f"{path}: {key} holds {m.dtype.str}, not numbers")
+                total += m.nbytes
+                if total > MAX_SEQUENCE_BYTES:
+                    raise PoseError(
+                        f"{path}: the sequence arrays declare more than "
+                        f"{MAX_SEQUENCE_BYTES >> 20} MiB"
+                    )
+                headers[key] = m
+            return {key: m.read_data() for key, m in headers.items()}
+    except rigdata.ResultError as e:
+        raise PoseError(str(e)) from None
 
 
 def sequence_from_livelink(take: livelink.LiveLinkTake) -> Sequence:
@@ -289,6 +347,8 @@ def sequence_from_arrays(raw: dict, where: str = "sequence") -> Sequence:
     lengths = {k: len(v) for k, v in present.items()}
     if len(set(lengths.values())) != 1:
         raise PoseError(f"{where}: the arrays have different frame counts {lengths}")
+    if next(iter(lengths.values())) > MAX_FRAMES:
+        raise PoseError(f"{where}: more than {MAX_FRAMES} frames")
     fps = None
     if "fps" in raw:
         try:

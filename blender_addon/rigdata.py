@@ -391,7 +391,7 @@ def _clean_text(text: str) -> str:
     )
 
 
-class _Member:
+class NpzMember:
     """One array of an .npz (a zip of .npy files): header first, data only on request."""
 
     def __init__(self, zf, info, where: str) -> None:
@@ -479,7 +479,7 @@ class _Member:
         return arr.reshape(self.shape, order="F" if self.fortran else "C")
 
 
-def _open_npz(path: Path):
+def open_npz(path: Path):
     """The zip and {key: ZipInfo} of its .npy members (nothing decompressed yet)."""
     zf = None
     try:
@@ -494,7 +494,7 @@ def _open_npz(path: Path):
     return zf, members
 
 
-def _check_header(path: Path, key: str, spec: Field, m: _Member, dims: dict[str, int]) -> None:
+def _check_header(path: Path, key: str, spec: Field, m: NpzMember, dims: dict[str, int]) -> None:
     where = f"{path}: {key}"
     want = "".join(_KINDS[spec.kind])
     if m.dtype.kind not in want:
@@ -570,11 +570,11 @@ def read_rig_npz(path: str | Path) -> tuple[int, dict[str, object]]:
     (finite, within limits) and the rules between fields (RULES). Never unpickles.
     """
     path = Path(path)
-    zf, members = _open_npz(path)
+    zf, members = open_npz(path)
     with zf:
         if "format_version" not in members:
             raise ResultError(f"{path}: missing arrays format_version (not an mfnet rig.npz?)")
-        m = _Member(zf, members["format_version"], f"{path}: format_version")
+        m = NpzMember(zf, members["format_version"], f"{path}: format_version")
         m.read_header()
         _check_header(path, "format_version", _VERSION_FIELD, m, {})
         version = int(_check_values(path, "format_version", _VERSION_FIELD, m.read_data(), {}))
@@ -588,12 +588,12 @@ def read_rig_npz(path: str | Path) -> tuple[int, dict[str, object]]:
         if missing:
             raise ResultError(f"{path}: missing arrays {', '.join(missing)}")
         dims: dict[str, int] = {}
-        headers: dict[str, _Member] = {}
+        headers: dict[str, NpzMember] = {}
         total = 0
         for key, spec in table.items():  # every header before any data
             if key not in members:
                 continue
-            m = _Member(zf, members[key], f"{path}: {key}")
+            m = NpzMember(zf, members[key], f"{path}: {key}")
             m.read_header()
             _check_header(path, key, spec, m, dims)
             total += m.nbytes
