@@ -27,3 +27,38 @@ def test_landmark_rig_matches_full_forward(test_head_assets):
     # The far-side contour differs between views; the inner face does not.
     assert (lmk[:, 0, :17] - lmk[:, 2, :17]).abs().max() > 1e-3
     torch.testing.assert_close(lmk[:, 0, 17:], lmk[:, 2, 17:])
+
+
+def test_subset_is_affine_in_the_betas_at_a_fixed_pose(test_head_assets):
+    """`SubsetLBS.linear` (the dense terms' exact Jacobian) equals the forward pass, for one
+    pose shared by many rows (the shortcut a Jacobian batch takes) and for distinct poses."""
+    flame = FLAME(test_head_assets, n_shape=100, n_expr=50).double()
+    ids = torch.arange(0, flame.v_template.shape[0], 5)
+    rig = flame.vertex_subset(ids)
+    g = torch.Generator().manual_seed(1)
+    betas = torch.randn(6, 150, generator=g, dtype=torch.float64)
+    jaw = torch.tensor([[0.2, 0.01, 0.0]], dtype=torch.float64)
+    neck = torch.tensor([[0.1, -0.2, 0.05]], dtype=torch.float64)
+    eye = torch.tensor([[0.1, 0.2, 0.0, -0.1, 0.05, 0.0]], dtype=torch.float64)
+    pose = flame.pose_vector(None, neck, jaw, eye, 1, dtype=torch.float64)
+    shared = pose.expand(6, -1)
+    verts, joints = rig(betas, shared)
+    out = flame(
+        shape=betas[:, :100],
+        expression=betas[:, 100:],
+        neck_pose=neck.expand(6, -1),
+        jaw_pose=jaw.expand(6, -1),
+        eye_pose=eye.expand(6, -1),
+    )
+    torch.testing.assert_close(verts, out.vertices[:, ids], atol=1e-9, rtol=0)
+    torch.testing.assert_close(joints, out.joints, atol=1e-9, rtol=0)
+    v0, basis, j0, j_basis = rig.linear(pose)
+    torch.testing.assert_close(v0[0] + torch.einsum("smk,bk->bsm", basis[0], betas), verts)
+    torch.testing.assert_close(j0[0] + torch.einsum("jmk,bk->bjm", j_basis[0], betas), joints)
+    # rows at two poses, interleaved: each row as if alone
+    mixed = torch.where(torch.arange(6)[:, None] % 2 == 0, shared, torch.zeros_like(shared))
+    verts_m, _ = rig(betas, mixed)
+    for i in range(6):
+        alone, _ = rig(betas[i : i + 1], mixed[i : i + 1])
+        torch.testing.assert_close(verts_m[i], alone[0], atol=1e-12, rtol=0)
+    assert (verts_m[1] - verts[1]).abs().max() > 1e-3  # the poses differ visibly

@@ -149,9 +149,10 @@ class CornerTerm(ResidualTerm):
 
     def linearise(self, free: Free, x: Tensor, irls: Tensor) -> tuple[Tensor, Tensor]:
         """Weighted residuals (K*C,) and their Jacobian (K*C,P) at x (P,), by the chain rule:
-        each expression row's subset vertex and pivot derivatives (one batched evaluation over
-        the shape, expression and jaw entries) times the residual's derivatives w.r.t. its 18
-        corner coordinates and the two head poses (small finite-difference batches, float64).
+        each expression row's subset vertex and pivot derivatives (the subset's affine map of
+        the shape and expression entries at the row's pose, forward differences for the jaw
+        where it is free) times the residual's derivatives w.r.t. its 18 corner coordinates
+        and the two head poses (small finite-difference batches, float64).
         Views a and b may use different expression rows (per-view expressions)."""
         f = self.fitter
         cols = _columns(f, free)
@@ -161,22 +162,28 @@ class CornerTerm(ResidualTerm):
         h = 1e-6
         dd = {"dtype": x.dtype, "device": x.device}
         # 1. Rig: per expression row, vertices and pivot and their derivatives w.r.t. the
-        #    row's betas and jaw (M = shape + expression + 3 entries).
-        m = n_s + n_x + 3
-        base = torch.cat(
-            [vals["shape"][0][None].expand(n_e, -1), vals["expression"][0], vals["jaw_pose"][0]], 1
-        )  # (Ne,M)
-        rows = torch.cat([base[:, None], base[:, None] + torch.eye(m, **dd)[None] * h], 1)
-        rows = rows.reshape(-1, m)  # (Ne*(M+1),M)
-        verts, joints = self.subset(rows[:, :-3], _pose_vector(f, rows[:, -3:]))
-        verts = verts.reshape(n_e, m + 1, *verts.shape[1:])
-        joints = joints[:, 0].reshape(n_e, m + 1, 3)
-        d_v = (verts[:, 1:] - verts[:, :1]) / h  # (Ne,M,S,3)
-        d_p = (joints[:, 1:] - joints[:, :1]) / h  # (Ne,M,3)
+        #    row's betas (exact: affine at the row's pose) and, where it moves, its jaw.
+        betas = torch.cat([vals["shape"][0][None].expand(n_e, -1), vals["expression"][0]], 1)
+        jaw = vals["jaw_pose"][0]  # (Ne,3)
+        v0, basis, j0, j_basis = _linear(self.subset, _pose_vector(f, jaw), n_s + n_x)
+        verts = v0 + torch.einsum("esmk,ek->esm", basis, betas)  # (Ne,S,3)
+        pivot = j0[:, 0] + torch.einsum("emk,ek->em", j_basis[:, 0], betas)  # (Ne,3)
+        d_v, d_p = basis, j_basis[:, 0]  # (Ne,S,3,M), (Ne,3,M)
+        jaw_free = bool((cols["jaw_pose"] >= 0).any())
+        if jaw_free:  # the pose (and its correctives) is not affine: forward differences
+            steps = torch.cat([jaw[:, None], jaw[:, None] + torch.eye(3, **dd)[None] * h], 1)
+            vj, jj = self.subset(
+                betas.repeat_interleave(4, 0), _pose_vector(f, steps.reshape(-1, 3))
+            )
+            vj, pj = vj.reshape(n_e, 4, -1, 3), jj[:, 0].reshape(n_e, 4, 3)
+            dv_jaw = (vj[:, 1:] - vj[:, :1]) / h  # (Ne,3,S,3)
+            dp_jaw = (pj[:, 1:] - pj[:, :1]) / h  # (Ne,3,3)
+            d_v = torch.cat([d_v, dv_jaw.permute(0, 2, 3, 1)], -1)
+            d_p = torch.cat([d_p, dp_jaw.permute(0, 2, 1)], -1)
         ma, mb = f.view_model[self.ia], f.view_model[self.ib]  # (K,) expression row per side
-        va = verts[ma[:, None], 0, self.local]  # (K,3,3)
-        vb = verts[mb[:, None], 0, self.local]
-        pa, pb = joints[ma, 0], joints[mb, 0]  # (K,3)
+        va = verts[ma[:, None], self.local]  # (K,3,3)
+        vb = verts[mb[:, None], self.local]
+        pa, pb = pivot[ma], pivot[mb]  # (K,3)
         # 2. Pose: rotations and their derivatives w.r.t. the axis-angle entries.
         aa = vals["head_rot"][0]  # (N,3)
         n = aa.shape[0]
@@ -210,18 +217,12 @@ class CornerTerm(ResidualTerm):
         for dqs, r, row in ((dqa, ra, ma), (dqb, rb, mb)):
             dq_dv = torch.einsum("kcix,kxy->kciy", dqs, r)
             dq_dp = torch.einsum("kcix,kxy->kcy", dqs, eye3 - r)
-            j_row = torch.einsum(
-                "kciy,kmiy->kcm", dq_dv, _gather_dv(d_v, row, self.local)
-            ) + torch.einsum("kcy,kmy->kcm", dq_dp, d_p[row])
-            row_cols = torch.cat(
-                [
-                    cols["shape"][0][None].expand(k, -1),
-                    cols["expression"][row],
-                    cols["jaw_pose"][row],
-                ],
-                1,
-            )  # (K,M)
-            scatter(row_cols, j_row)
+            j_row = torch.einsum("kciy,kiym->kcm", dq_dv, d_v[row[:, None], self.local])
+            j_row = j_row + torch.einsum("kcy,kym->kcm", dq_dp, d_p[row])
+            row_cols = [cols["shape"][0][None].expand(k, -1), cols["expression"][row]]
+            if jaw_free:
+                row_cols.append(cols["jaw_pose"][row])
+            scatter(torch.cat(row_cols, 1), j_row)  # (K,M) columns
         dr_a = torch.einsum("jkxy,kiy->kixj", d_rot[:, self.ia], vca)  # (K,corner,xyz,j)
         dr_b = torch.einsum("jkxy,kiy->kixj", d_rot[:, self.ib], vcb)
         scatter(cols["head_rot"][self.ia], torch.einsum("kcix,kixj->kcj", dqa, dr_a))
@@ -234,7 +235,16 @@ class CornerTerm(ResidualTerm):
         return r, jac.reshape(k * c_dim, -1)
 
 
-def _gather_dv(d_v: Tensor, row: Tensor, local: Tensor) -> Tensor:
-    """d_v (Ne,M,S,3), row (K,), local (K,3) -> (K,M,3,3): each triangle's corner
-    derivatives in its view's expression row."""
-    return d_v[row[:, None], :, local].permute(0, 2, 1, 3)
+def _linear(subset: torch.nn.Module, pose: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The subset's vertices and joints as affine maps of its K betas at each pose (P,3J):
+    (P,S,3), (P,S,3,K), (P,J,3), (P,J,3,K). `SubsetLBS.linear` where the model gives it;
+    else from K + 1 evaluations (unit steps are exact for an affine map)."""
+    if hasattr(subset, "linear"):
+        return subset.linear(pose)
+    p = pose.shape[0]
+    steps = torch.cat([torch.zeros(1, k), torch.eye(k)]).to(pose)  # (K+1,K)
+    verts, joints = subset(steps.repeat(p, 1), pose.repeat_interleave(k + 1, 0))
+    verts = verts.reshape(p, k + 1, *verts.shape[1:])
+    joints = joints.reshape(p, k + 1, *joints.shape[1:])
+    basis = (verts[:, 1:] - verts[:, :1]).permute(0, 2, 3, 1)
+    return verts[:, 0], basis, joints[:, 0], (joints[:, 1:] - joints[:, :1]).permute(0, 2, 3, 1)

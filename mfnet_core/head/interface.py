@@ -243,7 +243,10 @@ class HeadModel(nn.Module, ABC):
     def vertex_subset(self, vertex_ids: Tensor, dtype: object = None) -> nn.Module:
         """The model evaluated on a few vertices only (the fit's Jacobians need thousands
         of evaluations): a module (betas (B,ns+ne), pose (B,3J)) -> (vertices (B,S,3),
-        posed joints (B,J,3)), equal to `forward` on those vertices."""
+        posed joints (B,J,3)), equal to `forward` on those vertices. It may also offer
+        `linear(pose)`, the affine map of the betas at fixed poses (`SubsetLBS.linear`),
+        which the dense terms use for their Jacobian; without it they build that map from
+        K + 1 evaluations."""
 
     # -- landmarks ---------------------------------------------------------------------------
     @abstractmethod

@@ -53,22 +53,80 @@ class SubsetLBS(nn.Module):
 
     def forward(self, betas: Tensor, pose: Tensor) -> tuple[Tensor, Tensor]:
         """betas (B,K) shape then expression; pose (B,3J) axis-angle per joint.
-        Returns the subset's vertices (B,S,3) and posed joints (B,J,3)."""
+        Returns the subset's vertices (B,S,3) and posed joints (B,J,3).
+
+        LBS split in two: each vertex's blended rotation sum_j w_sj R_j and its pose
+        correctives depend only on the pose, so they are made once per distinct pose row (a
+        Jacobian batch varies the betas at one or a few poses), and only the translation
+        part, linear in the joints, is made per row."""
         b = betas.shape[0]
         n_j = self.joint_template.shape[0]
         v = self.template + (betas @ self.dirs.T).reshape(b, -1, 3)
         joints = self.joint_template + (betas @ self.joint_dirs.T).reshape(b, n_j, 3)
+        poses, inverse = torch.unique(pose, dim=0, return_inverse=True)  # (U,3J), (B,)
         # smplx's Rodrigues, as smplx.lbs uses for the full model: the subset must equal it
-        rot = batch_rodrigues(pose.reshape(-1, 3)).reshape(b, n_j, 3, 3)
-        ident = torch.eye(3, dtype=rot.dtype, device=rot.device)
-        feat = (rot[:, 1:] - ident).reshape(b, -1)
-        v = v + (feat @ self.posedirs).reshape(b, -1, 3)
+        rot_u = batch_rodrigues(poses.reshape(-1, 3)).reshape(-1, n_j, 3, 3)
         posed_joints, rel = batch_rigid_transform(
-            rot, joints, self._flame[0].parents, dtype=rot.dtype
+            rot_u[inverse], joints, self._flame[0].parents, dtype=rot_u.dtype
         )
-        t = torch.einsum("sj,bjmn->bsmn", self.weights, rel)
-        verts = torch.einsum("bsmn,bsn->bsm", t[..., :3, :3], v) + t[..., :3, 3]
-        return verts, posed_joints
+        v = v + self._correctives(rot_u)[inverse]
+        trans = torch.einsum("sj,bjm->bsm", self.weights, rel[..., :3, 3])  # (B,S,3)
+        if poses.shape[0] == 1:
+            return self._rotate(rel[0, :, :3, :3], v) + trans, posed_joints
+        first = torch.zeros(poses.shape[0], dtype=torch.long, device=pose.device)
+        first.scatter_reduce_(
+            0, inverse, torch.arange(b, device=pose.device), "amin", include_self=False
+        )
+        verts = torch.empty_like(v)
+        for u in range(poses.shape[0]):
+            rows = (inverse == u).nonzero().squeeze(1)
+            verts[rows] = self._rotate(rel[first[u], :, :3, :3], v[rows])
+        return verts + trans, posed_joints
+
+    def _correctives(self, rot: Tensor) -> Tensor:
+        """(U,J,3,3) local joint rotations -> (U,S,3) pose-corrective offsets."""
+        ident = torch.eye(3, dtype=rot.dtype, device=rot.device)
+        feat = (rot[:, 1:] - ident).reshape(rot.shape[0], -1)
+        return (feat @ self.posedirs).reshape(rot.shape[0], -1, 3)
+
+    def _rotate(self, world: Tensor, v: Tensor) -> Tensor:
+        """world (J,3,3) joint rotations of one pose, v (B,S,3) -> (B,S,3): each vertex
+        turned by its skinning-weighted rotation."""
+        blended = torch.einsum("sj,jmn->smn", self.weights, world)  # (S,3,3)
+        return torch.einsum("smn,bsn->bsm", blended, v)
+
+    def linear(self, pose: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The subset as affine maps of the betas at fixed poses (why: at a fixed pose, LBS
+        with pose correctives is exactly affine in the shape and expression coefficients,
+        so the Jacobian of a dense term needs no evaluation per coefficient).
+
+        pose (P,3J) -> vertices (P,S,3) and their basis (P,S,3,K), posed joints (P,J,3)
+        and their basis (P,J,3,K): forward(betas, pose[p]) = (v[p] + basis[p] @ betas,
+        joints[p] + joint_basis[p] @ betas)."""
+        p = pose.shape[0]
+        n_j = self.joint_template.shape[0]
+        k = self.dirs.shape[1]
+        rot = batch_rodrigues(pose.reshape(-1, 3)).reshape(p, n_j, 3, 3)
+        # The joints' rigid chain is linear in the rest joints (no constant term), so the
+        # template's joints and each basis column go through it as one batch.
+        rest = torch.cat([self.joint_template[None], self.joint_dirs.T.reshape(k, n_j, 3)])
+        posed, rel = batch_rigid_transform(
+            rot[:, None].expand(p, k + 1, n_j, 3, 3).reshape(-1, n_j, 3, 3),
+            rest[None].expand(p, -1, -1, -1).reshape(-1, n_j, 3),
+            self._flame[0].parents,
+            dtype=rot.dtype,
+        )
+        posed = posed.reshape(p, k + 1, n_j, 3)
+        trans = rel[..., :3, 3].reshape(p, k + 1, n_j, 3)
+        world = rel.reshape(p, k + 1, n_j, 4, 4)[:, 0, :, :3, :3]  # (P,J,3,3)
+        blended = torch.einsum("sj,pjmn->psmn", self.weights, world)  # (P,S,3,3)
+        rest_v = self.template + self._correctives(rot)  # (P,S,3)
+        verts = torch.einsum("psmn,psn->psm", blended, rest_v)
+        verts = verts + torch.einsum("sj,pjm->psm", self.weights, trans[:, 0])
+        dirs = self.dirs.reshape(-1, 3, k)  # (S,3,K)
+        basis = torch.einsum("psmn,snk->psmk", blended, dirs)
+        basis = basis + torch.einsum("sj,pkjm->psmk", self.weights, trans[:, 1:])
+        return verts, basis, posed[:, 0], posed[:, 1:].permute(0, 2, 3, 1)
 
 
 def landmark_vertex_ids(head: HeadModel) -> np.ndarray:
