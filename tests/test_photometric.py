@@ -3,6 +3,7 @@ re-render quality at the true and at a wrong geometry."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -99,6 +100,28 @@ def test_rerender_quality_drops_with_wrong_geometry(setup):
     assert bad[0]["psnr_face"] < good[0]["psnr_face"] - 1.0
     assert bad[0]["ssim_face"] < good[0]["ssim_face"]
     assert good[0]["image"].shape == (384, 3 * 384, 3)
+
+
+def test_albedo_bake_of_a_region_equals_the_full_bake_there(setup):
+    """The report bakes only the texels the face region's lookups can reach (through the
+    colour bleed): the texture inside the region must be the full bake's, to the bit."""
+    flame, subj, f = setup
+    photos = [v.photo.rgb for v in subj.views]
+    tri = face_faces(flame.faces.numpy(), flame.face_region)
+    with torch.no_grad():
+        vc = list(f.evaluate(with_vertices=True)["vertices_cam"])
+    views = [pm.render_view(vc[i], f.camera[i], flame.faces, tri, photos[i], 256) for i in range(3)]
+    uv = flame.uv
+    full, _ = pm.bake_albedo(views, vc, flame.faces, uv.uv_coords, uv.uv_faces, 256)
+    part, _ = pm.AlbedoBake(views, vc, flame.faces, uv.uv_coords, uv.uv_faces, 256, tri).bake(views)
+    pix, fid, _ = pm.uv_texels(flame.faces.numpy(), uv.uv_coords, uv.uv_faces, 256)
+    inside = pix[tri[fid]]
+    region = np.zeros(256 * 256, bool)
+    region[inside] = True
+    near = cv2.dilate(region.reshape(256, 256).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    assert near.sum() > region.sum() > 1000
+    np.testing.assert_array_equal(part[near], full[near])  # bilinear lookups' texels too
+    assert (np.abs(part - full).sum(-1) > 0).any()  # texels far from the region are left out
 
 
 def test_photometric_term_is_stationary_at_truth(setup):

@@ -15,7 +15,7 @@ rendered-vs-photo residual inside the face mask, and PSNR / SSIM of the re-rende
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import cv2
@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 __all__ = [
     "ViewShading",
     "uv_texels",
+    "region_texels",
+    "AlbedoBake",
     "bake_albedo",
     "solve_sh",
     "masked_psnr",
@@ -105,6 +107,8 @@ class ViewShading:
     normals: Tensor  # (V,3) camera space
     mask: np.ndarray  # (H,W) bool MF (face-region skin)
     sh: Tensor | None = None  # (9,3)
+    # `_pixel_attrs` of the mask pixels, kept: the lighting rounds and the report ask again
+    pixel_attrs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
 
 _TEXELS: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
@@ -205,7 +209,10 @@ def render_view(
 def _pixel_attrs(
     view: ViewShading, faces: Tensor, uv_coords: np.ndarray, uv_faces: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mask pixels of a view: (P,2) ids (y, x), (P,2) uv, (P,3) unit normals."""
+    """Mask pixels of a view: (P,2) ids (y, x), (P,2) uv, (P,3) unit normals. Made once per
+    view (a view has one mesh and one UV layout)."""
+    if view.pixel_attrs is not None:
+        return view.pixel_attrs
     faces_c = faces.cpu().long()
     uv = interpolate(
         view.fragments,
@@ -215,7 +222,108 @@ def _pixel_attrs(
     n = interpolate(view.fragments, view.normals, faces_c)
     n = torch.nn.functional.normalize(n, dim=-1)
     ys, xs = np.nonzero(view.mask)
-    return np.stack([ys, xs], 1), uv.numpy()[ys, xs], n.numpy()[ys, xs]
+    view.pixel_attrs = (np.stack([ys, xs], 1), uv.numpy()[ys, xs], n.numpy()[ys, xs])
+    return view.pixel_attrs
+
+
+# `bake_albedo` bleeds colours with this many Gaussian passes of this sigma (texels);
+# OpenCV's kernel then reaches round(4 sigma) texels, so a baked texel depends on texels up to
+# _BLEED_ROUNDS * round(4 * _BLEED_SIGMA) away.
+_BLEED_SIGMA = 1.5
+_BLEED_ROUNDS = 2
+
+
+def region_texels(pix: np.ndarray, fid: np.ndarray, region: np.ndarray, size: int) -> np.ndarray:
+    """(P,) bool over the texels of `uv_texels`: those whose value can reach a bilinear
+    lookup inside the triangles `region` (F,) bool through the bake's colour bleed. Baking
+    only these gives the same texture inside the region."""
+    need = np.zeros(size * size, np.uint8)
+    need[pix[np.asarray(region, bool)[fid]]] = 1
+    r = _BLEED_ROUNDS * round(4 * _BLEED_SIGMA) + 2  # + the bilinear lookup's texel + 1 spare
+    near = cv2.dilate(need.reshape(size, size), np.ones((2 * r + 1, 2 * r + 1), np.uint8))
+    return near.reshape(-1)[pix] > 0
+
+
+class AlbedoBake:
+    """A multi-view albedo bake through one fitted mesh: the per-view, per-texel samples
+    (texel colour, normal, visibility-and-angle weight) are made once, since the lighting's
+    rounds only change each view's SH. `bake_albedo` is one bake."""
+
+    def __init__(
+        self,
+        views: list[ViewShading],
+        verts_cam: list[Tensor],
+        faces: Tensor,
+        uv_coords: np.ndarray,
+        uv_faces: np.ndarray,
+        size: int = 256,
+        region: np.ndarray | None = None,
+    ) -> None:
+        """region: (F,) bool, bake only the texels that lookups inside these triangles can
+        reach (`region_texels`); the texture elsewhere is then left unknown."""
+        pix, fid, bary = uv_texels(np.asarray(faces.cpu()), uv_coords, uv_faces, size)
+        if region is not None:
+            keep = region_texels(pix, fid, region, size)
+            pix, fid, bary = pix[keep], fid[keep], bary[keep]
+        self.size, self.pix = size, pix
+        tri = faces.cpu().numpy()[fid]
+        # per view: texels it sees (ids into pix), their weights, colours, SH basis
+        self.samples: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        for view, vc in zip(views, verts_cam, strict=True):
+            scr = view.screen.numpy()
+            p = (scr[tri] * bary[..., None]).sum(1)  # texel screen position (affine approx)
+            n = (view.normals.numpy()[tri] * bary[..., None]).sum(1)
+            n /= np.linalg.norm(n, axis=1, keepdims=True) + 1e-12
+            pts = (vc.detach().double().cpu().numpy()[tri] * bary[..., None]).sum(1)
+            vdir = -pts / (np.linalg.norm(pts, axis=1, keepdims=True) + 1e-12)
+            cos = np.clip((n * vdir).sum(1), 0, 1)
+            h, w = view.mask.shape
+            xi = np.clip(np.floor(p[:, 0]).astype(int), 0, w - 1)
+            yi = np.clip(np.floor(p[:, 1]).astype(int), 0, h - 1)
+            zbuf = view.fragments.depth.numpy()
+            zmax = cv2.dilate(
+                np.where(np.isfinite(zbuf), zbuf, 1e9).astype(np.float32),
+                np.ones((3, 3), np.uint8),
+            )
+            inside = (
+                (p[:, 0] >= 0.5) & (p[:, 0] <= w - 0.5) & (p[:, 1] >= 0.5) & (p[:, 1] <= h - 0.5)
+            )
+            seen = inside & (p[:, 2] <= zmax[yi, xi] * 1.008) & view.mask[yi, xi]
+            ids = np.flatnonzero(seen & (cos > 0))  # the others weigh 0
+            col = sample_image(view.photo, p[ids, 0], p[ids, 1]).astype(np.float64)
+            basis = sh_basis(torch.as_tensor(n[ids])).numpy()
+            self.samples.append((ids, cos[ids] ** 2, col, basis))
+
+    def bake(self, views: list[ViewShading]) -> tuple[np.ndarray, np.ndarray]:
+        """Albedo texture (size,size,3) float32 and its weight (size,size): each view's colour
+        divided by its shading (when `view.sh` is set), weighted by visibility and the squared
+        cosine between the normal and the viewing direction."""
+        size = self.size
+        acc = np.zeros((len(self.pix), 3))
+        wsum = np.zeros(len(self.pix))
+        for view, (ids, wt, col, basis) in zip(views, self.samples, strict=True):
+            if view.sh is not None:
+                col = col / np.clip(basis @ view.sh.numpy(), 0.05, None)
+            acc[ids] += wt[:, None] * col
+            wsum[ids] += wt
+        tex = np.zeros((size * size, 3))
+        wt_img = np.zeros(size * size)
+        ok = wsum > 1e-6
+        tex[self.pix[ok]] = acc[ok] / wsum[ok, None]
+        wt_img[self.pix] = wsum
+        tex = tex.reshape(size, size, 3).astype(np.float32)
+        # Bleed colours a few texels past what the views saw (island borders, seams), so that
+        # bilinear lookups near the edge of the seen region do not mix in black.
+        known = (wt_img.reshape(size, size) > 1e-6).astype(np.float32)
+        for _ in range(_BLEED_ROUNDS):
+            num = cv2.GaussianBlur(tex * known[..., None], (0, 0), _BLEED_SIGMA)
+            den = cv2.GaussianBlur(known, (0, 0), _BLEED_SIGMA)[..., None]
+            fill = num / np.maximum(den, 1e-6)
+            tex = np.where(known[..., None] > 0, tex, np.where(den > 1e-3, fill, 0)).astype(
+                np.float32
+            )
+            known = np.maximum(known, (den[..., 0] > 1e-3).astype(np.float32))
+        return tex, wt_img.reshape(size, size).astype(np.float32)
 
 
 def bake_albedo(
@@ -229,51 +337,7 @@ def bake_albedo(
     """Multi-view albedo texture (size,size,3) float and its weight (size,size): each view's
     colour divided by its shading (when `view.sh` is set), weighted by visibility and the
     squared cosine between the normal and the viewing direction."""
-    pix, fid, bary = uv_texels(np.asarray(faces.cpu()), uv_coords, uv_faces, size)
-    faces_np = faces.cpu().numpy()
-    acc = np.zeros((len(pix), 3))
-    wsum = np.zeros(len(pix))
-    tri = faces_np[fid]
-    for view, vc in zip(views, verts_cam, strict=True):
-        scr = view.screen.numpy()
-        p = (scr[tri] * bary[..., None]).sum(1)  # texel screen position (affine approx)
-        n = (view.normals.numpy()[tri] * bary[..., None]).sum(1)
-        n /= np.linalg.norm(n, axis=1, keepdims=True) + 1e-12
-        pts = (vc.detach().double().cpu().numpy()[tri] * bary[..., None]).sum(1)
-        vdir = -pts / (np.linalg.norm(pts, axis=1, keepdims=True) + 1e-12)
-        cos = np.clip((n * vdir).sum(1), 0, 1)
-        h, w = view.mask.shape
-        xi = np.clip(np.floor(p[:, 0]).astype(int), 0, w - 1)
-        yi = np.clip(np.floor(p[:, 1]).astype(int), 0, h - 1)
-        zbuf = view.fragments.depth.numpy()
-        zmax = cv2.dilate(
-            np.where(np.isfinite(zbuf), zbuf, 1e9).astype(np.float32), np.ones((3, 3), np.uint8)
-        )
-        inside = (p[:, 0] >= 0.5) & (p[:, 0] <= w - 0.5) & (p[:, 1] >= 0.5) & (p[:, 1] <= h - 0.5)
-        seen = inside & (p[:, 2] <= zmax[yi, xi] * 1.008) & view.mask[yi, xi]
-        wt = seen * cos**2
-        col = sample_image(view.photo, p[:, 0], p[:, 1]).astype(np.float64)
-        if view.sh is not None:
-            shade = sh_basis(torch.as_tensor(n)).numpy() @ view.sh.numpy()
-            col = col / np.clip(shade, 0.05, None)
-        acc += wt[:, None] * col
-        wsum += wt
-    tex = np.zeros((size * size, 3))
-    wt_img = np.zeros(size * size)
-    ok = wsum > 1e-6
-    tex[pix[ok]] = acc[ok] / wsum[ok, None]
-    wt_img[pix] = wsum
-    tex = tex.reshape(size, size, 3).astype(np.float32)
-    # Bleed colours a few texels past what the views saw (island borders, seams), so that
-    # bilinear lookups near the edge of the seen region do not mix in black.
-    known = (wt_img.reshape(size, size) > 1e-6).astype(np.float32)
-    for _ in range(2):
-        num = cv2.GaussianBlur(tex * known[..., None], (0, 0), 1.5)
-        den = cv2.GaussianBlur(known, (0, 0), 1.5)[..., None]
-        fill = num / np.maximum(den, 1e-6)
-        tex = np.where(known[..., None] > 0, tex, np.where(den > 1e-3, fill, 0)).astype(np.float32)
-        known = np.maximum(known, (den[..., 0] > 1e-3).astype(np.float32))
-    return tex, wt_img.reshape(size, size).astype(np.float32)
+    return AlbedoBake(views, verts_cam, faces, uv_coords, uv_faces, size).bake(views)
 
 
 def _lighting(
@@ -284,13 +348,16 @@ def _lighting(
     uv_faces,
     tex_size: int,
     rounds: int = 2,
+    region: np.ndarray | None = None,
 ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Alternates albedo bake and per-view SH solve. Returns the albedo texture and each
-    view's final robust pixel weights (over its mask pixels)."""
+    """Alternates albedo bake and per-view SH solve. Returns the albedo texture (exact inside
+    the triangles `region` (F,) bool when given: `AlbedoBake`) and each view's final robust
+    pixel weights (over its mask pixels, which must lie in `region`)."""
     weights: list[np.ndarray] = []
     albedo = None
+    baker = AlbedoBake(views, verts_cam, faces, uv_coords, uv_faces, tex_size, region)
     for _ in range(rounds):
-        albedo, _w = bake_albedo(views, verts_cam, faces, uv_coords, uv_faces, tex_size)
+        albedo, _w = baker.bake(views)
         tex = torch.as_tensor(albedo, dtype=torch.float64)
         weights = []
         for view in views:
@@ -323,7 +390,10 @@ def view_quality(
         render_view(vc[i], fitter.camera[i], faces, face_tri, photos[i], size)
         for i in range(fitter.n_views)
     ]
-    albedo, weights = _lighting(views, vc, faces, layout.uv_coords, layout.uv_faces, tex_size)
+    # the masks (MF) hold face-region triangles only: the albedo is needed there alone
+    albedo, weights = _lighting(
+        views, vc, faces, layout.uv_coords, layout.uv_faces, tex_size, region=face_tri
+    )
     tex = torch.as_tensor(albedo, dtype=torch.float64)
     out = []
     for view, w in zip(views, weights, strict=True):
