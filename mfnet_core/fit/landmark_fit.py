@@ -35,6 +35,7 @@ from mfnet_core.fit.solver import (
     ResidualTerm,
     charbonnier_irls,
     levenberg_marquardt,
+    one_thread,
     outlier_weights,
 )
 from mfnet_core.head.interface import HeadModel
@@ -243,8 +244,11 @@ class MultiViewFitter:
         """The paper's eq. 11 (landmark part) at the current parameters, for reporting and
         for the dense stages that continue from the landmark fit."""
         o, w, p = self.options, self.options.weights, self.params
-        ev = self.evaluate(with_vertices=bool(self.extra_terms))
-        pred = ev["landmarks_px"]
+        if self.extra_terms:
+            ev = self.evaluate(with_vertices=True)
+            pred = ev["landmarks_px"]
+        else:
+            ev, pred = {}, self.current_landmarks_px()
         terms: dict[str, Tensor] = {}
         if uses(o.losses, "landmarks"):
             terms["landmarks"] = w.landmarks * landmark_loss(
@@ -423,14 +427,8 @@ class MultiViewFitter:
         return out
 
     def run_stage(self, stage: str, iterations: int, lmk_subset: list[int] | None = None) -> None:
-        # Thousands of tiny ops: extra intra-op threads only add synchronisation (measured 7x
-        # slower with 2 threads on a busy 2-core machine).
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with one_thread():
             self._run_stage(stage, iterations, lmk_subset)
-        finally:
-            torch.set_num_threads(threads)
 
     def _run_stage(self, stage: str, iterations: int, lmk_subset: list[int] | None = None) -> None:
         """Levenberg-Marquardt on the landmark terms alone; the contour landmarks follow the
@@ -497,15 +495,22 @@ class MultiViewFitter:
             self.params.head_rot.copy_(torch.as_tensor(np.stack(rots), dtype=self.dtype))
             self.params.head_trans.copy_(torch.as_tensor(np.stack(trans), dtype=self.dtype))
 
+    @torch.no_grad()
+    def current_landmarks_px(self) -> Tensor:
+        """(N,68,2) projections of the model landmarks at the current parameters, from the
+        landmark subset in float64 as the solver sees them (no full-mesh evaluation)."""
+        x = torch.zeros(1, 0, dtype=torch.float64, device=self.device)
+        return self.landmarks_px(self._values([], x), self.contour_yaw())[0].to(self.dtype)
+
     def update_outlier_weights(self) -> None:
         with torch.no_grad():
-            pred = self.evaluate()["landmarks_px"]
+            pred = self.current_landmarks_px()
             res = (pred - self.detected).norm(dim=-1)
             self.lm_weights = outlier_weights(res, self.scale)
 
     # -- results ---------------------------------------------------------------------------
     def result(self) -> FitResult:
-        with torch.no_grad():
+        with torch.no_grad(), one_thread():
             ev = self.evaluate(with_vertices=True)
             total, parts = self.objective()
             pred = ev["landmarks_px"]
@@ -597,6 +602,19 @@ def fit_landmarks(
     """The landmark part of the fit: PnP start (or `init`, e.g. the network's prediction),
     rigid, coarse, then fine rounds with outlier re-weighting. landmarks_px: (N,68,2).
     Returns the fitter so that dense stages (flow, photometric) can continue from it."""
+    with one_thread():
+        return _fit_landmarks(head, landmarks_px, intrinsics, options, device, progress, init)
+
+
+def _fit_landmarks(
+    head: HeadModel,
+    landmarks_px: np.ndarray,
+    intrinsics: list[Intrinsics],
+    options: FitOptions | None,
+    device: torch.device | str,
+    progress: ProgressFn | None,
+    init: dict[str, np.ndarray] | None,
+) -> MultiViewFitter:
     options = options or FitOptions()
     torch.manual_seed(options.seed)
     fitter = MultiViewFitter(head, landmarks_px, intrinsics, options, torch.device(device))
@@ -646,7 +664,7 @@ def release_expressions(fitter: MultiViewFitter, iterations: int) -> bool:
     def expressive_error() -> Tensor:
         """(N,3) mean landmark error of each view's eyes and mouth, in face sizes."""
         with torch.no_grad():
-            res = (fitter.evaluate()["landmarks_px"] - fitter.detected).norm(dim=-1)
+            res = (fitter.current_landmarks_px() - fitter.detected).norm(dim=-1)
             groups = [res[:, g].mean(1) for g in EXPRESSIVE_GROUPS]
             return torch.stack(groups, 1) / fitter.scale[:, None]
 
