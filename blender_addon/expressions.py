@@ -11,6 +11,7 @@ from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 
 from . import builder, livelink, poses, preferences
 from . import strings as S
+from .keyframes import fcurves_of, write_keys
 from .rigdata import (
     axis_angle_to_quaternion,
     continuous_quaternions,
@@ -88,49 +89,6 @@ def fitted_pose(arm) -> poses.Pose:
 # --------------------------------------------------------------------------- keyframes
 
 
-def _fcurves(id_block):
-    """The F-Curve collection of id_block's action (made when missing), for Blender's
-    legacy actions (< 4.4) and slotted actions (4.4+, the only kind in 5.0)."""
-    ad = id_block.animation_data or id_block.animation_data_create()
-    if ad.action is None:
-        ad.action = bpy.data.actions.new(f"{id_block.name}Action")
-    action = ad.action
-    if not hasattr(action, "slots"):
-        return action.fcurves
-    from bpy_extras import anim_utils
-
-    slot = ad.action_slot
-    if slot is None:
-        slot = next((s for s in action.slots if s.target_id_type == id_block.id_type), None)
-        if slot is None:
-            slot = action.slots.new(id_type=id_block.id_type, name=id_block.name)
-        ad.action_slot = slot
-    return anim_utils.action_ensure_channelbag_for_slot(action, slot).fcurves
-
-
-def write_keys(
-    fcurves, data_path: str, index: int, frames: np.ndarray, values: np.ndarray, group: str = ""
-) -> None:
-    """Replaces the keys of one F-Curve within [frames.min(), frames.max()] by (frames,
-    values), in bulk (foreach_set)."""
-    fc = fcurves.find(data_path, index=index)
-    if fc is None:
-        try:
-            fc = fcurves.new(data_path, index=index, action_group=group)
-        except TypeError:  # channel bags (4.4+) take no group here
-            fc = fcurves.new(data_path, index=index)
-    old = np.empty(2 * len(fc.keyframe_points), dtype=np.float32)
-    fc.keyframe_points.foreach_get("co", old)
-    old = old.reshape(-1, 2)
-    keep = old[(old[:, 0] < frames.min()) | (old[:, 0] > frames.max())]
-    co = np.concatenate([keep, np.stack([frames, values], 1).astype(np.float32)])
-    co = co[np.argsort(co[:, 0], kind="stable")]
-    fc.keyframe_points.clear()
-    fc.keyframe_points.add(len(co))
-    fc.keyframe_points.foreach_set("co", co.reshape(-1))
-    fc.update()
-
-
 def keyframe_sequence(arm, mesh, seq: poses.Sequence, start_frame: int = 1) -> dict:
     """Keyframes the rig from a poses.Sequence: expression keys on the mesh's shape keys,
     joint rotations (as continuous quaternions) on the armature. Returns a summary."""
@@ -147,7 +105,7 @@ def keyframe_sequence(arm, mesh, seq: poses.Sequence, start_frame: int = 1) -> d
     summary["unmatched_columns"] = []
     if seq.named:  # Live Link Face columns onto the rig's ARKit-named keys
         names = {kb.name for kb in keys}
-        fcs = _fcurves(mesh.data.shape_keys)
+        fcs = fcurves_of(mesh.data.shape_keys)
         for column, values in seq.named.items():
             targets = livelink.rig_keys_for(column, names)
             if not targets:
@@ -160,7 +118,7 @@ def keyframe_sequence(arm, mesh, seq: poses.Sequence, start_frame: int = 1) -> d
         values, dropped = poses.fit_expression_columns(seq.expression, len(keys))
         summary["dropped_columns"] = dropped
         key = mesh.data.shape_keys
-        fcs = _fcurves(key)
+        fcs = fcurves_of(key)
         for k, kb in enumerate(keys):
             lim = expression_slider_limit(values[:, k])
             if lim > kb.slider_max:
@@ -176,7 +134,7 @@ def keyframe_sequence(arm, mesh, seq: poses.Sequence, start_frame: int = 1) -> d
         summary["expression_keys"] = len(keys)
     rotations = seq.joint_rotations(joint_bones(arm))
     if rotations:
-        fcs = _fcurves(arm)
+        fcs = fcurves_of(arm)
         for name, aa in rotations.items():
             quat = continuous_quaternions(axis_angle_to_quaternion(aa))
             path = f'pose.bones["{bpy.utils.escape_identifier(name)}"].rotation_quaternion'
