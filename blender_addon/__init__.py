@@ -27,9 +27,9 @@ except ImportError:  # imported outside Blender (unit tests of the bpy-free modu
     bpy = None
 
 if bpy is not None:
-    from . import builder, expressions, operators, panels, preferences
+    from . import builder, export_ops, expressions, operators, panels, preferences
 
-    _modules = (preferences, operators, expressions, panels)
+    _modules = (preferences, operators, expressions, export_ops, panels)
     classes = tuple(cls for m in _modules for cls in m.classes)
 
     def register() -> None:

@@ -94,6 +94,7 @@ class MFNET_PT_main(bpy.types.Panel):
             row.scale_y = 1.6
             row.operator(S.OP_RECONSTRUCT, text=S.LABEL_RECONSTRUCT, icon="USER")
             layout.operator(S.OP_IMPORT_RESULT, text=S.LABEL_IMPORT_RESULT, icon="FILE_FOLDER")
+            layout.operator(S.OP_EXPORT_GAME, text=S.LABEL_EXPORT_GAME, icon="EXPORT")
         if job.error and not job.running:
             _wrapped(layout.box(), job.error, "ERROR", _chars(context))
         elif job.info and not job.running:

@@ -19,6 +19,7 @@ OP_POSE_SAVE = "mfnet.pose_save"
 OP_POSE_APPLY = "mfnet.pose_apply"
 OP_POSE_DELETE = "mfnet.pose_delete"
 OP_IMPORT_SEQUENCE = "mfnet.import_sequence"
+OP_EXPORT_GAME = "mfnet.export_game"
 
 # labels
 LABEL_RECONSTRUCT = "Reconstruct Face"
@@ -41,6 +42,7 @@ LABEL_POSE_SAVE = "Save Pose"
 LABEL_POSE_APPLY = "Load Pose"
 LABEL_POSE_DELETE = "Delete Pose"
 LABEL_IMPORT_SEQUENCE = "Import FLAME Sequence"
+LABEL_EXPORT_GAME = "Export for Games"
 VIEW_LABELS = {"left": "Left", "front": "Front", "right": "Right"}
 
 # tooltips
@@ -65,6 +67,11 @@ TIP_POSE_SAVE = (
 )
 TIP_POSE_APPLY = "Apply a named pose from the pose library"
 TIP_POSE_DELETE = "Remove a named pose from the pose library"
+TIP_EXPORT_GAME = (
+    "Write the head as .glb or .fbx for game engines: skeleton without helper bones, "
+    "ARKit-named blend shapes, the texture embedded, the animation baked so it plays "
+    "without Blender's drivers (your rig is not changed)"
+)
 TIP_IMPORT_SEQUENCE = "Keyframe the rig from per-frame FLAME parameters (expression, jaw, neck, eyes) in a .npz or .json file"
 
 # messages
@@ -76,6 +83,7 @@ MSG_BUILD_FAILED = "Building the rig failed: {error}"
 MSG_DONE = "Built {name} in {seconds:.1f} s (result folder: {folder})"
 MSG_BACKEND_FAILED = "Backend failed: {error}"
 MSG_PHOTO_MISSING = "{view} photo: file not found: {path}"
+MSG_EXPORTED = "Wrote {path} ({what}) in {seconds:.1f} s"
 
 
 # --------------------------------------------------------------------------- file names
