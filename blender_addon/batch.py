@@ -3,13 +3,15 @@
     blender -b -P blender_addon/batch.py -- --input DIR --output DIR [--python PATH] [options]
 
 Options: --flame PATH, --model auto|flame|ict|test-head, --device auto|cpu|cuda,
---texture-size 1024|2048|4096, --expressions K, --no-glb, --quiet.
+--texture-size 1024|2048|4096, --expressions K, --export glb|fbx|fbx,glb|none (default
+glb), --no-glb (drops glb from --export; kept from before --export), --quiet.
 
 Each subfolder of --input holds one person's photos (jpg/png/tif/bmp/webp; files whose names
 contain left/front/right are passed as those views). Per person this writes
-OUTPUT/<person>/result/ (the backend's result folder), <person>.glb and <person>.blend (the
-.blend last: its presence marks the person done, so a rerun skips finished people and
-resumes the rest). One person's failure does not stop the batch. OUTPUT/summary.json lists
+OUTPUT/<person>/result/ (the backend's result folder), <person>.glb and/or <person>.fbx
+(Export for Games: game_export.py) and <person>.blend (the .blend last: with every asked-for
+export beside it, it marks the person done, so a rerun skips finished people and resumes
+the rest). One person's failure does not stop the batch. OUTPUT/summary.json lists
 who succeeded, was skipped or failed (with the reason); the exit code is 1 when anyone
 failed, 2 for bad arguments or no usable backend, else 0.
 
@@ -76,7 +78,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     ap.add_argument("--texture-size", type=int, default=1024, choices=[1024, 2048, 4096])
     ap.add_argument("--expressions", type=int, default=50, help="expression shape keys")
-    ap.add_argument("--no-glb", action="store_true", help="write only the .blend")
+    ap.add_argument(
+        "--export",
+        default="glb",
+        help="game files beside the .blend: glb, fbx, fbx,glb or none (default: glb)",
+    )
+    ap.add_argument("--no-glb", action="store_true", help="no .glb (whatever --export says)")
     ap.add_argument("--quiet", action="store_true", help="no per-stage progress lines")
     return ap.parse_args(argv)
 
@@ -91,15 +98,25 @@ def write_summary(path: Path, summary: dict) -> None:
     os.replace(tmp, path)
 
 
+def export_formats(args) -> list[str]:
+    """The file suffixes to write beside the .blend (raises export_plan.ExportError)."""
+    plan = importlib.import_module(f"{_package().__name__}.export_plan")
+    suffixes = plan.parse_formats(args.export)
+    return [s for s in suffixes if not (args.no_glb and s == ".glb")]
+
+
+def export_game_file(pkg, obj, path: Path) -> list[str]:
+    """The head `obj` belongs to as a game file (.glb or .fbx by the suffix): the current
+    pose as a still, no helper bones, drivers baked, texture embedded. The file is the
+    batch's own output, so an earlier one is replaced. Returns warnings."""
+    game_export = importlib.import_module(f"{pkg.__name__}.game_export")
+    rep = game_export.export_rig(bpy.context, obj, path, animation=False, overwrite=True)
+    return rep.warnings
+
+
 def export_glb(path: Path) -> None:
-    bpy.ops.export_scene.gltf(
-        filepath=str(path),
-        export_format="GLB",
-        export_morph=True,
-        export_skins=True,
-        export_animations=False,
-        export_apply=False,
-    )
+    """The active MFNet head as a game-ready .glb (kept for scripts that called it)."""
+    export_game_file(_package(), bpy.context.view_layer.objects.active, path)
 
 
 class StopNow(BaseException):
@@ -212,21 +229,23 @@ def process_person(pkg, folder: Path, out: Path, python: str, args, prefs, log) 
     rep = builder.build_rig(str(result), name, pack_texture=True)
     entry["warnings"] += rep.warnings
     entry["build_seconds"] = round(rep.seconds, 3)
-    if not args.no_glb:
-        glb = out / f"{name}.glb"
+    for suffix in export_formats(args):
+        target = out / f"{name}{suffix}"
         try:
-            export_glb(glb)
+            entry["warnings"] += export_game_file(pkg, rep.armature, target)
         except Exception as e:  # exporter add-on missing or broken in this Blender
             fallback = result / rigdata.GLB_FILE
+            if suffix != ".glb":
+                raise RuntimeError(f"{suffix[1:].upper()} export failed: {e}") from e
             if not fallback.is_file():
                 raise RuntimeError(
                     f"glTF export failed ({e}) and the result has no {rigdata.GLB_FILE}"
                 ) from e
-            shutil.copyfile(fallback, glb)
+            shutil.copyfile(fallback, target)
             entry["warnings"].append(
                 f"glTF export failed ({e}); copied the backend's {rigdata.GLB_FILE} (mesh and morph targets, no armature)"
             )
-        entry["glb"] = str(glb)
+        entry[suffix[1:]] = str(target)
     blend = out / f"{name}.blend"
     tmp_blend = out / f".{name}.partial.blend"
     try:
@@ -290,6 +309,11 @@ def run_batch(args, pkg, prefs, log, stopper: Stopper) -> int:
     if dst == src:
         log(f"error: --output {dst} is the --input folder; give a separate folder")
         return 2
+    try:
+        suffixes = export_formats(args)
+    except ValueError as e:  # export_plan.ExportError
+        log(f"error: {e}")
+        return 2
     dst.mkdir(parents=True, exist_ok=True)
     try:
         python = backend.find_backend_python(args.python or prefs.backend_python)
@@ -325,8 +349,8 @@ def run_batch(args, pkg, prefs, log, stopper: Stopper) -> int:
             current = folder.name
             out = dst / folder.name
             blend = out / f"{folder.name}.blend"
-            glb = out / f"{folder.name}.glb"
-            if blend.is_file() and (args.no_glb or glb.is_file()):
+            exports = [out / f"{folder.name}{s}" for s in suffixes]
+            if blend.is_file() and all(p.is_file() for p in exports):
                 log(f"[{i}/{len(people)}] {folder.name}: already done, skipped")
                 summary["people"].append(
                     {
