@@ -285,20 +285,9 @@ def test_rig_build_benchmark_flame_sized(kind, tmp_path):
 
 @pytest.fixture(scope="module")
 def ict_result(tmp_path_factory) -> Path:
-    """An ICT Face Model result whose left photo has the eyes closed (per-photo expressions)."""
-    from test_ict import _person
-
-    from mfnet_core.head.registry import load_head_model
-    from mfnet_core.reconstruct import ReconstructOptions, reconstruct
-
-    ict = load_head_model("ict")
-    names = ict.expression_space.names
-    blink = np.zeros(ict.n_expr)
-    blink[[names.index("eyeBlink_L"), names.index("eyeBlink_R")]] = 1.0
-    inputs = _person(ict, [blink, np.zeros(ict.n_expr), np.zeros(ict.n_expr)])
-    out = tmp_path_factory.mktemp("ict") / "ict_result"
-    reconstruct(inputs, ict, out, ReconstructOptions(device="cpu", texture_size=256))
-    return out
+    """An ICT Face Model result whose left photo has the eyes closed (per-photo expressions;
+    made once per session, shared with tests/test_blender_export.py)."""
+    return harness.ict_result(tmp_path_factory)
 
 
 @pytest.mark.slow  # a reconstruction with the ICT model, then a build in each Blender

@@ -150,3 +150,25 @@ def fixture_result(tmp_path_factory, name: str = "fixture_result", **kwargs) -> 
     if (out / "rig.npz").is_file():
         return out
     return make_result(out, **kwargs)
+
+
+def ict_result(tmp_path_factory) -> Path:
+    """An ICT Face Model result made by the real pipeline (26,719 vertices, the 53 ARKit
+    keys, bone-driven DRV- keys), whose left photo has the eyes closed (per-photo
+    expressions). Made once per test session (a reconstruction, ~20 s)."""
+    import numpy as np
+    from test_ict import _person
+
+    from mfnet_core.head.registry import load_head_model
+    from mfnet_core.reconstruct import ReconstructOptions, reconstruct
+
+    out = tmp_path_factory.getbasetemp() / "mfnet_ict_result"
+    if (out / "rig.npz").is_file():
+        return out
+    ict = load_head_model("ict")
+    names = ict.expression_space.names
+    blink = np.zeros(ict.n_expr)
+    blink[[names.index("eyeBlink_L"), names.index("eyeBlink_R")]] = 1.0
+    inputs = _person(ict, [blink, np.zeros(ict.n_expr), np.zeros(ict.n_expr)])
+    reconstruct(inputs, ict, out, ReconstructOptions(device="cpu", texture_size=256))
+    return out

@@ -9,6 +9,11 @@ Not FLAME and not the backend's test head: model_kind is "fixture".
 
 --flame-sized gives FLAME's counts: 5023 vertices, 9976 faces, 100 expression keys and
 36 pose-corrective keys (the rig-build benchmark uses it).
+
+--arkit names the expression keys like ICT's ARKit keys (jawOpen, eyeLookDown_L...) with
+[0, 1] bounds and leaves the jaw unskinned, as on the ICT Face Model: the add-on then
+makes bone-driven DRV- keys, while the correctives and joint drift of the FLAME-style
+fixture stay, so one small rig has every kind of driver (the game-export test uses it).
 """
 
 from __future__ import annotations
@@ -35,6 +40,19 @@ JOINT_TARGETS = np.array(
 )
 RADII = np.array([0.075, 0.11, 0.095])
 THETA_MAX = 0.85 * np.pi  # open at the bottom (a "neck hole")
+# --arkit: key names (ICT spelling); the jaw and eyeLook keys get bone-driven DRV- copies
+ARKIT_NAMES = (
+    "jawOpen",
+    "jawLeft",
+    "jawRight",
+    "eyeLookDown_L",
+    "eyeLookUp_L",
+    "eyeBlink_L",
+    "eyeBlink_R",
+    "mouthSmile_L",
+    "mouthSmile_R",
+    "browInnerUp_L",
+)
 
 
 def write_png(path: Path, image: np.ndarray) -> None:
@@ -145,6 +163,7 @@ def make_result(
     seed: int = 0,
     texture_size: int = 256,
     flame_sized: bool = False,
+    arkit: bool = False,
 ) -> Path:
     """Writes the folder and returns its path."""
     out = Path(out_dir)
@@ -166,6 +185,9 @@ def make_result(
         )
         corr.append(smooth_fields(verts, 9, 0.006, rng, region))
     pose_correctives = np.concatenate(corr).astype(np.float32)
+    if arkit:  # the jaw opens by its keys (bone-driven), not by skinning
+        weights[:, 1] += weights[:, 2]
+        weights[:, 2] = 0.0
     # joints and their expression drift, from a regressor over the nearest vertices
     jreg = np.zeros((5, n_v))
     for j, target in enumerate(JOINT_TARGETS):
@@ -203,6 +225,14 @@ def make_result(
         "image_size": np.tile(np.array([1024, 1024], dtype=np.int32), (n_views, 1)),
         "view_names": np.array(["left", "front", "right"]),
     }
+    if arkit:
+        if n_expressions > len(ARKIT_NAMES):
+            raise ValueError(f"--arkit names at most {len(ARKIT_NAMES)} keys")
+        expression = (rng.uniform(size=n_expressions) * 0.3).astype(np.float32)
+        arrays["expression"] = expression
+        arrays["expression_names"] = np.array(ARKIT_NAMES[:n_expressions])
+        arrays["expression_lower"] = np.zeros(n_expressions, dtype=np.float32)
+        arrays["expression_upper"] = np.ones(n_expressions, dtype=np.float32)
     np.savez_compressed(out / "rig.npz", **arrays)
     s = texture_size
     yy, xx = np.mgrid[0:s, 0:s] / s
@@ -234,9 +264,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--flame-sized", action="store_true")
     ap.add_argument("--expressions", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--arkit", action="store_true")
     args = ap.parse_args(argv)
     path = make_result(
-        args.output, n_expressions=args.expressions, seed=args.seed, flame_sized=args.flame_sized
+        args.output,
+        n_expressions=args.expressions,
+        seed=args.seed,
+        flame_sized=args.flame_sized,
+        arkit=args.arkit,
     )
     print(json.dumps({"result_dir": str(path)}))
     return 0
