@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pygltflib  # a dependency of mfnet itself (pyproject.toml)
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "blender"))
@@ -69,7 +70,6 @@ def _accessor(g, index: int) -> np.ndarray:
 
 def check_glb(path: Path) -> dict:
     """What the .glb holds, read without Blender."""
-    pygltflib = pytest.importorskip("pygltflib")
     g = pygltflib.GLTF2().load(str(path))
     mesh = g.meshes[0]
     names = mesh.extras["targetNames"]
@@ -118,6 +118,7 @@ def test_game_export_round_trip(kind, addon_zip, arkit_dir, tmp_path):
     assert res["state_changes"] == [] and res["state_keys"] >= 20 and res["mode"] == "POSE"
     assert "exists" in res["refused_overwrite"] and res["kept_file"]
     assert res["leftovers"] == []
+    assert res["no_suffix"] == {"result": ["FINISHED"], "files": ["bare.fbx"]}
 
     arkit = set(ARKIT_NAMES)
     for fmt in ("glb", "fbx"):
@@ -182,7 +183,6 @@ def test_game_export_of_an_ict_rig(kind, addon_zip, ict_dir, tmp_path):
     g = check_glb(work / "face.glb")
     assert arkit <= set(g["names"]) and len([n for n in g["names"] if n.startswith("DRV-")]) == 11
     assert g["joints"] == BONES and ("jaw", "rotation") in g["channels"]
-    pygltflib = pytest.importorskip("pygltflib")
     copyright = pygltflib.GLTF2().load(str(work / "face.glb")).asset.copyright
     assert "ICT" in copyright and "MIT" in copyright
 
@@ -224,7 +224,6 @@ def test_batch_export_fbx_and_glb(kind, arkit_dir, tmp_path):
     person = summary["people"][0]
     assert summary["succeeded"] == ["ada"] and "reusing" in proc.stdout
     assert Path(person["glb"]) == out / "ada" / "ada.glb" and Path(person["fbx"]).is_file()
-    pygltflib = pytest.importorskip("pygltflib")
     glb = pygltflib.GLTF2().load(str(out / "ada" / "ada.glb"))
     assert set(ARKIT_NAMES) <= set(glb.meshes[0].extras["targetNames"])
     assert not any(n.name.startswith("MCH-") for n in glb.nodes) and glb.animations == []

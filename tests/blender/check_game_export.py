@@ -380,6 +380,11 @@ def main() -> dict:
     out["refused_overwrite"] = refused
     out["kept_file"] = paths["glb"].stat().st_mtime_ns == stamp
     out["leftovers"] = sorted(p.name for p in work.iterdir() if "partial" in p.name)
+    # a name without a suffix gets the chosen format's
+    bare = work / "bare"
+    bare.mkdir()
+    res = bpy.ops.mfnet.export_game(filepath=str(bare / "bare"), file_format="FBX")
+    out["no_suffix"] = {"result": sorted(res), "files": sorted(p.name for p in bare.iterdir())}
 
     # stills: the pose at frame 5, without animation
     scene.frame_set(STILL_FRAME)
