@@ -1,7 +1,13 @@
-"""The landmark-only rig used by the fitter equals the full FLAME forward pass."""
+"""The landmark-only rig used by the fitter equals the full FLAME forward pass; its affine
+map of the betas gives the landmark term's Jacobian."""
 
+import numpy as np
+import pytest
 import torch
 
+from mfnet_core.camera import Intrinsics
+from mfnet_core.fit.landmark_fit import FitOptions, LandmarkTerm, MultiViewFitter, set_params
+from mfnet_core.fit.solver import forward_difference
 from mfnet_core.head.flame import FLAME
 from mfnet_core.head.subset import LandmarkSubset
 
@@ -62,3 +68,42 @@ def test_subset_is_affine_in_the_betas_at_a_fixed_pose(test_head_assets):
         alone, _ = rig(betas[i : i + 1], mixed[i : i + 1])
         torch.testing.assert_close(verts_m[i], alone[0], atol=1e-12, rtol=0)
     assert (verts_m[1] - verts[1]).abs().max() > 1e-3  # the poses differ visibly
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_landmark_jacobian_matches_forward_differences(test_head, rows):
+    """The landmark term's Jacobian (shape and expression columns by the chain rule through
+    the subset's affine map) equals forward differences of its residuals, one expression for
+    all views or one per view, with the jaw free."""
+    head = test_head
+    g = torch.Generator().manual_seed(3)
+    params = {
+        "shape": torch.randn(100, generator=g).numpy() * 0.5,
+        "expression": torch.randn(50, generator=g).numpy() * 0.3,
+        "jaw_pose": np.array([0.1, 0.0, 0.0]),
+        "head_pose": np.array([[0.0, -0.5, 0.0], [0.05, 0.0, 0.02], [0.0, 0.5, -0.03]]),
+        "head_translation": np.array([[0.01, 0.0, -0.6], [0.0, 0.01, -0.62], [0.0, 0.0, -0.58]]),
+    }
+    intr = [Intrinsics.from_fov(512, 512)] * 3
+    lmk = np.full((3, 68, 2), 256.0) + torch.randn(3, 68, 2, generator=g).numpy() * 40
+    fitter = MultiViewFitter(head, lmk, intr, FitOptions(), torch.device("cpu"))
+    set_params(fitter, params)
+    fitter.set_expression_rows(rows)
+    with torch.no_grad():
+        fitter.params.expression.add_(
+            torch.randn(fitter.params.expression.shape, generator=g) * 0.1
+        )
+    assert "jaw_pose" in dict(fitter.free_entries("fine"))
+    for stage in ("rigid", "coarse", "fine"):
+        free = fitter.free_entries(stage)
+        x = fitter._gather(free).double()
+        term = LandmarkTerm(fitter, None, follow_contour=False)
+        state = term.reweight(free, x)
+        r, jac = term.linearise(free, x, state)
+        r_fd, jac_fd = forward_difference(
+            lambda xb, t=term, fr=free, st=state: t.residuals(fr, xb, st), x
+        )
+        torch.testing.assert_close(r, r_fd, atol=1e-12, rtol=0)
+        scale = float(jac_fd.abs().max())
+        assert scale > 1.0
+        torch.testing.assert_close(jac, jac_fd, atol=1e-6 * scale, rtol=0)

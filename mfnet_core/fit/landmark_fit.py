@@ -380,13 +380,22 @@ class MultiViewFitter:
         With IRLS weights 1/sqrt(|e|^2+eps^2) from the previous iterate, |r|^2 equals the
         paper's L1 terms (eq. 7-9) at convergence; the regulariser (eq. 10) is quadratic.
         """
-        o, w = self.options, self.options.weights
         vals = self._values(free, x)
-        dt = x.dtype
-        b = x.shape[0]
+        err = self.landmark_errors(vals, yaw)
+        return torch.cat([self._landmark_parts(err, irls, lmk_mask), self._prior_parts(vals)], 1)
+
+    def landmark_errors(self, vals: dict[str, Tensor], yaw: Tensor) -> Tensor:
+        """(B,N,68,2) landmark errors in half face sizes for batched parameter values."""
+        dt = vals["shape"].dtype
         pred = self.landmarks_px(vals, yaw)
-        err = (pred - self.detected.to(dt)) / self.scale.to(dt)[:, None, None]  # (B,N,68,2)
-        parts = []
+        return (pred - self.detected.to(dt)) / self.scale.to(dt)[:, None, None]
+
+    def _landmark_parts(self, err: Tensor, irls: dict[str, Tensor], lmk_mask: Tensor) -> Tensor:
+        """Eq. 7-9's weighted residuals (B,R1) from landmark errors err (B,N,68,2); linear in
+        err (the IRLS and outlier weights are held), so it also maps error derivatives."""
+        o, w = self.options, self.options.weights
+        b, dt = err.shape[0], err.dtype
+        parts = [err.new_zeros(b, 0)]
         wl = (self.lm_weights * lmk_mask).to(dt)
         if uses(o.losses, "landmarks"):
             parts.append(
@@ -399,6 +408,14 @@ class MultiViewFitter:
                 d = err[:, :, i] - err[:, :, j]
                 pw = wl[:, i] * wl[:, j]
                 parts.append((d * torch.sqrt(lam * pw * irls[name])[..., None]).reshape(b, -1))
+        return torch.cat(parts, dim=1)
+
+    def _prior_parts(self, vals: dict[str, Tensor]) -> Tensor:
+        """The regulariser (eq. 10), the per-view expressions' coupling and the jaw's hinge
+        prior as weighted residuals (B,R2) of batched parameter values."""
+        o, w = self.options, self.options.weights
+        b = vals["shape"].shape[0]
+        parts = []
         if uses(o.losses, "reg"):
             expr = vals["expression"]
             k_s = np.sqrt(w.reg * self.head.shape_space.prior_scale)
@@ -406,7 +423,7 @@ class MultiViewFitter:
             k_e = np.sqrt(w.reg * self.head.expression_space.prior_scale / expr.shape[1])
             parts.append(torch.cat([k_s * vals["shape"], k_e * expr.reshape(b, -1)], 1))
             if expr.shape[1] > 1:
-                target = self.coupling_target.to(dt)
+                target = self.coupling_target.to(expr.dtype)
                 dev = (expr - expr.mean(1, keepdim=True) - target).reshape(b, -1)
                 parts.append(np.sqrt(w.reg * self.coupling) * dev)
         jaw = vals["jaw_pose"]
@@ -414,6 +431,121 @@ class MultiViewFitter:
         prior = torch.cat([10 * jaw[..., 1], 10 * jaw[..., 2], 10 * jaw[..., 0].clamp(max=0)], 1)
         parts.append(np.sqrt(o.jaw_prior) * prior)
         return torch.cat(parts, dim=1)
+
+    def columns(self, free: Free) -> dict[str, Tensor]:
+        """For each parameter, a long tensor shaped like it ((1,S) shape, (Ne,E) expression,
+        (Ne,3) jaw, (N,3) head pose) holding its column in the free vector, or -1."""
+        p = self.params
+        shapes = {
+            "shape": (1, p.shape.shape[1]),
+            "expression": tuple(p.expression.shape),
+            "jaw_pose": tuple(p.jaw_pose.shape),
+            "head_rot": tuple(p.head_rot.shape),
+            "head_trans": tuple(p.head_trans.shape),
+        }
+        dev = p.shape.device
+        cols = {k: torch.full(v, -1, dtype=torch.long, device=dev) for k, v in shapes.items()}
+        i = 0
+        for name, sl in free:
+            start, stop, _ = sl.indices(shapes[name][-1])
+            rows = shapes[name][0]
+            count = rows * (stop - start)
+            cols[name][:, start:stop] = torch.arange(i, i + count, device=dev).reshape(rows, -1)
+            i += count
+        return cols
+
+    def linearise_landmarks(
+        self, free: Free, x: Tensor, yaw: Tensor, irls: dict[str, Tensor], lmk_mask: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """`residuals` (R,) at x (P,) and their Jacobian (R,P). Why not forward differences
+        alone: most columns are shape and expression coefficients, and at a fixed pose the
+        landmarks are affine in them (`SubsetLBS.linear`), so their columns come by the chain
+        rule through the rotation and the projection; forward differences remain for the
+        head poses and the jaw (one small batch) and for the priors."""
+        h = 1e-6
+        p_dim = x.shape[0]
+        cols = self.columns(free)
+        blend = torch.zeros(p_dim, dtype=torch.bool, device=x.device)
+        for name in ("shape", "expression"):
+            c = cols[name]
+            blend[c[c >= 0]] = True
+        other = (~blend).nonzero().squeeze(1)
+        steps = x[None].repeat(1 + len(other), 1)
+        steps[torch.arange(1, len(other) + 1), other] += h
+        r_all = self.residuals(free, steps, yaw, irls, lmk_mask)
+        r = r_all[0]
+        jac = x.new_zeros(r.shape[0], p_dim)
+        jac[:, other] = ((r_all[1:] - r) / h).T
+        idx = blend.nonzero().squeeze(1)
+        if len(idx) == 0:
+            return r, jac
+        # the blend-shape columns: the landmark part by the chain rule ...
+        vals = self._values(free, x[None])
+        d_err = self._error_basis(vals, yaw)  # (N,68,2,K)
+        n_s = vals["shape"].shape[1]
+        d_cols = x.new_zeros(p_dim, *d_err.shape[:3])  # (P,N,68,2): err's columns
+        shape_cols = cols["shape"][0]
+        on = shape_cols >= 0
+        d_cols[shape_cols[on]] = d_err[..., :n_s][..., on].permute(3, 0, 1, 2)
+        for n in range(self.n_views):  # each view's own expression row
+            expr_cols = cols["expression"][self.view_model[n]]
+            ok = expr_cols >= 0
+            d_cols[expr_cols[ok], n] = d_err[n, ..., n_s:][..., ok].permute(2, 0, 1)
+        n_lmk = self._landmark_parts(d_cols[:1], irls, lmk_mask).shape[1]
+        jac[:n_lmk, idx] = self._landmark_parts(d_cols[idx], irls, lmk_mask).T
+        # ... and the priors, linear in them, by differences (no model evaluation)
+        steps = x[None].repeat(1 + len(idx), 1)
+        steps[torch.arange(1, len(idx) + 1), idx] += h
+        prior = self._prior_parts(self._values(free, steps))
+        jac[n_lmk:, idx] = ((prior[1:] - prior[0]) / h).T
+        return r, jac
+
+    def _error_basis(self, vals: dict[str, Tensor], yaw: Tensor) -> Tensor:
+        """(N,68,2,K) derivatives of each view's landmark errors (`landmark_errors`) w.r.t.
+        the betas (shape then expression) of the expression row that view uses, at the
+        values vals (a batch of 1)."""
+        dt = vals["shape"].dtype
+        n = self.n_views
+        n_e = vals["expression"].shape[1]
+        rows = torch.cat([vals["shape"][0][None].expand(n_e, -1), vals["expression"][0]], 1)
+        p = self.params
+        pose = self.head.pose_vector(
+            None,
+            p.neck_pose.to(dt).expand(n_e, 3),
+            vals["jaw_pose"][0],
+            p.eye_pose.to(dt).expand(n_e, 6),
+            n_e,
+            dtype=dt,
+        )
+        subset = self._landmarks64
+        v0, basis, j0, j_basis = subset.landmark_subset.linear(pose)
+        verts = v0 + torch.einsum("esmk,ek->esm", basis, rows)  # (Ne,S,3)
+        pivot = j0[:, 0] + torch.einsum("emk,ek->em", j_basis[:, 0], rows)  # (Ne,3)
+        faces, bary = self.head.landmark_triangles(yaw, n)  # (N,68), (N,68,3)
+        tri = subset.faces_local[faces]  # (N,68,3)
+        bary = bary.to(dt)
+        m = self.view_model  # (N,)
+        lmk = (verts[m[:, None, None], tri] * bary[..., None]).sum(-2)  # (N,68,3)
+        d_lmk = torch.einsum("nlc,nlcxk->nlxk", bary, basis[m[:, None, None], tri])
+        piv = pivot[m]  # (N,3)
+        d_piv = j_basis[m, 0]  # (N,3,K)
+        rot = axis_angle_to_matrix(vals["head_rot"][0])  # (N,3,3)
+        cam = torch.einsum("nij,nlj->nli", rot, lmk - piv[:, None]) + piv[:, None]
+        cam = cam + vals["head_trans"][0][:, None]
+        d_cam = torch.einsum("nij,nljk->nlik", rot, d_lmk - d_piv[:, None]) + d_piv[:, None]
+        # the projection's derivative (`camera.project`): u = cx + fx X/d, v = cy - fy Y/d
+        cam_k = self.camera.to(dt)  # (N,4)
+        depth = (-cam[..., 2]).clamp_min(1e-6)  # (N,68)
+        fx, fy = cam_k[:, 0, None], cam_k[:, 1, None]
+        du = (fx / depth)[..., None] * d_cam[..., 0, :] + (fx * cam[..., 0] / depth**2)[
+            ..., None
+        ] * d_cam[..., 2, :]
+        dv = (
+            -(fy / depth)[..., None] * d_cam[..., 1, :]
+            - (fy * cam[..., 1] / depth**2)[..., None] * d_cam[..., 2, :]
+        )
+        d_pred = torch.stack([du, dv], 2)  # (N,68,2,K)
+        return d_pred / self.scale.to(dt)[:, None, None, None]
 
     def _irls(self, free: Free, x: Tensor, yaw: Tensor) -> dict[str, Tensor]:
         """IRLS weights (N,68) / (N,pairs) that turn squared residuals into eq. 7-9's L1."""
@@ -552,6 +684,16 @@ class LandmarkTerm(ResidualTerm):
     def residuals(self, free: Free, xb: Tensor, state: tuple[dict[str, Tensor], Tensor]) -> Tensor:
         irls, yaw = state
         return self.fitter.residuals(free, xb, yaw, irls, self.mask)
+
+    def linearise(
+        self, free: Free, x: Tensor, state: tuple[dict[str, Tensor], Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        """`MultiViewFitter.linearise_landmarks` where the head's subset is affine in the
+        betas (`linear`), else forward differences."""
+        if not hasattr(self.fitter._landmarks64.landmark_subset, "linear"):
+            return super().linearise(free, x, state)
+        irls, yaw = state
+        return self.fitter.linearise_landmarks(free, x, yaw, irls, self.mask)
 
     def accepted(self, free: Free, x: Tensor) -> None:
         if self.follow_contour:
