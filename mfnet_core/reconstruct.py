@@ -53,6 +53,7 @@ from mfnet_core.outputs.result_folder import (
     build_rig,
     claim_destination,
     estimate_result_bytes,
+    save_npz,
     save_png,
     write_glb,
     write_json,
@@ -365,7 +366,7 @@ def _reconstruct(
                 "made with the generated test head, NOT FLAME: install FLAME for real results (mfnet doctor)",
             )
         with atomic_folder(claim) as tmp:
-            np.savez_compressed(tmp / "rig.npz", **rig.arrays)
+            save_npz(tmp / "rig.npz", rig.arrays)
             png = save_png(tmp / "texture.png", baked.texture)
             save_png(tmp / "texture_mask.png", baked.mask)
             sub(0.3, "texture written")

@@ -273,10 +273,28 @@ def write_glb(path: Path, rig: RigData, texture_png: bytes, n_targets: int) -> N
     gltf.save_binary(str(path))
 
 
+# zlib level of the result folder's PNGs and rig.npz. Why 1: writing them took ~1 s of a
+# 3-photo ICT run (12 PNGs, 31 MB of arrays); level 1 takes 0.6-0.75x the time of PNG level 3
+# and 0.4x of numpy's default 6, for files 14 % (PNGs) and 8 % (npz) larger
+# (docs/BENCHMARKS.md, issue 15).
+ZLIB_LEVEL = 1
+
+
 def save_png(path: Path, image: np.ndarray) -> bytes:
     """Writes an image and returns its PNG bytes (for embedding)."""
-    Image.fromarray(image).save(path, optimize=False, compress_level=3)
+    Image.fromarray(image).save(path, optimize=False, compress_level=ZLIB_LEVEL)
     return path.read_bytes()
+
+
+def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """`np.savez_compressed` (same layout: one deflated .npy per key, zip64, `np.load`
+    reads it) at `ZLIB_LEVEL` instead of zlib's default; no pickled objects."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=ZLIB_LEVEL) as zf:
+        for key, value in arrays.items():
+            with zf.open(f"{key}.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(value), allow_pickle=False)
 
 
 def write_json(path: Path, obj: object) -> None:
