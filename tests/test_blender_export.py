@@ -161,8 +161,8 @@ def test_game_export_round_trip(kind, addon_zip, arkit_dir, tmp_path):
 @pytest.mark.slow  # a reconstruction (shared with test_blender_addon.py), then ~25 s in 3.4
 @pytest.mark.parametrize("kind", harness.KINDS)
 def test_game_export_of_an_ict_rig(kind, addon_zip, ict_dir, tmp_path):
-    """The same round trip on a real ICT Face Model rig: 26,719 vertices in 12 material
-    slots, the 53 ARKit keys, 11 DRV- keys; the model's licence travels in the .glb."""
+    """The same round trip on a real ICT Face Model rig: 26,719 vertices in one material
+    slot per part, the 53 ARKit keys, 11 DRV- keys; the model's licence travels in the .glb."""
     work = tmp_path / "work"
     res = harness.run(
         kind, "check_game_export.py", [ict_dir, work, "--zip", addon_zip], tmp_path / "home"
