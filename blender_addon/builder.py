@@ -151,10 +151,21 @@ def build_material(rig: ResultRig, name: str, pack: bool = False, image=None) ->
 
 
 def _set_alpha(mat: bpy.types.Material, alpha: float) -> None:
-    """A see-through material (eyelashes, eye occlusion): the shader's alpha and blending."""
-    bsdf = next((n for n in mat.node_tree.nodes if n.type == "BSDF_PRINCIPLED"), None)
+    """A see-through material (eyelashes, eye occlusion): the shader's alpha and blending.
+    Its opacity is `alpha` times the texture's alpha channel, which draws the eyelash
+    strands (an RGB texture reads as alpha 1)."""
+    nt = mat.node_tree
+    bsdf = next((n for n in nt.nodes if n.type == "BSDF_PRINCIPLED"), None)
     if bsdf is not None and "Alpha" in bsdf.inputs:
         bsdf.inputs["Alpha"].default_value = alpha
+        tex = next((n for n in nt.nodes if n.type == "TEX_IMAGE"), None)
+        if tex is not None:
+            mul = nt.nodes.new("ShaderNodeMath")
+            mul.operation = "MULTIPLY"
+            mul.inputs[1].default_value = alpha
+            mul.location = (bsdf.location.x - 160, bsdf.location.y - 300)
+            nt.links.new(tex.outputs["Alpha"], mul.inputs[0])
+            nt.links.new(mul.outputs[0], bsdf.inputs["Alpha"])
     if hasattr(mat, "surface_render_method"):  # EEVEE Next (4.2+)
         mat.surface_render_method = "BLENDED"
     if hasattr(mat, "blend_method"):

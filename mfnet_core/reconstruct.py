@@ -316,6 +316,8 @@ def _reconstruct(
             size=options.texture_size,
             progress=sub,
             face_paint=head.parts.face_paint(),
+            occluders=head.parts.opaque(min_alpha=1.0),
+            strand_faces=head.parts.strand_faces(),
         )
         warnings.extend(baked.warnings)
 
@@ -367,7 +369,8 @@ def _reconstruct(
             )
         with atomic_folder(claim) as tmp:
             save_npz(tmp / "rig.npz", rig.arrays)
-            png = save_png(tmp / "texture.png", baked.texture)
+            rgba = baked.texture if baked.alpha is None else np.dstack([baked.texture, baked.alpha])
+            png = save_png(tmp / "texture.png", rgba)
             save_png(tmp / "texture_mask.png", baked.mask)
             sub(0.3, "texture written")
             write_obj(tmp / "", fit.vertices_model, rig, "texture.png")

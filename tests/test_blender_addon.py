@@ -309,8 +309,10 @@ def test_ict_rig_arkit_keys_parts_bones_and_views(kind, addon_zip, ict_result, t
     assert res["sliders"] == {"eyeBlink_L": [0.0, 1.0], "jawOpen": [0.0, 1.0]}
     # one material per part, every slot used, the lashes blended
     mats = res["materials"]
-    assert len(mats) == 12 and any(m.endswith("_teeth") for m in mats)
+    assert len(mats) == 16 and any(m.endswith(("_teeth", "_cornea_L")) for m in mats)
     assert min(res["material_faces"]) > 0 and res["lash_blend"] in ("BLEND", "BLENDED")
+    # eyelash strands: the texture's alpha channel on the lashes only
+    assert res["lash_alpha_from_texture"] and not res["skin_alpha_from_texture"]
     # the jaw bone opens the mouth (through DRV-jawOpen), the eye bone drives the lids
     assert res["drv_jawOpen"] > 0.5 and res["lip_gap_jaw"] > res["lip_gap_rest"] + 0.01
     assert res["drv_look_down_L"] > 0.5 and res["drv_look_up_L"] == 0.0

@@ -230,6 +230,40 @@ def test_fit_a_synthetic_ict_person(ict, tmp_path):
     texel = tex[int((1 - v) * s), int(u * s)] / 255
     assert np.abs(texel - np.array(ict.parts.painted["teeth"])).max() < 0.05
 
+    # The eyes: the sclera's front cap is baked from the photos (the renders' irises are
+    # dark), the pupils painted; lashes are strands in the texture's alpha channel, which
+    # head.glb blends on the lashes only.
+    rgba = np.asarray(Image.open(tmp_path / "out" / "texture.png"))
+    assert rgba.shape == (s, s, 4)
+
+    def texels(part: str) -> np.ndarray:
+        uv = ict.uv.uv_coords[ict.uv.uv_faces[ict.parts.face_part == ict.parts.names.index(part)]]
+        px = np.clip((uv.mean(1) * [1, -1] + [0, 1]) * s, 0, s - 1).astype(int)
+        return rgba[px[:, 1], px[:, 0]]
+
+    sclera = np.array(ict.parts.painted["sclera_L"]) * 255
+    for side in ("L", "R"):
+        cornea = texels(f"cornea_{side}")[:, :3].mean(0)
+        assert cornea.mean() < 0.7 * sclera.mean(), (side, cornea)
+        assert (
+            np.abs(
+                texels(f"pupil_{side}")[:, :3].mean(0) / 255 - ict.parts.painted[f"pupil_{side}"]
+            ).max()
+            < 0.05
+        )
+    assert (texels("skin")[:, 3] == 255).all()
+    lash_alpha = texels("eyelashes")[:, 3]
+    assert 0.2 < (lash_alpha == 0).mean() < 0.9 and (lash_alpha > 100).any()
+    import pygltflib
+
+    glb = pygltflib.GLTF2().load(str(tmp_path / "out" / "head.glb"))
+    modes = {m.name: m.alphaMode for m in glb.materials}
+    assert (
+        modes["eyelashes"] == "BLEND"
+        and modes["skin"] == "OPAQUE"
+        and modes["cornea_L"] == "OPAQUE"
+    )
+
 
 def _person(ict, expressions: list[np.ndarray], yaws=(-35.0, 0.0, 35.0), size: int = 512):
     """One ICT identity photographed with a different expression per view."""
@@ -293,3 +327,25 @@ def test_per_photo_expressions_and_the_disagreement_warning(ict, tmp_path):
     rec2 = reconstruct(inputs, ict, tmp_path / "shared", shared)
     e2 = rec2.fit.params["view_expression"]
     assert np.allclose(e2, e2[:1])
+
+
+def test_eye_caps_split_the_sclera_symmetrically(ict):
+    """The sclera shell's front cap is the iris (cornea_L/R) around a pupil: the same number
+    of faces on both eyes, mirror images of each other, in front of the eye joints."""
+    parts, faces = ict.parts, ict.faces.numpy()
+    v = ict.v_template.cpu().numpy()
+    centres = v[faces].mean(1)
+    counts = {n: int((parts.face_part == parts.names.index(n)).sum()) for n in parts.names}
+    for kind in ("cornea", "pupil", "sclera"):
+        assert counts[f"{kind}_L"] == counts[f"{kind}_R"] > 10, counts
+    assert counts["cornea_L"] + counts["pupil_L"] < counts["sclera_L"]  # a cap, not the ball
+    for side in ("L", "R"):
+        cap = centres[parts.face_part == parts.names.index(f"cornea_{side}")]
+        mirror = centres[
+            parts.face_part == parts.names.index(f"cornea_{'R' if side == 'L' else 'L'}")
+        ]
+        mirror = mirror * [-1, 1, 1]
+        d = np.linalg.norm(cap[:, None] - mirror[None], axis=-1).min(1)
+        assert d.max() < 1e-4, d.max()
+        sclera = centres[parts.face_part == parts.names.index(f"sclera_{side}")]
+        assert cap[:, 2].min() > sclera[:, 2].mean()  # the front of the eyeball

@@ -255,3 +255,55 @@ def test_single_view_bigger_texture_and_input_checks(scene, plain_bake):
 def test_srgb_round_trip():
     x = np.arange(256, dtype=np.uint8)
     assert (linear_to_srgb(srgb_to_linear(x)) == x).all()
+
+
+def _small_sphere_faces(scene: Scene) -> np.ndarray:
+    centres = scene.verts[scene.faces].mean(1).numpy()
+    return np.linalg.norm(centres - SMALL_C, axis=1) < SMALL_R + 0.05
+
+
+def test_see_through_parts_do_not_hide_what_is_behind_them(scene, plain_bake):
+    """`occluders`: a face left out of them (an eyelash card, ICT's eye-occlusion shell)
+    no longer keeps the photos from baking what lies behind it (the eyes)."""
+    views, res = plain_bake
+    small = _small_sphere_faces(scene)
+    assert 0 < small.sum() < len(small)
+    see_through = bake_texture(
+        views, scene.faces, scene.uv, scene.uv_faces, size=TEX, occluders=~small
+    )
+    # the big sphere's front cap behind the small one (not its back, which the front hides)
+    occ = occluded_by_small(scene, "front") & scene.layout & (facing(scene, "front") > 0.3)
+    assert occ.sum() > 100 and (res.per_view_weight[1][occ] == 0).all()
+    assert (see_through.per_view_weight[1][occ] > 0).mean() > 0.95
+    # what nothing covers is baked as before
+    free = scene.layout & ~occ & (res.mask == 255)
+    diff = np.abs(see_through.texture[free].astype(int) - res.texture[free].astype(int))
+    assert np.median(diff) <= 1
+    with pytest.raises(ValueError, match="occluders has shape"):
+        bake_texture(views, scene.faces, scene.uv, scene.uv_faces, size=TEX, occluders=small[:5])
+
+
+def test_strand_faces_get_an_alpha_channel_of_strands(scene, plain_bake):
+    views, res = plain_bake
+    assert res.alpha is None  # no strands asked for: RGB only
+    small = _small_sphere_faces(scene)
+    out = bake_texture(views, scene.faces, scene.uv, scene.uv_faces, size=TEX, strand_faces=small)
+    assert out.alpha.shape == (TEX, TEX) and out.alpha.dtype == np.uint8
+    scr = torch.stack(
+        [scene.uv[:, 0] * TEX, (1 - scene.uv[:, 1]) * TEX, torch.ones(len(scene.uv))], -1
+    )
+    face = rasterize(scr, scene.uv_faces, TEX, TEX).face_index.numpy()
+    on_small = (face >= 0) & np.append(small, False)[face]
+    on_big = (face >= 0) & ~on_small
+    assert (out.alpha[on_big] == 255).all()
+    a = out.alpha[on_small]
+    clear, strand = (a == 0).mean(), (a > 100).mean()
+    assert 0.4 < clear < 0.85 and strand > 0.15, (clear, strand)  # strands with gaps
+    # strands run along v: down one texel column of a strand face the alpha never switches
+    cols = np.flatnonzero(on_small.any(0))
+    assert len(cols) > 20
+    for c in cols:
+        assert len(np.unique(out.alpha[on_small[:, c], c] > 0)) == 1, c
+    assert np.array_equal(
+        out.texture, bake_texture(views, scene.faces, scene.uv, scene.uv_faces, size=TEX).texture
+    )

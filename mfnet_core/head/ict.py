@@ -115,6 +115,16 @@ PAINTED = {
 # Thin overlay parts that a renderer should blend (opacity), as ICT's own materials do.
 ALPHA = {"eyelashes": 0.9, "eye_occlusion": 0.35, "lacrimal_fluid": 0.3, "eye_blend": 0.3}
 
+# The Light model has no textures, and its sclera is a closed shell in front of the iris
+# sphere: painted white, it hides the iris and the eyes look blank. So the shell's front
+# cap becomes the visible iris ("cornea_L/R", baked from the photos) around a dark pupil
+# ("pupil_L/R", painted): faces whose direction from the eye joint is within these angles of
+# the eye's forward axis (+z). A human iris is ~12 mm across on a ~12 mm radius eyeball
+# (acos 0.93 = 22 degrees); the pupil ~4 mm (acos 0.985 = 10 degrees).
+CORNEA_COS = 0.93
+PUPIL_COS = 0.985
+PAINTED["pupil_L"] = PAINTED["pupil_R"] = (0.03, 0.025, 0.025)
+
 
 @dataclass(frozen=True)
 class ICTAssets(FlameAssets):
@@ -393,6 +403,8 @@ def load_ict_assets(
     face_region = geometric_face_region(v_m, faces, weights, JOINT_NAMES, emb) & skin
     # ICT's parts are named per material; the part of each triangle follows its polygon
     part_names = tuple(PART_NAMES[n] for n in mat_names)
+    joints_m = reg @ v_m
+    material, part_names = eye_caps(v_m, faces, material, part_names, joints_m)
     assets = ICTAssets(
         v_template=v_m,
         faces=faces,
@@ -411,10 +423,38 @@ def load_ict_assets(
         sha256=digest,
         source_path=path,
         expression_names=names,
-        parts=Parts(part_names, material, painted=dict(PAINTED), alpha=dict(ALPHA)),
+        parts=Parts(
+            part_names, material, painted=dict(PAINTED), alpha=dict(ALPHA), strands=("eyelashes",)
+        ),
         regions=regions,
     )
     return assets
+
+
+def eye_caps(
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    face_part: np.ndarray,
+    part_names: tuple[str, ...],
+    joints: np.ndarray,
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Splits each sclera's front cap into a cornea (iris) and a pupil part (see CORNEA_COS).
+
+    vertices (V,3) metres; faces (F,3); face_part (F,) index into part_names; joints (J,3)
+    in JOINT_NAMES order. Returns the new (F,) face_part and part names (four appended)."""
+    face_part = face_part.copy()
+    names = list(part_names)
+    centres = vertices[faces].mean(1)
+    for side in ("L", "R"):
+        sclera = names.index(f"sclera_{side}")
+        eye = joints[JOINT_NAMES.index(f"eye_{side}")]
+        d = centres - eye
+        cos = d[:, 2] / np.maximum(np.linalg.norm(d, axis=1), 1e-12)
+        on = face_part == sclera
+        for part, limit in ((f"cornea_{side}", CORNEA_COS), (f"pupil_{side}", PUPIL_COS)):
+            names.append(part)
+            face_part[on & (cos > limit)] = len(names) - 1
+    return face_part, tuple(names)
 
 
 class ICTFaceModel(FLAME):

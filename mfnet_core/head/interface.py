@@ -75,12 +75,15 @@ class Parts:
     `painted` gives a default sRGB colour (0..1) to parts that photos rarely show well
     (teeth, gums, sclera, lashes): the bake paints them instead of smearing skin into them.
     `alpha` is the opacity of thin overlay parts (lashes, eye occlusion) for the renderer.
+    `strands` names parts drawn as hair cards (eyelashes): the texture's alpha channel
+    draws strands on them (`outputs.texture.strand_alpha`).
     """
 
     names: tuple[str, ...]
     face_part: np.ndarray  # (F,) int64 index into names
     painted: dict[str, tuple[float, float, float]] = field(default_factory=dict)
     alpha: dict[str, float] = field(default_factory=dict)
+    strands: tuple[str, ...] = ()
 
     @staticmethod
     def single(n_faces: int, name: str = "skin") -> Parts:
@@ -91,6 +94,12 @@ class Parts:
         overlays such as the eye-occlusion shell would otherwise hide the eyes)."""
         keep = np.array([self.alpha.get(n, 1.0) >= min_alpha for n in self.names])
         return keep[self.face_part]
+
+    def strand_faces(self) -> np.ndarray | None:
+        """(F,) bool: faces of the `strands` parts; None when the model has none."""
+        if not self.strands:
+            return None
+        return np.isin(self.face_part, [self.names.index(n) for n in self.strands])
 
     def face_paint(self) -> np.ndarray | None:
         """(F,3) float32 sRGB per face, NaN where the photos are baked; None: nothing painted."""

@@ -221,6 +221,7 @@ def write_glb(path: Path, rig: RigData, texture_png: bytes, n_targets: int) -> N
     pos_acc = accessor(positions, pygltflib.VEC3, fl, array_buf, True)
     uv_acc = accessor(uvs, pygltflib.VEC2, fl, array_buf, False)
     part_names, face_part = _parts(rig)
+    part_alpha = np.asarray(a.get("part_alpha", np.ones(len(part_names))), dtype=np.float64)
     used = [i for i in range(len(part_names)) if np.any(face_part == i)]
     idx_accs = [
         accessor(faces[face_part == i].reshape(-1), pygltflib.SCALAR, ui, elem_buf, False)
@@ -256,9 +257,13 @@ def write_glb(path: Path, rig: RigData, texture_png: bytes, n_targets: int) -> N
                 name=part_names[i],
                 pbrMetallicRoughness=pygltflib.PbrMetallicRoughness(
                     baseColorTexture=pygltflib.TextureInfo(index=0),
+                    baseColorFactor=[1.0, 1.0, 1.0, float(part_alpha[i])],
                     metallicFactor=0.0,
                     roughnessFactor=0.7,
                 ),
+                # see-through parts blend by their opacity times the texture's alpha
+                # (eyelash strands); opaque parts ignore the alpha channel
+                alphaMode=pygltflib.BLEND if part_alpha[i] < 1.0 else pygltflib.OPAQUE,
             )
             for i in used
         ],

@@ -101,6 +101,7 @@ class BakeResult:
     gains: np.ndarray | None = None
     layout: np.ndarray | None = None
     reference: int = 0
+    alpha: np.ndarray | None = None  # (S,S) uint8 when strand faces were given, else None
 
 
 def srgb_to_linear(rgb: np.ndarray) -> np.ndarray:
@@ -138,6 +139,8 @@ def bake_texture(
     gutter: int | None = None,
     fill: str = "mesh",
     face_paint: np.ndarray | None = None,
+    occluders: np.ndarray | None = None,
+    strand_faces: np.ndarray | None = None,
 ) -> BakeResult:
     """Bakes the photos of `views` into one UV texture (see the module docstring).
 
@@ -152,7 +155,11 @@ def bake_texture(
     "mesh" (harmonic interpolation of colours over the mesh surface: continuous across UV
     seams) or "push-pull" (pyramid fill in texture space). face_paint: (F,3) sRGB in 0..1 per
     face, NaN where the photos are baked (`Parts.face_paint`): painted faces get their
-    colour (teeth, sclera, lashes) and count as not seen.
+    colour (teeth, sclera, lashes) and count as not seen. occluders: (F,) bool, the faces that
+    hide what is behind them in the photos (default all); see-through overlays (eyelash cards,
+    the eye-occlusion shell) must not keep the eyes from being baked (`Parts.opaque(1.0)`).
+    strand_faces: (F,) bool, faces drawn as hair strands (eyelash cards): the result gets an
+    alpha channel, opaque everywhere but on those faces' texels (`strand_alpha`).
     progress: called as progress(fraction, message).
     """
     report = progress or (lambda f, m: None)
@@ -191,13 +198,19 @@ def bake_texture(
     interp = _interp_matrix(tex_pix.numpy(), corners, bary, size * size, n_verts)
     texel_face = flat_face.numpy().astype(np.int32).reshape(size, size)  # -1 outside
     face_part = _face_components(faces_t.numpy(), n_verts)
+    hiding = np.arange(len(faces_t))
+    if occluders is not None:
+        occluders = np.asarray(occluders, dtype=bool)
+        if occluders.shape != (len(faces_t),):
+            raise ValueError(f"occluders has shape {occluders.shape}, expected ({len(faces_t)},)")
+        hiding = np.flatnonzero(occluders)
     report(0.1, "UV layout rasterised")
 
     # 2. Per-view samples on the texture grid (zero weight outside the layout).
     cols, wts = [], []
     for i, view in enumerate(views):
         c, w = _sample_view(
-            view, faces_t, interp, texel_face, face_part, cos_power, depth_tol, fade
+            view, faces_t, hiding, interp, texel_face, face_part, cos_power, depth_tol, fade
         )
         cols.append(c)
         wts.append(w)
@@ -252,8 +265,40 @@ def bake_texture(
             warnings.append(
                 f"texture: only {100 * frac:.0f}% of the UV layout was seen in the photos"
             )
+    alpha = None
+    if strand_faces is not None:
+        alpha = strand_alpha(texel_face, np.asarray(strand_faces, dtype=bool), gutter)
     report(1.0, "texture baked")
-    return BakeResult(texture, mask, norm_w, warnings, gains, layout, ref)
+    return BakeResult(texture, mask, norm_w, warnings, gains, layout, ref, alpha)
+
+
+def strand_alpha(texel_face: np.ndarray, strand_faces: np.ndarray, gutter: int) -> np.ndarray:
+    """(S,S) uint8 alpha: 255, except on the texels of `strand_faces` (and their gutter),
+    where thin strands run along the texture's v axis with gaps between them.
+
+    Why: eyelashes are cards (ICT: 12 strips, long along u, root to tip along v) that real
+    renderers draw with a strand texture; one alpha for the whole card draws a dark sheet
+    over the eye. Strand spacing scales with the texture (3 texels at 1024) so the lashes
+    look the same at every size; each strand gets its own opacity so they do not read as a
+    regular comb. texel_face: (S,S) face of each texel, -1 outside the layout."""
+    import cv2
+
+    size = texel_face.shape[0]
+    on = (texel_face >= 0) & np.append(strand_faces, False)[texel_face]
+    if gutter > 0 and on.any():
+        kernel = np.ones((2 * gutter + 1, 2 * gutter + 1), np.uint8)
+        grown = cv2.dilate(on.astype(np.uint8), kernel).astype(bool)
+        on = grown & ((texel_face < 0) | on)  # the islands and their gutter, not other parts
+    period = max(3, round(3 * size / 1024))
+    width = max(1, period // 3)
+    column = np.arange(size)
+    strand = (column % period) < width
+    rng = np.random.default_rng(0)
+    opacity = rng.uniform(0.55, 1.0, size=size // period + 1)[column // period]
+    row = np.where(strand, 255 * opacity, 0).astype(np.uint8)
+    alpha = np.full((size, size), 255, dtype=np.uint8)
+    alpha[on] = np.broadcast_to(row, (size, size))[on]
+    return alpha
 
 
 def _cpu_tensor(x: Tensor | np.ndarray) -> Tensor:
@@ -279,6 +324,7 @@ def _interp_matrix(
 def _sample_view(
     view: BakeView,
     faces: Tensor,
+    hiding: np.ndarray,
     interp,
     texel_face: np.ndarray,
     face_part: np.ndarray,
@@ -289,7 +335,7 @@ def _sample_view(
     """One view on the texture grid: colours (S,S,3) float32 linear and weights (S,S) float32
     (0 outside the layout). interp: (S*S,V) sparse barycentric interpolation matrix;
     texel_face: (S,S) face of each texel (-1 outside the layout); face_part: (F,) connected
-    component of each face."""
+    component of each face; hiding: (F',) ids of the faces that occlude (the z-buffer's)."""
     size = texel_face.shape[0]
     rgb = np.asarray(view.rgb)
     if rgb.ndim == 2:
@@ -307,12 +353,14 @@ def _sample_view(
             f"{view.name} view: verts_screen {tuple(vs.shape)} / normals {tuple(nc.shape)} do not fit the mesh"
         )
 
-    vfr = rasterize(vs, faces, h, w)
-    cover = (vfr.face_index >= 0).numpy()
+    all_hide = len(hiding) == len(faces)
+    vfr = rasterize(vs, faces if all_hide else faces[torch.as_tensor(hiding)], h, w)
+    pixel_face = vfr.face_index.numpy()  # (h,w) ids of `faces`, -1 where nothing
+    if not all_hide:
+        pixel_face = np.where(pixel_face >= 0, hiding[pixel_face.clip(0)], -1)
+    cover = pixel_face >= 0
     zbuf = vfr.depth.numpy().astype(np.float32)
-    front = _front_facing(
-        vs.numpy().astype(np.float64), faces.numpy(), vfr.face_index.numpy()[cover]
-    )
+    front = _front_facing(vs.numpy().astype(np.float64), faces.numpy(), pixel_face[cover])
     texel_front = np.append(front, False)[texel_face]  # index -1 -> False
 
     slope = _vertex_depth_slope(vs.numpy().astype(np.float64), faces.numpy())
@@ -339,7 +387,7 @@ def _sample_view(
     # bilinear colour, at every texel's screen position (cv2 pixel centres are integers).
     mx = attrs[..., 0] - np.float32(0.5)
     my = attrs[..., 1] - np.float32(0.5)
-    part = np.where(cover, face_part[vfr.face_index.numpy().clip(0)], -1).astype(np.float32)
+    part = np.where(cover, face_part[pixel_face.clip(0)], -1).astype(np.float32)
     aux = np.dstack([np.where(cover, zbuf, 0).astype(np.float32), dist, part])
     near = cv2.remap(aux, mx, my, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     colour = cv2.remap(

@@ -52,6 +52,19 @@ def main() -> dict:
         lash, "surface_render_method", None
     )
 
+    def alpha_from_texture(mat) -> bool:
+        """The BSDF's Alpha is fed (through the opacity multiply) by the texture's alpha."""
+        bsdf = next(n for n in mat.node_tree.nodes if n.type == "BSDF_PRINCIPLED")
+        links = bsdf.inputs["Alpha"].links
+        if not links:
+            return False
+        mul = links[0].from_node
+        return any(lk.from_node.type == "TEX_IMAGE" for i in mul.inputs for lk in i.links)
+
+    skin = next(m for m in me.materials if m.name.endswith("_skin"))
+    info["lash_alpha_from_texture"] = alpha_from_texture(lash)
+    info["skin_alpha_from_texture"] = alpha_from_texture(skin)
+
     for kb in keys:
         if not kb.name.startswith("DRV-") and not kb.name.startswith("pose_") and kb != keys[0]:
             kb.value = 0.0
