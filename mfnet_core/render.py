@@ -35,6 +35,7 @@ from torch import Tensor
 __all__ = [
     "Fragments",
     "rasterize",
+    "fragments_for_faces",
     "interpolate",
     "differentiable_bary",
     "vertex_normals",
@@ -147,6 +148,19 @@ def rasterize(
                 verts, faces, height, width, cull_backfaces, perspective_correct
             )
         return _fragments_from_faces(verts, faces, face_index, perspective_correct)
+
+
+def fragments_for_faces(
+    verts_screen: Tensor, faces: Tensor, face_index: Tensor, *, perspective_correct: bool = False
+) -> Fragments:
+    """Fragments for a visible face per pixel (H,W) that is already known, e.g. from a
+    rasterisation of the same mesh and camera with the other interpolation rule. Why: picking
+    the face is most of `rasterize`'s cost. verts_screen (V,3), faces (F,3); the same values
+    as `rasterize` gives wherever it picks the same face."""
+    verts = verts_screen.detach()
+    faces = faces.to(device=verts.device, dtype=torch.long)
+    with _cpu_threads(_CPU_THREADS if verts.device.type == "cpu" else None):
+        return _fragments_from_faces(verts, faces, face_index.to(verts.device), perspective_correct)
 
 
 @contextmanager

@@ -13,6 +13,7 @@ from mfnet_core.render import (
     Fragments,
     differentiable_bary,
     face_mask,
+    fragments_for_faces,
     interpolate,
     pytorch3d_available,
     rasterize,
@@ -330,6 +331,33 @@ def test_perspective_correct_depth_matches_ray_plane_intersection():
     # Affine interpolation is off by a visible amount on such a plane.
     fr_affine = rasterize(scr, faces, size, size)
     assert (fr_affine.depth[ys, xs] - t).abs().max() > 1e-3
+
+
+def test_fragments_for_faces_redo_the_other_interpolation_rule():
+    """Barycentrics and depth for a face pick made with the other rule (the PSNR re-render
+    reuses the flow's perspective-correct pick) equal a full affine rasterisation's where the
+    picks agree, and a perspective-correct one's with its own pick."""
+    verts, faces = _sphere_screen()
+    persp = rasterize(verts, faces, 96, 96, perspective_correct=True)
+    affine = rasterize(verts, faces, 96, 96)
+    redone = fragments_for_faces(verts, faces, persp.face_index)
+    same = persp.face_index == affine.face_index
+    assert int(same.sum()) > 1000
+    assert not redone.perspective_correct
+    assert_close(redone.bary[same], affine.bary[same], atol=0)
+    assert_close(redone.depth[same], affine.depth[same], atol=0)
+    assert (persp.bary[same] - affine.bary[same]).abs().max() > 1e-4  # the rules differ
+    back = fragments_for_faces(verts, faces, persp.face_index, perspective_correct=True)
+    assert_close(back.bary, persp.bary, atol=0)
+
+
+def _sphere_screen():
+    """A unit sphere 3 units in front of a 96 px pinhole camera: (V,3) screen vertices, faces."""
+    mesh = trimesh.creation.icosphere(subdivisions=3)
+    vc = torch.as_tensor(mesh.vertices, dtype=torch.float64) - torch.tensor([0.0, 0.0, 3.0])
+    d = -vc[:, 2]
+    scr = torch.stack([48 + 120 * vc[:, 0] / d, 48 - 120 * vc[:, 1] / d, d], -1)
+    return scr, torch.as_tensor(mesh.faces, dtype=torch.long)
 
 
 def _grad_case():

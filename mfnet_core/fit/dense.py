@@ -220,7 +220,9 @@ def _final_report(
     finally:
         fitter.extra_terms = extra
     t_q = time.perf_counter()
-    quality = view_quality(fitter, photos, o.report_size, face_tri)
+    # the flow renders above already picked each pixel's face at the final mesh
+    picks = [v.fragments.face_index for v in views] if o.flow.size == o.report_size else None
+    quality = view_quality(fitter, photos, o.report_size, face_tri, face_index=picks)
     if uses(o.losses, "photo"):
         # mean robust RGB error inside the face masks (Charbonnier, [0,1] units), x lambda
         parts["photo"] = o.photo_weight * float(np.mean([q["photo_loss"] for q in quality]))

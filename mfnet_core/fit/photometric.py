@@ -28,6 +28,7 @@ from mfnet_core.fit.corner_term import CornerTerm
 from mfnet_core.fit.solver import cauchy_weights_mad
 from mfnet_core.render import (
     Fragments,
+    fragments_for_faces,
     interpolate,
     rasterize,
     sample_texture,
@@ -187,8 +188,11 @@ def render_view(
     face_tri: np.ndarray,
     photo: np.ndarray,
     size: int,
+    face_index: Tensor | None = None,
 ) -> ViewShading:
-    """Rasterises one view at a working resolution (longer side `size`)."""
+    """Rasterises one view at a working resolution (longer side `size`); with `face_index`
+    (H,W), the visible faces of a rasterisation of this mesh at that resolution, only the
+    barycentrics are made."""
     h0, w0 = photo.shape[:2]
     s = min(1.0, size / max(h0, w0))
     w, h = max(8, round(w0 * s)), max(8, round(h0 * s))
@@ -198,7 +202,10 @@ def render_view(
     v = verts_cam.detach().double().cpu()
     screen = to_screen(v[None], cam[None])[0]
     faces_c = faces.cpu().long()
-    frags = rasterize(screen, faces_c, h, w)
+    if face_index is not None and tuple(face_index.shape) == (h, w):
+        frags = fragments_for_faces(screen, faces_c, face_index.cpu())
+    else:
+        frags = rasterize(screen, faces_c, h, w)
     fi = frags.face_index
     tri_ok = torch.as_tensor(np.asarray(face_tri, bool))
     mask = ((fi >= 0) & tri_ok[fi.clamp_min(0)]).numpy()
@@ -377,17 +384,21 @@ def view_quality(
     size: int,
     face_tri: np.ndarray,
     tex_size: int = 512,
+    face_index: list[Tensor] | None = None,
 ) -> list[dict]:
     """Per view: PSNR and SSIM of the re-rendered face (albedo baked from all views through
     the fitted mesh, times the view's SH shading) against the photo inside the face mask, at
-    a working resolution (longer side `size`). Adds "image": a side-by-side picture."""
+    a working resolution (longer side `size`). Adds "image": a side-by-side picture.
+    face_index: per view, the visible faces (H,W) of a rasterisation of the current mesh
+    at that resolution (the dense report's flow renders), reused where the size matches."""
     with torch.no_grad():
         ev = fitter.evaluate(with_vertices=True)
     faces = fitter.head.faces
     layout = fitter.head.uv
     vc = [ev["vertices_cam"][i] for i in range(fitter.n_views)]
+    picks = face_index or [None] * fitter.n_views
     views = [
-        render_view(vc[i], fitter.camera[i], faces, face_tri, photos[i], size)
+        render_view(vc[i], fitter.camera[i], faces, face_tri, photos[i], size, picks[i])
         for i in range(fitter.n_views)
     ]
     # the masks (MF) hold face-region triangles only: the albedo is needed there alone
