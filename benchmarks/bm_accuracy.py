@@ -149,19 +149,22 @@ class MeshQuery:
         return cand[np.arange(len(pts)), best], d[np.arange(len(pts)), best]
 
 
-def scan_distance_mm(
-    scan: HeadScan, verts: np.ndarray, faces: np.ndarray, lmk68: np.ndarray, iterations: int = 20
-) -> tuple[float, float]:
-    """Median distance (mm) from the capture's face region to the fitted mesh, after a
-    similarity transform of the fitted mesh onto the capture: start from the 51 inner 3D
-    landmarks (17-67; the contour's semantics differ between the two), then ICP with
-    closest points on the fitted surface, trimming pairs beyond 3x the median distance.
-    Returns the distance and the similarity's scale (fitted mesh -> capture, both in metres:
-    1 when the fit is metric)."""
+def align_to_scan(
+    scan: HeadScan,
+    verts: np.ndarray,
+    faces: np.ndarray,
+    lmk68: np.ndarray,
+    iterations: int = 20,
+    with_scale: bool = True,
+) -> tuple[float, np.ndarray, np.ndarray, MeshQuery]:
+    """(s, R, t) taking the fitted mesh onto the capture (x -> s R x + t), and the fitted
+    surface's MeshQuery: start from the 51 inner 3D landmarks (17-67; the contour's
+    semantics differ between the two), then ICP with closest points on the fitted surface,
+    trimming pairs beyond 3x the median distance. with_scale=False: rigid."""
     pts = scan.vertices[scan.face_region()].astype(np.float64)
     query = MeshQuery(verts.astype(np.float64), np.asarray(faces))
     s, rot, t = similarity_transform(
-        lmk68[17:].astype(np.float64), scan.landmarks[17:].astype(np.float64)
+        lmk68[17:].astype(np.float64), scan.landmarks[17:].astype(np.float64), with_scale
     )
     rng = np.random.default_rng(0)
     sub = pts[rng.choice(len(pts), min(1500, len(pts)), replace=False)]
@@ -169,13 +172,26 @@ def scan_distance_mm(
         back = (sub - t) @ rot / s  # capture points in the fitted mesh's frame
         closest, dist = query.on_surface(back)
         keep = dist <= 3 * np.median(dist) + 1e-9
-        s, rot, t = similarity_transform(closest[keep], sub[keep])
+        s, rot, t = similarity_transform(closest[keep], sub[keep], with_scale)
+    return s, rot, t, query
+
+
+def scan_distance_mm(
+    scan: HeadScan, verts: np.ndarray, faces: np.ndarray, lmk68: np.ndarray, iterations: int = 20
+) -> tuple[float, float]:
+    """Median distance (mm) from the capture's face region to the fitted mesh after the
+    similarity alignment of `align_to_scan`, and the similarity's scale (fitted mesh ->
+    capture, both in metres: 1 when the fit is metric)."""
+    pts = scan.vertices[scan.face_region()].astype(np.float64)
+    s, rot, t, query = align_to_scan(scan, verts, faces, lmk68, iterations)
     _closest, dist = query.on_surface((pts - t) @ rot / s)
     return float(np.median(dist) * s * 1000.0), float(s)
 
 
-def scan_errors(flame, scan: HeadScan, yaw: float, size: int, configs) -> tuple[dict, str]:
-    views = render_scan(scan, (-yaw, 0.0, yaw), image_size=size, seed=0)
+def scan_errors(
+    flame, scan: HeadScan, yaw: float, size: int, configs, landmarks: str = "dlib"
+) -> tuple[dict, str]:
+    views = render_scan(scan, (-yaw, 0.0, yaw), image_size=size, seed=0, landmarks=landmarks)
     photos = [v.photo.rgb for v in views.views]
     intr = [v.intrinsics for v in views.views]
     lmk = np.stack([v.landmarks_noisy for v in views.views])
@@ -226,6 +242,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--model", choices=("test-head", "ict", "flame"), default="test-head")
     ap.add_argument("--no-scan", action="store_true")
+    ap.add_argument(
+        "--scan-landmarks",
+        default="dlib",
+        choices=("dlib", "mediapipe", "auto"),
+        help="landmark detector on the capture's renders",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
@@ -309,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     scan_dir = SCAN_DIR.resolve()
     if not args.no_scan and (scan_dir / "james.obj").is_file():
         scan = load_headscan(scan_dir)
-        res, source = scan_errors(flame, scan, args.yaw, args.size, configs)
+        res, source = scan_errors(flame, scan, args.yaw, args.size, configs, args.scan_landmarks)
         for k, (d, s, scale) in res.items():
             result["configs"][k]["scan_median_mm"] = round(d, 4)
             result["configs"][k]["scan_scale"] = round(scale, 4)

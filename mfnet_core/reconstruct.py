@@ -89,7 +89,7 @@ class ReconstructOptions:
     device: str = "auto"
     texture_size: int = 1024
     expression_keys: int | None = None  # None: every expression key the model has
-    landmark_backend: str = "dlib"
+    landmark_backend: str = "auto"  # MediaPipe when installed, else dlib
     fit: FitOptions = field(default_factory=FitOptions)
     # the dense stages' knobs (flow estimator, rounds...); which terms run follows fit.losses
     dense: DenseOptions = field(default_factory=DenseOptions)
@@ -235,7 +235,7 @@ def _reconstruct(
         ]
 
     with timer.stage("landmarks", "detecting landmarks") as sub:
-        landmarks, pose_hints = [], []
+        landmarks, pose_hints, detectors = [], [], []
         for i, view in enumerate(inputs):
             if view.landmarks is None:
                 res = detect_landmarks(
@@ -244,9 +244,11 @@ def _reconstruct(
                 warnings.extend(res.warnings)
                 landmarks.append(np.asarray(res.landmarks, dtype=np.float32))
                 pose_hints.append(res.pose_hint)
+                detectors.append(res.detector or res.backend)
             else:
                 landmarks.append(np.asarray(view.landmarks, dtype=np.float32))
                 pose_hints.append("")
+                detectors.append("given")
             sub((i + 1) / len(inputs), f"landmarks {i + 1}/{len(inputs)}")
     lmk = np.stack(landmarks)
 
@@ -344,6 +346,7 @@ def _reconstruct(
             "views": [
                 {
                     **view_report(fit, i, names[i], files[i], intrinsics[i], inputs[i].photo),
+                    "landmarks_from": detectors[i],
                     **{k: v for k, v in quality[i].items() if k.startswith(("psnr", "ssim"))},
                 }
                 for i in range(len(inputs))

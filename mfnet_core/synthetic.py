@@ -807,7 +807,8 @@ def render_scan(
     """Photoreal views of the capture with its own photo texture (its lighting is baked in),
     a cluttered background, per-view exposure, lens blur and sensor noise. Landmarks: dlib
     on each render ("dlib", falling back to the next for a view dlib misses) or the
-    capture's 3D landmarks projected plus `error_model` errors ("projected")."""
+    capture's 3D landmarks projected plus `error_model` errors ("projected"); any other
+    landmark backend by name ("mediapipe", "auto") works as "dlib" does."""
     rng = np.random.default_rng([seed, 11])
     error_model = error_model or LandmarkErrorModel()
     person = error_model.person_bias(rng)
@@ -822,12 +823,12 @@ def render_scan(
     verts = torch.as_tensor(scan.vertices)
     lmk3 = torch.as_tensor(scan.landmarks)
     backend = None
-    if landmarks == "dlib":
+    if landmarks != "projected":
         from mfnet_core.inputs.landmarks import get_backend
 
         try:
-            backend = get_backend("dlib")
-        except Exception:  # noqa: BLE001 - no dlib: projected landmarks instead
+            backend = get_backend(landmarks)
+        except Exception:  # noqa: BLE001 - detector not installed: projected landmarks instead
             backend = None
     views, sources = [], []
     for i, yaw in enumerate(yaws_deg):
@@ -854,7 +855,7 @@ def render_scan(
                 )
                 if np.linalg.norm(best.landmarks.mean(0) - l_px.mean(0)) < 0.2 * np.ptp(l_px[:, 0]):
                     det = np.asarray(best.landmarks, np.float32)
-        sources.append("dlib" if det is not None else "projected")
+        sources.append(landmarks if det is not None else "projected")
         if det is None:
             det = error_model.apply(l_px, yaw, person, rng)
         views.append(

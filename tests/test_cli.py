@@ -66,13 +66,20 @@ def test_reconstruct_real_photo_jsonl(tmp_path, astronaut_png, cache_env):
     report = json.loads((out / "report.json").read_text())
     assert report["views"][0]["name"] == "front"
     assert report["views"][0]["landmark_residual_px"]["median"] < 6.0
-    assert any("2 faces" in w for w in report["warnings"])  # dlib's false face on her suit
+    from mfnet_core.inputs.mediapipe_landmarks import mediapipe_available
+
+    if mediapipe_available():  # the default (auto) takes MediaPipe's landmarks
+        assert report["views"][0]["landmarks_from"] == "mediapipe"
+    else:  # dlib, with its false face on her suit
+        assert report["views"][0]["landmarks_from"] == "hog"
+        assert any("2 faces" in w for w in report["warnings"])
     overlay = np.asarray(Image.open(out / "overlay_front.png"))
     assert overlay.shape == (512, 512, 3)
     tex = np.asarray(Image.open(out / "texture.png"))
     mask = np.asarray(Image.open(out / "texture_mask.png"))
-    assert tex.shape == (512, 512, 3) and mask.max() == 255
-    assert tex[mask > 0].std() > 5  # real photo content, not a flat fill
+    # RGBA: the default ICT model's eyelash strands are in the alpha channel
+    assert tex.shape == (512, 512, 4) and mask.max() == 255
+    assert tex[..., :3][mask > 0].std() > 5  # real photo content, not a flat fill
     # One photo with the default losses: flow is requested but skipped, and the report says so.
     assert "flow" in report["loss_terms_requested"] and "flow" not in report["loss_terms_used"]
     assert "two or more photos" in report["loss_terms_skipped"]["flow"]

