@@ -1,0 +1,265 @@
+"""Novel views (issue 13, item 9): the reconstructed, textured head seen from angles no photo
+saw, against the real head seen from there.
+
+    python benchmarks/bm_novel_views.py [--model ict] [--subjects 3] [--size 1024]
+                                        [--no-scan] [--picture docs/img/novel_views.png]
+
+Each subject is reconstructed by `mfnet_core.reconstruct` with the default options (flow
+on, per-photo expressions) from 3 photos at about -35/0/+35 degrees; then the fitted mesh is
+aligned rigidly (rotation and translation only: a head of the wrong size shows) onto the
+true one and both are rendered UNLIT with their textures (the truth with its albedo, the
+reconstruction with its baked texture.png) at yaw -70/+70 and pitch -20/+20 about the head,
+plus the front view the photos saw. PSNR and SSIM (photometric.masked_psnr / masked_ssim)
+inside two masks: "face" (the true face region's pixels) and "head" (pixels either head
+covers: silhouette errors count); "psnr_face_gain_matched" after one per-channel gain,
+fitted on the seen front view, takes the photos' exposure and white balance out.
+
+Subjects: `synthetic.make_realistic_subject` people of the model (lit photos, jittered
+expressions, detector-like landmark errors; their albedo is the truth, so light baked into
+the texture costs PSNR), and the James capture (../shared/assets/headscan-james-menpo3d,
+BSD-3) rendered with its photo texture at -40/0/+40, its landmarks detected as `mfnet
+reconstruct` does (MediaPipe when installed, else dlib); its capture has no back of the head,
+so its "head" mask is the capture's own pixels.
+
+Prints one JSON object; seconds also as ratios to benchmarks/reference.py's workload.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from bm_accuracy import SCAN_DIR, align_to_scan
+from reference import Reference
+
+from mfnet_core.camera import Intrinsics, axis_angle_to_matrix, to_screen
+from mfnet_core.fit.photometric import masked_psnr, masked_ssim
+from mfnet_core.head.registry import load_head_model
+from mfnet_core.metrics import similarity_transform
+from mfnet_core.reconstruct import ReconstructOptions, ViewInput, reconstruct
+from mfnet_core.render import render_textured
+from mfnet_core.synthetic import (
+    RealisticOptions,
+    _euler_to_axis_angle,
+    load_headscan,
+    make_realistic_subject,
+    render_scan,
+    skin_texture,
+)
+
+# (yaw, pitch) in degrees; the first is the photos' own front view, for comparison
+VIEWS = ((0.0, 0.0), (-70.0, 0.0), (70.0, 0.0), (0.0, 20.0), (0.0, -20.0))
+RENDER_SIZE = 512
+DISTANCE_M = 0.6
+PIVOT_BEHIND_M = 0.09  # the head turns about a point this far behind the face's centre
+
+
+@torch.no_grad()
+def render_unlit(
+    verts: np.ndarray,
+    faces: np.ndarray,
+    uv: np.ndarray,
+    uv_faces: np.ndarray,
+    texture: np.ndarray,
+    pivot: np.ndarray,
+    yaw: float,
+    pitch: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(H,W,3) float [0,1] picture and (H,W) face index (-1: background) of a textured mesh
+    turned about `pivot`. verts (V,3) metres, model axes; texture (Ht,Wt,3) uint8."""
+    aa = torch.as_tensor(_euler_to_axis_angle(yaw, pitch, 0.0), dtype=torch.float64)
+    rot = axis_angle_to_matrix(aa[None])[0]
+    v = torch.as_tensor(verts, dtype=torch.float64) - torch.as_tensor(pivot)
+    v_cam = (v @ rot.T + torch.tensor([0.0, 0.0, -DISTANCE_M - PIVOT_BEHIND_M])).float()
+    camera = torch.as_tensor(Intrinsics.from_fov(RENDER_SIZE, RENDER_SIZE).as_vector())[None]
+    img, _mask, frags = render_textured(
+        to_screen(v_cam[None], camera)[0],
+        None,
+        torch.as_tensor(faces),
+        torch.as_tensor(uv, dtype=torch.float32),
+        torch.as_tensor(uv_faces),
+        torch.as_tensor(texture, dtype=torch.float32) / 255.0,
+        RENDER_SIZE,
+        RENDER_SIZE,
+    )
+    return img.clamp(0, 1).numpy(), frags.face_index.numpy()
+
+
+def compare(
+    truth: tuple, recon: tuple, truth_face_faces: np.ndarray, pivot: np.ndarray, head_mask: str
+) -> tuple[dict, list[np.ndarray]]:
+    """Scores per view and the (truth, reconstruction) pictures. truth/recon: (verts, faces,
+    uv, uv_faces, texture); truth_face_faces (F_truth,) bool; head_mask "union" or "truth"."""
+    scores, pictures = {}, []
+    gain = None
+    for yaw, pitch in VIEWS:
+        t_img, t_idx = render_unlit(*truth, pivot, yaw, pitch)
+        r_img, r_idx = render_unlit(*recon, pivot, yaw, pitch)
+        face = (t_idx >= 0) & truth_face_faces[np.maximum(t_idx, 0)]
+        head = (t_idx >= 0) | (r_idx >= 0) if head_mask == "union" else t_idx >= 0
+        if gain is None:  # per-channel exposure / white balance, fitted on the seen view
+            a, b = r_img[face].astype(np.float64), t_img[face].astype(np.float64)
+            gain = (a * b).sum(0) / np.maximum((a * a).sum(0), 1e-12)
+        matched = np.clip(r_img * gain, 0, 1)
+        scores[f"yaw{yaw:+.0f}_pitch{pitch:+.0f}"] = {
+            "psnr_face": round(masked_psnr(r_img, t_img, face), 2),
+            "ssim_face": round(masked_ssim(r_img, t_img, face), 4),
+            "psnr_head": round(masked_psnr(r_img, t_img, head), 2),
+            "ssim_head": round(masked_ssim(r_img, t_img, head), 4),
+            "psnr_face_gain_matched": round(masked_psnr(matched, t_img, face), 2),
+        }
+        pictures.append(np.concatenate([t_img, r_img], 0))
+    return scores, pictures
+
+
+def read_texture(result_dir: Path) -> np.ndarray:
+    return cv2.cvtColor(cv2.imread(str(result_dir / "texture.png")), cv2.COLOR_BGR2RGB)
+
+
+def solid_faces(head) -> tuple[np.ndarray, np.ndarray]:
+    """Faces and uv faces of the opaque parts: this renderer does not blend, so see-through
+    overlays (lash cards, the eye-occlusion shell) are left out of truth and reconstruction
+    alike."""
+    keep = head.parts.opaque(min_alpha=1.0)
+    return head.faces.cpu().numpy()[keep], np.asarray(head.uv.uv_faces)[keep]
+
+
+def synthetic_subject(head, seed: int, size: int, tmp: Path) -> tuple[dict, list, float]:
+    texture = skin_texture(head, 1024, seed=seed)
+    subj = make_realistic_subject(
+        head, seed=seed, options=RealisticOptions(image_size=size), texture=texture
+    )
+    inputs = [ViewInput(photo=v.photo, landmarks=v.landmarks_noisy) for v in subj.views]
+    t0 = time.perf_counter()
+    rec = reconstruct(inputs, head, tmp / f"synthetic_{seed}", ReconstructOptions(device="cpu"))
+    seconds = time.perf_counter() - t0
+    region = head.face_region
+    fitted = rec.fit.vertices_model.astype(np.float64)
+    true = subj.vertices_true.astype(np.float64)
+    _s, rot, t = similarity_transform(fitted[region], true[region], with_scale=False)
+    fitted = fitted @ rot.T + t
+    faces, uv_faces = solid_faces(head)
+    uv = head.uv.uv_coords
+    face_faces = region[faces].all(1)
+    pivot = true[region].mean(0) - np.array([0.0, 0.0, PIVOT_BEHIND_M])
+    scores, pictures = compare(
+        (true, faces, uv, uv_faces, texture),
+        (fitted, faces, uv, uv_faces, read_texture(rec.result_dir)),
+        face_faces,
+        pivot,
+        "union",
+    )
+    return scores, pictures, seconds
+
+
+def scan_subject(head, size: int, tmp: Path) -> tuple[dict, list, float, str]:
+    scan = load_headscan(SCAN_DIR)
+    views = render_scan(scan, (-40.0, 0.0, 40.0), image_size=size, seed=0, landmarks="projected")
+    inputs = [ViewInput(photo=v.photo) for v in views.views]  # detected as `mfnet` does
+    t0 = time.perf_counter()
+    rec = reconstruct(inputs, head, tmp / "james", ReconstructOptions(device="cpu"))
+    seconds = time.perf_counter() - t0
+    fitted = rec.fit.vertices_model
+    with torch.no_grad():
+        lm3 = head.landmarks_frontal(torch.as_tensor(fitted)[None])[0].numpy()
+    faces, uv_faces = solid_faces(head)
+    _s, rot, t, _q = align_to_scan(scan, fitted, head.faces.numpy(), lm3, with_scale=False)
+    fitted = fitted.astype(np.float64) @ rot.T + t
+    scores, pictures = compare(
+        (scan.vertices, scan.faces, scan.uv_coords, scan.uv_faces, scan.texture),
+        (fitted, faces, head.uv.uv_coords, uv_faces, read_texture(rec.result_dir)),
+        scan.face_region()[scan.faces].all(1),
+        np.array([0.0, 0.0, -PIVOT_BEHIND_M]),
+        "truth",
+    )
+    return scores, pictures, seconds, "+".join(v["landmarks_from"] for v in rec.report["views"])
+
+
+def save_picture(path: Path, rows: list[tuple[str, list[np.ndarray]]]) -> None:
+    """One block per subject: truth above reconstruction, one column per view."""
+    blocks = []
+    for label, pictures in rows:
+        block = (np.concatenate(pictures, 1) * 255).astype(np.uint8)
+        cv2.putText(block, label, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 2)
+        cv2.putText(
+            block,
+            "reconstruction",
+            (8, RENDER_SIZE + 24),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.7,
+            (255, 255, 255),
+            2,
+        )
+        blocks.append(block)
+    scale = 0.5
+    out = cv2.resize(
+        np.concatenate(blocks, 0), None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), cv2.cvtColor(out, cv2.COLOR_RGB2BGR))
+
+
+def summary(per_subject: dict[str, dict]) -> dict:
+    """Mean over subjects of each view's scores, seen (front) and novel views apart."""
+    out = {}
+    for kind in ("seen", "novel"):
+        vals: dict[str, list[float]] = {}
+        for scores in per_subject.values():
+            for view, s in scores.items():
+                if (view == "yaw+0_pitch+0") == (kind == "seen"):
+                    for k, v in s.items():
+                        vals.setdefault(k, []).append(v)
+        out[kind] = {k: round(float(np.mean(v)), 3) for k, v in vals.items()}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="ict", choices=("ict", "test-head", "flame"))
+    ap.add_argument("--subjects", type=int, default=3)
+    ap.add_argument("--size", type=int, default=1024, help="photo size for the reconstruction")
+    ap.add_argument("--no-scan", action="store_true")
+    ap.add_argument("--picture", type=Path, default=None, help="write the comparison picture")
+    args = ap.parse_args(argv)
+    ref = Reference.start()
+    head = load_head_model(args.model)
+    synthetic, scan, seconds, rows = {}, {}, {}, []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in range(1, args.subjects + 1):
+            s, pictures, sec = synthetic_subject(head, seed, args.size, Path(tmp))
+            synthetic[f"synthetic_{seed}"], seconds[f"synthetic_{seed}"] = s, round(sec, 2)
+            if seed == 1:
+                rows.append((f"synthetic {args.model} person {seed}", pictures))
+        source = None
+        if not args.no_scan and SCAN_DIR.is_dir():
+            s, pictures, sec, source = scan_subject(head, args.size, Path(tmp))
+            scan["james"], seconds["james"] = s, round(sec, 2)
+            rows.insert(0, ("James capture", pictures))
+    ref.finish()
+    if args.picture:
+        save_picture(args.picture, rows)
+    result = {
+        **ref.to_json(),
+        "model": args.model,
+        "photo_size": args.size,
+        "views": [f"yaw{y:+.0f}_pitch{p:+.0f}" for y, p in VIEWS],
+        "synthetic_mean": summary(synthetic) if synthetic else None,
+        "james": scan.get("james"),
+        "james_landmarks": source,
+        "synthetic": synthetic,
+        "reconstruct_seconds": seconds,
+        "ratio_to_reference": ref.ratios(seconds),
+    }
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
