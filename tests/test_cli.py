@@ -292,7 +292,11 @@ def test_doctor_json(cache_env):
     proc = run_cli("doctor", "--json", env_extra=cache_env)
     report = json.loads(proc.stdout)
     names = " ".join(item["name"] for item in report["items"]).lower()
-    assert "flame" in names and "dlib" in names
+    assert "flame" in names and "dlib" in names and "mediapipe" in names
+    from mfnet_core.inputs.mediapipe_landmarks import mediapipe_available
+
+    mp = next(i for i in report["items"] if i["name"] == "MediaPipe landmarks")
+    assert mp["ok"] == mediapipe_available() and mp["optional"] and "--no-deps" in mp["fix"]
 
 
 @pytest.fixture(scope="module")
