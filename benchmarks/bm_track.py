@@ -18,9 +18,8 @@ is also given as a ratio to it.
 
 Accuracy: mean absolute weight error (smoothed and per-frame) on the keys landmarks can see
 (eyeBlink_L/R, jawOpen, mouthSmile_L/R), and the frame error of the blink's and the jaw's
-peaks, (a) with the model's own landmarks plus 1 px of noise and (b) with dlib's landmarks
-on the renders (the renders show no eyeballs, see tests/test_track.py, so dlib's blink is
-weak there).
+peaks, (a) with the model's own landmarks plus 1 px of noise and (b) with the detector's
+landmarks on the renders (`--landmarks dlib` or `mediapipe`).
 """
 
 from __future__ import annotations
@@ -121,6 +120,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=4, help="forward-backward plays of them")
     ap.add_argument("--size", type=int, default=640)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--landmarks", default="dlib", choices=("dlib", "mediapipe"), help="the frames' detector"
+    )
     args = ap.parse_args()
     machine_start = machine()
     ref = Reference.start(machine_start=machine_start)
@@ -130,6 +132,7 @@ def main() -> None:
     from mfnet_core.head.registry import load_head_model
     from mfnet_core.track.identity import Identity
     from mfnet_core.track.run import ClipOptions, Tracker, track_clip
+    from mfnet_core.track.tracker import TrackOptions
     from mfnet_core.track.video import open_frames
 
     head = load_head_model("ict")
@@ -146,12 +149,14 @@ def main() -> None:
             w.write(cv2.cvtColor(frames[i], cv2.COLOR_RGB2BGR))
         w.release()
         warm = open_frames(video)
-        track_clip(warm, head, identity, ClipOptions(max_frames=10))  # loads dlib's models
+        detector = TrackOptions(landmarks=args.landmarks)
+        # loads the detector's models
+        track_clip(warm, head, identity, ClipOptions(max_frames=10, track=detector))
         runs = []
         for _ in range(2):
             src = open_frames(video)
             t = time.perf_counter()
-            result = track_clip(src, head, identity)
+            result = track_clip(src, head, identity, ClipOptions(track=detector))
             runs.append((time.perf_counter() - t, result))
     wall, result = min(runs, key=lambda r: r[0])
     n = result.n_frames
@@ -160,7 +165,7 @@ def main() -> None:
     stages["decode_and_rest"] = wall / n - sum(stages.values())
     a = result.arrays
     true_clip = exprs[order]
-    dlib_acc = accuracy(names, a["expression"], a["expression_raw"], true_clip)
+    detected_acc = accuracy(names, a["expression"], a["expression_raw"], true_clip)
 
     tracker = Tracker(head, identity, intr, 30.0)
     rng = np.random.default_rng(7)
@@ -196,8 +201,11 @@ def main() -> None:
         },
         "ratio_to_reference": ref.ratios(figures, digits=4),
         "frames_with_face": int(a["face_found"].sum()),
-        "median_landmark_residual_px_dlib": round(float(np.nanmedian(a["residual_px"])), 3),
-        "accuracy_dlib_on_renders": dlib_acc,
+        "landmarks": args.landmarks,
+        f"median_landmark_residual_px_{args.landmarks}": round(
+            float(np.nanmedian(a["residual_px"])), 3
+        ),
+        f"accuracy_{args.landmarks}_on_renders": detected_acc,
         "accuracy_model_landmarks_1px_noise": given_acc,
         "runs_wall_s": [round(r[0], 3) for r in runs],
     }
@@ -213,7 +221,7 @@ def main() -> None:
     print("  per frame: " + ", ".join(f"{k} {1000 * v:.1f} ms" for k, v in stages.items()))
     print(f"  fit + gaze with landmarks given: {out['frames_per_second_landmarks_given']} frames/s")
     print("accuracy, model landmarks + 1 px noise:", json.dumps(given_acc))
-    print("accuracy, dlib on the renders:", json.dumps(dlib_acc))
+    print(f"accuracy, {args.landmarks} on the renders:", json.dumps(detected_acc))
     print(
         "runs (s):", out["runs_wall_s"], " median:", round(statistics.median(out["runs_wall_s"]), 3)
     )

@@ -158,9 +158,9 @@ class Tracker:
         t0 = time.perf_counter()
         if landmarks is None and rgb is not None:
             if self.landmarker is None:
-                from mfnet_core.track.faces import VideoLandmarker
+                from mfnet_core.track.faces import video_landmarker
 
-                self.landmarker = VideoLandmarker()
+                self.landmarker = video_landmarker(self.options.landmarks)
             face = self.landmarker(rgb)
             if face is not None:
                 landmarks, rec["search"] = face.landmarks, face.search

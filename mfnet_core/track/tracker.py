@@ -73,6 +73,7 @@ class TrackOptions:
     weights: LossWeights = field(default_factory=lambda: LossWeights(reg=TRACK_REG))
     jaw_prior: float = 1e-3
     temporal: float = 0.0
+    landmarks: str = "auto"  # the frames' detector: auto (MediaPipe if installed), mediapipe, dlib
 
 
 class IdentityLandmarks:
