@@ -30,29 +30,6 @@ def _pose_vector(fitter: MultiViewFitter, jaw: Tensor) -> Tensor:
     return fitter.head.pose_vector(None, neck, jaw, eye, b, dtype=dt)
 
 
-def _columns(fitter: MultiViewFitter, free: Free) -> dict[str, Tensor]:
-    """For each parameter, a long tensor shaped like it ((1,S) shape, (Ne,E) expression,
-    (Ne,3) jaw, (N,3) head pose) holding its column in the free vector, or -1."""
-    p = fitter.params
-    shapes = {
-        "shape": (1, p.shape.shape[1]),
-        "expression": tuple(p.expression.shape),
-        "jaw_pose": tuple(p.jaw_pose.shape),
-        "head_rot": tuple(p.head_rot.shape),
-        "head_trans": tuple(p.head_trans.shape),
-    }
-    dev = p.shape.device
-    cols = {k: torch.full(v, -1, dtype=torch.long, device=dev) for k, v in shapes.items()}
-    i = 0
-    for name, sl in free:
-        start, stop, _ = sl.indices(shapes[name][-1])
-        rows = shapes[name][0]
-        count = rows * (stop - start)
-        cols[name][:, start:stop] = torch.arange(i, i + count, device=dev).reshape(rows, -1)
-        i += count
-    return cols
-
-
 class CornerTerm(ResidualTerm):
     """A dense term whose K residuals each depend on one mesh triangle seen in two views
     (a, b; equal for single-view terms), as a batched function of the fitter's free
@@ -155,7 +132,7 @@ class CornerTerm(ResidualTerm):
         and the two head poses (small finite-difference batches, float64).
         Views a and b may use different expression rows (per-view expressions)."""
         f = self.fitter
-        cols = _columns(f, free)
+        cols = f.columns(free)
         vals = f._values(free, x[None])
         n_s = vals["shape"].shape[1]
         n_e, n_x = vals["expression"].shape[1:]
