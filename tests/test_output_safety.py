@@ -145,6 +145,14 @@ def _whole(out: Path) -> dict:
     return marker
 
 
+def _default_signals() -> None:
+    """In the child: the signals as a terminal would deliver them. A suite started under
+    `nohup` (or by a runner that ignores SIGHUP) hands its children SIGHUP ignored, and mfnet
+    keeps an inherited ignore on purpose (cli.py), which these tests are not about."""
+    for name in ("SIGHUP", "SIGINT", "SIGTERM"):
+        signal.signal(getattr(signal, name), signal.SIG_DFL)
+
+
 class Child:
     """A running `mfnet` with its stdout/stderr lines read on threads."""
 
@@ -155,6 +163,7 @@ class Child:
             stderr=subprocess.PIPE,
             text=True,
             env={**env, **(extra_env or {})},
+            preexec_fn=_default_signals,
         )
         self.lines: queue.Queue[tuple[str, str]] = queue.Queue()
         self.err: list[str] = []
