@@ -293,14 +293,16 @@ def add_corrective_drivers(
     return count
 
 
-# ARKit keys a bone drives: key -> (bone, local rotation axis, sign, radians at weight 1).
-# Bones use the model's axes (x to the subject's left, y up, z out of the face): the jaw
-# opens with +x, turns the chin to the subject's left with +y; an eye looks down with +x
-# and toward +x (the left eye outward, the right eye inward) with +y.
+# ARKit keys a bone drives: key -> (bone, local rotation axis or LOC_ location channel,
+# sign, radians or metres at weight 1). Bones use the model's axes (x to the subject's left,
+# y up, z out of the face): the jaw opens with +x, turns the chin to the subject's left with
+# +y and juts forward along +z (ICT's jawForward moves the chin ~10 mm); an eye looks down
+# with +x and toward +x (the left eye outward, the right eye inward) with +y.
 BONE_DRIVEN_KEYS: dict[str, tuple[str, str, float, float]] = {
     "jawOpen": ("jaw", "X", 1.0, 0.45),
     "jawLeft": ("jaw", "Y", 1.0, 0.2),
     "jawRight": ("jaw", "Y", -1.0, 0.2),
+    "jawForward": ("jaw", "LOC_Z", 1.0, 0.01),
     "eyeLookDown_L": ("eye_L", "X", 1.0, 0.45),
     "eyeLookUp_L": ("eye_L", "X", -1.0, 0.45),
     "eyeLookOut_L": ("eye_L", "Y", 1.0, 0.6),
@@ -316,7 +318,7 @@ def add_bone_driven_keys(
     mesh_obj: bpy.types.Object, arm_obj: bpy.types.Object, rig: ResultRig
 ) -> list[str]:
     """For models whose jaw opens by a blendshape (ICT), a `DRV-` copy of jawOpen, jawLeft,
-    jawRight and the eyeLook keys, driven by the jaw and eye bones' rotation (clamped to
+    jawRight, jawForward and the eyeLook keys, driven by the jaw and eye bones (clamped to
     [0, 1]): rotating the jaw bone opens the mouth, turning an eye bone moves the lids with
     the eyeball, and the artist's own ARKit sliders stay free (both add up). Returns the
     keys made; none where the jaw is skinned (FLAME) or the keys are missing."""
@@ -344,8 +346,13 @@ def add_bone_driven_keys(
         t = var.targets[0]
         t.id = arm_obj
         t.bone_target = bone
-        t.transform_type = f"ROT_{axis}"
-        t.rotation_mode = f"SWING_TWIST_{axis}"
+        if axis.startswith("LOC_"):
+            t.transform_type = axis
+            # the jaw bone only rotates elsewhere; here it may also slide to jut the chin
+            arm_obj.pose.bones[bone].lock_location["XYZ".index(axis[-1])] = False
+        else:
+            t.transform_type = f"ROT_{axis}"
+            t.rotation_mode = f"SWING_TWIST_{axis}"
         t.transform_space = "LOCAL_SPACE"
         drv.expression = f"min(max({sign:+.1f} * a / {full}, 0.0), 1.0)"
         made.append(kb.name)

@@ -315,6 +315,8 @@ def test_ict_rig_arkit_keys_parts_bones_and_views(kind, addon_zip, ict_result, t
     assert res["lash_alpha_from_texture"] and not res["skin_alpha_from_texture"]
     # the jaw bone opens the mouth (through DRV-jawOpen), the eye bone drives the lids
     assert res["drv_jawOpen"] > 0.5 and res["lip_gap_jaw"] > res["lip_gap_rest"] + 0.01
+    assert res["jaw_z_unlocked"] and res["drv_jawForward"] > 0.95
+    assert res["chin_forward_m"] > 0.005, res["chin_forward_m"]  # ICT's jawForward: ~1 cm
     assert res["drv_look_down_L"] > 0.5 and res["drv_look_up_L"] == 0.0
     # each photo's own expression: the left photo's eyes closed, the others open
     views = res["views"]

@@ -78,6 +78,14 @@ def main() -> dict:
     info["lip_gap_jaw"] = float(np.linalg.norm(opened[a] - opened[b]))
     info["drv_jawOpen"] = driven(mesh, "DRV-jawOpen")
     jaw.rotation_quaternion = (1.0, 0.0, 0.0, 0.0)
+    # the jaw bone slid 1 cm forward (its local z, the model's forward) juts the chin
+    info["jaw_z_unlocked"] = not jaw.lock_location[2]
+    jaw.location = (0.0, 0.0, 0.01)
+    bpy.context.view_layer.update()
+    info["drv_jawForward"] = driven(mesh, "DRV-jawForward")
+    jutted = builder.evaluated_vertices(mesh)
+    info["chin_forward_m"] = float(np.max(-(jutted - rest)[:, 1]))  # Blender: face toward -Y
+    jaw.location = (0.0, 0.0, 0.0)
     eye = arm.pose.bones["eye_L"]
     eye.rotation_quaternion = (np.cos(0.15), np.sin(0.15), 0.0, 0.0)  # looks down
     bpy.context.view_layer.update()
