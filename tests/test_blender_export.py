@@ -181,7 +181,9 @@ def test_game_export_of_an_ict_rig(kind, addon_zip, ict_dir, tmp_path):
         assert arkit <= set(info["keys"]) and info["bones"] == BONES
         assert res[f"still_{fmt}"]["error"] < TOL
     g = check_glb(work / "face.glb")
-    assert arkit <= set(g["names"]) and len([n for n in g["names"] if n.startswith("DRV-")]) == 11
+    assert (
+        arkit <= set(g["names"]) and len([n for n in g["names"] if n.startswith("DRV-")]) == 12
+    )  # jawOpen/Left/Right/Forward + 8 eyeLook
     assert g["joints"] == BONES and ("jaw", "rotation") in g["channels"]
     copyright = pygltflib.GLTF2().load(str(work / "face.glb")).asset.copyright
     assert "ICT" in copyright and "MIT" in copyright
