@@ -321,3 +321,28 @@ def test_training_flow_targets_at_a_smaller_working_size_are_in_photo_pixels(sub
         miss = (carried - torch.as_tensor(pf.target_b, dtype=torch.float64)).norm(dim=-1)
         # ~0.3 working px of DIS noise, in photo px; a unit slip would be hundreds of px.
         assert float(miss.median()) < 0.6 * photo_size / flow_size, (pf.a, pf.b, miss.median())
+
+
+def test_pair_plan_keeps_the_cost_linear_in_the_photos():
+    """Left/front/right: the front with each side, both ways; the sides with each other are
+    left out (opposite sides). Nine photos: each view compared with at most
+    `max_partners` others, its nearest in yaw, so the pairs grow linearly; every pair left
+    out is listed with its reason."""
+    from mfnet_core.fit.flow import FlowOptions, pair_plan
+
+    pairs, skipped = pair_plan([-35.0, 0.0, 35.0])
+    assert sorted(pairs) == [(0, 1), (1, 0), (1, 2), (2, 1)]
+    assert sorted((a, b) for a, b, _ in skipped) == [(0, 2), (2, 0)]
+    assert all("opposite sides" in why for _, _, why in skipped)
+
+    yaws = list(np.linspace(-40, 40, 9))
+    pairs, skipped = pair_plan(yaws)
+    assert len(pairs) + len(skipped) == 9 * 8
+    per_view = np.bincount([b for _, b in pairs], minlength=9)
+    assert per_view.max() <= FlowOptions().max_partners and per_view.min() >= 2
+    for a, b in pairs:  # the nearest: no kept partner is further than a dropped one
+        dropped = [abs(yaws[x] - yaws[b]) for x, y, w in skipped if y == b and "nearest" in w]
+        assert not dropped or abs(yaws[a] - yaws[b]) <= min(dropped)
+    everything, _ = pair_plan(yaws, FlowOptions(max_partners=None))
+    assert len(pairs) == 9 * FlowOptions().max_partners < len(everything)
+    assert set(pairs) <= set(everything)
