@@ -284,6 +284,35 @@ def test_a_model_with_a_jaw_joint_and_pca_expressions(test_head, tmp_path):
     write_track(tmp_path, result)
     assert len(livelink.read_livelink_csv(tmp_path / "track.csv").timecodes) == 12
 
+    # with the result's ARKit keys (rig.npz arkit_basis, as reconstruct writes them for PCA
+    # models) the frames are projected onto them: jawOpen follows the jaw, in [0, 1]
+    from mfnet_core.outputs.arkit_keys import arkit_key_arrays
+
+    rig = test_head.rig_arrays(shape, 0)
+    keys = arkit_key_arrays(
+        test_head,
+        {
+            "vertices": rig.rest_vertices,
+            "skin_weights": rig.skin_weights,
+            "joint_names": np.array(rig.joint_names),
+            "joints": rig.joints,
+        },
+    )
+    names = tuple(str(n) for n in keys["arkit_names"])
+    ident = Identity(
+        Path("p"), shape.astype(np.float64), "test-head", "", None, names, keys["arkit_basis"]
+    )
+    tracker = Tracker(test_head, ident, s.views[0].intrinsics, FPS, smoothing_strength=0)
+    for lm in lms:
+        tracker.add_frame(None, lm)
+    result = tracker.result()
+    arkit = result.arrays["arkit"]
+    jaw_open = arkit[:, list(livelink.ARKIT_NAMES).index("JawOpen")]
+    print("projected jawOpen", jaw_open.round(2), "jaw", np.round(jaws, 2))
+    assert arkit.min() >= 0 and arkit.max() <= 1
+    assert np.corrcoef(jaw_open, jaws)[0, 1] > 0.9 and jaw_open.max() > 0.2
+    assert any("projected onto the result's ARKit keys" in w for w in result.summary["warnings"])
+
 
 def test_neutral_rest_level_is_taken_off(ict, clip):
     """`auto` takes each weight's quietest level (5th percentile) off, a frame number that
@@ -880,3 +909,23 @@ def test_ctrl_c_keeps_the_frames_done(clip, tmp_path):
     with np.load(out / "track.npz") as z:
         assert len(z["times"]) == kept and not bool(z["complete"])
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+
+
+def test_bounded_key_weights_recover_a_mix_of_keys():
+    """A displacement made of known key weights comes back as those weights; weights the
+    keys cannot reach stay in [0, 1]."""
+    from mfnet_core.track.arkit_projection import bounded_key_weights, moving_vertices
+
+    rng = np.random.default_rng(3)
+    basis = rng.normal(scale=1e-3, size=(10, 200, 3))
+    basis[:, 150:] = 0  # vertices no key moves
+    assert set(moving_vertices(basis)) == set(range(150))
+    assert len(moving_vertices(basis, limit=40)) == 40
+    flat = basis.reshape(10, -1)
+    truth = np.clip(rng.uniform(-0.5, 1.2, size=(5, 10)), 0, 1)
+    got = bounded_key_weights(flat, truth @ flat, ridge=0.0)
+    assert np.abs(got - truth).max() < 1e-6
+    shrunk = bounded_key_weights(flat, truth @ flat)  # the default ridge: close to it
+    assert np.abs(shrunk - truth).max() < 0.1
+    beyond = bounded_key_weights(flat, 3.0 * truth @ flat)
+    assert beyond.min() >= 0 and beyond.max() <= 1 + 1e-12

@@ -21,6 +21,10 @@ class Identity:
     model_kind: str  # "ict", "flame", "test-head"
     model_name: str
     expression_names: tuple[str, ...] | None  # as rig.npz names the keys (None: not stored)
+    # PCA models: the ARKit keys carried onto the fitted face (rig.npz arkit_names /
+    # arkit_basis (A,V,3) metres), onto which a track projects its frames
+    arkit_names: tuple[str, ...] | None = None
+    arkit_basis: np.ndarray | None = None
 
 
 def read_identity(result_dir: Path | str) -> Identity:
@@ -52,6 +56,10 @@ def read_identity(result_dir: Path | str) -> Identity:
                 if "expression_names" in files
                 else None
             )
+            arkit_names, arkit_basis = None, None
+            if {"arkit_names", "arkit_basis"} <= files:
+                arkit_names = tuple(str(n) for n in z["arkit_names"])
+                arkit_basis = np.asarray(z["arkit_basis"], dtype=np.float64)
     except MfnetError:
         raise
     except Exception as e:  # a damaged or foreign file: one line, not a traceback
@@ -60,7 +68,19 @@ def read_identity(result_dir: Path | str) -> Identity:
         ) from None
     if not np.isfinite(shape).all():
         raise MfnetError(f"--identity {rig}: the identity holds NaN or inf (damaged file?)")
-    return Identity(path if path.is_dir() else path.parent, shape, kind, name, names)
+    if arkit_basis is not None and (
+        arkit_basis.ndim != 3
+        or arkit_basis.shape[0] != len(arkit_names or ())
+        or arkit_basis.shape[2] != 3
+        or not np.isfinite(arkit_basis).all()
+    ):
+        raise MfnetError(
+            f"--identity {rig}: arkit_basis {arkit_basis.shape} does not fit its "
+            f"{len(arkit_names or ())} arkit_names or holds NaN (damaged file?)"
+        )
+    return Identity(
+        path if path.is_dir() else path.parent, shape, kind, name, names, arkit_names, arkit_basis
+    )
 
 
 def check_identity_matches(

@@ -358,8 +358,22 @@ class Tracker:
                         coeffs[i, self.look_index[name]] = v
         expression = coeffs[:, :n_expr]
         jaw = coeffs[:, n_expr:] if c > n_expr else np.zeros((n, 3))
-        mapping, missing, unused = arkit_mapping(self.names)
-        arkit = np.clip(expression @ mapping.T, 0.0, 1.0) if self.names else np.zeros((n, 52))
+        ident = self.identity
+        projected = (
+            not self.names
+            and ident.arkit_basis is not None
+            and ident.arkit_basis.shape[1] == self.head.n_vertices
+            and n > 0
+        )
+        if projected:  # a PCA model: its frames as a mix of the result's ARKit keys
+            from mfnet_core.track.arkit_projection import pca_track_key_weights
+
+            keys = pca_track_key_weights(self.head, ident.shape, expression, jaw, ident.arkit_basis)
+            mapping, missing, unused = arkit_mapping(ident.arkit_names)
+            arkit = np.clip(keys @ mapping.T, 0.0, 1.0)
+        else:
+            mapping, missing, unused = arkit_mapping(self.names)
+            arkit = np.clip(expression @ mapping.T, 0.0, 1.0) if self.names else np.zeros((n, 52))
         ypr = (
             yaw_pitch_roll_deg(axis_angle_to_matrix(torch.as_tensor(rot))).numpy().reshape(n, 3)
             if n
@@ -410,10 +424,17 @@ class Tracker:
             "eye_neutral": eye_rest.reshape(4).astype(np.float32),
         }
         gaps = smoothing.gap_ranges(face)
-        if not self.names:
+        if projected:
             warnings.append(
-                f"the {self.head.kind} model has no ARKit-named keys: the CSV's 52 weights are 0 "
-                "(track.npz holds the model's own coefficients)"
+                f"the {self.head.kind} model's expressions are PCA components: the CSV's ARKit "
+                "weights are each frame projected onto the result's ARKit keys (rig.npz "
+                "arkit_basis); track.npz also holds the model's own coefficients"
+            )
+        elif not self.names:
+            warnings.append(
+                f"the {self.head.kind} model has no ARKit-named keys and the identity's result "
+                "has none either: the CSV's 52 weights are 0 (track.npz holds the model's own "
+                "coefficients)"
             )
         elif [m for m in missing if m != "TongueOut"]:  # no head model here has a tongue key
             warnings.append(
