@@ -207,41 +207,18 @@ class MediapipeVideoLandmarker:
     frame (0.86, dlib 0.07 and two frames late)."""
 
     def __init__(self) -> None:
-        self._mesh = None
+        from mfnet_core.inputs.landmarks import get_backend
 
-    def _graph(self):
-        if self._mesh is None:
-            import mediapipe as mp
-
-            from mfnet_core.inputs.mediapipe_landmarks import MIN_DETECTION_CONFIDENCE
-
-            self._mesh = mp.solutions.face_mesh.FaceMesh(
-                static_image_mode=True,
-                max_num_faces=1,
-                refine_landmarks=True,
-                min_detection_confidence=MIN_DETECTION_CONFIDENCE,
-            )
-        return self._mesh
+        self._backend = get_backend("mediapipe")  # the photos' backend: one graph per process
 
     def reset(self) -> None:
-        """Forget the face: a new graph, so the next frame runs the detector."""
-        if self._mesh is not None:
-            self._mesh.close()
-        self._mesh = None
+        """Nothing to forget: every frame is searched on its own."""
 
     def __call__(self, rgb: np.ndarray) -> FrameFace | None:
-        from mfnet_core.inputs.mediapipe_landmarks import MP_TO_IBUG68, quiet_native_stderr
-
-        rgb = np.ascontiguousarray(rgb)
-        h, w = rgb.shape[:2]
-        with quiet_native_stderr():
-            found = self._graph().process(rgb).multi_face_landmarks
-        if not found:
+        faces = self._backend.detect(np.ascontiguousarray(rgb))  # largest first
+        if not faces:
             return None
-        mesh = np.array([[p.x * w, p.y * h] for p in found[0].landmark], dtype=np.float32)
-        lo, hi = mesh.min(0), mesh.max(0)
-        box = (float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1]))
-        return FrameFace(mesh[list(MP_TO_IBUG68)], box, "mediapipe")
+        return FrameFace(faces[0].landmarks, faces[0].box, "mediapipe")
 
 
 def video_landmarker(name: str = "auto") -> VideoLandmarker | MediapipeVideoLandmarker:
