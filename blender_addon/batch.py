@@ -4,7 +4,12 @@
 
 Options: --flame PATH, --model auto|flame|ict|test-head, --device auto|cpu|cuda,
 --texture-size 1024|2048|4096, --expressions K, --export glb|fbx|fbx,glb|none (default
-glb), --no-glb (drops glb from --export; kept from before --export), --quiet.
+glb), --no-glb (drops glb from --export; kept from before --export), --prefetch N (default
+1), --quiet.
+
+The backend runs as its own process, so while Blender builds, exports and saves person n,
+the backend already reconstructs person n+1 (--prefetch N: up to N people ahead; 0 = one
+person at a time). summary.json gives people_per_minute.
 
 Each subfolder of --input holds one person's photos (jpg/png/tif/bmp/webp; files whose names
 contain left/front/right are passed as those views). Per person this writes
@@ -35,6 +40,7 @@ import signal
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 import bpy
@@ -84,6 +90,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="game files beside the .blend: glb, fbx, fbx,glb or none (default: glb)",
     )
     ap.add_argument("--no-glb", action="store_true", help="no .glb (whatever --export says)")
+    ap.add_argument(
+        "--prefetch",
+        type=int,
+        default=1,
+        help="people whose backend may run while Blender builds the current one (default 1; "
+        "0 = one person at a time)",
+    )
     ap.add_argument("--quiet", action="store_true", help="no per-stage progress lines")
     return ap.parse_args(argv)
 
@@ -173,26 +186,53 @@ class Stopper:
         raise StopNow(signum)
 
 
-def process_person(pkg, folder: Path, out: Path, python: str, args, prefs, log) -> dict:
-    """Reconstructs and builds one person; returns their summary entry (raises on failure)."""
-    backend, builder, rigdata = pkg.backend, pkg.builder, pkg.rigdata
-    name = folder.name
-    entry: dict = {"name": name, "warnings": []}
-    t0 = time.perf_counter()
-    photos, views = backend.photos_in_folder(folder)
-    if not photos:
-        raise RuntimeError(f"no photos ({', '.join(backend.PHOTO_SUFFIXES)}) in {folder}")
-    out.mkdir(parents=True, exist_ok=True)
-    result = out / "result"
-    reuse = False
-    if result.is_dir():
-        try:
-            rigdata.load_result(result)
-            reuse = True
-            log(f"{name}: reusing {result}")
-        except rigdata.ResultError:
-            reuse = False
-    if not reuse:
+@dataclass
+class PersonJob:
+    """One person between starting their backend and finishing their Blender files: the
+    backend runs in its own process, so it can work while Blender builds someone else."""
+
+    folder: Path
+    out: Path
+    result: Path
+    started: float  # perf_counter at start
+    started_at: float  # wall clock (summary.json: shows which backends ran ahead)
+    job: object | None = None  # backend.BackendJob; None when an earlier result is reused
+    error: Exception | None = None  # raised when the person's turn comes
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+    def cancel(self) -> None:
+        """Stops a backend still running (it tidies its own output)."""
+        if self.job is not None and not self.job.state.done:
+            self.job.cancel(grace=5.0)
+
+
+def start_person(pkg, folder: Path, out: Path, python: str, args, prefs, log) -> PersonJob:
+    """Finds the person's photos and starts their backend (or picks up an earlier result).
+    Never raises: a problem is kept in `error` and reported when the person's turn comes."""
+    backend, rigdata = pkg.backend, pkg.rigdata
+    person = PersonJob(
+        folder=folder,
+        out=out,
+        result=out / "result",
+        started=time.perf_counter(),
+        started_at=time.time(),
+    )
+    try:
+        photos, views = backend.photos_in_folder(folder)
+        if not photos:
+            raise RuntimeError(f"no photos ({', '.join(backend.PHOTO_SUFFIXES)}) in {folder}")
+        out.mkdir(parents=True, exist_ok=True)
+        result = person.result
+        if result.is_dir():
+            try:
+                rigdata.load_result(result)
+                log(f"{folder.name}: reusing {result}")
+                return person
+            except rigdata.ResultError:
+                pass
         for p in backend.partial_folders(result):
             shutil.rmtree(p, ignore_errors=True)
         cmd = backend.reconstruct_command(
@@ -208,7 +248,24 @@ def process_person(pkg, folder: Path, out: Path, python: str, args, prefs, log) 
         )
         if args.model:
             cmd += ["--model", args.model]
-        job = backend.BackendJob(cmd, result)
+        person.job = backend.BackendJob(cmd, result)
+    except Exception as e:  # noqa: BLE001 - kept for the person's turn
+        person.error = e
+    return person
+
+
+def finish_person(pkg, person: PersonJob, args, log, on_backend_done=None) -> dict:
+    """Waits for the person's backend, then builds, exports and saves their Blender files;
+    returns their summary entry (raises on failure). `on_backend_done` runs once the
+    backend has finished, before the build (the batch starts the next person there)."""
+    builder, rigdata = pkg.builder, pkg.rigdata
+    name = person.name
+    entry: dict = {"name": name, "warnings": [], "started_at": round(person.started_at, 3)}
+    if person.error is not None:
+        raise person.error
+    result, out = person.result, person.out
+    if person.job is not None:
+        job = person.job
 
         def show(st):
             ev = st.events[-1] if st.events else {}
@@ -223,12 +280,17 @@ def process_person(pkg, folder: Path, out: Path, python: str, args, prefs, log) 
         if st.error:
             raise RuntimeError(st.error)
         result = Path(st.result_dir or result)
+        entry["backend_seconds"] = round(time.perf_counter() - person.started, 3)
     entry["result_dir"] = str(result)
-
+    if on_backend_done is not None:
+        on_backend_done()
+    if not args.quiet:
+        log(f"{name}: building the rig in Blender")
     bpy.ops.wm.read_homefile(use_empty=True)
     rep = builder.build_rig(str(result), name, pack_texture=True)
     entry["warnings"] += rep.warnings
     entry["build_seconds"] = round(rep.seconds, 3)
+    t_export = time.perf_counter()
     for suffix in export_formats(args):
         target = out / f"{name}{suffix}"
         try:
@@ -246,6 +308,8 @@ def process_person(pkg, folder: Path, out: Path, python: str, args, prefs, log) 
                 f"glTF export failed ({e}); copied the backend's {rigdata.GLB_FILE} (mesh and morph targets, no armature)"
             )
         entry[suffix[1:]] = str(target)
+    entry["export_seconds"] = round(time.perf_counter() - t_export, 3)
+    t_save = time.perf_counter()
     blend = out / f"{name}.blend"
     tmp_blend = out / f".{name}.partial.blend"
     try:
@@ -255,7 +319,9 @@ def process_person(pkg, folder: Path, out: Path, python: str, args, prefs, log) 
         for partial in (tmp_blend, out / f".{name}.partial.blend1"):
             partial.unlink(missing_ok=True)
     entry["blend"] = str(blend)
-    entry["seconds"] = round(time.perf_counter() - t0, 3)
+    entry["save_seconds"] = round(time.perf_counter() - t_save, 3)
+    entry["seconds"] = round(time.perf_counter() - person.started, 3)
+    entry["finished_at"] = round(time.time(), 3)
     return entry
 
 
@@ -314,6 +380,9 @@ def run_batch(args, pkg, prefs, log, stopper: Stopper) -> int:
     except ValueError as e:  # export_plan.ExportError
         log(f"error: {e}")
         return 2
+    if args.prefetch < 0:
+        log(f"error: --prefetch {args.prefetch}: give 0 (one person at a time) or more")
+        return 2
     dst.mkdir(parents=True, exist_ok=True)
     try:
         python = backend.find_backend_python(args.python or prefs.backend_python)
@@ -339,8 +408,28 @@ def run_batch(args, pkg, prefs, log, stopper: Stopper) -> int:
         "blender": bpy.app.version_string,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "notes": notes,
+        "prefetch": args.prefetch,
         "people": [],
     }
+
+    def done_already(folder: Path) -> bool:
+        out = dst / folder.name
+        return (out / f"{folder.name}.blend").is_file() and all(
+            (out / f"{folder.name}{s}").is_file() for s in suffixes
+        )
+
+    todo = [f for f in people if not done_already(f)]
+    launched: dict[str, PersonJob] = {}  # backends started for people after the current one
+    next_up = 0  # todo[next_up] is the next person whose backend has not been started
+
+    def launch(limit: int) -> None:
+        """Starts backends in order until `limit` people are waiting ahead."""
+        nonlocal next_up
+        while next_up < len(todo) and len(launched) < limit and not stopper.requested:
+            f = todo[next_up]
+            next_up += 1
+            launched[f.name] = start_person(pkg, f, dst / f.name, python.path, args, prefs, log)
+
     current = ""
     try:
         for i, folder in enumerate(people, 1):
@@ -348,23 +437,26 @@ def run_batch(args, pkg, prefs, log, stopper: Stopper) -> int:
                 break
             current = folder.name
             out = dst / folder.name
-            blend = out / f"{folder.name}.blend"
-            exports = [out / f"{folder.name}{s}" for s in suffixes]
-            if blend.is_file() and all(p.is_file() for p in exports):
+            if folder.name not in launched and done_already(folder):
                 log(f"[{i}/{len(people)}] {folder.name}: already done, skipped")
                 summary["people"].append(
                     {
                         "name": folder.name,
                         "status": "skipped",
                         "reason": "already done",
-                        "blend": str(blend),
+                        "blend": str(out / f"{folder.name}.blend"),
                     }
                 )
                 current = ""
                 continue
             log(f"[{i}/{len(people)}] {folder.name}")
+            if folder.name not in launched:
+                launch(len(launched) + 1)
+            person = launched.pop(folder.name)
             try:
-                entry = process_person(pkg, folder, out, python.path, args, prefs, log)
+                entry = finish_person(
+                    pkg, person, args, log, on_backend_done=lambda: launch(args.prefetch)
+                )
                 entry["status"] = "succeeded"
                 log(f"{folder.name}: done in {entry['seconds']:.1f} s")
             except Exception as e:  # one person's failure never stops the batch
@@ -381,6 +473,13 @@ def run_batch(args, pkg, prefs, log, stopper: Stopper) -> int:
             summary["people"].append(
                 {"name": current, "status": "failed", "reason": f"interrupted ({e.args[0]})"}
             )
+    finally:
+        for person in launched.values():  # started ahead, never built: nothing of theirs stays
+            person.cancel()
+            try:
+                person.out.rmdir()
+            except OSError:  # not empty (an earlier result) or already gone
+                pass
     stopper.finishing = True
     summary |= _totals(summary, started)
     if stopper.requested:
@@ -411,6 +510,12 @@ def _totals(summary: dict, started: float) -> dict:
             {"name": p["name"], "reason": p["reason"]} for p in people if p["status"] == "failed"
         ],
         "seconds": round(time.time() - started, 3),
+        "people_per_minute": round(
+            60.0
+            * sum(p["status"] == "succeeded" for p in people)
+            / max(time.time() - started, 1e-9),
+            3,
+        ),
     }
 
 

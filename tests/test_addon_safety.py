@@ -775,6 +775,18 @@ def test_batch_output_inside_input_and_ctrl_c(tmp_path):
     same = _Batch(inp, inp, home, extra)
     assert same.wait() == 2 and "is the --input folder" in same.log
 
+    # one Ctrl-C while Blender builds alice, with bob's backend already running ahead
+    # (--prefetch 1): alice finishes, bob's backend is cancelled and nothing of his is left
+    ahead_out = tmp_path / "ahead"
+    ahead = _Batch(inp, ahead_out, home, extra)
+    ahead.wait_for(lambda line: line.startswith("mfnet-batch: alice: building the rig"))
+    ahead.ctrl_c()
+    assert ahead.wait() == 130, ahead.log
+    summary = json.loads((ahead_out / "summary.json").read_text())
+    assert summary["succeeded"] == ["alice"] and summary["not_started"] == ["bob"], summary
+    assert not (ahead_out / "bob").exists(), list((ahead_out / "bob").rglob("*"))
+    assert _processes_writing(ahead_out / "bob") == [], "bob's backend outlived the batch"
+
     # one Ctrl-C while alice is being reconstructed: alice finishes, bob is not started
     run = _Batch(inp, out, home, extra)
     run.wait_for(_working_on("alice"))

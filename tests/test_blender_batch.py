@@ -182,6 +182,10 @@ def test_batch_two_people_and_a_broken_folder(photos, tmp_path):
         assert (out / name / "result" / "rig.npz").is_file()
         assert (out / name / f"{name}.glb").read_bytes()[:4] == b"glTF"
     assert not list((out / "carol_broken").glob("*")), "no half result for the failed person"
+    # --prefetch 1 (the default): bob's backend ran while Blender built alice
+    alice, bob = summary["people"][:2]
+    assert summary["prefetch"] == 1 and summary["people_per_minute"] > 0
+    assert alice["started_at"] < bob["started_at"] < alice["finished_at"], (alice, bob)
 
     # the .blend opens in both Blenders, texture packed, drivers work without trusting Python
     for kind in harness.KINDS:
@@ -221,10 +225,11 @@ def test_batch_two_people_and_a_broken_folder(photos, tmp_path):
 
     # fixing the folder and rerunning finishes the batch with exit code 0
     shutil.copy(photos["grace"], inp / "carol_broken" / "front.jpg")
-    last = _batch("binary", inp, out, tmp_path / "home", ["--no-glb"])
+    last = _batch("binary", inp, out, tmp_path / "home", ["--no-glb", "--prefetch", "0"])
     assert last.returncode == 0, (last.stdout + last.stderr)[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["succeeded"] == ["carol_broken"] and summary["failed"] == []
+    assert summary["prefetch"] == 0
 
 
 def test_batch_in_bpy_and_bad_arguments(photos, tmp_path):
@@ -240,3 +245,5 @@ def test_batch_in_bpy_and_bad_arguments(photos, tmp_path):
     assert (out / "dave" / "dave.blend").is_file() and (out / "dave" / "dave.glb").is_file()
     bad = _batch("binary", tmp_path / "missing", out, tmp_path / "home")
     assert bad.returncode == 2 and "not a folder" in bad.stdout
+    neg = _batch("binary", inp, out, tmp_path / "home", ["--prefetch", "-1"])
+    assert neg.returncode == 2 and "--prefetch -1" in neg.stdout
