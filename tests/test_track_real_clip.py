@@ -19,9 +19,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 START, COUNT = 380, 80
-# The bound on the median residual of the smoothed take, inner 51 points. Measured
-# (docs/BENCHMARKS.md, "Tracking a real clip"): 2.98 px over the whole clip (p95 3.87), and
-# on this slice 2.5 px; the per-frame fit 2.57 px over the whole clip.
+# The bound on the median residual, inner 51 points (docs/BENCHMARKS.md, "Tracking a real
+# clip"): on this slice the smoothed take measured 2.72 px (the per-frame fit 2.23), over the
+# whole clip 2.98 px with a 95th percentile of 3.87. 3.5 px is 1.3x the slice's median, below
+# the whole clip's p95: a track that drifts off the face by a few pixels fails it.
 MAX_MEDIAN_INNER_PX = 3.5
 
 
@@ -88,11 +89,10 @@ def test_real_clip_weights_and_csv(tracked):
     for k in ("JawOpen", "EyeBlinkLeft", "EyeBlinkRight", "MouthSmileLeft", "MouthSmileRight"):
         w = arkit[:, names.index(k)]
         assert np.isfinite(w).all() and w.min() >= 0.0 and w.max() <= 1.0, k
-    # she laughs through the slice and blinks once (frames ~45-50 of it)
-    smile = 0.5 * (
-        arkit[:, names.index("MouthSmileLeft")] + arkit[:, names.index("MouthSmileRight")]
-    )
-    assert np.median(smile) > 0.3, f"median smile {np.median(smile):.2f}"
+    # she laughs through the slice (peaks near 1; the rest level auto takes the slice's
+    # quietest smile off, so the median says little) and blinks about once
+    smile = arkit[:, names.index("MouthSmileLeft")] + arkit[:, names.index("MouthSmileRight")]
+    assert 0.5 * smile.max() > 0.6, f"largest smile {0.5 * smile.max():.2f}"
     blink = 0.5 * (arkit[:, names.index("EyeBlinkLeft")] + arkit[:, names.index("EyeBlinkRight")])
     assert blink.max() > 0.3 and np.median(blink) < 0.3, (blink.max(), np.median(blink))
     with open(tracked["dir"] / "track.csv", newline="") as f:
