@@ -261,6 +261,7 @@ def cmd_reconstruct(args: argparse.Namespace, progress: ProgressPrinter) -> dict
         texture_size=args.texture_size,
         expression_keys=args.expressions,
         landmark_backend=args.landmarks,
+        size_from=args.size_from,
         fit=_fit_options(args),
         dense=_dense_options(args),
         overwrite=args.overwrite,
@@ -474,6 +475,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "mediapipe", "dlib", "face-alignment"],
         help="landmark detector: auto = MediaPipe when installed (follows turned faces far "
         "better), else dlib",
+    )
+    r.add_argument(
+        "--size-from",
+        default="iris",
+        choices=["iris", "model"],
+        help="the head's real size: iris = from the irises in the photos (11.7 mm across in "
+        "adults; needs the MediaPipe landmarks and a view within 25 degrees of frontal, else "
+        "as model), model = what the shape model infers from the face's proportions",
     )
     r.add_argument(
         "--weights", help="trained MFNet checkpoint (training/): start the fit from the network"

@@ -24,6 +24,7 @@ from mfnet_core.fit.landmark_fit import (
     MultiViewFitter,
     fit_landmarks,
 )
+from mfnet_core.fit.metric_scale import MetricScale, metric_scale_from_irises
 from mfnet_core.fit.photometric import view_quality
 from mfnet_core.fit.plan import check_flow_estimator, plan_losses
 from mfnet_core.head.interface import HeadModel
@@ -97,6 +98,9 @@ class ReconstructOptions:
     weights: Path | None = None  # trained MFNet checkpoint: start the fit from its prediction
     # ARKit-named keys (the ICT model's, transferred) for models whose keys are PCA components
     arkit_keys: bool = True
+    # the head's real size: "iris" (the photos' irises, 11.7 mm, when the landmark detector
+    # sees them; else as "model") or "model" (what the shape model infers from proportions)
+    size_from: str = "iris"
 
 
 @dataclass
@@ -235,7 +239,7 @@ def _reconstruct(
         ]
 
     with timer.stage("landmarks", "detecting landmarks") as sub:
-        landmarks, pose_hints, detectors = [], [], []
+        landmarks, pose_hints, detectors, irises = [], [], [], []
         for i, view in enumerate(inputs):
             if view.landmarks is None:
                 res = detect_landmarks(
@@ -245,16 +249,22 @@ def _reconstruct(
                 landmarks.append(np.asarray(res.landmarks, dtype=np.float32))
                 pose_hints.append(res.pose_hint)
                 detectors.append(res.detector or res.backend)
+                irises.append(res.iris)
             else:
                 landmarks.append(np.asarray(view.landmarks, dtype=np.float32))
                 pose_hints.append("")
                 detectors.append("given")
+                irises.append(None)
             sub((i + 1) / len(inputs), f"landmarks {i + 1}/{len(inputs)}")
     lmk = np.stack(landmarks)
 
     head = head.to(device)
     with timer.stage("fit", f"fitting the {head.kind}") as sub:
         fitter, fit_start = _landmark_fit(head, photos, lmk, intrinsics, options, device, sub)
+        size = measure_size(fitter, irises, intrinsics)
+        if options.size_from == "iris" and size.factor is not None:
+            sub(0.9, f"metric size from the irises: x{size.factor:.3f}")
+            head, fitter = _rescale_fit(head, fitter, size.factor, lmk, intrinsics, options)
 
     # Views are named from the landmark fit's yaw, before the dense stages, so that their
     # pictures carry the names (the dense stages move the yaws by a few degrees at most).
@@ -357,6 +367,10 @@ def _reconstruct(
             "loss_terms_skipped": skipped,
             "fit_start": fit_start,
             "same_person_check": identity_section(identity, names),
+            "metric_size": {
+                **size.to_json(),
+                "applied": options.size_from == "iris" and size.factor is not None,
+            },
             # PSNR/SSIM re-render the photos the texture was baked from: a consistency
             # check of the fit, not a measure of quality at views no photo saw
             "quality_measured_on": "the input photos (the texture's own source)",
@@ -388,13 +402,57 @@ def _reconstruct(
                 save_png(tmp / f"overlay_{key}.png", image)
             write_json(
                 tmp / "params.json",
-                params_json(head.info, params, names, intrinsics, head.expression_space.names),
+                {
+                    **params_json(
+                        head.info, params, names, intrinsics, head.expression_space.names
+                    ),
+                    # the model's arrays were multiplied by this (report.json "metric_size")
+                    "model_scale": size.factor if report["metric_size"]["applied"] else 1.0,
+                },
             )
             timings = {**timer.timings, "export": round(time.perf_counter() - export_start, 4)}
             timings["total"] = round(sum(timings.values()), 4)
             report["timings_s"] = timings
             write_json(tmp / "report.json", report)
     return Reconstruction(Path(out_dir), fit, names, report)
+
+
+def measure_size(
+    fitter: MultiViewFitter, irises: list[np.ndarray | None], intrinsics: list[Intrinsics]
+) -> MetricScale:
+    """How much bigger the fitted head is in reality, from the views' irises."""
+    if all(i is None for i in irises):
+        return MetricScale(None, reason="no iris detected (the MediaPipe landmarks see them)")
+    fit = fitter.result()
+    with torch.no_grad():
+        verts = torch.as_tensor(fit.vertices_cam, dtype=torch.float32)
+        # the eyes' points are fixed on the surface: any yaw gives the same ones
+        lm_cam = fitter.head.landmarks_3d(verts.to(fitter.device), 0.0).cpu().numpy()
+    focal = np.array([k.as_vector()[0] for k in intrinsics])
+    return metric_scale_from_irises(
+        irises, lm_cam, fit.landmarks_px, focal, fit.yaw_pitch_roll[:, 0]
+    )
+
+
+def _rescale_fit(
+    head: HeadModel,
+    fitter: MultiViewFitter,
+    factor: float,
+    lmk: np.ndarray,
+    intrinsics: list[Intrinsics],
+    options: ReconstructOptions,
+) -> tuple[HeadModel, MultiViewFitter]:
+    """The model made `factor` times bigger and the fit carried over to it: the same
+    coefficients with the views `factor` times further away project the same, so a short
+    refit from there settles what the priors see differently."""
+    scaled = head.rescaled(factor)
+    init = {k: np.array(v, copy=True) for k, v in fitter.result().params.items()}
+    init["head_translation"] = init["head_translation"] * factor
+    fit_options = replace(
+        options.fit, iterations=INIT_ITERATIONS, outlier_rounds=INIT_OUTLIER_ROUNDS
+    )
+    refit = fit_landmarks(scaled, lmk, intrinsics, fit_options, fitter.device, init=init)
+    return scaled, refit
 
 
 def _landmark_fit(

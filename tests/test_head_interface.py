@@ -58,6 +58,9 @@ class InterfaceOnly(HeadModel):
     def rest_joints(self, shape: Tensor, expression: Tensor) -> Tensor:
         return self.inner.rest_joints(shape, expression)
 
+    def rescaled(self, factor: float) -> InterfaceOnly:
+        return InterfaceOnly(self.inner.rescaled(factor))
+
     def vertex_subset(self, vertex_ids: Tensor, dtype: object = None) -> nn.Module:
         return self.inner.vertex_subset(vertex_ids, dtype)
 

@@ -11,6 +11,7 @@ Axes: metres, y up, x to the subject's left, the face looks along +z.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -324,6 +325,23 @@ class FLAME(HeadModel):
             verts = verts + t
             joints = joints + t
         return HeadOutput(vertices=verts, joints=joints, v_shaped=v_shaped)
+
+    def rescaled(self, factor: float) -> FLAME:
+        """The same model `factor` times bigger: template, identity, expression and pose
+        bases scaled, so every head it makes is this one's scaled about the origin (joints
+        too: the regressor is linear). With the views' translations scaled alike the photos
+        see the same thing, so a fit carries over; what changes is the metric size
+        (fit/metric_scale.py)."""
+        a = self.assets
+        scaled = dataclasses.replace(
+            a,
+            v_template=a.v_template * np.float32(factor),
+            shapedirs=a.shapedirs * np.float32(factor),
+            exprdirs=a.exprdirs * np.float32(factor),
+            posedirs=a.posedirs * np.float32(factor),
+        )
+        model = type(self)(scaled, n_shape=self.n_shape, n_expr=self.n_expr)
+        return model.to(self.v_template.device)
 
     def rest_vertices(self, shape: Tensor) -> Tensor:
         """(B,ns) -> (B,V,3): template plus identity blend shapes only (no expression, no pose)."""

@@ -281,6 +281,11 @@ class HeadModel(nn.Module, ABC):
     ) -> Tensor:
         """Same as `landmarks_3d(forward(...).vertices, yaw_deg)`, cheaper: (B,68,3)."""
 
+    @abstractmethod
+    def rescaled(self, factor: float) -> HeadModel:
+        """The same model `factor` times bigger (every head it makes scaled about the
+        origin, joints too): how a fit is made metric (fit/metric_scale.py)."""
+
     # -- export ----------------------------------------------------------------------------
     @abstractmethod
     def rig_arrays(self, shape: np.ndarray, n_expression_keys: int) -> RigArrays:

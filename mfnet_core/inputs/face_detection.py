@@ -20,6 +20,9 @@ class FaceDetection:
     # how turned the detector saw the face: "frontal", "turned" (HOG's side detectors, about
     # 25-60 degrees), "steep" (only the CNN found it: HOG misses faces beyond ~60 degrees)
     pose_hint: str = ""
+    # (2,5,2) iris centre and 4 rim points (right, top, left, bottom) of both eyes, in input
+    # pixels, from detectors that see the iris (MediaPipe's attention mesh); else None
+    iris: np.ndarray | None = None
 
     @property
     def width(self) -> float:

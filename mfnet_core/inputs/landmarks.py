@@ -120,6 +120,7 @@ class LandmarkResult:
     detector: str = ""
     seconds: float = 0.0
     pose_hint: str = ""  # FaceDetection.pose_hint: "frontal", "turned", "steep" or unknown
+    iris: np.ndarray | None = None  # FaceDetection.iris: (2,5,2) px, or None
 
 
 # ---------------------------------------------------------------- dlib
@@ -507,6 +508,7 @@ def detect_landmarks(
         detector=face.detector,
         seconds=seconds,
         pose_hint=face.pose_hint,
+        iris=None if face.iris is None else np.asarray(face.iris, dtype=np.float32),
     )
 
 

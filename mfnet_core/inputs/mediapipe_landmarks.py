@@ -41,6 +41,9 @@ MP_TO_IBUG68: tuple[int, ...] = (
     76, 42, 72, 12, 302, 272, 292, 320, 315, 16, 85, 90,  # outer lips
     78, 81, 13, 311, 325, 402, 14, 178,  # inner lips
 )  # fmt: skip
+# The attention mesh's iris points (refine_landmarks=True): centre, then the rim's right,
+# top, left and bottom point, for each eye (468-472 and 473-477).
+IRIS_POINTS: tuple[int, ...] = tuple(range(468, 478))
 MAX_FACES = 4
 MIN_DETECTION_CONFIDENCE = 0.3
 
@@ -107,6 +110,9 @@ class MediapipeBackend:
             lm = mesh[list(MP_TO_IBUG68)]
             lo, hi = mesh.min(0), mesh.max(0)
             box = (float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1]))
-            out.append(FaceDetection(box=box, landmarks=lm, score=1.0, detector="mediapipe"))
+            iris = mesh[list(IRIS_POINTS)].reshape(2, 5, 2) if len(mesh) >= 478 else None
+            out.append(
+                FaceDetection(box=box, landmarks=lm, score=1.0, detector="mediapipe", iris=iris)
+            )
         out.sort(key=lambda d: -d.area)
         return out
