@@ -407,7 +407,7 @@ def _reconstruct(
                         head.info, params, names, intrinsics, head.expression_space.names
                     ),
                     # the model's arrays were multiplied by this (report.json "metric_size")
-                    "model_scale": size.factor if report["metric_size"]["applied"] else 1.0,
+                    "model_scale": head.scale,
                 },
             )
             timings = {**timer.timings, "export": round(time.perf_counter() - export_start, 4)}

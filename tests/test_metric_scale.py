@@ -152,3 +152,14 @@ def test_real_photos_come_out_at_their_real_size(tmp_path):
     it = reports["iris"]
     assert it["applied"] and it["from"] == "iris" and len(it["eyes_used"]) == 4
     assert not reports["model"]["applied"] and reports["model"]["factor"] == it["factor"]
+
+    # a track of him uses the same size: rig.npz carries it, the tracker rescales the model
+    from mfnet_core.camera import Intrinsics
+    from mfnet_core.track.identity import read_identity
+    from mfnet_core.track.run import Tracker
+
+    identity = read_identity(tmp_path / "iris")
+    assert identity.model_scale == pytest.approx(it["factor"])
+    tracker = Tracker(head, identity, Intrinsics.from_fov(640, 480), fps=30.0)
+    assert tracker.head.scale == pytest.approx(it["factor"]) and head.scale == 1.0
+    assert read_identity(tmp_path / "model").model_scale == 1.0

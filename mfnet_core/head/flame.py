@@ -341,6 +341,7 @@ class FLAME(HeadModel):
             posedirs=a.posedirs * np.float32(factor),
         )
         model = type(self)(scaled, n_shape=self.n_shape, n_expr=self.n_expr)
+        model.scale = self.scale * float(factor)
         return model.to(self.v_template.device)
 
     def rest_vertices(self, shape: Tensor) -> Tensor:

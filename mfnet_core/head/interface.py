@@ -194,6 +194,9 @@ class HeadModel(nn.Module, ABC):
     # Joints whose rotation moves the mesh (ICT opens the mouth with a blendshape, not its jaw
     # joint): the fit frees only these poses.
     posed_joints: frozenset[str] = frozenset(JOINT_ORDER)
+    # how many times bigger than the model's own files this model makes heads (`rescaled`):
+    # a result stores it, so a track of that person uses the same size
+    scale: float = 1.0
 
     @property
     def kind(self) -> str:

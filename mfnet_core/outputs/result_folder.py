@@ -79,6 +79,8 @@ def build_rig(
         "format_version": np.array(FORMAT_VERSION, dtype=np.int32),
         "model_kind": np.array(head.info.kind),
         "model_name": np.array(head.info.name),
+        # the model's arrays times this made the head (metric size: fit/metric_scale.py)
+        "model_scale": np.array(head.scale, dtype=np.float64),
         "vertices": r.rest_vertices,
         "faces": head.faces.cpu().numpy().astype(np.int32),
         "uv_coords": head.uv.uv_coords.astype(np.float32),

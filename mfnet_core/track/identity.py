@@ -25,6 +25,8 @@ class Identity:
     # arkit_basis (A,V,3) metres), onto which a track projects its frames
     arkit_names: tuple[str, ...] | None = None
     arkit_basis: np.ndarray | None = None
+    # rig.npz model_scale: the result's head is the model's times this (its metric size)
+    model_scale: float = 1.0
 
 
 def read_identity(result_dir: Path | str) -> Identity:
@@ -56,6 +58,7 @@ def read_identity(result_dir: Path | str) -> Identity:
                 if "expression_names" in files
                 else None
             )
+            scale = float(z["model_scale"]) if "model_scale" in files else 1.0
             arkit_names, arkit_basis = None, None
             if {"arkit_names", "arkit_basis"} <= files:
                 arkit_names = tuple(str(n) for n in z["arkit_names"])
@@ -68,6 +71,8 @@ def read_identity(result_dir: Path | str) -> Identity:
         ) from None
     if not np.isfinite(shape).all():
         raise MfnetError(f"--identity {rig}: the identity holds NaN or inf (damaged file?)")
+    if not (np.isfinite(scale) and 0.5 <= scale <= 2.0):
+        raise MfnetError(f"--identity {rig}: model_scale {scale} is not a head size (0.5-2)")
     if arkit_basis is not None and (
         arkit_basis.ndim != 3
         or arkit_basis.shape[0] != len(arkit_names or ())
@@ -79,7 +84,14 @@ def read_identity(result_dir: Path | str) -> Identity:
             f"{len(arkit_names or ())} arkit_names or holds NaN (damaged file?)"
         )
     return Identity(
-        path if path.is_dir() else path.parent, shape, kind, name, names, arkit_names, arkit_basis
+        path if path.is_dir() else path.parent,
+        shape,
+        kind,
+        name,
+        names,
+        arkit_names,
+        arkit_basis,
+        model_scale=scale,
     )
 
 

@@ -119,6 +119,8 @@ class Tracker:
         neutral: str | int = "auto",
     ) -> None:
         check_identity_matches(identity, head.kind, head.n_shape, head.expression_space.names)
+        if abs(identity.model_scale - head.scale) > 1e-9:  # the person's metric size
+            head = head.rescaled(identity.model_scale / head.scale)
         self.head = head
         self.identity = identity
         self.intrinsics = intrinsics
