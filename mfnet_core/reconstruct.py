@@ -37,6 +37,7 @@ from mfnet_core.inputs.images import Photo
 from mfnet_core.inputs.landmarks import detect_landmarks
 from mfnet_core.network.checkpoints import load_checkpoint
 from mfnet_core.network.predict import predict_init
+from mfnet_core.outputs.albedo import head_skin_faces
 from mfnet_core.outputs.arkit_keys import arkit_key_arrays, needs_arkit_keys
 from mfnet_core.outputs.report import (
     consistency_warnings,
@@ -330,6 +331,7 @@ def _reconstruct(
             face_paint=head.parts.face_paint(),
             occluders=head.parts.opaque(min_alpha=1.0),
             strand_faces=head.parts.strand_faces(),
+            skin_faces=head_skin_faces(head, fit.vertices_model),  # texture.png: albedo
         )
         warnings.extend(baked.warnings)
 
@@ -376,6 +378,7 @@ def _reconstruct(
             "quality_measured_on": "the input photos (the texture's own source)",
             "timings_s": timer.timings,
             "warnings": warnings,
+            "texture_lighting": [light.as_json() for light in baked.lighting or []],
         }
         if dense is not None:
             report["dense"] = dense_section(dense, labels, names, options.dense.flow)
@@ -389,6 +392,10 @@ def _reconstruct(
             rgba = baked.texture if baked.alpha is None else np.dstack([baked.texture, baked.alpha])
             png = save_png(tmp / "texture.png", rgba)
             save_png(tmp / "texture_mask.png", baked.mask)
+            if baked.texture_shaded is not None:
+                shaded = baked.texture_shaded
+                alpha = [] if baked.alpha is None else [baked.alpha]
+                save_png(tmp / "texture_shaded.png", np.dstack([shaded, *alpha]))
             sub(0.3, "texture written")
             write_obj(tmp / "", fit.vertices_model, rig, "texture.png")
             write_glb(tmp / "head.glb", rig, png, n_targets=rig.expression_basis.shape[0])

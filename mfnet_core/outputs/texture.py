@@ -14,6 +14,11 @@ Method (all views at once, no per-view texture files):
    and `fade` ramps from 0 to 1 over a few percent of the face size away from silhouettes,
    depth discontinuities (occluding contours) and the image border. Colours are sampled
    bilinearly (cv2.remap) in linear light (sRGB decoded with gamma 2.2).
+2b. Light removal (with `skin_faces`, as `reconstruct` bakes): each view's shading, a
+   2nd-order SH light fitted robustly on the skin it sees against one skin albedo, is divided
+   out of its colours, keeping the skin's mean colour (`albedo.py`), so the texture is an
+   albedo estimate and relights; the photos' colours as they are still go through steps
+   3-5 into `texture_shaded`.
 3. Colour matching: a per-view per-channel gain in linear light (a photo's exposure and white
    balance act multiplicatively), estimated as the median of colour ratios on texels that the
    view shares with the views matched so far, starting from the reference view (the view
@@ -42,6 +47,7 @@ mesh's tensors may live on any device).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -50,6 +56,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mfnet_core.outputs.albedo import ViewLighting, remove_lighting
 from mfnet_core.render import rasterize
 
 __all__ = ["BakeView", "BakeResult", "bake_texture", "srgb_to_linear", "linear_to_srgb"]
@@ -102,6 +109,12 @@ class BakeResult:
     layout: np.ndarray | None = None
     reference: int = 0
     alpha: np.ndarray | None = None  # (S,S) uint8 when strand faces were given, else None
+    # with `skin_faces`: each view's light that was divided out, and the bake with the
+    # photos' shading left in (`texture` is then the albedo estimate)
+    lighting: list[ViewLighting] | None = None
+    texture_shaded: np.ndarray | None = None
+    # seconds the light removal and the shaded bake added (benchmarks/bm_novel_views.py)
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def srgb_to_linear(rgb: np.ndarray) -> np.ndarray:
@@ -141,6 +154,8 @@ def bake_texture(
     face_paint: np.ndarray | None = None,
     occluders: np.ndarray | None = None,
     strand_faces: np.ndarray | None = None,
+    skin_faces: np.ndarray | None = None,
+    keep_shaded: bool = True,
 ) -> BakeResult:
     """Bakes the photos of `views` into one UV texture (see the module docstring).
 
@@ -160,6 +175,10 @@ def bake_texture(
     the eye-occlusion shell) must not keep the eyes from being baked (`Parts.opaque(1.0)`).
     strand_faces: (F,) bool, faces drawn as hair strands (eyelash cards): the result gets an
     alpha channel, opaque everywhere but on those faces' texels (`strand_alpha`).
+    skin_faces: (F,) bool, the bare skin (`albedo.skin_faces`): when given, each view's light
+    is estimated on it and divided out before blending (`albedo.remove_lighting`), so
+    `texture` is an albedo estimate; `keep_shaded` also blends
+    the photos' colours as they are into `texture_shaded`.
     progress: called as progress(fraction, message).
     """
     report = progress or (lambda f, m: None)
@@ -207,43 +226,40 @@ def bake_texture(
     report(0.1, "UV layout rasterised")
 
     # 2. Per-view samples on the texture grid (zero weight outside the layout).
-    cols, wts = [], []
+    cols, wts, nrms = [], [], []
     for i, view in enumerate(views):
-        c, w = _sample_view(
+        c, w, n = _sample_view(
             view, faces_t, hiding, interp, texel_face, face_part, cos_power, depth_tol, fade
         )
         cols.append(c)
         wts.append(w)
+        nrms.append(n)
         if int((w > _MATCH_WEIGHT).sum()) < 0.01 * len(tex_pix):
             warnings.append(f"texture: the {view.name} view sees almost none of the mesh")
         report(0.1 + 0.5 * (i + 1) / len(views), f"sampled the {view.name} view")
 
-    # 3. Colour matching.
-    ref = _pick_reference(views, wts) if reference is None else int(reference)
-    gains = np.ones((len(views), 3), dtype=np.float32)
-    if match_colours and len(views) > 1:
-        gains, msgs = _match_colours(cols, wts, ref, [v.name for v in views])
+    # 2b. Light removal: each view's shading divided out of its colours (albedo.py).
+    lighting, shaded_cols = None, None
+    timings: dict[str, float] = {}
+    if skin_faces is not None:
+        start = time.perf_counter()
+        skin_faces = np.asarray(skin_faces, dtype=bool)
+        if skin_faces.shape != (len(faces_t),):
+            raise ValueError(f"skin_faces has shape {skin_faces.shape}, expected ({len(faces_t)},)")
+        skin = layout & np.append(skin_faces, False)[texel_face]
+        albedo_cols, lighting, msgs = remove_lighting(
+            cols, nrms, wts, skin, [v.name for v in views]
+        )
         warnings.extend(msgs)
-        for c, g in zip(cols, gains, strict=True):
-            c *= g
-    report(0.65, "colours matched")
+        shaded_cols = cols if keep_shaded else None
+        cols = albedo_cols
+        timings["light_removal"] = time.perf_counter() - start
+        report(0.62, "light removed")
+    del nrms
 
-    # 4. Two-band blend in texture space.
-    blended, total, norm_w = _blend(cols, wts, layout)
-    del cols
-    report(0.8, "views blended")
-
-    # 5. Fill what no view saw (blended by confidence), gutter, smooth fill beyond, encode.
-    conf = _smoothstep(np.minimum(total * np.float32(1 / _CONF_WEIGHT), 1))
-    if fill == "mesh":
-        filled = _mesh_fill(
-            faces_t.numpy(), interp, blended.reshape(-1, 3), conf.reshape(-1)
-        ).reshape(size, size, 3)
-    else:
-        filled = _push_pull(blended, conf)
-    inner = conf[..., None] * blended + (1 - conf[..., None]) * filled
-    inner[~layout] = 0
+    # 3-5. Colour matching, blending, filling, encoding.
     painted = np.zeros((size, size), dtype=bool)
+    paint_lin = None
     if face_paint is not None:
         paint = np.asarray(face_paint, dtype=np.float32)
         if paint.shape != (len(faces_t), 3):
@@ -251,12 +267,18 @@ def bake_texture(
         on = layout & (texel_face >= 0)
         colour = paint[np.where(on, texel_face, 0)]
         painted = on & ~np.isnan(colour[..., 0])
-        inner[painted] = srgb_to_linear_float(colour[painted])
-    out, band = _gutter(inner, layout, gutter)
-    known = layout | band
-    out[~known] = _smooth_fill(out, known)[~known]
-    report(0.95, "holes filled")
-    texture = linear_to_srgb(out)
+        paint_lin = srgb_to_linear_float(colour[painted])
+    ref = _pick_reference(views, wts) if reference is None else int(reference)
+    names = [v.name for v in views]
+    finish = _Finish(layout, faces_t.numpy(), interp, fill, painted, paint_lin, gutter)
+    texture, total, norm_w, gains, msgs = finish(cols, wts, ref, names, match_colours, report)
+    warnings.extend(msgs)
+    del cols
+    shaded = None
+    if shaded_cols is not None:
+        start = time.perf_counter()
+        shaded = finish(shaded_cols, wts, ref, names, match_colours, lambda f, m: None)[0]
+        timings["shaded_bake"] = time.perf_counter() - start
     seen = (total >= _SEEN_WEIGHT) & layout & ~painted
     mask = np.where(seen, 255, 0).astype(np.uint8)
     if layout.any():
@@ -269,7 +291,61 @@ def bake_texture(
     if strand_faces is not None:
         alpha = strand_alpha(texel_face, np.asarray(strand_faces, dtype=bool), gutter)
     report(1.0, "texture baked")
-    return BakeResult(texture, mask, norm_w, warnings, gains, layout, ref, alpha)
+    return BakeResult(
+        texture, mask, norm_w, warnings, gains, layout, ref, alpha, lighting, shaded, timings
+    )
+
+
+@dataclass
+class _Finish:
+    """Steps 3-5 of the bake for one set of per-view colours (the albedo and the shaded
+    bake run it on the same weights): colour matching, two-band blend, fill, gutter, sRGB."""
+
+    layout: np.ndarray  # (S,S) bool
+    faces: np.ndarray  # (F,3)
+    interp: object  # (S*S,V) sparse barycentric matrix
+    fill: str
+    painted: np.ndarray  # (S,S) bool
+    paint_lin: np.ndarray | None  # (P,3) linear colours of the painted texels
+    gutter: int
+
+    def __call__(
+        self,
+        cols: list[np.ndarray],
+        wts: list[np.ndarray],
+        ref: int,
+        names: list[str],
+        match_colours: bool,
+        report: Progress,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
+        """Returns (S,S,3) uint8 texture, (S,S) total weight, (N,S,S) blend weights, (N,3)
+        gains and warnings. Scales `cols` in place by the gains."""
+        layout, size = self.layout, self.layout.shape[0]
+        msgs: list[str] = []
+        gains = np.ones((len(cols), 3), dtype=np.float32)
+        if match_colours and len(cols) > 1:
+            gains, msgs = _match_colours(cols, wts, ref, names)
+            for c, g in zip(cols, gains, strict=True):
+                c *= g
+        report(0.65, "colours matched")
+        blended, total, norm_w = _blend(cols, wts, layout)
+        report(0.8, "views blended")
+        conf = _smoothstep(np.minimum(total * np.float32(1 / _CONF_WEIGHT), 1))
+        if self.fill == "mesh":
+            filled = _mesh_fill(
+                self.faces, self.interp, blended.reshape(-1, 3), conf.reshape(-1)
+            ).reshape(size, size, 3)
+        else:
+            filled = _push_pull(blended, conf)
+        inner = conf[..., None] * blended + (1 - conf[..., None]) * filled
+        inner[~layout] = 0
+        if self.paint_lin is not None:
+            inner[self.painted] = self.paint_lin
+        out, band = _gutter(inner, layout, self.gutter)
+        known = layout | band
+        out[~known] = _smooth_fill(out, known)[~known]
+        report(0.95, "holes filled")
+        return linear_to_srgb(out), total, norm_w, gains, msgs
 
 
 def strand_alpha(texel_face: np.ndarray, strand_faces: np.ndarray, gutter: int) -> np.ndarray:
@@ -331,9 +407,9 @@ def _sample_view(
     cos_power: float,
     depth_tol: float,
     fade: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """One view on the texture grid: colours (S,S,3) float32 linear and weights (S,S) float32
-    (0 outside the layout). interp: (S*S,V) sparse barycentric interpolation matrix;
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One view on the texture grid: colours (S,S,3) float32 linear, weights (S,S) float32
+    (0 outside the layout) and camera-space normals (S,S,3), not unit length (for the light). interp: (S*S,V) sparse barycentric interpolation matrix;
     texel_face: (S,S) face of each texel (-1 outside the layout); face_part: (F,) connected
     component of each face; hiding: (F',) ids of the faces that occlude (the z-buffer's)."""
     size = texel_face.shape[0]
@@ -408,7 +484,7 @@ def _sample_view(
     else:
         cosw = cosw ** np.float32(cos_power)
     weight = np.where(vis, cosw * ramp, np.float32(0))
-    return colour, weight
+    return colour, weight, attrs[..., 3:6]
 
 
 def _face_components(faces: np.ndarray, n_verts: int) -> np.ndarray:
