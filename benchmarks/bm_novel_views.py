@@ -1,5 +1,5 @@
 """Novel views (issue 13, item 9): the reconstructed, textured head seen from angles no photo
-saw, against the real head seen from there.
+saw, against the real head seen from there, unlit and relit.
 
     python benchmarks/bm_novel_views.py [--model ict] [--subjects 3] [--size 1024]
                                         [--no-scan] [--picture docs/img/novel_views.png]
@@ -7,19 +7,29 @@ saw, against the real head seen from there.
 Each subject is reconstructed by `mfnet_core.reconstruct` with the default options (flow
 on, per-photo expressions) from 3 photos at about -35/0/+35 degrees; then the fitted mesh is
 aligned rigidly (rotation and translation only: a head of the wrong size shows) onto the
-true one and both are rendered UNLIT with their textures (the truth with its albedo, the
-reconstruction with its baked texture.png) at yaw -70/+70 and pitch -20/+20 about the head,
-plus the front view the photos saw. PSNR and SSIM (photometric.masked_psnr / masked_ssim)
-inside two masks: "face" (the true face region's pixels) and "head" (pixels either head
-covers: silhouette errors count); "psnr_face_gain_matched" after one per-channel gain,
-fitted on the seen front view, takes the photos' exposure and white balance out.
+true one and both are rendered with their textures (the truth with its albedo, the
+reconstruction with texture.png, the albedo estimate, and texture_shaded.png, the photos'
+colours as they are) at yaw -70/+70 and pitch -20/+20 about the head, plus the front view
+the photos saw: UNLIT, and RELIT by a new light (`RELIGHT`: ambient plus a key light from
+the upper left, in the render camera's space, applied in linear light to truth and
+reconstruction alike, as Blender shades a texture). PSNR and SSIM
+(photometric.masked_psnr / masked_ssim) inside two masks: "face" (the true face region's
+pixels) and "head" (pixels either head covers: silhouette errors count);
+"psnr_face_gain_matched" after one per-channel gain, fitted on the seen front view, takes
+the photos' exposure and white balance out.
 
 Subjects: `synthetic.make_realistic_subject` people of the model (lit photos, jittered
 expressions, detector-like landmark errors; their albedo is the truth, so light baked into
 the texture costs PSNR), and the James capture (../shared/assets/headscan-james-menpo3d,
 BSD-3) rendered with its photo texture at -40/0/+40, its landmarks detected as `mfnet
 reconstruct` does (MediaPipe when installed, else dlib); its capture has no back of the head,
-so its "head" mask is the capture's own pixels.
+so its "head" mask is the capture's own pixels, and its "truth" is a photo texture with the
+capture's flash light in it, not an albedo.
+
+Also times the light removal (`head_skin_faces` plus `bake_texture`'s
+`timings["light_removal"]`) and the whole bake with and without it (the albedo and the
+shaded texture come out of one six-channel blend), on 3 photos of 1024 px baked through
+the true mesh at 1024, best of 3.
 
 Prints one JSON object; seconds also as ratios to benchmarks/reference.py's workload.
 """
@@ -43,8 +53,10 @@ from mfnet_core.camera import Intrinsics, axis_angle_to_matrix, to_screen
 from mfnet_core.fit.photometric import masked_psnr, masked_ssim
 from mfnet_core.head.registry import load_head_model
 from mfnet_core.metrics import similarity_transform
+from mfnet_core.outputs.albedo import directional_sh, head_skin_faces
+from mfnet_core.outputs.texture import BakeView, bake_texture, linear_to_srgb, srgb_to_linear
 from mfnet_core.reconstruct import ReconstructOptions, ViewInput, reconstruct
-from mfnet_core.render import render_textured
+from mfnet_core.render import render_textured, vertex_normals
 from mfnet_core.synthetic import (
     RealisticOptions,
     _euler_to_axis_angle,
@@ -59,10 +71,14 @@ VIEWS = ((0.0, 0.0), (-70.0, 0.0), (70.0, 0.0), (0.0, 20.0), (0.0, -20.0))
 RENDER_SIZE = 512
 DISTANCE_M = 0.6
 PIVOT_BEHIND_M = 0.09  # the head turns about a point this far behind the face's centre
+# The new light of the relit renders (camera space of each render, linear light): ambient
+# 0.3 plus a key light of 0.7 from the upper left front.
+RELIGHT = directional_sh(0.3, 0.7, (-0.6, 0.5, 0.6))
+TEXTURES = {"albedo": "texture.png", "shaded": "texture_shaded.png"}
 
 
 @torch.no_grad()
-def render_unlit(
+def render_view(
     verts: np.ndarray,
     faces: np.ndarray,
     uv: np.ndarray,
@@ -71,37 +87,53 @@ def render_unlit(
     pivot: np.ndarray,
     yaw: float,
     pitch: float,
+    light: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(H,W,3) float [0,1] picture and (H,W) face index (-1: background) of a textured mesh
-    turned about `pivot`. verts (V,3) metres, model axes; texture (Ht,Wt,3) uint8."""
+    """(H,W,3) float [0,1] sRGB picture and (H,W) face index (-1: background) of a textured
+    mesh turned about `pivot`, unlit, or shaded by `light` (9,3) SH in linear light.
+    verts (V,3) metres, model axes; texture (Ht,Wt,3) uint8 sRGB."""
     aa = torch.as_tensor(_euler_to_axis_angle(yaw, pitch, 0.0), dtype=torch.float64)
     rot = axis_angle_to_matrix(aa[None])[0]
     v = torch.as_tensor(verts, dtype=torch.float64) - torch.as_tensor(pivot)
     v_cam = (v @ rot.T + torch.tensor([0.0, 0.0, -DISTANCE_M - PIVOT_BEHIND_M])).float()
     camera = torch.as_tensor(Intrinsics.from_fov(RENDER_SIZE, RENDER_SIZE).as_vector())[None]
+    faces_t = torch.as_tensor(faces)
+    tex = texture[..., :3]
     img, _mask, frags = render_textured(
         to_screen(v_cam[None], camera)[0],
-        None,
-        torch.as_tensor(faces),
+        None if light is None else vertex_normals(v_cam[None], faces_t)[0],
+        faces_t,
         torch.as_tensor(uv, dtype=torch.float32),
         torch.as_tensor(uv_faces),
-        torch.as_tensor(texture, dtype=torch.float32) / 255.0,
+        torch.as_tensor(tex if light is None else srgb_to_linear(tex) * 255, dtype=torch.float32)
+        / 255.0,
         RENDER_SIZE,
         RENDER_SIZE,
+        sh_coeffs=None if light is None else torch.as_tensor(light, dtype=torch.float32),
+        normals_kind="normals",
     )
-    return img.clamp(0, 1).numpy(), frags.face_index.numpy()
+    out = img.clamp(0, 1).numpy()
+    if light is not None:
+        out = linear_to_srgb(out).astype(np.float32) / 255.0
+    return out, frags.face_index.numpy()
 
 
 def compare(
-    truth: tuple, recon: tuple, truth_face_faces: np.ndarray, pivot: np.ndarray, head_mask: str
+    truth: tuple,
+    recon: tuple,
+    truth_face_faces: np.ndarray,
+    pivot: np.ndarray,
+    head_mask: str,
+    light: np.ndarray | None = None,
 ) -> tuple[dict, list[np.ndarray]]:
     """Scores per view and the (truth, reconstruction) pictures. truth/recon: (verts, faces,
-    uv, uv_faces, texture); truth_face_faces (F_truth,) bool; head_mask "union" or "truth"."""
+    uv, uv_faces, texture); truth_face_faces (F_truth,) bool; head_mask "union" or "truth";
+    light: (9,3) SH of a relit comparison, None for unlit."""
     scores, pictures = {}, []
     gain = None
     for yaw, pitch in VIEWS:
-        t_img, t_idx = render_unlit(*truth, pivot, yaw, pitch)
-        r_img, r_idx = render_unlit(*recon, pivot, yaw, pitch)
+        t_img, t_idx = render_view(*truth, pivot, yaw, pitch, light)
+        r_img, r_idx = render_view(*recon, pivot, yaw, pitch, light)
         face = (t_idx >= 0) & truth_face_faces[np.maximum(t_idx, 0)]
         head = (t_idx >= 0) | (r_idx >= 0) if head_mask == "union" else t_idx >= 0
         if gain is None:  # per-channel exposure / white balance, fitted on the seen view
@@ -119,8 +151,26 @@ def compare(
     return scores, pictures
 
 
-def read_texture(result_dir: Path) -> np.ndarray:
-    return cv2.cvtColor(cv2.imread(str(result_dir / "texture.png")), cv2.COLOR_BGR2RGB)
+def compare_textures(
+    truth: tuple, recon: tuple, result_dir: Path, face_faces: np.ndarray, pivot, head_mask: str
+) -> tuple[dict, list[np.ndarray]]:
+    """{texture: {"unlit"|"relit": scores}} for the albedo and the shaded texture, and the
+    unlit pictures of the albedo texture. recon: (verts, faces, uv, uv_faces) without texture."""
+    out: dict[str, dict] = {}
+    pictures: list[np.ndarray] = []
+    for kind, name in TEXTURES.items():
+        tex = read_texture(result_dir, name)
+        out[kind] = {}
+        for lit, light in (("unlit", None), ("relit", RELIGHT)):
+            scores, pics = compare(truth, (*recon, tex), face_faces, pivot, head_mask, light)
+            out[kind][lit] = scores
+            if kind == "albedo" and lit == "unlit":
+                pictures = pics
+    return out, pictures
+
+
+def read_texture(result_dir: Path, name: str = "texture.png") -> np.ndarray:
+    return cv2.cvtColor(cv2.imread(str(result_dir / name)), cv2.COLOR_BGR2RGB)
 
 
 def solid_faces(head) -> tuple[np.ndarray, np.ndarray]:
@@ -149,9 +199,10 @@ def synthetic_subject(head, seed: int, size: int, tmp: Path) -> tuple[dict, list
     uv = head.uv.uv_coords
     face_faces = region[faces].all(1)
     pivot = true[region].mean(0) - np.array([0.0, 0.0, PIVOT_BEHIND_M])
-    scores, pictures = compare(
+    scores, pictures = compare_textures(
         (true, faces, uv, uv_faces, texture),
-        (fitted, faces, uv, uv_faces, read_texture(rec.result_dir)),
+        (fitted, faces, uv, uv_faces),
+        rec.result_dir,
         face_faces,
         pivot,
         "union",
@@ -172,9 +223,10 @@ def scan_subject(head, size: int, tmp: Path) -> tuple[dict, list, float, str]:
     faces, uv_faces = solid_faces(head)
     _s, rot, t, _q = align_to_scan(scan, fitted, head.faces.numpy(), lm3, with_scale=False)
     fitted = fitted.astype(np.float64) @ rot.T + t
-    scores, pictures = compare(
+    scores, pictures = compare_textures(
         (scan.vertices, scan.faces, scan.uv_coords, scan.uv_faces, scan.texture),
-        (fitted, faces, head.uv.uv_coords, uv_faces, read_texture(rec.result_dir)),
+        (fitted, faces, head.uv.uv_coords, uv_faces),
+        rec.result_dir,
         scan.face_region()[scan.faces].all(1),
         np.array([0.0, 0.0, -PIVOT_BEHIND_M]),
         "truth",
@@ -207,17 +259,79 @@ def save_picture(path: Path, rows: list[tuple[str, list[np.ndarray]]]) -> None:
 
 
 def summary(per_subject: dict[str, dict]) -> dict:
-    """Mean over subjects of each view's scores, seen (front) and novel views apart."""
+    """Mean over subjects of each view's scores, seen (front) and novel views apart, per
+    texture and lighting: {texture: {"unlit"|"relit": {"seen"|"novel": scores}}}."""
+    first = next(iter(per_subject.values()))
+    out: dict[str, dict] = {}
+    for kind in first:
+        for lit in first[kind]:
+            out.setdefault(kind, {})[lit] = _mean_views(
+                [s[kind][lit] for s in per_subject.values()]
+            )
+    return out
+
+
+def _mean_views(subjects: list[dict]) -> dict:
     out = {}
     for kind in ("seen", "novel"):
         vals: dict[str, list[float]] = {}
-        for scores in per_subject.values():
+        for scores in subjects:
             for view, s in scores.items():
                 if (view == "yaw+0_pitch+0") == (kind == "seen"):
                     for k, v in s.items():
                         vals.setdefault(k, []).append(v)
         out[kind] = {k: round(float(np.mean(v)), 3) for k, v in vals.items()}
     return out
+
+
+def light_removal_seconds(head, texture: np.ndarray, size: int = 1024, repeats: int = 3) -> dict:
+    """Best-of-`repeats` seconds of the light removal (skin faces + `remove_lighting` inside
+    `bake_texture`) and of the bake with (albedo and shaded textures) and without it, on a
+    realistic subject's 3 photos of `size` px through the true mesh, baked at 1024."""
+    subj = make_realistic_subject(
+        head, seed=1, options=RealisticOptions(image_size=size), texture=texture
+    )
+    faces_t = head.faces
+    verts = torch.as_tensor(subj.vertices_true)
+    p = {k: torch.as_tensor(v, dtype=torch.float32)[None] for k, v in subj.params.items()}
+    with torch.no_grad():
+        pivot = head(
+            **{k: p[k] for k in ("shape", "expression", "neck_pose", "jaw_pose", "eye_pose")}
+        ).joints[0, 0]
+    camera = torch.as_tensor(subj.views[0].intrinsics.as_vector())[None]
+    views = []
+    for i, v in enumerate(subj.views):
+        rot = axis_angle_to_matrix(torch.as_tensor(v.head_rot, dtype=torch.float32)[None])[0]
+        v_cam = (verts - pivot) @ rot.T + pivot + torch.as_tensor(v.head_trans)
+        screen = to_screen(v_cam[None], camera)[0]
+        normals = vertex_normals(v_cam[None], faces_t)[0]
+        views.append(BakeView(v.photo.rgb, screen, normals, ("left", "front", "right")[i]))
+    kwargs = {
+        "size": 1024,
+        "face_paint": head.parts.face_paint(),
+        "occluders": head.parts.opaque(min_alpha=1.0),
+    }
+    uv, uv_faces = head.uv.uv_coords, head.uv.uv_faces
+    best = {"skin_faces": np.inf, "light_removal": np.inf, "bake_plain": np.inf}
+    best["bake_albedo_and_shaded"] = np.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        skin = head_skin_faces(head, subj.vertices_true)
+        best["skin_faces"] = min(best["skin_faces"], time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        bake_texture(views, faces_t, uv, uv_faces, **kwargs)
+        best["bake_plain"] = min(best["bake_plain"], time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        res = bake_texture(views, faces_t, uv, uv_faces, skin_faces=skin, **kwargs)
+        took = time.perf_counter() - t0
+        best["bake_albedo_and_shaded"] = min(best["bake_albedo_and_shaded"], took)
+        best["light_removal"] = min(best["light_removal"], res.timings["light_removal"])
+    best["light_total"] = best["skin_faces"] + best["light_removal"]
+    # what texture.png + texture_shaded.png cost over the old bake (skin faces included)
+    best["extra_over_plain_bake"] = (
+        best["skin_faces"] + best["bake_albedo_and_shaded"] - best["bake_plain"]
+    )
+    return {k: round(v, 4) for k, v in best.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
             s, pictures, sec, source = scan_subject(head, args.size, Path(tmp))
             scan["james"], seconds["james"] = s, round(sec, 2)
             rows.insert(0, ("James capture", pictures))
+        timing = light_removal_seconds(head, skin_texture(head, 1024, seed=1))
     ref.finish()
     if args.picture:
         save_picture(args.picture, rows)
@@ -256,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
         "synthetic": synthetic,
         "reconstruct_seconds": seconds,
         "ratio_to_reference": ref.ratios(seconds),
+        "light_removal_seconds": timing,
+        "light_removal_ratio_to_reference": ref.ratios(timing),
     }
     print(json.dumps(result, indent=2))
     return 0

@@ -226,15 +226,22 @@ def test_estimated_light_points_at_the_key_light(bakes):
 
 
 def test_shaded_texture_is_the_plain_bake(head, bakes):
+    """texture_shaded is the bake without light removal (blended in the same pass as the
+    albedo: six channels instead of three, so float rounding may move a texel by one level)."""
     views = photograph(head, dict.fromkeys(YAWS, KEY))
     plain = bake(head, views)
     assert plain.lighting is None and plain.texture_shaded is None
-    np.testing.assert_array_equal(plain.texture, bakes["key"].texture_shaded)
+    assert_same_texture(plain.texture, bakes["key"].texture_shaded)
     np.testing.assert_array_equal(plain.mask, bakes["key"].mask)
     only = bake(head, views, skin_faces=head.skin, keep_shaded=False)
     assert only.texture_shaded is None
-    np.testing.assert_array_equal(only.texture, bakes["key"].texture)
-    assert set(bakes["key"].timings) == {"light_removal", "shaded_bake"}
+    assert_same_texture(only.texture, bakes["key"].texture)
+    assert set(bakes["key"].timings) == {"light_removal"}
+
+
+def assert_same_texture(a: np.ndarray, b: np.ndarray) -> None:
+    diff = np.abs(a.astype(int) - b.astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, (diff.max(), (diff > 0).mean())
 
 
 def test_no_blown_out_or_black_texels(head, bakes):

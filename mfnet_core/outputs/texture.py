@@ -271,14 +271,12 @@ def bake_texture(
     ref = _pick_reference(views, wts) if reference is None else int(reference)
     names = [v.name for v in views]
     finish = _Finish(layout, faces_t.numpy(), interp, fill, painted, paint_lin, gutter)
-    texture, total, norm_w, gains, msgs = finish(cols, wts, ref, names, match_colours, report)
+    sets = [cols] if shaded_cols is None else [cols, shaded_cols]
+    textures, total, norm_w, gains, msgs = finish(sets, wts, ref, names, match_colours, report)
     warnings.extend(msgs)
-    del cols
-    shaded = None
-    if shaded_cols is not None:
-        start = time.perf_counter()
-        shaded = finish(shaded_cols, wts, ref, names, match_colours, lambda f, m: None)[0]
-        timings["shaded_bake"] = time.perf_counter() - start
+    del cols, shaded_cols, sets
+    texture = textures[0]
+    shaded = textures[1] if len(textures) > 1 else None
     seen = (total >= _SEEN_WEIGHT) & layout & ~painted
     mask = np.where(seen, 255, 0).astype(np.uint8)
     if layout.any():
@@ -298,8 +296,9 @@ def bake_texture(
 
 @dataclass
 class _Finish:
-    """Steps 3-5 of the bake for one set of per-view colours (the albedo and the shaded
-    bake run it on the same weights): colour matching, two-band blend, fill, gutter, sRGB."""
+    """Steps 3-5 of the bake: colour matching, two-band blend, fill, gutter, sRGB. The
+    albedo and the photos' colours are blended in one pass (six channels) with the same
+    weights: the shaded texture then costs a fraction of a second bake."""
 
     layout: np.ndarray  # (S,S) bool
     faces: np.ndarray  # (F,3)
@@ -311,41 +310,55 @@ class _Finish:
 
     def __call__(
         self,
-        cols: list[np.ndarray],
+        sets: list[list[np.ndarray]],
         wts: list[np.ndarray],
         ref: int,
         names: list[str],
         match_colours: bool,
         report: Progress,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
-        """Returns (S,S,3) uint8 texture, (S,S) total weight, (N,S,S) blend weights, (N,3)
-        gains and warnings. Scales `cols` in place by the gains."""
+    ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray, list[str]]:
+        """sets: one or more lists of per-view (S,S,3) linear colours. Returns one (S,S,3)
+        uint8 texture per set, the (S,S) total weight, (N,S,S) blend weights, and the first
+        set's (N,3) gains and warnings. Scales the colours in place by their gains."""
         layout, size = self.layout, self.layout.shape[0]
-        msgs: list[str] = []
-        gains = np.ones((len(cols), 3), dtype=np.float32)
-        if match_colours and len(cols) > 1:
-            gains, msgs = _match_colours(cols, wts, ref, names)
-            for c, g in zip(cols, gains, strict=True):
-                c *= g
+        first_gains, first_msgs = None, []
+        for cols in sets:
+            gains = np.ones((len(cols), 3), dtype=np.float32)
+            msgs: list[str] = []
+            if match_colours and len(cols) > 1:
+                gains, msgs = _match_colours(cols, wts, ref, names)
+                for c, g in zip(cols, gains, strict=True):
+                    c *= g
+            if first_gains is None:
+                first_gains, first_msgs = gains, msgs
         report(0.65, "colours matched")
+        cols = (
+            sets[0]
+            if len(sets) == 1
+            else [np.concatenate(v, axis=2) for v in zip(*sets, strict=True)]
+        )
+        n_ch = cols[0].shape[2]
         blended, total, norm_w = _blend(cols, wts, layout)
+        del cols
         report(0.8, "views blended")
         conf = _smoothstep(np.minimum(total * np.float32(1 / _CONF_WEIGHT), 1))
         if self.fill == "mesh":
             filled = _mesh_fill(
-                self.faces, self.interp, blended.reshape(-1, 3), conf.reshape(-1)
-            ).reshape(size, size, 3)
+                self.faces, self.interp, blended.reshape(-1, n_ch), conf.reshape(-1)
+            ).reshape(size, size, n_ch)
         else:
             filled = _push_pull(blended, conf)
         inner = conf[..., None] * blended + (1 - conf[..., None]) * filled
         inner[~layout] = 0
         if self.paint_lin is not None:
-            inner[self.painted] = self.paint_lin
+            inner[self.painted] = np.tile(self.paint_lin, (1, len(sets)))
         out, band = _gutter(inner, layout, self.gutter)
         known = layout | band
         out[~known] = _smooth_fill(out, known)[~known]
         report(0.95, "holes filled")
-        return linear_to_srgb(out), total, norm_w, gains, msgs
+        textures = [linear_to_srgb(out[..., 3 * i : 3 * i + 3]) for i in range(len(sets))]
+        assert first_gains is not None
+        return textures, total, norm_w, first_gains, first_msgs
 
 
 def strand_alpha(texel_face: np.ndarray, strand_faces: np.ndarray, gutter: int) -> np.ndarray:
@@ -589,22 +602,23 @@ def _blend(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Two-band blend of the views on the texture grid.
 
-    cols: per view (S,S,3) linear colours; wts: per view (S,S) raw weights. Feathered weight
+    cols: per view (S,S,C) linear colours; wts: per view (S,S) raw weights. Feathered weight
     ws = blur(w) (normalised by the blurred layout) where the view sees the texel; low band =
     normalised-convolution blur of the view's colours, blended with ws; high band = colour -
-    low band, blended with ws^4. Returns (S,S,3) blended colour (0 where unseen), (S,S) total
+    low band, blended with ws^4. Returns (S,S,C) blended colour (0 where unseen), (S,S) total
     raw weight and (N,S,S) normalised feathered weights.
     """
     s = layout.shape[0]
+    n_ch = cols[0].shape[2]
     sig_w, sig_low = s / 256, s / 128
     lay_w = np.maximum(_smooth(layout.astype(np.float32), sig_w), 1e-6)
-    low_num = np.zeros((s, s, 3), np.float32)
-    high_num = np.zeros((s, s, 3), np.float32)
+    low_num = np.zeros((s, s, n_ch), np.float32)
+    high_num = np.zeros((s, s, n_ch), np.float32)
     low_den = np.zeros((s, s), np.float32)
     high_den = np.zeros((s, s), np.float32)
     total = np.zeros((s, s), np.float32)
     feathered = np.zeros((len(cols), s, s), np.float32)
-    stack = np.empty((s, s, 4), np.float32)
+    stack = np.empty((s, s, n_ch + 1), np.float32)
     for i, (c, w) in enumerate(zip(cols, wts, strict=True)):
         valid = (w > 0).astype(np.float32)
         total += w
@@ -612,10 +626,10 @@ def _blend(
         ws /= lay_w
         ws *= valid
         feathered[i] = ws
-        np.multiply(c, valid[..., None], out=stack[..., :3])
-        stack[..., 3] = valid
+        np.multiply(c, valid[..., None], out=stack[..., :n_ch])
+        stack[..., n_ch] = valid
         sm = _smooth(stack, sig_low)
-        low = sm[..., :3] / np.maximum(sm[..., 3:], 1e-6)
+        low = sm[..., :n_ch] / np.maximum(sm[..., n_ch:], 1e-6)
         wh = ws * ws
         wh *= wh
         low_num += ws[..., None] * low
@@ -674,13 +688,13 @@ def _push_pull(col: np.ndarray, weight: np.ndarray) -> np.ndarray:
         size = (max(1, (w + 1) // 2), max(1, (h + 1) // 2))
         sc = cv2.resize(sc, size, interpolation=cv2.INTER_AREA) * 4
         sa = cv2.resize(sa, size, interpolation=cv2.INTER_AREA) * 4
-        sc = sc.reshape(size[1], size[0], 3)
+        sc = sc.reshape(size[1], size[0], col.shape[2])
         pyr.append((sc, sa))
     sc, sa = pyr[-1]
     out = np.where(sa[..., None] > 0, sc / np.maximum(sa, 1e-12)[..., None], 0.5).astype(np.float32)
     for sc, sa in reversed(pyr[:-1]):
         h, w = sa.shape
-        up = cv2.resize(out, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, 3)
+        up = cv2.resize(out, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, col.shape[2])
         conf = np.minimum(sa, 1)[..., None]
         own = sc / np.maximum(sa, 1e-12)[..., None]
         out = conf * own + (1 - conf) * up
@@ -728,9 +742,9 @@ def _mesh_fill(faces: np.ndarray, interp, colour: np.ndarray, conf: np.ndarray) 
     inc, wsum, csum = sums[:, 0], sums[:, 1], sums[:, 2:]
     known = (wsum > 0) & (wsum >= 0.5 * inc)
     if not known.any():
-        mean = colour[conf > 0].mean(0) if (conf > 0).any() else np.full(3, 0.2)
+        mean = colour[conf > 0].mean(0) if (conf > 0).any() else np.full(colour.shape[1], 0.2)
         return np.broadcast_to(mean.astype(np.float32), colour.shape).copy()
-    x = np.zeros((n_verts, 3))
+    x = np.zeros((n_verts, colour.shape[1]))
     x[known] = csum[known] / wsum[known, None]
     mean = csum[known].sum(0) / wsum[known].sum()
     unknown = np.flatnonzero(~known)
@@ -744,7 +758,7 @@ def _mesh_fill(faces: np.ndarray, interp, colour: np.ndarray, conf: np.ndarray) 
         rows = adj[unknown]
         lap = sp.diags(deg[unknown] + eps) - rows[:, unknown]
         rhs = rows[:, np.flatnonzero(known)] @ x[known] + eps * mean
-        x[unknown] = np.asarray(spsolve(lap.tocsc(), rhs)).reshape(len(unknown), 3)
+        x[unknown] = np.asarray(spsolve(lap.tocsc(), rhs)).reshape(len(unknown), -1)
     return np.asarray(interp @ x.astype(np.float32), dtype=np.float32)
 
 
