@@ -7,11 +7,6 @@ from __future__ import annotations
 import numpy as np
 
 from mfnet_core.head.interface import HeadModel
-from mfnet_core.head.key_transfer import (
-    eyeballs_from_rig,
-    transfer_expression_keys,
-    vertex_mask_without_eyes,
-)
 
 __all__ = ["arkit_key_arrays", "needs_arkit_keys"]
 
@@ -24,6 +19,14 @@ def needs_arkit_keys(head: HeadModel) -> bool:
 def arkit_key_arrays(head: HeadModel, rig_arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """rig.npz's `arkit_names` (A,) and `arkit_basis` (A,V,3): the ICT model's ARKit keys
     transferred onto the rig's rest mesh (eyeballs held still, lids kept outside them)."""
+    # imported here: key_transfer pulls in scipy.optimize (0.2-0.3 s of a cold start), which
+    # the ICT model, the default, never needs
+    from mfnet_core.head.key_transfer import (
+        eyeballs_from_rig,
+        transfer_expression_keys,
+        vertex_mask_without_eyes,
+    )
+
     rest = np.asarray(rig_arrays["vertices"], dtype=np.float64)
     faces = head.faces.cpu().numpy()
     emb = head.landmark_embedding
