@@ -193,6 +193,13 @@ def rest_weights_back(track: dict) -> np.ndarray:
     return w
 
 
+def track_head(head, track: dict):
+    """The model at the size the track used: the identity's metric size (track.npz
+    model_scale, from the irises of its photos); its poses and translations fit that size."""
+    scale = float(track.get("model_scale", 1.0))
+    return head if abs(scale - head.scale) < 1e-9 else head.rescaled(scale / head.scale)
+
+
 def posed_head(
     head,
     shape: np.ndarray,
@@ -241,6 +248,7 @@ def smoothed_landmarks(head, track: dict, batch: int = 32) -> np.ndarray:
 
     from mfnet_core.camera import axis_angle_to_matrix, yaw_pitch_roll_deg
 
+    head = track_head(head, track)
     w = rest_weights_back(track)
     rot = np.asarray(track["head_pose"], np.float64)
     yaw = yaw_pitch_roll_deg(axis_angle_to_matrix(torch.as_tensor(rot))).numpy()[:, 0]
@@ -452,6 +460,7 @@ def draw_strip(
 
     from mfnet_core.camera import axis_angle_to_matrix, yaw_pitch_roll_deg
 
+    head = track_head(head, track)
     w = rest_weights_back(track)[marks]
     rot = np.asarray(track["head_pose"], np.float64)[marks]
     ypr = yaw_pitch_roll_deg(axis_angle_to_matrix(torch.as_tensor(rot))).numpy()

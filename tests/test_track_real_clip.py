@@ -119,6 +119,8 @@ def test_overlay_geometry_is_the_trackers(tracked, head):
     from mfnet_core.camera import axis_angle_to_matrix, yaw_pitch_roll_deg
 
     track = tracked["track"]
+    head = rc.track_head(head, track)  # the identity's metric size
+    assert head.scale == pytest.approx(float(track["model_scale"]))
     rot = track["head_pose_raw"].astype(np.float64)
     yaw = yaw_pitch_roll_deg(axis_angle_to_matrix(torch.as_tensor(rot))).numpy()[:, 0]
     lm, verts = rc.posed_head(

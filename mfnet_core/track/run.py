@@ -394,6 +394,8 @@ class Tracker:
             "model_name": np.array(self.head.info.name),
             "identity": np.array(str(self.identity.folder)),
             "shape": self.identity.shape.astype(np.float32),
+            # the model's arrays times this made the person's head (rig.npz model_scale)
+            "model_scale": np.array(self.head.scale, dtype=np.float64),
             "fps": np.array(self.fps),
             "times": times,
             "face_found": face,
