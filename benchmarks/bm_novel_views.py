@@ -3,6 +3,7 @@ saw, against the real head seen from there, unlit and relit.
 
     python benchmarks/bm_novel_views.py [--model ict] [--subjects 3] [--size 1024]
                                         [--no-scan] [--picture docs/img/novel_views.png]
+    python benchmarks/bm_novel_views.py --albedo-picture RESULT_DIR docs/img/albedo_before_after.png
 
 Each subject is reconstructed by `mfnet_core.reconstruct` with the default options (flow
 on, per-photo expressions) from 3 photos at about -35/0/+35 degrees; then the fitted mesh is
@@ -29,7 +30,7 @@ capture's flash light in it, not an albedo.
 Also times the light removal (`head_skin_faces` plus `bake_texture`'s
 `timings["light_removal"]`) and the whole bake with and without it (the albedo and the
 shaded texture come out of one six-channel blend), on 3 photos of 1024 px baked through
-the true mesh at 1024, best of 3.
+the true mesh at 1024, best of 5.
 
 Prints one JSON object; seconds also as ratios to benchmarks/reference.py's workload.
 """
@@ -258,6 +259,62 @@ def save_picture(path: Path, rows: list[tuple[str, list[np.ndarray]]]) -> None:
     cv2.imwrite(str(path), cv2.cvtColor(out, cv2.COLOR_RGB2BGR))
 
 
+def save_albedo_picture(result_dir: Path, path: Path, model: str = "ict") -> None:
+    """Before / after picture of a result folder: the face of texture_shaded.png and
+    texture.png, the light divided out (their ratio: grey 1, white 1.5, black 0.5), the head
+    unlit, and relit from the left and the right with each texture (linear light)."""
+
+    def rd(name: str) -> np.ndarray:
+        img = cv2.imread(str(result_dir / name), cv2.IMREAD_UNCHANGED)[..., :3]
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+    shaded, albedo = rd("texture_shaded.png"), rd("texture.png")
+    rig = np.load(result_dir / "rig.npz")
+    head = load_head_model(model)
+    keep = head.parts.opaque(min_alpha=1.0)
+    faces, uv_faces, verts = rig["faces"][keep], rig["uv_faces"][keep], rig["vertices"]
+    pivot = verts[head.face_region].mean(0) - np.array([0.0, 0.0, PIVOT_BEHIND_M])
+    side = 320
+
+    def crop(t: np.ndarray) -> np.ndarray:  # the face's part of the UV layout
+        c = t[: int(0.55 * t.shape[0]), : int(0.55 * t.shape[1])]
+        return cv2.resize(c, (side, side), interpolation=cv2.INTER_AREA)
+
+    def render(t: np.ndarray, light: np.ndarray | None) -> np.ndarray:
+        img, idx = render_view(
+            verts, faces, rig["uv_coords"], uv_faces, t, pivot, -25.0, 0.0, light
+        )
+        img = (np.where(idx[..., None] >= 0, img, 0.12) * 255).astype(np.uint8)
+        return cv2.resize(img, (side, side), interpolation=cv2.INTER_AREA)
+
+    lin = srgb_to_linear
+    ratio = (lin(shaded).mean(-1) + 1e-3) / (lin(albedo).mean(-1) + 1e-3)
+    ratio_img = cv2.cvtColor(
+        np.clip(128 + 255 * (ratio - 1), 0, 255).astype(np.uint8), cv2.COLOR_GRAY2RGB
+    )
+    left = directional_sh(0.25, 0.75, (-0.8, 0.3, 0.5))
+    right = directional_sh(0.25, 0.75, (0.8, 0.3, 0.5))
+    panels = [
+        (crop(shaded), "before: texture_shaded.png"),
+        (crop(albedo), "after: texture.png (albedo)"),
+        (crop(ratio_img), "divided out (grey 1, white 1.5)"),
+        (render(albedo, None), "after, unlit"),
+        (render(shaded, left), "before, lit from the left"),
+        (render(albedo, left), "after, lit from the left"),
+        (render(shaded, right), "before, lit from the right"),
+        (render(albedo, right), "after, lit from the right"),
+    ]
+    for im, label in panels:
+        cv2.putText(im, label, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 3)
+        cv2.putText(im, label, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1)
+    ims = [p[0] for p in panels]
+    picture = np.concatenate([np.concatenate(ims[:4], 1), np.concatenate(ims[4:], 1)], 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(
+        str(path), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9]
+    )
+
+
 def summary(per_subject: dict[str, dict]) -> dict:
     """Mean over subjects of each view's scores, seen (front) and novel views apart, per
     texture and lighting: {texture: {"unlit"|"relit": {"seen"|"novel": scores}}}."""
@@ -284,7 +341,7 @@ def _mean_views(subjects: list[dict]) -> dict:
     return out
 
 
-def light_removal_seconds(head, texture: np.ndarray, size: int = 1024, repeats: int = 3) -> dict:
+def light_removal_seconds(head, texture: np.ndarray, size: int = 1024, repeats: int = 5) -> dict:
     """Best-of-`repeats` seconds of the light removal (skin faces + `remove_lighting` inside
     `bake_texture`) and of the bake with (albedo and shaded textures) and without it, on a
     realistic subject's 3 photos of `size` px through the true mesh, baked at 1024."""
@@ -341,7 +398,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=1024, help="photo size for the reconstruction")
     ap.add_argument("--no-scan", action="store_true")
     ap.add_argument("--picture", type=Path, default=None, help="write the comparison picture")
+    ap.add_argument(
+        "--albedo-picture",
+        nargs=2,
+        type=Path,
+        metavar=("RESULT_DIR", "PNG"),
+        help="only draw the before/after picture of a result folder's textures, then stop",
+    )
     args = ap.parse_args(argv)
+    if args.albedo_picture:
+        save_albedo_picture(*args.albedo_picture, model=args.model)
+        return 0
     ref = Reference.start()
     head = load_head_model(args.model)
     synthetic, scan, seconds, rows = {}, {}, {}, []
