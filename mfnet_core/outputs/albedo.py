@@ -48,9 +48,10 @@ __all__ = [
     "directional_sh",
 ]
 
-# Relative shading is clamped to this range before dividing it out.
-_MIN_SHADE = 0.35
-_MAX_SHADE = 2.5
+# Relative shading is clamped to this range before dividing it out: a colour is brightened
+# or darkened at most 2x (0.35 / 2.5 left bright specks on the James capture's lower lid rims).
+_MIN_SHADE = 0.5
+_MAX_SHADE = 2.0
 # Texels take part in a view's light fit above this bake weight (cos^3 * fade: about 60
 # degrees from the viewing direction), and with every channel inside this linear range.
 _FIT_WEIGHT = 0.1
