@@ -69,6 +69,12 @@ def test_flow_term_jacobian_matches_finite_differences(flame, subject):
     )
     err = (jac[:, cols].T - r_fd).norm() / r_fd.norm()
     assert float(err) < 1e-2, float(err)
+    # the solver's pair-by-pair normal equations are the dense Jacobian's
+    jtj, g, cost = term.normal_equations(free, x, irls)
+    np.testing.assert_allclose(jtj.numpy(), (jac.T @ jac).numpy(), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(g.numpy(), (jac.T @ r).numpy(), rtol=1e-9, atol=1e-9)
+    assert cost == pytest.approx(float(r @ r), rel=1e-12)
+    assert len(torch.unique(term.ia * 100 + term.ib)) > 1, "several view pairs"
 
 
 def test_flow_beats_landmarks_only_on_a_fixed_subject(flame, subject):

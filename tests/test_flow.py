@@ -346,3 +346,14 @@ def test_pair_plan_keeps_the_cost_linear_in_the_photos():
     everything, _ = pair_plan(yaws, FlowOptions(max_partners=None))
     assert len(pairs) == 9 * FlowOptions().max_partners < len(everything)
     assert set(pairs) <= set(everything)
+
+    # and the samples: all pairs together take at most samples_per_view per photo, so the
+    # dense stage's rows grow with the photos, not with their pairs
+    from mfnet_core.fit.flow import MIN_PAIR_SAMPLES, pair_sample_cap
+
+    o = FlowOptions()
+    assert pair_sample_cap(o, 3, 4) == o.max_samples  # left/front/right: unchanged
+    cap9 = pair_sample_cap(o, 9, len(pairs))
+    assert cap9 * len(pairs) <= o.samples_per_view * 9 and cap9 < o.max_samples
+    assert pair_sample_cap(o, 2, 1000) == MIN_PAIR_SAMPLES
+    assert pair_sample_cap(FlowOptions(samples_per_view=None), 9, len(pairs)) == o.max_samples

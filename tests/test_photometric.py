@@ -136,3 +136,9 @@ def test_photometric_term_is_stationary_at_truth(setup):
     assert float(e.abs().median()) < 1.0  # median below one PHOTO_SIGMA (5% intensity)
     r, jac = term.linearise(free, x, term.reweight(free, x))
     assert jac.shape == (len(r), len(x)) and torch.isfinite(jac).all()
+    # single-view residuals: both sides' columns are the same view's; the solver's normal
+    # equations (pair by pair, duplicate columns summed) are still the dense Jacobian's
+    jtj, g, cost = term.normal_equations(free, x, term.reweight(free, x))
+    np.testing.assert_allclose(jtj.numpy(), (jac.T @ jac).numpy(), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(g.numpy(), (jac.T @ r).numpy(), rtol=1e-9, atol=1e-9)
+    assert abs(cost - float(r @ r)) <= 1e-9 * max(float(r @ r), 1.0)

@@ -125,7 +125,44 @@ class CornerTerm(ResidualTerm):
         return float(self.total_weight * (self.w * self.kernel(e)).sum())
 
     def linearise(self, free: Free, x: Tensor, irls: Tensor) -> tuple[Tensor, Tensor]:
-        """Weighted residuals (K*C,) and their Jacobian (K*C,P) at x (P,), by the chain rule:
+        """Weighted residuals (K*C,) and their dense Jacobian (K*C,P) at x (P,) (see
+        `_compact`; the solver uses `normal_equations`, which never builds this)."""
+        r, d, cols = self._compact(free, x, irls)
+        k, c_dim, _q = d.shape
+        jac = torch.zeros(k, c_dim, x.shape[0], dtype=x.dtype, device=x.device)
+        ok = (cols >= 0)[:, None, :].expand(-1, c_dim, -1)
+        jac.scatter_add_(2, cols.clamp_min(0)[:, None, :].expand(-1, c_dim, -1), d * ok)
+        return r, jac.reshape(k * c_dim, -1)
+
+    def normal_equations(self, free: Free, x: Tensor, irls: Tensor) -> tuple[Tensor, Tensor, float]:
+        """J^T J (P,P), J^T r (P,) and r^T r of the weighted residuals at x (P,), pair by
+        pair: a residual touches only the identity, its two views' expression rows and
+        poses (Q ~ 220 of P columns), and the residuals of one view pair share those
+        columns, so each pair adds its small (Q,Q) block. With per-photo expressions P grows
+        with the photos, and the dense (K*C,P) Jacobian made the flow term's cost grow with
+        their square (9 photos: 36 pairs x 500 samples x 650 columns)."""
+        r, d, cols = self._compact(free, x, irls)
+        k, c_dim, q = d.shape
+        n = x.shape[0]
+        jtj = torch.zeros(n, n, dtype=x.dtype, device=x.device)
+        g = torch.zeros(n, dtype=x.dtype, device=x.device)
+        d = d * (cols >= 0)[:, None, :]  # columns not free add nothing
+        cols = cols.clamp_min(0)
+        r2 = r.reshape(k, c_dim)
+        key = self.ia * (int(self.ib.max()) + 1 if k else 1) + self.ib
+        for pair in torch.unique(key):
+            rows = torch.nonzero(key == pair).flatten()
+            cp = cols[rows[0]]  # (Q,) the same for every row of the pair
+            jp = d[rows].reshape(-1, q)
+            block = jp.T @ jp
+            jtj.index_put_((cp[:, None].expand(q, q), cp[None, :].expand(q, q)), block, True)
+            g.index_put_((cp,), jp.T @ r2[rows].reshape(-1), True)
+        return jtj, g, float(r @ r)
+
+    def _compact(self, free: Free, x: Tensor, irls: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Weighted residuals (K*C,) and their Jacobian in compact form at x (P,): (K,C,Q)
+        derivatives w.r.t. the (K,Q) parameter columns each residual depends on (-1: not
+        free; a column may appear twice, e.g. a single-view term's two sides), by the chain rule:
         each expression row's subset vertex and pivot derivatives (the subset's affine map of
         the shape and expression entries at the row's pose, forward differences for the jaw
         where it is free) times the residual's derivatives w.r.t. its 18 corner coordinates
@@ -184,12 +221,13 @@ class CornerTerm(ResidualTerm):
         dq = ((e[1:] - e[0]) / hc).permute(1, 2, 0).reshape(k, c_dim, 2, 3, 3)
         dqa, dqb = dq[:, :, 0], dq[:, :, 1]  # (K,C,corner,xyz)
         eye3 = torch.eye(3, **dd)
-        jac = torch.zeros(k, c_dim, x.shape[0], **dd)
+        parts_cols: list[Tensor] = []
+        parts_d: list[Tensor] = []
 
         def scatter(c: Tensor, d: Tensor) -> None:
-            """Adds d (K,C,Q) into the columns c (K,Q) of jac (-1: not free)."""
-            ok = (c >= 0)[:, None, :].expand(-1, c_dim, -1)
-            jac.scatter_add_(2, c.clamp_min(0)[:, None, :].expand(-1, c_dim, -1), d * ok)
+            """Keeps d (K,C,Q') as the derivatives w.r.t. the columns c (K,Q')."""
+            parts_cols.append(c)
+            parts_d.append(d)
 
         for dqs, r, row in ((dqa, ra, ma), (dqb, rb, mb)):
             dq_dv = torch.einsum("kcix,kxy->kciy", dqs, r)
@@ -208,8 +246,8 @@ class CornerTerm(ResidualTerm):
         scatter(cols["head_trans"][self.ib], dqb.sum(2))
         sc = self._scale(irls)  # (K,)
         r = (e[0] * sc[:, None]).reshape(-1)
-        jac = jac * sc[:, None, None]
-        return r, jac.reshape(k * c_dim, -1)
+        d_all = torch.cat(parts_d, 2) * sc[:, None, None]
+        return r, d_all, torch.cat(parts_cols, 1)
 
 
 def _linear(subset: torch.nn.Module, pose: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:

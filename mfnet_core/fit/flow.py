@@ -50,7 +50,7 @@ it: see docs/BENCHMARKS.md, "Accuracy ablation", for why.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -105,6 +105,7 @@ _KEEP_RIGHT = [*range(0, 9), 57, 51, 35, 42, 22, 21, 20, 19, 18, 17]
 _KEEP_LEFT = [*range(16, 7, -1), 57, 51, 31, 39, 21, 22, 23, 24, 25, 26]
 _BROWS = list(range(17, 27))
 _MOUTH = list(range(48, 60))
+MIN_PAIR_SAMPLES = 100  # a pair's floor under the samples_per_view budget
 
 
 @dataclass
@@ -131,6 +132,10 @@ class FlowOptions:
     fb_threshold: float = 0.75  # forward-backward consistency, working px
     stride: int = 4  # sample one covisible pixel in stride x stride (working px)
     max_samples: int = 500  # per ordered pair
+    # all pairs together take at most this many samples per photo (None: no budget), so that
+    # the dense stage grows with the photos, not with their pairs: 3 photos (4 pairs) keep
+    # 500 per pair, 9 photos (36 pairs) get 250
+    samples_per_view: int | None = 1000
     highpass_sigma: float = 0.012  # of the working size: the lighting-invariant transform
 
 
@@ -575,6 +580,15 @@ def pair_plan(
     return pairs, skipped
 
 
+def pair_sample_cap(options: FlowOptions, n_views: int, n_pairs: int) -> int:
+    """Samples one pair may take: `max_samples`, lowered so that all pairs together stay
+    within `samples_per_view` per photo (never below MIN_PAIR_SAMPLES)."""
+    if options.samples_per_view is None or n_pairs == 0:
+        return options.max_samples
+    budget = options.samples_per_view * n_views // n_pairs
+    return max(MIN_PAIR_SAMPLES, min(options.max_samples, budget))
+
+
 def all_pair_flows(
     views: list[ViewRender],
     faces: Tensor,
@@ -587,10 +601,12 @@ def all_pair_flows(
     pairs, left_out = pair_plan([v.yaw_deg for v in views], options)
     skip = skipped if skipped is not None else []
     skip.extend(left_out)
+    o = options or FlowOptions()
+    o = replace(o, max_samples=pair_sample_cap(o, len(views), len(pairs)))
     out = []
     for a, b in pairs:
         rng = np.random.default_rng([seed, a, b])
-        pf = pair_flow(views[a], views[b], faces, a, b, options, rng)
+        pf = pair_flow(views[a], views[b], faces, a, b, o, rng)
         if pf.stats["samples"] > 0:
             out.append(pf)
         else:

@@ -38,6 +38,8 @@ __all__ = [
     "forward_difference",
     "levenberg_marquardt",
     "lm_step",
+    "lm_step_normal",
+    "normal_equations",
     "one_thread",
     "outlier_weights",
 ]
@@ -189,9 +191,20 @@ def lm_step(
     Raises the damping until the cost falls (at most 8 tries). Returns the new x, its cost,
     the new damping and whether the cost fell by more than 1e-6 relative.
     """
-    cost = float(r @ r)
-    jtj = jac.T @ jac
-    g = jac.T @ r
+    return lm_step_normal(x, jac.T @ jac, jac.T @ r, float(r @ r), residual, mu, bounds)
+
+
+def lm_step_normal(
+    x: Tensor,
+    jtj: Tensor,
+    g: Tensor,
+    cost: float,
+    residual: Callable[[Tensor], Tensor],
+    mu: float,
+    bounds: Bounds | None = None,
+) -> tuple[Tensor, float, float, bool]:
+    """`lm_step` from the normal equations: jtj = J^T J (P,P), g = J^T r (P,), cost = r^T r
+    (terms with sparse Jacobians give these without the dense J)."""
     moving = ~active_set(x, g, bounds)
     if not bool(moving.any()):
         return x, cost, mu, False
@@ -208,6 +221,27 @@ def lm_step(
             return x_new, new_cost, max(mu * 0.3, 1e-9), cost - new_cost > 1e-6 * cost
         mu *= 10
     return x, cost, mu, False
+
+
+def normal_equations(
+    terms: Sequence[ResidualTerm], free: Free, x: Tensor, states: list
+) -> tuple[Tensor, Tensor, float]:
+    """Sum of the terms' J^T J (P,P), J^T r (P,) and r^T r at x (P,): from a term's own
+    `normal_equations` where it has one (sparse Jacobians), else from `linearise`."""
+    n = x.shape[0]
+    jtj = torch.zeros(n, n, dtype=x.dtype, device=x.device)
+    g = torch.zeros(n, dtype=x.dtype, device=x.device)
+    cost = 0.0
+    for term, state in zip(terms, states, strict=True):
+        if hasattr(term, "normal_equations"):
+            a, b, c = term.normal_equations(free, x, state)
+        else:
+            r, jac = term.linearise(free, x, state)
+            a, b, c = jac.T @ jac, jac.T @ r, float(r @ r)
+        jtj += a
+        g += b
+        cost += c
+    return jtj, g, cost
 
 
 @torch.no_grad()
@@ -230,15 +264,13 @@ def levenberg_marquardt(
     x = project(x, bounds)
     for _ in range(iterations):
         states = [t.reweight(free, x) for t in terms]
-        lin = [t.linearise(free, x, s) for t, s in zip(terms, states, strict=True)]
-        r = torch.cat([li[0] for li in lin])
-        jac = torch.cat([li[1] for li in lin])
+        jtj, g, cost = normal_equations(terms, free, x, states)
 
         def residual(v: Tensor, states: list = states) -> Tensor:
             parts = [t.residuals(free, v[None], s)[0] for t, s in zip(terms, states, strict=True)]
             return torch.cat(parts)
 
-        x, cost, mu, improved = lm_step(x, r, jac, residual, mu, bounds)
+        x, cost, mu, improved = lm_step_normal(x, jtj, g, cost, residual, mu, bounds)
         if not improved:
             break
         for t in terms:
