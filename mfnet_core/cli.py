@@ -262,6 +262,7 @@ def cmd_reconstruct(args: argparse.Namespace, progress: ProgressPrinter) -> dict
         expression_keys=args.expressions,
         landmark_backend=args.landmarks,
         size_from=args.size_from,
+        texture=args.texture,
         fit=_fit_options(args),
         dense=_dense_options(args),
         overwrite=args.overwrite,
@@ -483,6 +484,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the head's real size: iris = from the irises in the photos (11.7 mm across in "
         "adults; needs the MediaPipe landmarks and a view within 25 degrees of frontal, else "
         "as model), model = what the shape model infers from the face's proportions",
+    )
+    r.add_argument(
+        "--texture",
+        default="albedo",
+        choices=["albedo", "shaded", "both"],
+        help="texture.png: albedo = the photos' light divided out (relights in Blender), "
+        "shaded = the photos' colours as they are, both = albedo plus texture_shaded.png",
     )
     r.add_argument(
         "--weights", help="trained MFNet checkpoint (training/): start the fit from the network"

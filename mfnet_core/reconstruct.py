@@ -102,6 +102,9 @@ class ReconstructOptions:
     # the head's real size: "iris" (the photos' irises, 11.7 mm, when the landmark detector
     # sees them; else as "model") or "model" (what the shape model infers from proportions)
     size_from: str = "iris"
+    # texture.png: "albedo" (the photos' light divided out: relights), "shaded" (the photos'
+    # colours as they are) or "both" (albedo, plus texture_shaded.png: a second blend pass)
+    texture: str = "albedo"
 
 
 @dataclass
@@ -199,6 +202,12 @@ def reconstruct(
     device in place. The components it keeps are the ones the fit frees. `out_dir` is
     claimed (checked, locked) before any work starts and held until the result is in place."""
     options = options or ReconstructOptions()
+    for name, value, allowed in (
+        ("texture", options.texture, ("albedo", "shaded", "both")),
+        ("size_from", options.size_from, ("iris", "model")),
+    ):
+        if value not in allowed:
+            raise MfnetError(f"{name} {value!r}: use one of {', '.join(allowed)}")
     if not inputs:
         raise MfnetError("no photos given")
     sizes = [v.photo.rgb.shape[1::-1] for v in inputs]
@@ -331,7 +340,10 @@ def _reconstruct(
             face_paint=head.parts.face_paint(),
             occluders=head.parts.opaque(min_alpha=1.0),
             strand_faces=head.parts.strand_faces(),
-            skin_faces=head_skin_faces(head, fit.vertices_model),  # texture.png: albedo
+            skin_faces=(
+                None if options.texture == "shaded" else head_skin_faces(head, fit.vertices_model)
+            ),
+            keep_shaded=options.texture == "both",
         )
         warnings.extend(baked.warnings)
 

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from mfnet_core.camera import Intrinsics, axis_angle_to_matrix, to_screen
+from mfnet_core.errors import MfnetError
 from mfnet_core.fit.landmark_fit import FitOptions
 from mfnet_core.inputs.images import photo_from_array
 from mfnet_core.outputs.albedo import (
@@ -354,8 +355,11 @@ def reconstructed(head, test_head, tmp_path_factory):
         texture_size=TEX,
         expression_keys=5,
         fit=FitOptions(losses=("landmarks", "reg")),
+        texture="both",
     )
-    return reconstruct(inputs, test_head, tmp_path_factory.mktemp("albedo") / "out", options)
+    rec = reconstruct(inputs, test_head, tmp_path_factory.mktemp("albedo") / "out", options)
+    rec.inputs, rec.options = inputs, options  # for the --texture variants below
+    return rec
 
 
 def test_reconstruct_writes_albedo_and_shaded_textures(head, reconstructed):
@@ -377,3 +381,27 @@ def test_reconstruct_writes_albedo_and_shaded_textures(head, reconstructed):
         assert sh.shape == (9, 3) and len(x["skin_level_linear"]) == 3
         d = sh[1:4].mean(1)
         assert d @ true_dir / np.linalg.norm(d) > np.cos(np.radians(30)), x
+
+
+def test_texture_option_picks_what_texture_png_holds(test_head, reconstructed, tmp_path):
+    """Default (albedo): no second pass, no texture_shaded.png; shaded: texture.png is the
+    photos' colours (the "both" run's texture_shaded.png) and no light is estimated."""
+    from dataclasses import replace
+
+    both = reconstructed.result_dir
+    read = lambda d, name: cv2.imread(str(d / name))  # noqa: E731
+    runs = {}
+    for kind in ("albedo", "shaded"):
+        options = replace(reconstructed.options, texture=kind)
+        runs[kind] = reconstruct(reconstructed.inputs, test_head, tmp_path / kind, options)
+    albedo, shaded = runs["albedo"].result_dir, runs["shaded"].result_dir
+    assert not (albedo / "texture_shaded.png").exists()
+    assert not (shaded / "texture_shaded.png").exists()
+    assert np.abs(read(albedo, "texture.png").astype(int) - read(both, "texture.png")).max() <= 1
+    diff = np.abs(read(shaded, "texture.png").astype(int) - read(both, "texture_shaded.png"))
+    assert (diff > 1).mean() < 0.001, "shaded == the both-run's texture_shaded.png"
+    assert json.loads((shaded / "report.json").read_text())["texture_lighting"] == []
+    assert len(json.loads((albedo / "report.json").read_text())["texture_lighting"]) == 3
+    with pytest.raises(MfnetError, match="texture 'matte'"):
+        reconstruct(reconstructed.inputs, test_head, tmp_path / "bad",
+                    replace(reconstructed.options, texture="matte"))  # fmt: skip
