@@ -274,7 +274,7 @@ def _reconstruct(
         size = measure_size(fitter, irises, intrinsics)
         if options.size_from == "iris" and size.factor is not None:
             sub(0.9, f"metric size from the irises: x{size.factor:.3f}")
-            head, fitter = _rescale_fit(head, fitter, size.factor, lmk, intrinsics, options)
+            head, fitter = _rescale_fit(head, fitter, size.factor)
 
     # Views are named from the landmark fit's yaw, before the dense stages, so that their
     # pictures carry the names (the dense stages move the yaws by a few degrees at most).
@@ -454,24 +454,12 @@ def measure_size(
 
 
 def _rescale_fit(
-    head: HeadModel,
-    fitter: MultiViewFitter,
-    factor: float,
-    lmk: np.ndarray,
-    intrinsics: list[Intrinsics],
-    options: ReconstructOptions,
+    head: HeadModel, fitter: MultiViewFitter, factor: float
 ) -> tuple[HeadModel, MultiViewFitter]:
-    """The model made `factor` times bigger and the fit carried over to it: the same
-    coefficients with the views `factor` times further away project the same, so a short
-    refit from there settles what the priors see differently."""
+    """The model made `factor` times bigger and the fit carried over to it (the same
+    projections: `MultiViewFitter.rescaled`)."""
     scaled = head.rescaled(factor)
-    init = {k: np.array(v, copy=True) for k, v in fitter.result().params.items()}
-    init["head_translation"] = init["head_translation"] * factor
-    fit_options = replace(
-        options.fit, iterations=INIT_ITERATIONS, outlier_rounds=INIT_OUTLIER_ROUNDS
-    )
-    refit = fit_landmarks(scaled, lmk, intrinsics, fit_options, fitter.device, init=init)
-    return scaled, refit
+    return scaled, fitter.rescaled(scaled, factor)
 
 
 def _landmark_fit(

@@ -163,3 +163,25 @@ def test_real_photos_come_out_at_their_real_size(tmp_path):
     tracker = Tracker(head, identity, Intrinsics.from_fov(640, 480), fps=30.0)
     assert tracker.head.scale == pytest.approx(it["factor"]) and head.scale == 1.0
     assert read_identity(tmp_path / "model").model_scale == 1.0
+
+
+def test_carried_over_fit_projects_the_same_and_is_bigger(test_head):
+    """`MultiViewFitter.rescaled`: the same fit on the bigger model sees the same pixels
+    (every term is in pixels, coefficients or angles) with every vertex `factor` times
+    further from the camera's origin... and the head itself `factor` times bigger."""
+    from mfnet_core.fit.landmark_fit import fit_landmarks
+    from mfnet_core.synthetic import make_subject, procedural_texture
+
+    subject = make_subject(
+        test_head, procedural_texture(test_head, 128, seed=1), seed=1, image_size=256
+    )
+    lmk = np.stack([v.landmarks_noisy for v in subject.views])
+    intr = [v.intrinsics for v in subject.views]
+    fitter = fit_landmarks(test_head, lmk, intr, FitOptions())
+    big = fitter.rescaled(test_head.rescaled(1.2), 1.2)
+    a, b = fitter.result(), big.result()
+    np.testing.assert_allclose(b.landmarks_px, a.landmarks_px, atol=1e-3)
+    np.testing.assert_allclose(b.vertices_model, 1.2 * a.vertices_model, atol=1e-6)
+    np.testing.assert_allclose(b.vertices_cam, 1.2 * a.vertices_cam, atol=1e-5)
+    assert b.loss_terms["landmarks"] == pytest.approx(a.loss_terms["landmarks"], rel=1e-4)
+    assert fitter.head.scale == 1.0 and big.head.scale == pytest.approx(1.2)

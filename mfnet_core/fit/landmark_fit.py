@@ -12,6 +12,7 @@ as later stages through `extra_terms`.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -182,6 +183,24 @@ class MultiViewFitter:
         # per-view expressions: pulled toward mean + target with weight coupling * reg
         self.coupling = options.expression_coupling
         self.coupling_target = torch.zeros(n_e, ne, dtype=torch.float64, device=device)
+
+    def rescaled(self, head: HeadModel, factor: float) -> MultiViewFitter:
+        """This fit carried over to `head`, this one's model `factor` times bigger
+        (`HeadModel.rescaled`): the same coefficients, poses, weights and expression rows,
+        the views' translations `factor` times longer. Every projection is unchanged, and
+        no term depends on the metric size (pixels, coefficients, angles), so it is the same
+        optimum, made metric without fitting again."""
+        moved = copy.copy(self)
+        moved.head = head
+        moved.landmark_subset = LandmarkSubset(head).to(self.device)
+        moved._landmarks64 = LandmarkSubset(head).to(self.device).double()
+        with torch.no_grad():
+            moved.params = FitParams(*(t.detach().clone() for t in self.params.tensors()))
+            moved.params.head_trans.mul_(factor)
+        moved.lm_weights = self.lm_weights.clone()
+        moved.history = list(self.history)
+        moved.extra_terms = dict(self.extra_terms)
+        return moved
 
     def set_expression_rows(self, n_e: int) -> None:
         """One expression (and jaw) for all views (n_e = 1) or one per view (n_e = N),
