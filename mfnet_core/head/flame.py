@@ -11,6 +11,7 @@ Axes: metres, y up, x to the subject's left, the face looks along +z.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 from dataclasses import dataclass
@@ -184,6 +185,10 @@ def lbs_subset(
 # -- the module --------------------------------------------------------------------------------
 
 
+# buffers that hold positions (metres) or their bases: what `FLAME.rescaled` multiplies
+_POSITION_BUFFERS = ("v_template", "blend_dirs", "posedirs", "joint_template", "joint_dirs")
+
+
 class FLAME(HeadModel):
     """FLAME (and the generated test head, which uses FLAME's file format) behind the
     head-model interface; all model arrays are buffers so `.to(device)` moves them."""
@@ -332,17 +337,23 @@ class FLAME(HeadModel):
         too: the regressor is linear). With the views' translations scaled alike the photos
         see the same thing, so a fit carries over; what changes is the metric size
         (fit/metric_scale.py)."""
+        f = float(factor)
         a = self.assets
-        scaled = dataclasses.replace(
+        model = copy.copy(self)  # shares the unscaled buffers (faces, weights...): never
+        model._buffers = dict(self._buffers)  # changed in place; the positions are new
+        for name in _POSITION_BUFFERS:
+            model._buffers[name] = self._buffers[name] * f
+        model._parameters = dict(self._parameters)
+        model._modules = dict(self._modules)
+        model.assets = dataclasses.replace(
             a,
-            v_template=a.v_template * np.float32(factor),
-            shapedirs=a.shapedirs * np.float32(factor),
-            exprdirs=a.exprdirs * np.float32(factor),
-            posedirs=a.posedirs * np.float32(factor),
+            v_template=a.v_template * np.float32(f),
+            shapedirs=a.shapedirs * np.float32(f),
+            exprdirs=a.exprdirs * np.float32(f),
+            posedirs=a.posedirs * np.float32(f),
         )
-        model = type(self)(scaled, n_shape=self.n_shape, n_expr=self.n_expr)
-        model.scale = self.scale * float(factor)
-        return model.to(self.v_template.device)
+        model.scale = self.scale * f
+        return model
 
     def rest_vertices(self, shape: Tensor) -> Tensor:
         """(B,ns) -> (B,V,3): template plus identity blend shapes only (no expression, no pose)."""
