@@ -453,7 +453,10 @@ def _sample_view(
     texel_front = np.append(front, False)[texel_face]  # index -1 -> False
 
     slope = _vertex_depth_slope(vs.numpy().astype(np.float64), faces.numpy())
-    attrs = interp @ np.concatenate([vs.numpy(), nc.numpy(), slope[:, None]], axis=1)
+    # float32 like `interp`: a float64 operand makes scipy upcast the matrix on every call
+    attrs = interp @ np.concatenate(
+        [vs.numpy(), nc.numpy(), slope[:, None].astype(np.float32)], axis=1
+    )
     attrs = attrs.reshape(size, size, 7)
     z = attrs[..., 2]  # 0 outside the layout: never visible
     nz = attrs[..., 5] / np.maximum(np.sqrt((attrs[..., 3:6] ** 2).sum(-1)), 1e-12)
