@@ -214,7 +214,11 @@ def reconstruct(
     if options.expression_keys is None:
         options = replace(options, expression_keys=head.n_expr)
     needed = estimate_result_bytes(
-        head.n_vertices, options.expression_keys, options.texture_size, sizes
+        head.n_vertices,
+        options.expression_keys,
+        options.texture_size,
+        sizes,
+        textures=2 if options.texture == "both" else 1,
     )
     photos = [v.photo.path for v in inputs if v.photo.path is not None]
     with claim_destination(

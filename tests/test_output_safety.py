@@ -644,3 +644,12 @@ def test_the_add_on_tidies_what_a_killed_backend_left(tmp_path):
     (tmp_path / ".out.lock").write_text(json.dumps({"tool": "mfnet", "pid": 1}))
     backend.tidy_after(out, pid=4242)
     assert _hidden(tmp_path) == [".out.lock"]
+
+
+def test_space_estimate_counts_the_second_texture():
+    """--texture both writes texture_shaded.png too: the disk check asks for its room."""
+    from mfnet_core.outputs.result_folder import estimate_result_bytes
+
+    one = estimate_result_bytes(26719, 53, 2048, [(1024, 1024)] * 3)
+    two = estimate_result_bytes(26719, 53, 2048, [(1024, 1024)] * 3, textures=2)
+    assert two - one == 2048 * 2048 * 3 // 4

@@ -476,14 +476,16 @@ def estimate_result_bytes(
     n_expression_keys: int | None,
     texture_size: int,
     image_sizes: Sequence[tuple[int, int]] = (),
+    textures: int = 1,
 ) -> int:
     """A low estimate of a result folder's size, for refusing a run when the disk clearly
-    cannot hold it (PNGs at a quarter of their raw size; a real result is larger)."""
+    cannot hold it (PNGs at a quarter of their raw size; a real result is larger).
+    textures: texture PNGs written (2 with `--texture both`: texture_shaded.png)."""
     keys = 100 if n_expression_keys is None else n_expression_keys  # None: all (FLAME: 100)
     texture = texture_size * texture_size * 3 // 4  # texture.png, and again inside head.glb
     mesh = n_vertices * 12 * (keys + 1)  # head.glb's morph targets
     pictures = sum(int(w) * int(h) * 3 // 4 for w, h in image_sizes)  # one overlay each
-    return 2 * texture + mesh + n_vertices * 40 + pictures
+    return (1 + textures) * texture + mesh + n_vertices * 40 + pictures
 
 
 def check_destination(
