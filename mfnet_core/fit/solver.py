@@ -38,7 +38,6 @@ __all__ = [
     "forward_difference",
     "levenberg_marquardt",
     "lm_step",
-    "lm_step_normal",
     "normal_equations",
     "one_thread",
     "outlier_weights",
@@ -147,6 +146,12 @@ class ResidualTerm(ABC):
         unless a term knows better."""
         return forward_difference(lambda xb: self.residuals(free, xb, state), x)
 
+    def normal_equations(self, free: Free, x: Tensor, state: Any) -> tuple[Tensor, Tensor, float]:
+        """J^T J (P,P), J^T r (P,) and r^T r of the weighted residuals at x (P,), what the
+        solver uses; from `linearise` unless a term with a sparse Jacobian knows better."""
+        r, jac = self.linearise(free, x, state)
+        return jac.T @ jac, jac.T @ r, float(r @ r)
+
     def accepted(self, free: Free, x: Tensor) -> None:  # noqa: B027 - optional hook
         """Called after a step that lowered the cost, with the new x."""
 
@@ -178,24 +183,6 @@ def active_set(x: Tensor, g: Tensor, bounds: Bounds | None) -> Tensor:
 
 def lm_step(
     x: Tensor,
-    r: Tensor,
-    jac: Tensor,
-    residual: Callable[[Tensor], Tensor],
-    mu: float,
-    bounds: Bounds | None = None,
-) -> tuple[Tensor, float, float, bool]:
-    """One Levenberg-Marquardt step with Marquardt's diagonal damping, projected into
-    `bounds` when given (parameters held on a bound by the active set do not move).
-
-    x (P,) parameters, r (R,) residuals at x, jac (R,P); residual(v) -> (R,) at other v.
-    Raises the damping until the cost falls (at most 8 tries). Returns the new x, its cost,
-    the new damping and whether the cost fell by more than 1e-6 relative.
-    """
-    return lm_step_normal(x, jac.T @ jac, jac.T @ r, float(r @ r), residual, mu, bounds)
-
-
-def lm_step_normal(
-    x: Tensor,
     jtj: Tensor,
     g: Tensor,
     cost: float,
@@ -203,8 +190,14 @@ def lm_step_normal(
     mu: float,
     bounds: Bounds | None = None,
 ) -> tuple[Tensor, float, float, bool]:
-    """`lm_step` from the normal equations: jtj = J^T J (P,P), g = J^T r (P,), cost = r^T r
-    (terms with sparse Jacobians give these without the dense J)."""
+    """One Levenberg-Marquardt step with Marquardt's diagonal damping, projected into
+    `bounds` when given (parameters held on a bound by the active set do not move).
+
+    x (P,) parameters; the normal equations at x: jtj = J^T J (P,P), g = J^T r (P,), cost =
+    r^T r; residual(v) -> (R,) at other v. Raises the damping until the cost falls (at most 8
+    tries). Returns the new x, its cost, the new damping and whether the cost fell by more
+    than 1e-6 relative.
+    """
     moving = ~active_set(x, g, bounds)
     if not bool(moving.any()):
         return x, cost, mu, False
@@ -226,18 +219,13 @@ def lm_step_normal(
 def normal_equations(
     terms: Sequence[ResidualTerm], free: Free, x: Tensor, states: list
 ) -> tuple[Tensor, Tensor, float]:
-    """Sum of the terms' J^T J (P,P), J^T r (P,) and r^T r at x (P,): from a term's own
-    `normal_equations` where it has one (sparse Jacobians), else from `linearise`."""
+    """Sum of the terms' J^T J (P,P), J^T r (P,) and r^T r at x (P,)."""
     n = x.shape[0]
     jtj = torch.zeros(n, n, dtype=x.dtype, device=x.device)
     g = torch.zeros(n, dtype=x.dtype, device=x.device)
     cost = 0.0
     for term, state in zip(terms, states, strict=True):
-        if hasattr(term, "normal_equations"):
-            a, b, c = term.normal_equations(free, x, state)
-        else:
-            r, jac = term.linearise(free, x, state)
-            a, b, c = jac.T @ jac, jac.T @ r, float(r @ r)
+        a, b, c = term.normal_equations(free, x, state)
         jtj += a
         g += b
         cost += c
@@ -270,7 +258,7 @@ def levenberg_marquardt(
             parts = [t.residuals(free, v[None], s)[0] for t, s in zip(terms, states, strict=True)]
             return torch.cat(parts)
 
-        x, cost, mu, improved = lm_step_normal(x, jtj, g, cost, residual, mu, bounds)
+        x, cost, mu, improved = lm_step(x, jtj, g, cost, residual, mu, bounds)
         if not improved:
             break
         for t in terms:
