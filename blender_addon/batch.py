@@ -503,19 +503,16 @@ def run_batch(args, pkg, prefs, log, stopper: Stopper) -> int:
 
 def _totals(summary: dict, started: float) -> dict:
     people = summary["people"]
+    succeeded = [p["name"] for p in people if p["status"] == "succeeded"]
+    seconds = time.time() - started
     return {
-        "succeeded": [p["name"] for p in people if p["status"] == "succeeded"],
+        "succeeded": succeeded,
         "skipped": [p["name"] for p in people if p["status"] == "skipped"],
         "failed": [
             {"name": p["name"], "reason": p["reason"]} for p in people if p["status"] == "failed"
         ],
-        "seconds": round(time.time() - started, 3),
-        "people_per_minute": round(
-            60.0
-            * sum(p["status"] == "succeeded" for p in people)
-            / max(time.time() - started, 1e-9),
-            3,
-        ),
+        "seconds": round(seconds, 3),
+        "people_per_minute": round(60.0 * len(succeeded) / max(seconds, 1e-9), 3),
     }
 
 

@@ -276,7 +276,8 @@ def _reconstruct(
     with timer.stage("fit", f"fitting the {head.kind}") as sub:
         fitter, fit_start = _landmark_fit(head, photos, lmk, intrinsics, options, device, sub)
         size = measure_size(fitter, irises, intrinsics)
-        if options.size_from == "iris" and size.factor is not None:
+        size_applied = options.size_from == "iris" and size.factor is not None
+        if size_applied:
             sub(0.9, f"metric size from the irises: x{size.factor:.3f}")
             head, fitter = _rescale_fit(head, fitter, size.factor)
 
@@ -387,7 +388,7 @@ def _reconstruct(
             "same_person_check": identity_section(identity, names),
             "metric_size": {
                 **size.to_json(),
-                "applied": options.size_from == "iris" and size.factor is not None,
+                "applied": size_applied,
             },
             # PSNR/SSIM re-render the photos the texture was baked from: a consistency
             # check of the fit, not a measure of quality at views no photo saw

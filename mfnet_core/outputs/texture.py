@@ -422,9 +422,10 @@ def _sample_view(
     fade: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One view on the texture grid: colours (S,S,3) float32 linear, weights (S,S) float32
-    (0 outside the layout) and camera-space normals (S,S,3), not unit length (for the light). interp: (S*S,V) sparse barycentric interpolation matrix;
-    texel_face: (S,S) face of each texel (-1 outside the layout); face_part: (F,) connected
-    component of each face; hiding: (F',) ids of the faces that occlude (the z-buffer's)."""
+    (0 outside the layout) and camera-space normals (S,S,3), not unit length (for the
+    light). interp: (S*S,V) sparse barycentric interpolation matrix; texel_face: (S,S) face
+    of each texel (-1 outside the layout); face_part: (F,) connected component of each face;
+    hiding: (F',) ids of the faces that occlude (the z-buffer's)."""
     size = texel_face.shape[0]
     rgb = np.asarray(view.rgb)
     if rgb.ndim == 2:
