@@ -288,3 +288,25 @@ def test_face_alignment_never_downloads(tmp_path: Path, monkeypatch: pytest.Monk
     with pytest.raises(MfnetError, match=match):
         FaceAlignmentBackend()
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(not mediapipe_available(), reason="mediapipe is not installed")
+def test_mediapipe_loads_without_matplotlib_and_leaves_the_real_one_importable() -> None:
+    """The cold CLI skips MediaPipe's plotting import (matplotlib.pyplot, ~0.5 s); a later
+    import of matplotlib in the same process must still get the real library."""
+    import subprocess
+
+    code = (
+        "import sys\n"
+        "from mfnet_core.inputs.mediapipe_landmarks import import_mediapipe_without_pyplot\n"
+        "mp = import_mediapipe_without_pyplot()\n"
+        "assert 'matplotlib' not in sys.modules, 'matplotlib was imported'\n"
+        "assert 'matplotlib.pyplot' not in sys.modules\n"
+        "assert mp.solutions.face_mesh.FaceMesh is not None\n"
+        "import matplotlib.pyplot as plt\n"
+        "assert callable(plt.plot) and plt.__file__.endswith('pyplot.py')\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"

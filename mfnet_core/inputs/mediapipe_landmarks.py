@@ -23,6 +23,7 @@ import importlib.util
 import os
 import sys
 import threading
+import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -64,6 +65,30 @@ def quiet_native_stderr() -> Iterator[None]:
         os.close(saved)
 
 
+def import_mediapipe_without_pyplot() -> Any:
+    """`import mediapipe`, minus matplotlib: its package imports every solution, and the
+    drawing helpers import matplotlib.pyplot at the top (~0.5 s of a cold run, measured in
+    docs/BENCHMARKS.md) for plots mfnet never asks for. Placeholders stand in for
+    matplotlib while mediapipe loads and are removed after, so a later real import of
+    matplotlib gets the real one; only MediaPipe's plotting helper holds the placeholder."""
+    if "mediapipe" in sys.modules or "matplotlib.pyplot" in sys.modules:
+        import mediapipe
+
+        return mediapipe
+    placeholders = {}
+    for name in ("matplotlib", "matplotlib.pyplot"):
+        if name not in sys.modules:
+            module = types.ModuleType(name, "placeholder: mfnet imported mediapipe without it")
+            placeholders[name] = sys.modules[name] = module
+    try:
+        import mediapipe
+    finally:
+        for name, module in placeholders.items():
+            if sys.modules.get(name) is module:
+                del sys.modules[name]
+    return mediapipe
+
+
 def mediapipe_available() -> bool:
     """mediapipe importable (without importing it: it pulls in matplotlib)."""
     return importlib.util.find_spec("mediapipe") is not None
@@ -86,8 +111,7 @@ class MediapipeBackend:
 
     def _face_mesh(self) -> Any:
         if self._mesh is None:
-            import mediapipe as mp
-
+            mp = import_mediapipe_without_pyplot()
             self._mesh = mp.solutions.face_mesh.FaceMesh(
                 static_image_mode=True,
                 max_num_faces=MAX_FACES,
