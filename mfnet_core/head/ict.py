@@ -371,13 +371,13 @@ def load_ict_assets(
         raise MfnetError(f"{path}: unexpected materials {mat_names}")
     uv, uv_faces = atlas_uv(data["uvs"], fuv, material, mat_names)
 
-    id_deltas = data["identity_q"].astype(np.float32) * data["identity_scale"][:, None, None]
-    ex_deltas = data["expression_q"].astype(np.float32) * data["expression_scale"][:, None, None]
-    if id_deltas.shape[1:] != (n_v, 3) or ex_deltas.shape[1:] != (n_v, 3):
+    if data["identity_q"].shape[1:] != (n_v, 3) or data["expression_q"].shape[1:] != (n_v, 3):
         raise MfnetError(f"{path}: blendshapes do not match the mesh ({n_v} vertices)")
+    shapedirs = blendshape_basis(data["identity_q"], data["identity_scale"])
+    exprdirs = blendshape_basis(data["expression_q"], data["expression_scale"])
     names = tuple(str(n) for n in data["expression_names"])
-    if len(names) != len(ex_deltas):
-        raise MfnetError(f"{path}: {len(names)} expression names for {len(ex_deltas)} shapes")
+    if len(names) != exprdirs.shape[2]:
+        raise MfnetError(f"{path}: {len(names)} expression names for {exprdirs.shape[2]} shapes")
 
     reg, parents, weights = joints_and_weights(v_cm, regions)
     lm = np.asarray(regions["multipie68_vertex"], dtype=np.int64)
@@ -408,8 +408,8 @@ def load_ict_assets(
     assets = ICTAssets(
         v_template=v_m,
         faces=faces,
-        shapedirs=np.ascontiguousarray(np.transpose(id_deltas, (1, 2, 0)) * CM),
-        exprdirs=np.ascontiguousarray(np.transpose(ex_deltas, (1, 2, 0)) * CM),
+        shapedirs=shapedirs,
+        exprdirs=exprdirs,
         posedirs=np.zeros((n_v, 3, 9 * (len(JOINT_NAMES) - 1)), dtype=np.float32),
         j_regressor=reg,
         parents=parents,
@@ -429,6 +429,16 @@ def load_ict_assets(
         regions=regions,
     )
     return assets
+
+
+def blendshape_basis(quantised: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """(K,V,3) int16 steps and (K,) float32 step sizes in cm -> (V,3,K) float32 metres,
+    FLAME's layout. Written into one new array: fresh memory is what a cold start pays for
+    here (three temporaries of 32 MB took 0.7 s on the development VM)."""
+    out = np.empty(quantised.shape[1:] + quantised.shape[:1], dtype=np.float32)
+    np.multiply(np.moveaxis(quantised, 0, -1), scale.astype(np.float32), out=out)
+    out *= CM  # the same two float32 roundings as (q * scale) * CM
+    return out
 
 
 def eye_caps(
