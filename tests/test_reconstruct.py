@@ -93,6 +93,10 @@ def test_result_folder_contract(demo_run):
     assert report["model"] == "test-head"
     assert any("NOT FLAME" in w for w in report["warnings"])
     assert set(report["timings_s"]) >= {"photos", "landmarks", "fit", "texture", "export", "total"}
+    # total is the wall time: the dense report and the identity check ran beside the texture
+    stages = {k: v for k, v in report["timings_s"].items() if k != "total"}
+    assert max(stages.values()) <= report["timings_s"]["total"]
+    assert report["timings_s"]["identity"] > 0 and report["dense"]["timings_s"]["report"] > 0
     assert len(report["views"][0]["landmark_residual_px"]["per_landmark"]) == 68
     for view in ("left", "front", "right"):
         assert f"overlay_rerender_{view}.png" in names

@@ -24,7 +24,8 @@ the correspondences touch, like the landmark stage (forward differences in float
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,7 +38,15 @@ from mfnet_core.fit.landmark_fit import MultiViewFitter
 from mfnet_core.fit.photometric import refine_photometric, view_quality
 from mfnet_core.fit.plan import DEFAULT_LOSSES, uses
 
-__all__ = ["DenseOptions", "DenseReport", "FlowTerm", "refine_dense"]
+__all__ = [
+    "DenseOptions",
+    "DenseReport",
+    "DenseRounds",
+    "FlowTerm",
+    "dense_report",
+    "refine_dense",
+    "run_dense_rounds",
+]
 
 ProgressFn = Callable[[float, str], None]
 
@@ -116,6 +125,20 @@ def _views(
     )
 
 
+@dataclass
+class DenseRounds:
+    """What the dense rounds leave for their report (`dense_report`): the report needs only
+    the fitted parameters and this, so it can run beside the texture bake."""
+
+    options: DenseOptions
+    names: list[str]
+    face_tri: np.ndarray
+    lam: float
+    pairs_before: list[dict[str, float]]
+    history: list[dict[str, float]]
+    timings_s: dict[str, float]
+
+
 def refine_dense(
     fitter: MultiViewFitter,
     photos: list[np.ndarray],
@@ -129,6 +152,18 @@ def refine_dense(
     resolution its intrinsics describe. Which stages run follows `options.losses` ("flow",
     "photo"); with neither, only the report is made. view_names label the overlays.
     """
+    rounds = run_dense_rounds(fitter, photos, options, progress, view_names)
+    return dense_report(fitter, photos, rounds)
+
+
+def run_dense_rounds(
+    fitter: MultiViewFitter,
+    photos: list[np.ndarray],
+    options: DenseOptions | None = None,
+    progress: ProgressFn | None = None,
+    view_names: list[str] | None = None,
+) -> DenseRounds:
+    """`refine_dense` without its report: the flow rounds (and the photometric stage)."""
     o = options or DenseOptions()
     report = progress or (lambda f, m: None)
     if len(photos) != fitter.n_views:
@@ -142,9 +177,7 @@ def refine_dense(
     history: list[dict[str, float]] = []
     pairs_before: list[dict[str, float]] = []
     t0 = time.perf_counter()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         use_flow = uses(o.losses, "flow") and fitter.n_views > 1
         last_flow = None
         if use_flow:
@@ -166,6 +199,17 @@ def refine_dense(
             ph = refine_photometric(fitter, photos, o, face_tri, [last_flow] if last_flow else [])
             history.extend(ph)
             timings["photo"] = round(time.perf_counter() - t1, 4)
+    return DenseRounds(o, names, face_tri, lam, pairs_before, history, timings)
+
+
+def dense_report(
+    fitter: MultiViewFitter, photos: list[np.ndarray], rounds: DenseRounds
+) -> DenseReport:
+    """The dense stages' report at the fitter's current parameters (`DenseOptions.report`:
+    final flow, PSNR / SSIM and pictures; off: only every term's value). Reads the fitter
+    and leaves it as it was."""
+    o, history, timings = rounds.options, rounds.history, rounds.timings_s
+    with one_torch_thread():
         if not o.report:
             with torch.no_grad():
                 _total, parts = fitter.objective()
@@ -179,15 +223,26 @@ def refine_dense(
                 views=[],
                 pairs=[],
                 images={},
-                timings_s=timings,
+                timings_s=dict(timings),
                 history=history,
             )
         t2 = time.perf_counter()
-        out = _final_report(fitter, photos, o, names, face_tri, lam, pairs_before)
-        timings["report"] = round(time.perf_counter() - t2, 4)
-        out.timings_s = {**timings, **out.timings_s}
+        out = _final_report(
+            fitter, photos, o, rounds.names, rounds.face_tri, rounds.lam, rounds.pairs_before
+        )
+        out.timings_s = {**timings, "report": round(time.perf_counter() - t2, 4), **out.timings_s}
         out.history = history
         return out
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """torch on one thread inside (the dense stages' many small ops lose more to thread
+    hand-offs than they gain; and the report may run beside the texture bake)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
     finally:
         torch.set_num_threads(threads)
 
