@@ -334,6 +334,15 @@ def test_remove_lighting_divides_a_known_shading(head):
     left = np.std(out / albedo / (out / albedo).mean((0, 1)))
     before = np.std(colour / albedo / (colour / albedo).mean((0, 1)))
     assert before > 0.15 and left < 0.3 * before, (left, before)  # the ridge leaves a little
+    # the bake's form: normals only on the texels of nonzero weight, colours changed in place
+    w[:5] = 0
+    (ref,), _, _ = remove_lighting([colour], [n], [w], np.ones((s, s), bool))
+    rows = n.reshape(-1, 3)[w.reshape(-1) > 0]
+    mine = colour.copy()
+    (same,), _, _ = remove_lighting([mine], [rows], [w], np.ones((s, s), bool), in_place=True)
+    assert same is mine and np.array_equal(same, ref)
+    with pytest.raises(ValueError, match="normals"):
+        remove_lighting([colour], [rows[1:]], [w], np.ones((s, s), bool))
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,14 @@ import torch
 import trimesh
 import xatlas
 
-from mfnet_core.outputs.texture import BakeView, bake_texture, linear_to_srgb, srgb_to_linear
+from mfnet_core.outputs.texture import (
+    BakeView,
+    _bilinear_linear,
+    _nearest_pixel,
+    bake_texture,
+    linear_to_srgb,
+    srgb_to_linear,
+)
 from mfnet_core.render import interpolate, rasterize, render_textured, vertex_normals
 
 TEX = 256
@@ -255,6 +262,38 @@ def test_single_view_bigger_texture_and_input_checks(scene, plain_bake):
 def test_srgb_round_trip():
     x = np.arange(256, dtype=np.uint8)
     assert (linear_to_srgb(srgb_to_linear(x)) == x).all()
+
+
+def test_srgb_lut_is_the_power_law():
+    x = np.arange(256, dtype=np.uint8)
+    want = (x.astype(np.float64) / 255) ** 2.2
+    assert np.abs(srgb_to_linear(x).astype(np.float64) - want).max() < 1e-7
+
+
+def test_point_lookups_match_cv2_remap():
+    """The bake reads the photo at scattered texel positions (`_nearest_pixel`,
+    `_bilinear_linear` on a crop): the same values as cv2.remap over the whole photo."""
+    rng = np.random.default_rng(3)
+    h, w = 37, 53
+    rgb = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+    n = 5000
+    mx = rng.uniform(-3, w + 2, n).astype(np.float32)
+    my = rng.uniform(-3, h + 2, n).astype(np.float32)
+    mx[:40] = np.arange(40, dtype=np.float32) * 0.5 - 1.5  # halves: round half to even
+    my[:40] = 7.5
+    ids = np.arange(h * w, dtype=np.float32).reshape(h, w) + 1  # 0: outside
+    want = cv2.remap(ids, mx[None], my[None], cv2.INTER_NEAREST, borderValue=0)[0]
+    at, inside = _nearest_pixel(mx, my, h, w)
+    assert (np.where(inside, at + 1, 0) == want).all()
+    lin = srgb_to_linear(rgb)
+    want = cv2.remap(lin, mx[None], my[None], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    assert (_bilinear_linear(rgb, mx, my) == want[0]).all()
+    # a cluster away from the border: decoded from a crop, still the same values
+    sub = slice(100, 400)
+    cx, cy = mx[sub] * 0.2 + 20, my[sub] * 0.2 + 10
+    want = cv2.remap(lin, cx[None], cy[None], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    assert (_bilinear_linear(rgb, cx, cy) == want[0]).all()
+    assert _bilinear_linear(rgb, mx[:0], my[:0]).shape == (0, 3)
 
 
 def _small_sphere_faces(scene: Scene) -> np.ndarray:

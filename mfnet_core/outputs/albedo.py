@@ -216,14 +216,18 @@ def remove_lighting(
     weights: list[np.ndarray],
     skin: np.ndarray,
     names: list[str] | None = None,
+    *,
+    in_place: bool = False,
 ) -> tuple[list[np.ndarray], list[ViewLighting], list[str]]:
     """Divides each view's estimated shading out of its colours (module docstring).
 
     colours: per view (S,S,3) linear colours on the texture grid; normals: per view (S,S,3)
-    camera-space normals (any length); weights: per view (S,S) bake weights (0: unseen);
-    skin: (S,S) bool texels of the skin. Returns the de-lit colours (new arrays; texels of
-    zero weight untouched), each view's `ViewLighting` and warnings. A view with too little
-    skin keeps its colours and says so."""
+    camera-space normals (any length), or (n,3) for just the texels of nonzero weight in
+    raster order (what the bake has); weights: per view (S,S) bake weights (0: unseen);
+    skin: (S,S) bool texels of the skin. Returns the de-lit colours (new arrays, or
+    `colours` themselves with `in_place`, which saves a copy of each grid when the caller
+    keeps no shaded colours; texels of zero weight untouched), each view's `ViewLighting`
+    and warnings. A view with too little skin keeps its colours and says so."""
     names = names or [f"view {i}" for i in range(len(colours))]
     skin_flat = skin.reshape(-1)
     rng = np.random.default_rng(0)
@@ -243,12 +247,14 @@ def remove_lighting(
                 f"texture: the {name} view shows too little skin to estimate its light; "
                 "its shading is left in"
             )
-            out.append(c.copy())
+            out.append(c if in_place else c.copy())
             lights.append(ViewLighting(name, None, None, len(fit), 0.0))
             continue
         if len(fit) > _FIT_TEXELS:
             fit = np.sort(rng.choice(fit, _FIT_TEXELS, replace=False))
-        nrm = n.reshape(-1, 3)[ids]
+        nrm = n.reshape(-1, 3)[ids] if n.ndim == 3 else np.asarray(n)
+        if len(nrm) != len(ids):
+            raise ValueError(f"{name}: {len(nrm)} normals for {len(ids)} texels of nonzero weight")
         nrm = nrm / np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-12)
         sh, robust = fit_view_light(col[fit], nrm[fit], wt[fit])
         grey = sh.mean(1)  # the light's shape (9,) at the skin's grey level
@@ -256,7 +262,7 @@ def remove_lighting(
         k = wt[fit] * robust
         mean = max(float(shade[fit] @ k) / max(float(k.sum()), 1e-12), 1e-6)
         rel = np.clip(shade / np.float32(mean), _MIN_SHADE, _MAX_SHADE)
-        de_lit = c.copy()
+        de_lit = c if in_place else c.copy()
         de_lit.reshape(-1, 3)[ids] = col / rel[:, None]
         out.append(de_lit)
         level = sh_shading(nrm[fit], sh).T @ k / max(float(k.sum()), 1e-12)

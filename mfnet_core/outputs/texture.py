@@ -76,6 +76,8 @@ _GAIN_RANGE = (1 / 3, 3.0)
 _JUMP_TOL = 0.02
 # Pixels of depth slope allowed in the visibility test (nearest pixel centre <= 0.71 px away).
 _SLOPE_PX = 1.5
+# cv2.remap's maps must be under 32767 px wide: point lists are laid out in rows this long.
+_REMAP_COLS = 4096
 
 
 @dataclass
@@ -211,10 +213,14 @@ def bake_texture(
     layout = np.zeros(size * size, dtype=bool)
     layout[tex_pix.numpy()] = True
     layout = layout.reshape(size, size)
-    corners = faces_t[flat_face[tex_pix]].numpy()  # (P,3)
-    bary = frags.bary.reshape(-1, 3)[tex_pix].float().numpy()  # (P,3)
+    tex_face = flat_face[tex_pix]
+    texels = _Texels(
+        tex_pix.numpy(),
+        tex_face.numpy(),
+        faces_t[tex_face].numpy(),
+        frags.bary.reshape(-1, 3)[tex_pix].float().numpy(),
+    )
     n_verts = max(int(faces_t.max()) + 1, max(len(v.verts_screen) for v in views))
-    interp = _interp_matrix(tex_pix.numpy(), corners, bary, size * size, n_verts)
     texel_face = flat_face.numpy().astype(np.int32).reshape(size, size)  # -1 outside
     face_part = _face_components(faces_t.numpy(), n_verts)
     hiding = np.arange(len(faces_t))
@@ -228,13 +234,13 @@ def bake_texture(
     # 2. Per-view samples on the texture grid (zero weight outside the layout).
     cols, wts, nrms = [], [], []
     for i, view in enumerate(views):
-        c, w, n = _sample_view(
-            view, faces_t, hiding, interp, texel_face, face_part, cos_power, depth_tol, fade
+        smp = _sample_view(
+            view, faces_t, hiding, texels, n_verts, face_part, cos_power, depth_tol, fade
         )
-        cols.append(c)
-        wts.append(w)
-        nrms.append(n)
-        if int((w > _MATCH_WEIGHT).sum()) < 0.01 * len(tex_pix):
+        cols.append(_to_grid(smp.colour, smp.pix, size, 3))
+        wts.append(_to_grid(smp.weight, smp.pix, size))
+        nrms.append(smp.normal)
+        if int((smp.weight > _MATCH_WEIGHT).sum()) < 0.01 * len(tex_pix):
             warnings.append(f"texture: the {view.name} view sees almost none of the mesh")
         report(0.1 + 0.5 * (i + 1) / len(views), f"sampled the {view.name} view")
 
@@ -248,7 +254,7 @@ def bake_texture(
             raise ValueError(f"skin_faces has shape {skin_faces.shape}, expected ({len(faces_t)},)")
         skin = layout & np.append(skin_faces, False)[texel_face]
         albedo_cols, lighting, msgs = remove_lighting(
-            cols, nrms, wts, skin, [v.name for v in views]
+            cols, nrms, wts, skin, [v.name for v in views], in_place=not keep_shaded
         )
         warnings.extend(msgs)
         shaded_cols = cols if keep_shaded else None
@@ -270,7 +276,9 @@ def bake_texture(
         paint_lin = srgb_to_linear_float(colour[painted])
     ref = _pick_reference(views, wts) if reference is None else int(reference)
     names = [v.name for v in views]
-    finish = _Finish(layout, faces_t.numpy(), interp, fill, painted, paint_lin, gutter)
+    finish = _Finish(
+        layout, faces_t.numpy(), texels.interp(None, n_verts), fill, painted, paint_lin, gutter
+    )
     sets = [cols] if shaded_cols is None else [cols, shaded_cols]
     textures, total, norm_w, gains, msgs = finish(sets, wts, ref, names, match_colours, report)
     warnings.extend(msgs)
@@ -302,7 +310,7 @@ class _Finish:
 
     layout: np.ndarray  # (S,S) bool
     faces: np.ndarray  # (F,3)
-    interp: object  # (S*S,V) sparse barycentric matrix
+    interp: object  # (P,V) sparse barycentric matrix of the layout's texels (raster order)
     fill: str
     painted: np.ndarray  # (S,S) bool
     paint_lin: np.ndarray | None  # (P,3) linear colours of the painted texels
@@ -343,9 +351,10 @@ class _Finish:
         report(0.8, "views blended")
         conf = _smoothstep(np.minimum(total * np.float32(1 / _CONF_WEIGHT), 1))
         if self.fill == "mesh":
-            filled = _mesh_fill(
-                self.faces, self.interp, blended.reshape(-1, n_ch), conf.reshape(-1)
-            ).reshape(size, size, n_ch)
+            pix = np.flatnonzero(layout.reshape(-1))
+            colour = blended.reshape(-1, n_ch)[pix]
+            filled_pix = _mesh_fill(self.faces, self.interp, colour, conf.reshape(-1)[pix])
+            filled = _to_grid(filled_pix, pix, size, n_ch)
         else:
             filled = _push_pull(blended, conf)
         inner = conf[..., None] * blended + (1 - conf[..., None]) * filled
@@ -394,39 +403,58 @@ def _cpu_tensor(x: Tensor | np.ndarray) -> Tensor:
     return x.detach().cpu() if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x))
 
 
-def _interp_matrix(
-    tex_pix: np.ndarray, corners: np.ndarray, bary: np.ndarray, n_texels: int, n_verts: int
-):
-    """(S*S, V) sparse matrix of barycentric weights, rows of texels outside the layout empty:
-    M @ vertex_attrs (V,C) = texel attrs (S*S,C)."""
-    import scipy.sparse as sp
+@dataclass
+class _Texels:
+    """The UV layout's texels in raster order: pix (P,) flat index into the (S,S) grid,
+    face (P,) their face, corners (P,3) its vertices and bary (P,3) float32 barycentrics."""
 
-    counts = np.zeros(n_texels, dtype=np.int64)
-    counts[tex_pix] = 3
-    indptr = np.concatenate([[0], np.cumsum(counts)])
-    return sp.csr_matrix(
-        (bary.reshape(-1).astype(np.float32), corners.reshape(-1), indptr),
-        shape=(n_texels, n_verts),
-    )
+    pix: np.ndarray
+    face: np.ndarray
+    corners: np.ndarray
+    bary: np.ndarray
+
+    def interp(self, rows: np.ndarray | None = None, n_verts: int = 0):
+        """(R,V) sparse barycentric matrix of the texels `rows` (default all): M @ vertex
+        attrs (V,C) = their attrs (R,C). Three entries a row, built directly (no sorting);
+        float32 like the attrs, or scipy upcasts the matrix on every product."""
+        import scipy.sparse as sp
+
+        corners = self.corners if rows is None else self.corners[rows]
+        bary = self.bary if rows is None else self.bary[rows]
+        n = len(corners)
+        indptr = np.arange(0, 3 * n + 1, 3, dtype=np.int64)
+        return sp.csr_matrix((bary.reshape(-1), corners.reshape(-1), indptr), shape=(n, n_verts))
+
+
+@dataclass
+class _Samples:
+    """One view's samples on the texels it sees (weight > 0), in raster order: pix (n,) flat
+    texel index, colour (n,3) linear, weight (n,), normal (n,3) camera space, not unit."""
+
+    pix: np.ndarray
+    colour: np.ndarray
+    weight: np.ndarray
+    normal: np.ndarray
 
 
 def _sample_view(
     view: BakeView,
     faces: Tensor,
     hiding: np.ndarray,
-    interp,
-    texel_face: np.ndarray,
+    texels: _Texels,
+    n_verts: int,
     face_part: np.ndarray,
     cos_power: float,
     depth_tol: float,
     fade: float,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One view on the texture grid: colours (S,S,3) float32 linear, weights (S,S) float32
-    (0 outside the layout) and camera-space normals (S,S,3), not unit length (for the
-    light). interp: (S*S,V) sparse barycentric interpolation matrix; texel_face: (S,S) face
-    of each texel (-1 outside the layout); face_part: (F,) connected component of each face;
-    hiding: (F',) ids of the faces that occlude (the z-buffer's)."""
-    size = texel_face.shape[0]
+) -> _Samples:
+    """One view's colours, weights and camera-space normals on the texels it sees.
+
+    Works on the layout's front-facing texels only, and reads the photo only around them
+    (nearest-pixel look-ups by index, bilinear colour on a crop): full-grid temporaries cost
+    more than their arithmetic (fresh memory is slow to touch). texels: the layout
+    (`_Texels`); face_part: (F,) connected component of each face; hiding: (F',) ids of the
+    faces that occlude (the z-buffer's)."""
     rgb = np.asarray(view.rgb)
     if rgb.ndim == 2:
         rgb = np.repeat(rgb[..., None], 3, axis=2)
@@ -438,7 +466,7 @@ def _sample_view(
     h, w = rgb.shape[:2]
     vs = view.verts_screen.detach().cpu().float()
     nc = view.normals_cam.detach().cpu().float()
-    if vs.ndim != 2 or vs.shape[0] != interp.shape[1] or nc.shape != vs.shape:
+    if vs.ndim != 2 or vs.shape[0] != n_verts or nc.shape != vs.shape:
         raise ValueError(
             f"{view.name} view: verts_screen {tuple(vs.shape)} / normals {tuple(nc.shape)} do not fit the mesh"
         )
@@ -449,23 +477,22 @@ def _sample_view(
     if not all_hide:
         pixel_face = np.where(pixel_face >= 0, hiding[pixel_face.clip(0)], -1)
     cover = pixel_face >= 0
-    zbuf = vfr.depth.numpy().astype(np.float32)
+    zbuf = np.where(cover, vfr.depth.numpy(), np.float32(0)).astype(np.float32)  # 0: none
     front = _front_facing(vs.numpy().astype(np.float64), faces.numpy(), pixel_face[cover])
-    texel_front = np.append(front, False)[texel_face]  # index -1 -> False
 
+    # The front-facing texels and their interpolated (u, v, depth, normal, depth slope).
+    rows = np.flatnonzero(front[texels.face])
     slope = _vertex_depth_slope(vs.numpy().astype(np.float64), faces.numpy())
-    # float32 like `interp`: a float64 operand makes scipy upcast the matrix on every call
-    attrs = interp @ np.concatenate(
+    attrs = texels.interp(rows, n_verts) @ np.concatenate(
         [vs.numpy(), nc.numpy(), slope[:, None].astype(np.float32)], axis=1
     )
-    attrs = attrs.reshape(size, size, 7)
-    z = attrs[..., 2]  # 0 outside the layout: never visible
-    nz = attrs[..., 5] / np.maximum(np.sqrt((attrs[..., 3:6] ** 2).sum(-1)), 1e-12)
+    z = attrs[:, 2]
+    nz = attrs[:, 5] / np.maximum(np.sqrt((attrs[:, 3:6] ** 2).sum(-1)), 1e-12)
 
     # Fade away from silhouettes, occluding contours and the image border.
     edge = ~cover
     zf = np.where(cover, zbuf, np.float32(1e30))
-    jump = np.float32(_JUMP_TOL) * np.where(cover, zbuf, 0)
+    jump = np.float32(_JUMP_TOL) * zbuf
     dx = np.abs(np.diff(zf, axis=1)) > np.maximum(jump[:, 1:], jump[:, :-1])
     dy = np.abs(np.diff(zf, axis=0)) > np.maximum(jump[1:], jump[:-1])
     edge[:, 1:] |= dx
@@ -476,22 +503,18 @@ def _sample_view(
     dist = cv2.distanceTransform((~edge).astype(np.uint8), cv2.DIST_L2, 3)
     fade_px = max(2.0, fade * math.sqrt(max(1, int(cover.sum()))))
 
-    # Nearest-pixel z-buffer depth (0 on background / outside) and edge distance, and the
-    # bilinear colour, at every texel's screen position (cv2 pixel centres are integers).
-    mx = attrs[..., 0] - np.float32(0.5)
-    my = attrs[..., 1] - np.float32(0.5)
-    part = np.where(cover, face_part[pixel_face.clip(0)], -1).astype(np.float32)
-    aux = np.dstack([np.where(cover, zbuf, 0).astype(np.float32), dist, part])
-    near = cv2.remap(aux, mx, my, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    colour = cv2.remap(
-        srgb_to_linear(rgb), mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-    )
+    # The nearest pixel's z-buffer depth (0 on background / outside the image), edge
+    # distance and part (cv2 pixel centres are integers).
+    mx = attrs[:, 0] - np.float32(0.5)
+    my = attrs[:, 1] - np.float32(0.5)
+    at, inside = _nearest_pixel(mx, my, h, w)
+    zref = np.where(inside, zbuf.reshape(-1)[at], np.float32(0))
+    near_part = np.append(face_part, -1)[pixel_face.reshape(-1)[at]]  # -1: background
+    same_part = near_part == face_part[texels.face[rows]]
 
-    zref = near[..., 0]
-    tol = zref * np.float32(depth_tol) + np.float32(_SLOPE_PX) * attrs[..., 6]
-    same_part = near[..., 2] == np.append(face_part, -2)[texel_face]
-    vis = texel_front & same_part & (zref > 0) & (z > 0) & (z <= zref + tol)
-    ramp = _smoothstep(np.minimum(near[..., 1] * np.float32(1 / fade_px), 1))
+    tol = zref * np.float32(depth_tol) + np.float32(_SLOPE_PX) * attrs[:, 6]
+    vis = same_part & (zref > 0) & (z > 0) & (z <= zref + tol)
+    ramp = _smoothstep(np.minimum(dist.reshape(-1)[at] * np.float32(1 / fade_px), 1))
     cosw = np.maximum(nz, 0).astype(np.float32)
     if float(cos_power).is_integer() and 0 <= cos_power <= 8:
         c = np.ones_like(cosw)
@@ -501,7 +524,48 @@ def _sample_view(
     else:
         cosw = cosw ** np.float32(cos_power)
     weight = np.where(vis, cosw * ramp, np.float32(0))
-    return colour, weight, attrs[..., 3:6]
+    seen = np.flatnonzero(weight > 0)
+    colour = _bilinear_linear(rgb, mx[seen], my[seen])
+    return _Samples(texels.pix[rows[seen]], colour, weight[seen], attrs[seen, 3:6])
+
+
+def _nearest_pixel(mx: np.ndarray, my: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Flat index (0 outside) of the pixel nearest each position (pixel centres at
+    integers) in an (h,w) image, and whether it is inside: rint rounds half to even as
+    cv2.remap's INTER_NEAREST does, so the look-up is that remap without its full-size maps."""
+    ix, iy = np.rint(mx), np.rint(my)
+    inside = (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
+    return np.where(inside, iy * w + ix, 0).astype(np.int64), inside
+
+
+def _bilinear_linear(rgb: np.ndarray, mx: np.ndarray, my: np.ndarray) -> np.ndarray:
+    """(n,3) float32 linear colours of the uint8 photo `rgb` at pixel positions (mx, my)
+    (pixel centres at integers), bilinear in linear light as cv2.remap with a replicated
+    border. Only the photo's crop around the points is decoded: the same values, since cv2
+    quantises the positions' fractions alike after an integer shift."""
+    n = len(mx)
+    if n == 0:
+        return np.zeros((0, 3), np.float32)
+    h, w = rgb.shape[:2]
+    x0 = int(np.clip(np.floor(mx.min()) - 1, 0, w - 1))
+    x1 = int(np.clip(np.floor(mx.max()) + 3, x0 + 1, w))
+    y0 = int(np.clip(np.floor(my.min()) - 1, 0, h - 1))
+    y1 = int(np.clip(np.floor(my.max()) + 3, y0 + 1, h))
+    crop = srgb_to_linear(rgb[y0:y1, x0:x1])
+    # cv2.remap needs maps under 32767 wide: the points as rows of _REMAP_COLS
+    m = -(-n // _REMAP_COLS) * _REMAP_COLS
+    mapx = np.zeros(m, np.float32)
+    mapy = np.zeros(m, np.float32)
+    np.subtract(mx, np.float32(x0), out=mapx[:n])
+    np.subtract(my, np.float32(y0), out=mapy[:n])
+    out = cv2.remap(
+        crop,
+        mapx.reshape(-1, _REMAP_COLS),
+        mapy.reshape(-1, _REMAP_COLS),
+        cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
+    return out.reshape(-1, 3)[:n]
 
 
 def _face_components(faces: np.ndarray, n_verts: int) -> np.ndarray:
