@@ -207,7 +207,7 @@ def _fitter_at_truth(flame, subj, losses=("landmarks", "eye", "lip", "reg")):
     return f
 
 
-def _flows(f, photos, size=320):
+def _flows(f, photos, size=320, workers=1):
     faces = f.head.faces
     tri = fl.face_faces(faces.numpy(), f.head.face_region)
     with torch.no_grad():
@@ -215,7 +215,21 @@ def _flows(f, photos, size=320):
     views = fl.render_views(
         ev["vertices_cam"], f.camera, faces, tri, photos, ev["landmarks_px"], f.contour_yaw(), size
     )
-    return fl.all_pair_flows(views, faces, fl.FlowOptions(size=size))
+    return fl.all_pair_flows(views, faces, fl.FlowOptions(size=size), workers=workers)
+
+
+def test_pair_flows_on_two_threads_equal_one(subject):
+    """The dense rounds run the pairs on a second thread: same pairs, order and samples."""
+    flame, subj = subject
+    photos = [v.photo.rgb for v in subj.views]
+    f = _fitter_at_truth(flame, subj)
+    one, two = _flows(f, photos), _flows(f, photos, workers=2)
+    assert [(p.a, p.b) for p in one] == [(p.a, p.b) for p in two] and len(one) == 4
+    for p, q in zip(one, two, strict=True):
+        np.testing.assert_array_equal(p.faces, q.faces)
+        np.testing.assert_array_equal(p.anchor_a, q.anchor_a)
+        np.testing.assert_array_equal(p.target_b, q.target_b)
+        assert p.stats == q.stats
 
 
 def test_flow_loss_is_zero_at_truth_and_points_the_right_way(subject):

@@ -23,6 +23,7 @@ the correspondences touch, like the landmark stage (forward differences in float
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -49,6 +50,8 @@ __all__ = [
 ]
 
 ProgressFn = Callable[[float, str], None]
+# threads for the rounds' pair flows (their torch ops run on one thread; see one_torch_thread)
+FLOW_WORKERS = min(2, os.cpu_count() or 1)
 
 
 @dataclass
@@ -184,7 +187,9 @@ def run_dense_rounds(
             for rnd in range(o.rounds):
                 report(rnd / (o.rounds + 1), f"optical flow, round {rnd + 1}/{o.rounds}")
                 views = _views(fitter, photos, o.flow.size, face_tri)
-                pfs = fl.all_pair_flows(views, fitter.head.faces, o.flow, seed=o.seed + rnd)
+                pfs = fl.all_pair_flows(
+                    views, fitter.head.faces, o.flow, seed=o.seed + rnd, workers=FLOW_WORKERS
+                )
                 if rnd == 0:
                     pairs_before = [dict(pf.stats, a=pf.a, b=pf.b) for pf in pfs]
                 if not pfs:

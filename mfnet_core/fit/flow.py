@@ -50,6 +50,7 @@ it: see docs/BENCHMARKS.md, "Accuracy ablation", for why.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -595,18 +596,31 @@ def all_pair_flows(
     options: FlowOptions | None = None,
     seed: int = 0,
     skipped: list[tuple[int, int, str]] | None = None,
+    workers: int = 1,
 ) -> list[PairFlow]:
-    """The flow of every pair `pair_plan` keeps that has covisible face pixels. Pairs left
-    out are appended to `skipped` as (a, b, reason), for the report."""
+    """The flow of every pair `pair_plan` keeps that has covisible face pixels, on up to
+    `workers` threads (the same result on any number). Pairs left out are appended to
+    `skipped` as (a, b, reason), for the report."""
     pairs, left_out = pair_plan([v.yaw_deg for v in views], options)
     skip = skipped if skipped is not None else []
     skip.extend(left_out)
     o = options or FlowOptions()
     o = replace(o, max_samples=pair_sample_cap(o, len(views), len(pairs)))
+
+    def one(pair: tuple[int, int]) -> PairFlow:
+        a, b = pair
+        return pair_flow(views[a], views[b], faces, a, b, o, np.random.default_rng([seed, a, b]))
+
+    # the pairs are independent (own seeds, own DIS objects), and DIS, the warps and torch's
+    # ops release the GIL: a second thread keeps the second core busy (RAFT, itself
+    # multi-threaded, runs the pairs one by one)
+    if workers > 1 and len(pairs) > 1 and o.method == "dis":
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            flows = list(pool.map(one, pairs))
+    else:
+        flows = [one(pair) for pair in pairs]
     out = []
-    for a, b in pairs:
-        rng = np.random.default_rng([seed, a, b])
-        pf = pair_flow(views[a], views[b], faces, a, b, o, rng)
+    for (a, b), pf in zip(pairs, flows, strict=True):
         if pf.stats["samples"] > 0:
             out.append(pf)
         else:
