@@ -59,6 +59,7 @@ from mfnet_core.outputs.report import (
     view_report,
 )
 from mfnet_core.outputs.result_folder import (
+    BackgroundWrites,
     OutputClaim,
     atomic_folder,
     build_rig,
@@ -452,26 +453,34 @@ def _reconstruct(
                 0,
                 "made with the generated test head, NOT FLAME: install FLAME for real results (mfnet doctor)",
             )
-        with atomic_folder(claim) as tmp:
-            save_npz(tmp / "rig.npz", rig.arrays)
+        with atomic_folder(claim) as tmp, BackgroundWrites() as writes:
+            # the PNGs and rig.npz compress on worker threads while this one writes the
+            # meshes; texture.png first (head.glb embeds it), the overlays in one job (one
+            # rasteriser at a time: it sets torch's thread count)
             rgba = baked.texture if baked.alpha is None else np.dstack([baked.texture, baked.alpha])
-            png = save_png(tmp / "texture.png", rgba)
-            save_png(tmp / "texture_mask.png", baked.mask)
+            png = writes.submit(save_png, tmp / "texture.png", rgba)
+            writes.submit(save_npz, tmp / "rig.npz", rig.arrays)
+            writes.submit(save_png, tmp / "texture_mask.png", baked.mask)
             if baked.texture_shaded is not None:
                 shaded = baked.texture_shaded
                 alpha = [] if baked.alpha is None else [baked.alpha]
-                save_png(tmp / "texture_shaded.png", np.dstack([shaded, *alpha]))
-            sub(0.3, "texture written")
-            write_obj(tmp / "", fit.vertices_model, rig, "texture.png")
-            write_glb(tmp / "head.glb", rig, png, n_targets=rig.expression_basis.shape[0])
-            sub(0.6, "meshes written")
-            for i, view in enumerate(inputs):
-                overlay = make_overlay(
-                    view.photo.rgb, lmk[i], fit.landmarks_px[i], screen[i], faces_t, labels[i]
-                )
-                save_png(tmp / f"overlay_{names[i]}.png", overlay)
+                writes.submit(save_png, tmp / "texture_shaded.png", np.dstack([shaded, *alpha]))
+
+            def overlays() -> None:
+                for i, view in enumerate(inputs):
+                    overlay = make_overlay(
+                        view.photo.rgb, lmk[i], fit.landmarks_px[i], screen[i], faces_t, labels[i]
+                    )
+                    save_png(tmp / f"overlay_{names[i]}.png", overlay)
+
+            writes.submit(overlays)
             for key, image in pictures.items():
-                save_png(tmp / f"overlay_{key}.png", image)
+                writes.submit(save_png, tmp / f"overlay_{key}.png", image)
+            write_obj(tmp / "", fit.vertices_model, rig, "texture.png")
+            sub(0.3, "head.obj written")
+            write_glb(tmp / "head.glb", rig, png.result(), n_targets=rig.expression_basis.shape[0])
+            sub(0.6, "head.glb written")
+            writes.wait()
             write_json(
                 tmp / "params.json",
                 {

@@ -5,8 +5,17 @@ from __future__ import annotations
 
 import numpy as np
 import pygltflib
+import pytest
 
-from mfnet_core.outputs.result_folder import RigData, split_by_uv, write_glb, write_obj
+from mfnet_core.outputs.result_folder import (
+    BackgroundWrites,
+    RigData,
+    save_npz,
+    save_png,
+    split_by_uv,
+    write_glb,
+    write_obj,
+)
 
 
 def _rig(rng: np.random.Generator) -> RigData:
@@ -64,3 +73,20 @@ def test_glb_target_bounds(tmp_path):
     for k, target in enumerate(gltf.meshes[0].primitives[0].targets):
         acc = gltf.accessors[target["POSITION"]]
         assert np.allclose(acc.min, targets[k].min(0)) and np.allclose(acc.max, targets[k].max(0))
+
+
+def test_background_writes_run_and_raise(tmp_path):
+    """Files written on worker threads are there after `wait`; a job's error reaches the
+    caller (the result folder is then discarded)."""
+    with BackgroundWrites() as writes:
+        png = writes.submit(save_png, tmp_path / "a.png", np.zeros((8, 8, 3), np.uint8))
+        writes.submit(save_npz, tmp_path / "b.npz", {"x": np.arange(5)})
+        writes.wait()
+        assert png.result() == (tmp_path / "a.png").read_bytes()
+        assert np.array_equal(np.load(tmp_path / "b.npz")["x"], np.arange(5))
+
+    def fail() -> None:
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"), BackgroundWrites() as writes:
+        writes.submit(fail)

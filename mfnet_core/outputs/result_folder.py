@@ -23,7 +23,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -318,6 +319,35 @@ def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
         for key, value in arrays.items():
             with zf.open(f"{key}.npy", "w", force_zip64=True) as f:
                 np.lib.format.write_array(f, np.asanyarray(value), allow_pickle=False)
+
+
+class BackgroundWrites:
+    """Worker threads that write some of the result folder's files while the caller writes
+    the others. Why: PNG and zip encoding run in zlib and PIL without the GIL, so on two
+    cores they overlap the meshes' formatting (issue 15). Jobs start in the order given;
+    `wait` raises the first job's error; leaving the `with` on an error drops the jobs not
+    started (the folder is discarded anyway)."""
+
+    def __init__(self, workers: int = 2) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mfnet-write")
+        self._jobs: list[Future] = []
+
+    def submit(self, fn: Callable[..., object], *args: object) -> Future:
+        job = self._pool.submit(fn, *args)
+        self._jobs.append(job)
+        return job
+
+    def wait(self) -> None:
+        for job in self._jobs:
+            job.result()
+
+    def __enter__(self) -> BackgroundWrites:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=exc_type is not None)
+        if exc_type is None:
+            self.wait()
 
 
 def write_json(path: Path, obj: object) -> None:
