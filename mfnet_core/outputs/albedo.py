@@ -143,12 +143,16 @@ def skin_faces(
         dense = np.concatenate(
             [np.linspace(a, b, 6) for a, b in zip(pts[:-1], pts[1:], strict=True)]
         )
-        near = np.zeros(len(cand), bool)
-        for start in range(0, len(cand), 8192):
-            block = v[cand[start : start + 8192]]
+        # only the vertices in the polyline's box grown by the radius can be near it
+        r = radius * scale
+        box = (v[cand] >= dense.min(0) - r).all(1) & (v[cand] <= dense.max(0) + r).all(1)
+        sub = cand[box]
+        near = np.zeros(len(sub), bool)
+        for start in range(0, len(sub), 8192):
+            block = v[sub[start : start + 8192]]
             d2 = ((block[:, None, :] - dense[None]) ** 2).sum(-1).min(1)
-            near[start : start + 8192] = d2 < (radius * scale) ** 2
-        ok[cand[near]] = False
+            near[start : start + 8192] = d2 < r**2
+        ok[sub[near]] = False
     out = ok[faces].all(1)
     if keep is not None:
         out &= np.asarray(keep, bool)

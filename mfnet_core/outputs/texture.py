@@ -357,7 +357,9 @@ class _Finish:
             filled = _to_grid(filled_pix, pix, size, n_ch)
         else:
             filled = _push_pull(blended, conf)
-        inner = conf[..., None] * blended + (1 - conf[..., None]) * filled
+        inner = np.multiply(blended, conf[..., None], out=blended)  # in place: fresh memory
+        filled *= (1 - conf)[..., None]
+        inner += filled
         inner[~layout] = 0
         if self.paint_lin is not None:
             inner[self.painted] = np.tile(self.paint_lin, (1, len(sets)))
@@ -635,6 +637,7 @@ def _match_colours(
     msgs: list[str] = []
     acc_c = cols[ref] * wts[ref][:, None]
     acc_w = wts[ref].copy()
+    tmp = np.empty_like(acc_c)
     todo = [i for i in range(n) if i != ref]
     while todo:
         overlaps = [int(((wts[j] > _MATCH_WEIGHT) & (acc_w > _MATCH_WEIGHT)).sum()) for j in todo]
@@ -660,8 +663,11 @@ def _match_colours(
             )
             g = np.clip(g, lo, hi)
         gains[j] = g
-        acc_c += cols[j] * g * wts[j][:, None]
-        acc_w += wts[j]
+        if todo:  # the last view's colours are matched to nothing further
+            tmp = np.multiply(cols[j], g, out=tmp)
+            tmp *= wts[j][:, None]
+            acc_c += tmp
+            acc_w += wts[j]
     return gains, msgs
 
 
@@ -686,28 +692,35 @@ def _blend(
     high_den = np.zeros((s, s), np.float32)
     total = np.zeros((s, s), np.float32)
     feathered = np.zeros((len(cols), s, s), np.float32)
+    # per-view temporaries allocated once (fresh memory is slow to touch, issue 15)
     stack = np.empty((s, s, n_ch + 1), np.float32)
+    sm = np.empty_like(stack)
+    low = np.empty((s, s, n_ch), np.float32)
+    tmp = np.empty_like(low)
+    den = np.empty((s, s, 1), np.float32)
+    wh = np.empty((s, s), np.float32)
     for i, (c, w) in enumerate(zip(cols, wts, strict=True)):
-        valid = (w > 0).astype(np.float32)
+        valid = w > 0
         total += w
-        ws = _smooth(w, sig_w)
+        ws = _smooth(w, sig_w, out=feathered[i])
         ws /= lay_w
         ws *= valid
-        feathered[i] = ws
         np.multiply(c, valid[..., None], out=stack[..., :n_ch])
         stack[..., n_ch] = valid
-        sm = _smooth(stack, sig_low)
-        low = sm[..., :n_ch] / np.maximum(sm[..., n_ch:], 1e-6)
-        wh = ws * ws
+        _smooth(stack, sig_low, out=sm)
+        np.maximum(sm[..., n_ch:], 1e-6, out=den)
+        np.divide(sm[..., :n_ch], den, out=low)
+        np.multiply(ws, ws, out=wh)
         wh *= wh
-        low_num += ws[..., None] * low
+        low_num += np.multiply(ws[..., None], low, out=tmp)
         low_den += ws
         low -= c
-        high_num -= wh[..., None] * low
+        high_num -= np.multiply(wh[..., None], low, out=tmp)
         high_den += wh
     low_num /= np.maximum(low_den, 1e-12)[..., None]
     high_num /= np.maximum(high_den, 1e-30)[..., None]
-    out = low_num + high_num
+    out = low_num
+    out += high_num
     out[low_den <= 0] = 0
     np.clip(out, 0, 1, out=out)
     feathered /= np.maximum(feathered.sum(0), 1e-12)
@@ -720,17 +733,28 @@ def _to_grid(vals: np.ndarray, pix: np.ndarray, s: int, c: int | None = None) ->
     return out.reshape((s, s) if c is None else (s, s, c))
 
 
-def _smooth(img: np.ndarray, sigma: float) -> np.ndarray:
-    """Approximate Gaussian blur; large sigmas run on a downsampled copy (fast)."""
+def _smooth(img: np.ndarray, sigma: float, out: np.ndarray | None = None) -> np.ndarray:
+    """Approximate Gaussian blur; large sigmas run on a downsampled copy (fast). out: an
+    array of img's shape and type to write the result into (saves fresh memory)."""
     if sigma <= 0:
-        return img
+        if out is None:
+            return img
+        out[...] = img
+        return out
     h, w = img.shape[:2]
     f = 1
     while sigma / f > 3 and min(h, w) // (2 * f) >= 16:
         f *= 2
-    small = cv2.resize(img, (w // f, h // f), interpolation=cv2.INTER_AREA) if f > 1 else img
-    small = cv2.GaussianBlur(small, (0, 0), sigma / f, borderType=cv2.BORDER_REFLECT)
-    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR) if f > 1 else small
+    if f == 1:
+        res = cv2.GaussianBlur(img, (0, 0), sigma, dst=out, borderType=cv2.BORDER_REFLECT)
+    else:
+        small = cv2.resize(img, (w // f, h // f), interpolation=cv2.INTER_AREA)
+        small = cv2.GaussianBlur(small, (0, 0), sigma / f, borderType=cv2.BORDER_REFLECT)
+        res = cv2.resize(small, (w, h), dst=out, interpolation=cv2.INTER_LINEAR)
+    if out is not None and not np.shares_memory(res, out):  # cv2 may not take `out`
+        out[...] = res
+        return out
+    return res
 
 
 def _smoothstep(t: np.ndarray) -> np.ndarray:
