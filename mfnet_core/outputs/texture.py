@@ -693,23 +693,21 @@ def _blend(
     total = np.zeros((s, s), np.float32)
     feathered = np.zeros((len(cols), s, s), np.float32)
     # per-view temporaries allocated once (fresh memory is slow to touch, issue 15)
-    stack = np.empty((s, s, n_ch + 1), np.float32)
-    sm = np.empty_like(stack)
-    low = np.empty((s, s, n_ch), np.float32)
-    tmp = np.empty_like(low)
-    den = np.empty((s, s, 1), np.float32)
-    wh = np.empty((s, s), np.float32)
+    masked = np.empty((s, s, n_ch), np.float32)
+    low = np.empty_like(masked)
+    tmp = np.empty_like(masked)
+    sm_valid = np.empty((s, s), np.float32)
+    wh = np.empty_like(sm_valid)
     for i, (c, w) in enumerate(zip(cols, wts, strict=True)):
-        valid = w > 0
+        valid = (w > 0).astype(np.float32)
         total += w
         ws = _smooth(w, sig_w, out=feathered[i])
         ws /= lay_w
         ws *= valid
-        np.multiply(c, valid[..., None], out=stack[..., :n_ch])
-        stack[..., n_ch] = valid
-        _smooth(stack, sig_low, out=sm)
-        np.maximum(sm[..., n_ch:], 1e-6, out=den)
-        np.divide(sm[..., :n_ch], den, out=low)
+        _smooth(np.multiply(c, valid[..., None], out=masked), sig_low, out=low)
+        _smooth(valid, sig_low, out=sm_valid)
+        np.maximum(sm_valid, 1e-6, out=sm_valid)
+        low /= sm_valid[..., None]
         np.multiply(ws, ws, out=wh)
         wh *= wh
         low_num += np.multiply(ws[..., None], low, out=tmp)
@@ -721,7 +719,7 @@ def _blend(
     high_num /= np.maximum(high_den, 1e-30)[..., None]
     out = low_num
     out += high_num
-    out[low_den <= 0] = 0
+    out *= (low_den > 0)[..., None]  # (0 there already: no view's weight reaches it)
     np.clip(out, 0, 1, out=out)
     feathered /= np.maximum(feathered.sum(0), 1e-12)
     return out, total, feathered
