@@ -455,16 +455,10 @@ def _reconstruct(
             )
         with atomic_folder(claim) as tmp, BackgroundWrites() as writes:
             # the PNGs and rig.npz compress on worker threads while this one writes the
-            # meshes; texture.png first (head.glb embeds it), the overlays in one job (one
-            # rasteriser at a time: it sets torch's thread count)
+            # meshes; texture.png first (head.glb embeds it), then the overlays, the longest
+            # job, in one job (one rasteriser at a time: it sets torch's thread count)
             rgba = baked.texture if baked.alpha is None else np.dstack([baked.texture, baked.alpha])
             png = writes.submit(save_png, tmp / "texture.png", rgba)
-            writes.submit(save_npz, tmp / "rig.npz", rig.arrays)
-            writes.submit(save_png, tmp / "texture_mask.png", baked.mask)
-            if baked.texture_shaded is not None:
-                shaded = baked.texture_shaded
-                alpha = [] if baked.alpha is None else [baked.alpha]
-                writes.submit(save_png, tmp / "texture_shaded.png", np.dstack([shaded, *alpha]))
 
             def overlays() -> None:
                 for i, view in enumerate(inputs):
@@ -474,6 +468,12 @@ def _reconstruct(
                     save_png(tmp / f"overlay_{names[i]}.png", overlay)
 
             writes.submit(overlays)
+            writes.submit(save_npz, tmp / "rig.npz", rig.arrays)
+            writes.submit(save_png, tmp / "texture_mask.png", baked.mask)
+            if baked.texture_shaded is not None:
+                shaded = baked.texture_shaded
+                alpha = [] if baked.alpha is None else [baked.alpha]
+                writes.submit(save_png, tmp / "texture_shaded.png", np.dstack([shaded, *alpha]))
             for key, image in pictures.items():
                 writes.submit(save_png, tmp / f"overlay_{key}.png", image)
             write_obj(tmp / "", fit.vertices_model, rig, "texture.png")
