@@ -229,12 +229,10 @@ class CornerTerm(ResidualTerm):
             parts_cols.append(c)
             parts_d.append(d)
 
-        # each expression row's vertex and pivot derivatives, one (S*3+3, M) matrix per row
-        rig_d = torch.cat([d_v.reshape(n_e, -1, d_v.shape[-1]), d_p], 1)
         for dqs, r, row in ((dqa, ra, ma), (dqb, rb, mb)):
             dq_dv = torch.einsum("kcix,kxy->kciy", dqs, r)
             dq_dp = torch.einsum("kcix,kxy->kcy", dqs, eye3 - r)
-            j_row = _through_rig(dq_dv, dq_dp, self.local, row, rig_d)
+            j_row = _through_rig(dq_dv, dq_dp, self.local, row, d_v, d_p)
             row_cols = [cols["shape"][0][None].expand(k, -1), cols["expression"][row]]
             if jaw_free:
                 row_cols.append(cols["jaw_pose"][row])
@@ -252,29 +250,35 @@ class CornerTerm(ResidualTerm):
 
 
 def _through_rig(
-    dq_dv: Tensor, dq_dp: Tensor, local: Tensor, row: Tensor, rig_d: Tensor
+    dq_dv: Tensor, dq_dp: Tensor, local: Tensor, row: Tensor, d_v: Tensor, d_p: Tensor
 ) -> Tensor:
     """The chain rule from corners to betas: (K,C,M) derivatives of K residuals, given
     their derivatives w.r.t. their 3 corners' subset vertices dq_dv (K,C,3,3) and their
-    pivot dq_dp (K,C,3); local (K,3) subset vertex ids; row (K,) expression row; rig_d
-    (Ne, S*3+3, M) each row's vertex then pivot derivatives. A sparse product, 12 entries
-    a residual: gathering (K,3,3,M) rig derivatives first cost ~50 ms a call."""
+    pivot dq_dp (K,C,3); local (K,3) subset vertex ids; row (K,) expression row; d_v
+    (Ne,S,3,M) and d_p (Ne,3,M) each row's vertex and pivot derivatives. Two sparse
+    products (9 and 3 entries a residual): gathering (K,3,3,M) rig derivatives first cost
+    ~50 ms a call."""
     k, c_dim = dq_dv.shape[:2]
-    width = rig_d.shape[1]
-    s3 = width - 3
+    n_e, n_s, _, m = d_v.shape
     xyz = torch.arange(3, device=local.device)
-    vert_cols = (local[:, :, None] * 3 + xyz).reshape(k, 9)  # (K,9) into the row's block
-    piv_cols = (s3 + xyz).expand(k, 3)
-    cols = torch.cat([vert_cols, piv_cols], 1) + (row * width)[:, None]  # (K,12)
-    vals = torch.cat([dq_dv.reshape(k, c_dim, 9), dq_dp], 2)  # (K,C,12)
-    rows = torch.arange(k * c_dim, device=local.device).reshape(k, c_dim, 1).expand(-1, -1, 12)
+    vert_cols = (local[:, :, None] * 3 + xyz).reshape(k, 9) + (row * n_s * 3)[:, None]
+    piv_cols = row[:, None] * 3 + xyz  # (K,3)
+    out = _sparse_rows(dq_dv.reshape(k, c_dim, 9), vert_cols, d_v.reshape(-1, m))
+    return out + _sparse_rows(dq_dp, piv_cols, d_p.reshape(-1, m))
+
+
+def _sparse_rows(values: Tensor, cols: Tensor, dense: Tensor) -> Tensor:
+    """values (K,C,E) at columns cols (K,E) of a (K*C, D) sparse matrix, times dense (D,M):
+    (K,C,M)."""
+    k, c_dim, e = values.shape
+    rows = torch.arange(k * c_dim, device=cols.device).reshape(k, c_dim, 1).expand(-1, -1, e)
     sparse = torch.sparse_coo_tensor(
         torch.stack([rows.reshape(-1), cols[:, None].expand(-1, c_dim, -1).reshape(-1)]),
-        vals.reshape(-1),
-        (k * c_dim, rig_d.shape[0] * width),
-        check_invariants=False,  # built here: in range, one entry per (row, column) or summed
+        values.reshape(-1),
+        (k * c_dim, dense.shape[0]),
+        check_invariants=False,  # built here: in range; repeated entries are summed
     )
-    return torch.sparse.mm(sparse, rig_d.reshape(-1, rig_d.shape[-1])).reshape(k, c_dim, -1)
+    return torch.sparse.mm(sparse, dense).reshape(k, c_dim, -1)
 
 
 def _linear(subset: torch.nn.Module, pose: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
