@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pygltflib
 import pytest
+from PIL import Image
 
 from mfnet_core.outputs.result_folder import (
     BackgroundWrites,
@@ -90,3 +91,17 @@ def test_background_writes_run_and_raise(tmp_path):
 
     with pytest.raises(OSError, match="disk full"), BackgroundWrites() as writes:
         writes.submit(fail)
+
+
+def test_png_pixels_round_trip(tmp_path):
+    """save_png (OpenCV's encoder for 8-bit images) writes the pixels PIL reads back, in RGB
+    order, and returns the file's bytes; other images go through PIL."""
+    rng = np.random.default_rng(4)
+    for shape in [(20, 30), (20, 30, 3), (20, 30, 4)]:
+        image = rng.integers(0, 256, size=shape, dtype=np.uint8)
+        data = save_png(tmp_path / "x.png", image)
+        assert data == (tmp_path / "x.png").read_bytes()
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "x.png")), image)
+    deep = rng.integers(0, 65536, size=(20, 30), dtype=np.uint16)
+    save_png(tmp_path / "deep.png", deep)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "deep.png")), deep)

@@ -305,9 +305,30 @@ ZLIB_LEVEL = 1
 
 
 def save_png(path: Path, image: np.ndarray) -> bytes:
-    """Writes an image and returns its PNG bytes (for embedding)."""
-    Image.fromarray(image).save(path, optimize=False, compress_level=ZLIB_LEVEL)
-    return path.read_bytes()
+    """Writes an image and returns its PNG bytes (for embedding).
+
+    8-bit grey, RGB and RGBA go through OpenCV's libpng with the "up" row filter and zlib's
+    run-length strategy: on the result folder's images (12 of a 3-photo run) that encodes in
+    0.45x PIL's time at the same zlib level, for 5 % smaller files, the same pixels (issue
+    15); PIL writes anything else."""
+    image = np.asarray(image)
+    channels = 1 if image.ndim == 2 else image.shape[2] if image.ndim == 3 else 0
+    if image.dtype != np.uint8 or channels not in (1, 3, 4):
+        Image.fromarray(image).save(path, optimize=False, compress_level=ZLIB_LEVEL)
+        return path.read_bytes()
+    import cv2
+
+    bgr = {3: cv2.COLOR_RGB2BGR, 4: cv2.COLOR_RGBA2BGRA}
+    if channels in bgr:
+        image = cv2.cvtColor(np.ascontiguousarray(image), bgr[channels])
+    params = [cv2.IMWRITE_PNG_COMPRESSION, ZLIB_LEVEL, cv2.IMWRITE_PNG_FILTER]
+    params += [cv2.IMWRITE_PNG_FILTER_UP, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
+    ok, encoded = cv2.imencode(".png", image, params)
+    if not ok:
+        raise RuntimeError(f"OpenCV could not encode {path.name} as PNG")
+    data = encoded.tobytes()
+    path.write_bytes(data)
+    return data
 
 
 def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -323,7 +344,7 @@ def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 class BackgroundWrites:
     """Worker threads that write some of the result folder's files while the caller writes
-    the others. Why: PNG and zip encoding run in zlib and PIL without the GIL, so on two
+    the others. Why: PNG and zip encoding run in zlib and libpng without the GIL, so on two
     cores they overlap the meshes' formatting (issue 15). Jobs start in the order given;
     `wait` raises the first job's error; leaving the `with` on an error drops the jobs not
     started (the folder is discarded anyway)."""
