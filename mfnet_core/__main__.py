@@ -1,7 +1,5 @@
 """`python -m mfnet_core ...` is the same as the `mfnet` command (the Blender add-on uses it)."""
 
-import sys
+from mfnet_core.cli import entry
 
-from mfnet_core.cli import main
-
-sys.exit(main())
+entry()

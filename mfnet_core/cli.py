@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import signal
 import sys
 import tempfile
@@ -581,6 +582,17 @@ def build_parser() -> argparse.ArgumentParser:
     doc.add_argument("--flame")
     doc.add_argument("--json", action="store_true")
     return p
+
+
+def entry() -> None:
+    """The `mfnet` command (and `python -m mfnet_core`): `main`, then the process ends at
+    once. By then every result is written, closed and renamed into place; what a normal
+    interpreter exit would add is teardown of torch, MediaPipe and dlib, 0.6 s measured
+    after a reconstruction on the 2-core VM (docs/BENCHMARKS.md), that nobody waits for."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,3 +55,29 @@ def test_a_bad_photo_is_refused_before_torch_loads(tmp_path, monkeypatch):
     out, err = _probe("reconstruct", "broken.jpg", "-o", "out")
     assert out["rc"] == 2 and "broken.jpg" in err
     assert out["heavy"] == []
+
+
+@pytest.mark.parametrize(
+    "argv, rc, out_json, err",
+    [
+        (["doctor", "--json"], None, True, ""),
+        (["reconstruct", "missing.jpg", "-o", "out"], 2, False, "missing.jpg: file not found"),
+    ],
+)
+def test_the_command_ends_at_once_with_its_output_flushed(tmp_path, argv, rc, out_json, err):
+    """`python -m mfnet_core` ends with os._exit after main (no interpreter teardown): what
+    it printed into a pipe must still arrive whole, with main's exit code."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "mfnet_core", *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    if rc is not None:
+        assert proc.returncode == rc, proc.stderr
+    else:
+        assert proc.returncode in (0, 1), proc.stderr  # doctor: 1 when something is missing
+    if out_json:
+        assert "python" in json.dumps(json.loads(proc.stdout)).lower()
+    assert err in proc.stderr
