@@ -87,11 +87,12 @@ STAGE_SPAN = {
     "photos": 0.05,
     "landmarks": 0.10,
     "fit": 0.20,
-    "dense": 0.28,
-    "identity": 0.02,  # do the photos show one person (face descriptors)
-    "quality": 0.05,  # PSNR / SSIM re-render when no dense term ran (else part of "dense")
-    "texture": 0.20,
-    "export": 0.10,
+    "dense": 0.25,
+    # these two run in a second thread beside "texture" (the bar follows the texture)
+    "identity": 0.0,  # do the photos show one person (face descriptors)
+    "quality": 0.0,  # PSNR / SSIM re-render when no dense term ran (else part of "dense")
+    "texture": 0.28,
+    "export": 0.12,
 }
 STAGE_ORDER = list(STAGE_SPAN)
 
