@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +34,7 @@ from mfnet_core.fit.landmark_fit import (
     fit_landmarks,
 )
 from mfnet_core.fit.metric_scale import MetricScale, metric_scale_from_irises
-from mfnet_core.fit.photometric import view_quality
+from mfnet_core.fit.photometric import QUALITY_TEX_SIZE, uv_texels, view_quality
 from mfnet_core.fit.plan import check_flow_estimator, plan_losses
 from mfnet_core.head.interface import HeadModel
 from mfnet_core.inputs.face_identity import (
@@ -201,6 +202,21 @@ def measure_quality(
     return view_quality(fitter, photos, dense.report_size, face_tri)
 
 
+def _warm_up(head: HeadModel) -> None:
+    """Loads and makes what later stages need whatever the fit gives: the face-recognition
+    model (identity check), the head's UV layout rasterised for the report's albedo, the
+    texture's graph library. Errors are left for those stages to raise in their own words."""
+    try:
+        from mfnet_core.inputs.landmarks import dlib_model
+
+        dlib_model("recognition")
+        faces = head.faces.detach().cpu().numpy()
+        uv_texels(faces, head.uv.uv_coords, head.uv.uv_faces, QUALITY_TEX_SIZE)
+        import scipy.sparse.csgraph  # noqa: F401  (the texture's face components)
+    except Exception:  # noqa: BLE001 - the stage that needs it reports it
+        return
+
+
 def _report_and_identity(
     fitter: MultiViewFitter,
     photos: list[np.ndarray],
@@ -284,6 +300,9 @@ def _reconstruct(
     files = [v.photo.name for v in inputs]
     photos = [v.photo.rgb for v in inputs]
 
+    warm = threading.Thread(target=_warm_up, args=(head,), name="mfnet-warm-up", daemon=True)
+    warm.start()  # beside the landmarks and the fit, which keep one core busy
+
     with timer.stage("photos", "photos loaded"):
         intrinsics = [
             Intrinsics.from_focal(v.photo.rgb.shape[1], v.photo.rgb.shape[0], v.photo.focal_px)
@@ -336,6 +355,7 @@ def _reconstruct(
     # read only it and the photos, so they run in a second thread while this one bakes the
     # texture (both cores busy; their seconds count under their own stages).
     timer.timings.update({"identity": 0.0} if dense_terms else {"quality": 0.0, "identity": 0.0})
+    warm.join()
     with ThreadPoolExecutor(max_workers=1) as pool, one_torch_thread():
         beside = pool.submit(
             _report_and_identity, fitter, photos, dense_rounds, options.dense, lmk, yaws

@@ -113,6 +113,8 @@ class ViewShading:
 
 
 _TEXELS: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+# the albedo of the report's PSNR / SSIM re-render (`view_quality`), texels a side
+QUALITY_TEX_SIZE = 512
 
 
 def uv_texels(
@@ -383,7 +385,7 @@ def view_quality(
     photos: list[np.ndarray],
     size: int,
     face_tri: np.ndarray,
-    tex_size: int = 512,
+    tex_size: int = QUALITY_TEX_SIZE,
     face_index: list[Tensor] | None = None,
 ) -> list[dict]:
     """Per view: PSNR and SSIM of the re-rendered face (albedo baked from all views through
