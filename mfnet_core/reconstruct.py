@@ -202,10 +202,11 @@ def measure_quality(
     return view_quality(fitter, photos, dense.report_size, face_tri)
 
 
-def _warm_up(head: HeadModel) -> None:
+def _warm_up(head: HeadModel, arkit_keys: bool) -> None:
     """Loads and makes what later stages need whatever the fit gives: the face-recognition
     model (identity check), the head's UV layout rasterised for the report's albedo, the
-    texture's graph library. Errors are left for those stages to raise in their own words."""
+    texture's graph library and, for models whose keys ICT's ARKit keys replace, ICT's
+    source mesh (1.3 s). Errors are left for those stages to raise in their own words."""
     try:
         from mfnet_core.inputs.landmarks import dlib_model
 
@@ -213,6 +214,11 @@ def _warm_up(head: HeadModel) -> None:
         faces = head.faces.detach().cpu().numpy()
         uv_texels(faces, head.uv.uv_coords, head.uv.uv_faces, QUALITY_TEX_SIZE)
         import scipy.sparse.csgraph  # noqa: F401  (the texture's face components)
+
+        if arkit_keys and needs_arkit_keys(head):
+            from mfnet_core.head.key_transfer import ict_source
+
+            ict_source()
     except Exception:  # noqa: BLE001 - the stage that needs it reports it
         return
 
@@ -300,7 +306,9 @@ def _reconstruct(
     files = [v.photo.name for v in inputs]
     photos = [v.photo.rgb for v in inputs]
 
-    warm = threading.Thread(target=_warm_up, args=(head,), name="mfnet-warm-up", daemon=True)
+    warm = threading.Thread(
+        target=_warm_up, args=(head, options.arkit_keys), name="mfnet-warm-up", daemon=True
+    )
     warm.start()  # beside the landmarks and the fit, which keep one core busy
 
     with timer.stage("photos", "photos loaded"):
