@@ -584,11 +584,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def keep_freed_memory() -> None:
+    """Asks glibc's malloc to serve blocks up to 32 MB from its heap and to keep what is
+    freed, in one arena for all threads (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_,
+    MALLOC_ARENA_MAX, set from inside the process).
+    Why: the pipeline allocates and frees arrays of a few MB to tens of MB all the time;
+    by default each comes fresh from the kernel, zeroed page by page: half the page faults
+    of a reconstruction, 0.3-0.6 s of system time on the 2-core VM (docs/BENCHMARKS.md). A
+    command-line process gives its memory back when it ends; elsewhere (glibc missing, other
+    platforms) this does nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8  # glibc's mallopt
+        libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024)
+        libc.mallopt(m_trim_threshold, 2**31 - 1)
+        # one arena: what one thread frees another reuses (per-thread arenas kept the dense
+        # stage's worker memory apart: 9 photos of 4032 px peaked at 2.3 GB, 1.9 GB with one)
+        libc.mallopt(m_arena_max, 1)
+    except (OSError, AttributeError):
+        return
+
+
 def entry() -> None:
     """The `mfnet` command (and `python -m mfnet_core`): `main`, then the process ends at
     once. By then every result is written, closed and renamed into place; what a normal
     interpreter exit would add is teardown of torch, MediaPipe and dlib, 0.6 s measured
     after a reconstruction on the 2-core VM (docs/BENCHMARKS.md), that nobody waits for."""
+    keep_freed_memory()
     code = main()
     sys.stdout.flush()
     sys.stderr.flush()
