@@ -72,7 +72,7 @@ from mfnet_core.outputs.result_folder import (
     write_json,
     write_obj,
 )
-from mfnet_core.outputs.texture import BakeView, bake_texture
+from mfnet_core.outputs.texture import BakeView, bake_texture, uv_layout
 from mfnet_core.outputs.view_names import (
     label_from_filename,
     name_views,
@@ -202,12 +202,14 @@ def measure_quality(
     return view_quality(fitter, photos, dense.report_size, face_tri)
 
 
-def _warm_up(head: HeadModel, arkit_keys: bool) -> None:
+def _warm_up(head: HeadModel, texture_size: int, arkit_keys: bool) -> None:
     """Loads and makes what later stages need whatever the fit gives: the face-recognition
-    model (identity check), the head's UV layout rasterised for the report's albedo, the
-    texture's graph library and, for models whose keys ICT's ARKit keys replace, ICT's
-    source mesh (1.3 s). Errors are left for those stages to raise in their own words."""
+    model (identity check), the head's UV layout rasterised for the texture and for the
+    report's albedo, the texture's graph library and, for models whose keys ICT's ARKit keys
+    replace, ICT's source mesh (1.3 s). Errors are left for those stages to raise in their
+    own words."""
     try:
+        uv_layout(head.faces, head.uv.uv_coords, head.uv.uv_faces, texture_size)
         from mfnet_core.inputs.landmarks import dlib_model
 
         dlib_model("recognition")
@@ -307,7 +309,10 @@ def _reconstruct(
     photos = [v.photo.rgb for v in inputs]
 
     warm = threading.Thread(
-        target=_warm_up, args=(head, options.arkit_keys), name="mfnet-warm-up", daemon=True
+        target=_warm_up,
+        args=(head, options.texture_size, options.arkit_keys),
+        name="mfnet-warm-up",
+        daemon=True,
     )
     warm.start()  # beside the landmarks and the fit, which keep one core busy
 

@@ -24,6 +24,7 @@ from mfnet_core.outputs.texture import (
     bake_texture,
     linear_to_srgb,
     srgb_to_linear,
+    uv_layout,
 )
 from mfnet_core.render import interpolate, rasterize, render_textured, vertex_normals
 
@@ -346,3 +347,18 @@ def test_strand_faces_get_an_alpha_channel_of_strands(scene, plain_bake):
     assert np.array_equal(
         out.texture, bake_texture(views, scene.faces, scene.uv, scene.uv_faces, size=TEX).texture
     )
+
+
+def test_uv_layout_is_made_once_per_mesh_and_size_and_read_only(scene, plain_bake):
+    """reconstruct makes the layout beside the fit; the bake then finds it. It is shared,
+    so nothing may write into it."""
+    layout, texels, texel_face = uv_layout(scene.faces, scene.uv, scene.uv_faces, TEX)
+    again = uv_layout(
+        torch.as_tensor(scene.faces).clone(), scene.uv, torch.as_tensor(scene.uv_faces).clone(), TEX
+    )
+    assert again[0] is layout and again[1] is texels  # found by content, not by object
+    assert not layout.flags.writeable and not texels.bary.flags.writeable
+    np.testing.assert_array_equal(plain_bake[1].layout, layout)
+    assert layout.sum() == len(texels.pix) == (texel_face >= 0).sum()
+    smaller = uv_layout(scene.faces, scene.uv, scene.uv_faces, TEX // 2)[0]
+    assert smaller.shape == (TEX // 2, TEX // 2)
