@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -82,6 +83,7 @@ from mfnet_core.outputs.view_names import (
 from mfnet_core.render import vertex_normals
 
 StageProgress = Callable[[str, float, str], None]
+T = TypeVar("T")
 
 # Fraction of the whole run each stage takes, for one overall progress bar.
 STAGE_SPAN = {
@@ -223,6 +225,12 @@ def _warm_up(head: HeadModel, texture_size: int, arkit_keys: bool) -> None:
             ict_source()
     except Exception:  # noqa: BLE001 - the stage that needs it reports it
         return
+
+
+def _timed(work: Callable[..., T], *args: object) -> tuple[T, float]:
+    """work(*args) and the seconds it took (work run in a thread: no stage timer there)."""
+    start = time.perf_counter()
+    return work(*args), time.perf_counter() - start
 
 
 def _report_and_identity(
@@ -368,11 +376,24 @@ def _reconstruct(
     # read only it and the photos, so they run in a second thread while this one bakes the
     # texture (both cores busy; their seconds count under their own stages).
     timer.timings.update({"identity": 0.0} if dense_terms else {"quality": 0.0, "identity": 0.0})
+    rig = build_rig(
+        head,
+        fit.params,
+        camera=np.stack([k.as_vector() for k in intrinsics]),
+        image_size=np.array([[k.width, k.height] for k in intrinsics]),
+        view_names=names,
+        n_expression_keys=options.expression_keys,
+    )
     warm.join()
-    with ThreadPoolExecutor(max_workers=1) as pool, one_torch_thread():
+    with ThreadPoolExecutor(max_workers=2) as pool, one_torch_thread():
         beside = pool.submit(
             _report_and_identity, fitter, photos, dense_rounds, options.dense, lmk, yaws
         )
+        # models whose keys are PCA components get ICT's ARKit keys (a non-rigid fit of
+        # ICT's face to the rest mesh: 2 s), beside the texture too
+        arkit = None
+        if options.arkit_keys and needs_arkit_keys(head):
+            arkit = pool.submit(_timed, arkit_key_arrays, head, rig.arrays)
         with timer.stage("texture", "baking the texture") as sub:
             faces_t = head.faces
             verts_cam = torch.as_tensor(fit.vertices_cam, device=device)
@@ -403,6 +424,9 @@ def _reconstruct(
                 keep_shaded=options.texture == "both",
             )
         dense, quality, identity, beside_s = beside.result()
+        if arkit is not None:
+            arkit_arrays, beside_s["arkit_keys"] = arkit.result()
+            rig.arrays.update(arkit_arrays)
     for stage, seconds in beside_s.items():
         timer.timings[stage] = round(timer.timings.get(stage, 0.0) + seconds, 4)
 
@@ -438,17 +462,6 @@ def _reconstruct(
     with timer.stage("export", "writing the result folder") as sub:
         export_start = time.perf_counter()
         params = fit.params
-        rig = build_rig(
-            head,
-            params,
-            camera=np.stack([k.as_vector() for k in intrinsics]),
-            image_size=np.array([[k.width, k.height] for k in intrinsics]),
-            view_names=names,
-            n_expression_keys=options.expression_keys,
-        )
-        if options.arkit_keys and needs_arkit_keys(head):
-            sub(0.05, "ARKit keys")
-            rig.arrays.update(arkit_key_arrays(head, rig.arrays))
         report = {
             "mfnet_version": __version__,
             "model": head.info.kind,
