@@ -76,3 +76,44 @@ def test_legend_can_be_left_out_and_names_the_crosses() -> None:
     assert fitted[-70:, :150].any() and network[-70:, :150].any()
     assert not np.array_equal(fitted[-70:, :150], network[-70:, :150])  # another word
     assert np.array_equal(fitted[:-70], network[:-70])  # the markers are the same
+
+
+def test_mesh_outline_on_a_small_raster_matches_the_full_one() -> None:
+    """The outline of a big photo is found on a <= 1024 px raster and scaled up: every
+    point lies within a pixel of the small raster (2 px here) of the full-size outline."""
+    import cv2
+    import torch
+
+    from mfnet_core.head.flame import FLAME, load_flame_assets
+    from mfnet_core.head.testhead import ensure_test_head
+    from mfnet_core.outputs.report import mesh_outline
+
+    head = FLAME(load_flame_assets(ensure_test_head()), 10, 10)
+    v = head.v_template.double()
+    size = 2048
+    scale = size * 0.8 / float(v[:, 1].max() - v[:, 1].min())
+    centre = v.mean(0)
+    screen = torch.stack(
+        [
+            (v[:, 0] - centre[0]) * scale + size / 2,
+            (centre[1] - v[:, 1]) * scale + size / 2,
+            1.0 + (centre[2] - v[:, 2]),
+        ],
+        1,
+    )
+    full = mesh_outline(screen, head.faces, size, size, max_side=size)
+    small = mesh_outline(screen, head.faces, size, size)  # the default: 1024 a side
+    assert len(full) >= 1 and len(small) >= 1
+    big = max(full, key=len)
+    pts = max(small, key=len)
+    # distance of each small-raster point to the full-size outline polyline
+    d = np.array(
+        [
+            abs(cv2.pointPolygonTest(big.reshape(-1, 1, 2), (float(x), float(y)), True))
+            for x, y in pts
+        ]
+    )
+    assert np.percentile(d, 95) <= 2.0 and d.max() <= 3.0, (np.percentile(d, 95), d.max())
+    # it spans the head as the full outline does
+    np.testing.assert_allclose(pts.min(0), big.min(0), atol=2.5)
+    np.testing.assert_allclose(pts.max(0), big.max(0), atol=2.5)
