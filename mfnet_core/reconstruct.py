@@ -22,7 +22,6 @@ from mfnet_core.fit.dense import (
     DenseReport,
     DenseRounds,
     dense_report,
-    one_torch_thread,
     run_dense_rounds,
 )
 from mfnet_core.fit.flow import FlowOptions, estimate_flow, face_faces
@@ -37,6 +36,7 @@ from mfnet_core.fit.landmark_fit import (
 from mfnet_core.fit.metric_scale import MetricScale, metric_scale_from_irises
 from mfnet_core.fit.photometric import QUALITY_TEX_SIZE, uv_texels, view_quality
 from mfnet_core.fit.plan import check_flow_estimator, plan_losses
+from mfnet_core.fit.solver import one_thread
 from mfnet_core.head.interface import HeadModel
 from mfnet_core.inputs.face_identity import (
     IdentityCheck,
@@ -245,17 +245,12 @@ def _report_and_identity(
     the PSNR / SSIM re-render) and the same-person check. Returns them and their seconds by
     stage name. Runs beside the texture bake; reports no progress (one bar, one thread)."""
     seconds: dict[str, float] = {}
-    start = time.perf_counter()
     dense, quality = None, []
     if rounds is not None:
-        dense = dense_report(fitter, photos, rounds)
-        seconds["dense"] = time.perf_counter() - start
+        dense, seconds["dense"] = _timed(dense_report, fitter, photos, rounds)
     else:
-        quality = measure_quality(fitter, photos, dense_options)
-        seconds["quality"] = time.perf_counter() - start
-    start = time.perf_counter()
-    identity = check_identity(photos, lmk, yaws)
-    seconds["identity"] = time.perf_counter() - start
+        quality, seconds["quality"] = _timed(measure_quality, fitter, photos, dense_options)
+    identity, seconds["identity"] = _timed(check_identity, photos, lmk, yaws)
     return dense, quality, identity, seconds
 
 
@@ -376,16 +371,17 @@ def _reconstruct(
     # read only it and the photos, so they run in a second thread while this one bakes the
     # texture (both cores busy; their seconds count under their own stages).
     timer.timings.update({"identity": 0.0} if dense_terms else {"quality": 0.0, "identity": 0.0})
+    cameras = np.stack([k.as_vector() for k in intrinsics])  # (N,4) at the photos' size
     rig = build_rig(
         head,
         fit.params,
-        camera=np.stack([k.as_vector() for k in intrinsics]),
+        camera=cameras,
         image_size=np.array([[k.width, k.height] for k in intrinsics]),
         view_names=names,
         n_expression_keys=options.expression_keys,
     )
     warm.join()
-    with ThreadPoolExecutor(max_workers=2) as pool, one_torch_thread():
+    with ThreadPoolExecutor(max_workers=2) as pool, one_thread():
         beside = pool.submit(
             _report_and_identity, fitter, photos, dense_rounds, options.dense, lmk, yaws
         )
@@ -397,7 +393,7 @@ def _reconstruct(
         with timer.stage("texture", "baking the texture") as sub:
             faces_t = head.faces
             verts_cam = torch.as_tensor(fit.vertices_cam, device=device)
-            camera = torch.as_tensor(np.stack([k.as_vector() for k in intrinsics]), device=device)
+            camera = torch.as_tensor(cameras, device=device)
             screen = to_screen(verts_cam, camera)
             normals = vertex_normals(verts_cam, faces_t)
             bake_views = [

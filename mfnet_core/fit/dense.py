@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,6 +37,7 @@ from mfnet_core.fit.corner_term import CornerTerm
 from mfnet_core.fit.landmark_fit import MultiViewFitter
 from mfnet_core.fit.photometric import refine_photometric, view_quality
 from mfnet_core.fit.plan import DEFAULT_LOSSES, uses
+from mfnet_core.fit.solver import one_thread
 
 __all__ = [
     "DenseOptions",
@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 ProgressFn = Callable[[float, str], None]
-# threads for the rounds' pair flows (their torch ops run on one thread; see one_torch_thread)
+# threads for the rounds' pair flows (their torch ops run on one thread: solver.one_thread)
 FLOW_WORKERS = min(2, os.cpu_count() or 1)
 
 
@@ -180,7 +180,7 @@ def run_dense_rounds(
     history: list[dict[str, float]] = []
     pairs_before: list[dict[str, float]] = []
     t0 = time.perf_counter()
-    with one_torch_thread():
+    with one_thread():
         use_flow = uses(o.losses, "flow") and fitter.n_views > 1
         last_flow = None
         if use_flow:
@@ -214,7 +214,7 @@ def dense_report(
     final flow, PSNR / SSIM and pictures; off: only every term's value). Reads the fitter
     and leaves it as it was."""
     o, history, timings = rounds.options, rounds.history, rounds.timings_s
-    with one_torch_thread():
+    with one_thread():
         if not o.report:
             with torch.no_grad():
                 _total, parts = fitter.objective()
@@ -238,18 +238,6 @@ def dense_report(
         out.timings_s = {**timings, "report": round(time.perf_counter() - t2, 4), **out.timings_s}
         out.history = history
         return out
-
-
-@contextmanager
-def one_torch_thread() -> Iterator[None]:
-    """torch on one thread inside (the dense stages' many small ops lose more to thread
-    hand-offs than they gain; and the report may run beside the texture bake)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _final_report(
