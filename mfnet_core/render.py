@@ -46,6 +46,7 @@ __all__ = [
     "vertex_visibility",
     "face_mask",
     "pytorch3d_available",
+    "working_resolution",
 ]
 
 _INT64_MAX = torch.iinfo(torch.int64).max
@@ -106,6 +107,17 @@ def pytorch3d_available() -> bool:
 
 # --------------------------------------------------------------------------------------
 # Rasterisation
+
+
+def working_resolution(
+    height: int, width: int, max_side: int, minimum: int = 8
+) -> tuple[int, int, float, float]:
+    """An image of (height, width) brought down to at most `max_side` pixels a side (never
+    up), each side at least `minimum`: (h, w) and the scale factors (sx, sy) = (w / width,
+    h / height) that carry pixel coordinates and intrinsics there."""
+    s = min(1.0, max_side / max(height, width))
+    h, w = max(minimum, round(height * s)), max(minimum, round(width * s))
+    return h, w, w / width, h / height
 
 
 def rasterize(

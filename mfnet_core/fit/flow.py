@@ -62,7 +62,7 @@ from torch import Tensor
 from mfnet_core.camera import to_screen
 from mfnet_core.errors import MfnetError
 from mfnet_core.fit.solver import charbonnier
-from mfnet_core.render import Fragments, interpolate_corners, rasterize
+from mfnet_core.render import Fragments, interpolate_corners, rasterize, working_resolution
 
 __all__ = [
     "FlowOptions",
@@ -220,9 +220,7 @@ def render_views(
     tri_ok = torch.as_tensor(np.asarray(face_tri, bool))
     for i, photo in enumerate(photos):
         h0, w0 = photo.shape[:2]
-        s = min(1.0, size / max(h0, w0))
-        w, h = max(8, round(w0 * s)), max(8, round(h0 * s))
-        sx, sy = w / w0, h / h0
+        h, w, sx, sy = working_resolution(h0, w0, size)
         img = (
             photo if (w, h) == (w0, h0) else cv2.resize(photo, (w, h), interpolation=cv2.INTER_AREA)
         )

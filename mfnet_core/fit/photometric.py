@@ -34,6 +34,7 @@ from mfnet_core.render import (
     sample_texture,
     sh_basis,
     vertex_normals,
+    working_resolution,
 )
 
 if TYPE_CHECKING:
@@ -196,9 +197,7 @@ def render_view(
     (H,W), the visible faces of a rasterisation of this mesh at that resolution, only the
     barycentrics are made."""
     h0, w0 = photo.shape[:2]
-    s = min(1.0, size / max(h0, w0))
-    w, h = max(8, round(w0 * s)), max(8, round(h0 * s))
-    sx, sy = w / w0, h / h0
+    h, w, sx, sy = working_resolution(h0, w0, size)
     img = photo if (w, h) == (w0, h0) else cv2.resize(photo, (w, h), interpolation=cv2.INTER_AREA)
     cam = camera.detach().double().cpu() * torch.tensor([sx, sy, sx, sy], dtype=torch.float64)
     v = verts_cam.detach().double().cpu()

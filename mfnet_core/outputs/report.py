@@ -20,7 +20,7 @@ from mfnet_core.fit.landmark_fit import FitResult
 from mfnet_core.head.interface import ModelInfo
 from mfnet_core.inputs.images import Photo
 from mfnet_core.outputs.overlay import draw_overlay, title_panels
-from mfnet_core.render import rasterize
+from mfnet_core.render import rasterize, working_resolution
 
 
 def view_report(fit: FitResult, i: int, name: str, file: str, k: Intrinsics, photo: Photo) -> dict:
@@ -204,9 +204,7 @@ def mesh_outline(
 ) -> list:
     """The silhouette contours, (M,2) float32 pixel polylines in the (height, width) image,
     of a mesh whose screen vertices (V,3) are given; found at most `max_side` pixels a side."""
-    s = min(1.0, max_side / max(height, width))
-    h, w = max(1, round(height * s)), max(1, round(width * s))
-    sx, sy = w / width, h / height
+    h, w, sx, sy = working_resolution(height, width, max_side, minimum=1)
     scr = screen.detach().clone()
     scr[:, 0] *= sx
     scr[:, 1] *= sy
