@@ -26,14 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bm_scale import run_cold
 from reference import Reference
-
-# Runs one child and prints its exit code and peak resident set size (kB).
-_MEASURE = (
-    "import resource, subprocess, sys; "
-    "rc = subprocess.run(sys.argv[1:]).returncode; "
-    "print(rc, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
-)
 
 
 def three_photos(model: str, folder: Path) -> list[Path]:
@@ -53,21 +47,6 @@ def three_photos(model: str, folder: Path) -> list[Path]:
         cv2.imwrite(str(path), view.photo.rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 92])
         paths.append(path)
     return paths
-
-
-def run_cold(model: str, photos: list[Path], out: Path) -> dict:
-    cmd = [sys.executable, "-m", "mfnet_core", "reconstruct", *map(str, photos)]
-    cmd += ["-o", str(out), "--model", model, "--progress", "none"]
-    t = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-c", _MEASURE, *cmd], capture_output=True, text=True, check=False
-    )
-    wall = time.perf_counter() - t
-    rc, rss_kb = (int(x) for x in proc.stdout.split()[-2:])
-    if rc != 0:
-        raise SystemExit(f"reconstruct failed ({rc}): {proc.stderr[-500:]}")
-    stages = json.loads((out / "report.json").read_text())["timings_s"]
-    return {"wall_s": wall, "peak_rss_mb": rss_kb / 1024, "stages_s": stages}
 
 
 def import_torch_s() -> float:
@@ -98,7 +77,7 @@ def main() -> None:
             torch_s.append(import_torch_s())
             for m in models:
                 out = Path(tmp) / f"out_{m}_{r}"
-                runs[m].append(run_cold(m, photos[m], out))
+                runs[m].append(run_cold(photos[m], out, ("--model", m)))
                 if not args.json:
                     print(f"{m} run {r + 1}: {runs[m][-1]['wall_s']:.2f} s", flush=True)
     ref.finish()

@@ -53,8 +53,11 @@ def photos_of_one_person(n: int, size: int, folder: Path) -> list[Path]:
     return paths
 
 
-def run_cold(photos: list[Path], out: Path) -> dict:
+def run_cold(photos: list[Path], out: Path, extra: tuple[str, ...] = ()) -> dict:
+    """`python -m mfnet_core reconstruct PHOTOS -o OUT [extra]` as a cold child process:
+    wall seconds, peak resident MB, report.json's stages."""
     cmd = [sys.executable, "-m", "mfnet_core", "reconstruct", *map(str, photos), "-o", str(out)]
+    cmd += list(extra)
     t = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-c", _MEASURE, *cmd, "--progress", "none"],
