@@ -93,6 +93,30 @@ class FlameAssets:
 # -- small helpers -----------------------------------------------------------------------------
 
 
+def joined_bases(shapedirs: np.ndarray, exprdirs: np.ndarray) -> np.ndarray:
+    """(V,3,S) and (V,3,E) -> (V,3,S+E). When the two are the halves of one C-contiguous
+    array (the ICT loader writes them so), that array itself: a copy is 48 MB of fresh
+    memory, 0.1-0.3 s of page faults on a cold start here."""
+    base = shapedirs.base
+    if (
+        base is not None
+        and exprdirs.base is base
+        and base.ndim == 3
+        and base.flags.c_contiguous
+        and base.dtype == shapedirs.dtype == exprdirs.dtype
+        and base.shape == (*shapedirs.shape[:2], shapedirs.shape[2] + exprdirs.shape[2])
+        and shapedirs.strides == exprdirs.strides == base.strides
+    ):
+        start = base.__array_interface__["data"][0]
+        step = shapedirs.shape[2] * base.itemsize
+        if (
+            shapedirs.__array_interface__["data"][0] == start
+            and exprdirs.__array_interface__["data"][0] == start + step
+        ):
+            return base
+    return np.concatenate([shapedirs, exprdirs], axis=2)
+
+
 def _dense(a: Any) -> np.ndarray:
     if hasattr(a, "toarray"):
         return np.asarray(a.toarray())
@@ -214,8 +238,8 @@ class FLAME(HeadModel):
         f32 = torch.float32
         v = assets.v_template.shape[0]
         self.register_buffer("v_template", torch.as_tensor(assets.v_template, dtype=f32))
-        dirs = np.concatenate(
-            [assets.shapedirs[:, :, : self.n_shape], assets.exprdirs[:, :, : self.n_expr]], axis=2
+        dirs = joined_bases(
+            assets.shapedirs[:, :, : self.n_shape], assets.exprdirs[:, :, : self.n_expr]
         )
         self.register_buffer("blend_dirs", torch.as_tensor(dirs, dtype=f32))
         posedirs = np.reshape(assets.posedirs, (v * 3, -1)).T  # (P, V*3) as smplx wants

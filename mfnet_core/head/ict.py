@@ -373,8 +373,11 @@ def load_ict_assets(
 
     if data["identity_q"].shape[1:] != (n_v, 3) or data["expression_q"].shape[1:] != (n_v, 3):
         raise MfnetError(f"{path}: blendshapes do not match the mesh ({n_v} vertices)")
-    shapedirs = blendshape_basis(data["identity_q"], data["identity_scale"])
-    exprdirs = blendshape_basis(data["expression_q"], data["expression_scale"])
+    # one (V,3,S+E) array whose halves are the two bases (`flame.joined_bases`: no copy)
+    n_id, n_ex = len(data["identity_q"]), len(data["expression_q"])
+    both = np.empty((n_v, 3, n_id + n_ex), dtype=np.float32)
+    shapedirs = blendshape_basis(data["identity_q"], data["identity_scale"], both[:, :, :n_id])
+    exprdirs = blendshape_basis(data["expression_q"], data["expression_scale"], both[:, :, n_id:])
     names = tuple(str(n) for n in data["expression_names"])
     if len(names) != exprdirs.shape[2]:
         raise MfnetError(f"{path}: {len(names)} expression names for {exprdirs.shape[2]} shapes")
@@ -410,7 +413,7 @@ def load_ict_assets(
         faces=faces,
         shapedirs=shapedirs,
         exprdirs=exprdirs,
-        posedirs=np.zeros((n_v, 3, 9 * (len(JOINT_NAMES) - 1)), dtype=np.float32),
+        posedirs=no_pose_correctives(n_v, 9 * (len(JOINT_NAMES) - 1)),
         j_regressor=reg,
         parents=parents,
         lbs_weights=weights,
@@ -431,11 +434,24 @@ def load_ict_assets(
     return assets
 
 
-def blendshape_basis(quantised: np.ndarray, scale: np.ndarray) -> np.ndarray:
+def no_pose_correctives(n_vertices: int, n_features: int) -> np.ndarray:
+    """ICT has no pose correctives: zeros (V,3,P) in FLAME's file layout, made as the
+    transpose of a (P,V*3) array so that `FLAME` gets smplx's (P,V*3) layout without a copy
+    (zero pages cost nothing until written; a copy touches 11 MB)."""
+    return np.zeros((n_features, n_vertices * 3), dtype=np.float32).T.reshape(
+        n_vertices, 3, n_features
+    )
+
+
+def blendshape_basis(
+    quantised: np.ndarray, scale: np.ndarray, out: np.ndarray | None = None
+) -> np.ndarray:
     """(K,V,3) int16 steps and (K,) float32 step sizes in cm -> (V,3,K) float32 metres,
-    FLAME's layout. Written into one new array: fresh memory is what a cold start pays for
-    here (three temporaries of 32 MB took 0.7 s on the development VM)."""
-    out = np.empty(quantised.shape[1:] + quantised.shape[:1], dtype=np.float32)
+    FLAME's layout, written into `out` (a new array by default) and returned: fresh memory
+    is what a cold start pays for here (three temporaries of 32 MB took 0.7 s on the
+    development VM)."""
+    if out is None:
+        out = np.empty(quantised.shape[1:] + quantised.shape[:1], dtype=np.float32)
     np.multiply(np.moveaxis(quantised, 0, -1), scale.astype(np.float32), out=out)
     out *= CM  # the same two float32 roundings as (q * scale) * CM
     return out
