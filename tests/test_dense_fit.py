@@ -77,6 +77,40 @@ def test_flow_term_jacobian_matches_finite_differences(flame, subject):
     assert len(torch.unique(term.ia * 100 + term.ib)) > 1, "several view pairs"
 
 
+def test_flow_term_jacobian_with_rows_sharing_one_pose():
+    """ICT (no jaw skinning): the views' own expression rows share one pose, so the term
+    builds one affine rig map for all of them (`corner_term._affine_rows`); its Jacobian,
+    each row's expression columns included, still matches finite differences."""
+    from mfnet_core.head.registry import load_head_model
+
+    ict = load_head_model("ict")
+    subj = make_realistic_subject(ict, seed=1, options=RealisticOptions(image_size=512))
+    photos, intr, lmk = _inputs(subj)
+    fitter = fit_landmarks(ict, lmk, intr, FitOptions(iterations=(4, 4, 4), outlier_rounds=0))
+    fitter.set_expression_rows(fitter.n_views)
+    with torch.no_grad():
+        fitter.params.expression.add_(0.05 * torch.arange(3.0)[:, None])  # rows differ
+    tri = fl.face_faces(ict.faces.numpy(), ict.face_region)
+    views = dfm._views(fitter, photos, 256, tri)
+    pfs = fl.all_pair_flows(views, ict.faces, fl.FlowOptions(size=256, max_samples=60))
+    term = dfm.FlowTerm(fitter, pfs, 1.0)
+    free = fitter.free_entries("fine")
+    assert not bool((fitter.columns(free)["jaw_pose"] >= 0).any()), "ICT's jaw is not free"
+    x = fitter._gather(free).double()
+    irls = term.reweight(free, x)
+    r, jac = term.linearise(free, x, irls)
+    expr = fitter.columns(free)["expression"]
+    cols = [0, 50, *[int(expr[row, k]) for row in range(3) for k in (3, 20)], len(x) - 1]
+    h = 1e-6
+    xb = torch.stack([x + h * torch.eye(len(x), dtype=x.dtype)[c] for c in cols])
+    r0 = term.residuals(free, x[None], irls)
+    r_fd = (term.residuals(free, xb, irls) - r0) / h
+    np.testing.assert_allclose(r.numpy(), r0[0].numpy(), atol=1e-12)
+    assert float((jac[:, cols].T - r_fd).norm() / r_fd.norm()) < 1e-2
+    for c in cols[2:8]:  # each expression row moves only the residuals of its views
+        assert float(jac[:, c].abs().max()) > 0
+
+
 def test_flow_beats_landmarks_only_on_a_fixed_subject(flame, subject):
     photos, intr, lmk = _inputs(subject)
     region = flame.face_region

@@ -179,11 +179,18 @@ class CornerTerm(ResidualTerm):
         #    row's betas (exact: affine at the row's pose) and, where it moves, its jaw.
         betas = torch.cat([vals["shape"][0][None].expand(n_e, -1), vals["expression"][0]], 1)
         jaw = vals["jaw_pose"][0]  # (Ne,3)
-        v0, basis, j0, j_basis = _linear(self.subset, _pose_vector(f, jaw), n_s + n_x)
-        verts = v0 + torch.einsum("esmk,ek->esm", basis, betas)  # (Ne,S,3)
-        pivot = j0[:, 0] + torch.einsum("emk,ek->em", j_basis[:, 0], betas)  # (Ne,3)
-        d_v, d_p = basis, j_basis[:, 0]  # (Ne,S,3,M), (Ne,3,M)
+        poses = _pose_vector(f, jaw)  # (Ne,3J)
         jaw_free = bool((cols["jaw_pose"] >= 0).any())
+        # Rows at one pose share one affine map (their betas differ): made once (U of them),
+        # row e uses map rig_of[e]. The maps are (S,3,M) each, 12 MB for ICT's 2,571 vertices.
+        if jaw_free:
+            rig_of = torch.arange(n_e, device=x.device)
+        else:
+            poses, rig_of = torch.unique(poses, dim=0, return_inverse=True)
+        v0, basis, j0, j_basis = _linear(self.subset, poses, n_s + n_x)
+        verts = _affine_rows(v0, basis, rig_of, betas)  # (Ne,S,3)
+        pivot = j0[rig_of, 0] + torch.einsum("emk,ek->em", j_basis[rig_of, 0], betas)  # (Ne,3)
+        d_v, d_p = basis, j_basis[:, 0]  # (U,S,3,M), (U,3,M)
         if jaw_free:  # the pose (and its correctives) is not affine: forward differences
             steps = torch.cat([jaw[:, None], jaw[:, None] + torch.eye(3, **dd)[None] * h], 1)
             vj, jj = self.subset(
@@ -232,7 +239,7 @@ class CornerTerm(ResidualTerm):
         for dqs, r, row in ((dqa, ra, ma), (dqb, rb, mb)):
             dq_dv = torch.einsum("kcix,kxy->kciy", dqs, r)
             dq_dp = torch.einsum("kcix,kxy->kcy", dqs, eye3 - r)
-            j_row = _through_rig(dq_dv, dq_dp, self.local, row, d_v, d_p)
+            j_row = _through_rig(dq_dv, dq_dp, self.local, rig_of[row], d_v, d_p)
             row_cols = [cols["shape"][0][None].expand(k, -1), cols["expression"][row]]
             if jaw_free:
                 row_cols.append(cols["jaw_pose"][row])
@@ -249,13 +256,26 @@ class CornerTerm(ResidualTerm):
         return r, d_all, torch.cat(parts_cols, 1)
 
 
+def _affine_rows(v0: Tensor, basis: Tensor, rig_of: Tensor, betas: Tensor) -> Tensor:
+    """Each row's vertices from its affine map: v0 (U,S,3) + basis (U,S,3,M) @ betas[e]
+    for the rows e of map u = rig_of[e]; betas (Ne,M) -> (Ne,S,3). One matrix product per
+    map (the maps are large, the rows few)."""
+    n_u, n_s, _, m = basis.shape
+    out = v0.new_empty(betas.shape[0], n_s, 3)
+    for u in range(n_u):
+        rows = (rig_of == u).nonzero().squeeze(1)
+        prod = basis[u].reshape(n_s * 3, m) @ betas[rows].T  # (S*3,R)
+        out[rows] = v0[u] + prod.T.reshape(-1, n_s, 3)
+    return out
+
+
 def _through_rig(
     dq_dv: Tensor, dq_dp: Tensor, local: Tensor, row: Tensor, d_v: Tensor, d_p: Tensor
 ) -> Tensor:
     """The chain rule from corners to betas: (K,C,M) derivatives of K residuals, given
     their derivatives w.r.t. their 3 corners' subset vertices dq_dv (K,C,3,3) and their
-    pivot dq_dp (K,C,3); local (K,3) subset vertex ids; row (K,) expression row; d_v
-    (Ne,S,3,M) and d_p (Ne,3,M) each row's vertex and pivot derivatives. Two sparse
+    pivot dq_dp (K,C,3); local (K,3) subset vertex ids; row (K,) the affine map each uses;
+    d_v (U,S,3,M) and d_p (U,3,M) each map's vertex and pivot derivatives. Two sparse
     products (9 and 3 entries a residual): gathering (K,3,3,M) rig derivatives first cost
     ~50 ms a call."""
     k, c_dim = dq_dv.shape[:2]
