@@ -70,6 +70,26 @@ def test_subset_is_affine_in_the_betas_at_a_fixed_pose(test_head_assets):
     assert (verts_m[1] - verts[1]).abs().max() > 1e-3  # the poses differ visibly
 
 
+def test_affine_maps_are_kept_per_pose_and_per_buffers(test_head_assets):
+    """`SubsetLBS.linear` keeps its last results by pose: the same pose gives the same
+    tensors back, another pose or converted buffers (.float()) a new map."""
+    flame = FLAME(test_head_assets, n_shape=100, n_expr=50)
+    sub = flame.vertex_subset(torch.arange(0, flame.n_vertices, 11))
+    pose = torch.zeros(2, 15, dtype=torch.float64)
+    pose[1, 6] = 0.2  # the jaw opens in row 1
+    first = sub.linear(pose)
+    again = sub.linear(pose.clone())
+    assert all(a is b for a, b in zip(first, again, strict=True))
+    other = pose.clone()
+    other[1, 6] = 0.1
+    moved = sub.linear(other)
+    assert not torch.equal(moved[0][1], first[0][1]) and torch.equal(moved[0][0], first[0][0])
+    sub.float()
+    as_float = sub.linear(pose.float())
+    assert as_float[1].dtype == torch.float32
+    torch.testing.assert_close(as_float[1].double(), first[1], atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("rows", [1, 3])
 def test_landmark_jacobian_matches_forward_differences(test_head, rows):
     """The landmark term's Jacobian (shape and expression columns by the chain rule through

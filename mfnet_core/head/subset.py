@@ -102,7 +102,26 @@ class SubsetLBS(nn.Module):
 
         pose (P,3J) -> vertices (P,S,3) and their basis (P,S,3,K), posed joints (P,J,3)
         and their basis (P,J,3,K): forward(betas, pose[p]) = (v[p] + basis[p] @ betas,
-        joints[p] + joint_basis[p] @ betas)."""
+        joints[p] + joint_basis[p] @ betas).
+
+        The last few results are kept (read-only: callers must not write into them): a
+        fit's pose rarely moves while its betas do, and for ICT (no jaw skinning) never."""
+        key = (
+            self.dirs.data_ptr(),
+            self.dirs.dtype,
+            pose.dtype,
+            pose.device,
+            tuple(pose.shape),
+            pose.detach().cpu().numpy().tobytes(),
+        )
+        memo = self.__dict__.setdefault("_linear_memo", {})
+        if key not in memo:
+            if len(memo) >= 4:
+                memo.clear()
+            memo[key] = self._linear(pose)
+        return memo[key]
+
+    def _linear(self, pose: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         p = pose.shape[0]
         n_j = self.joint_template.shape[0]
         k = self.dirs.shape[1]
