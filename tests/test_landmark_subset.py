@@ -84,6 +84,17 @@ def test_affine_maps_are_kept_per_pose_and_per_buffers(test_head_assets):
     other[1, 6] = 0.1
     moved = sub.linear(other)
     assert not torch.equal(moved[0][1], first[0][1]) and torch.equal(moved[0][0], first[0][0])
+    # rows at one pose share one map; once it is made, `forward` at that pose uses it
+    same = torch.zeros(3, 15, dtype=torch.float64)
+    same[:, 6] = 0.1
+    betas = torch.randn(4, 150, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    lbs_verts, lbs_joints = sub(betas, same[:1].expand(4, -1))
+    shared = sub.linear(same)
+    assert shared[1].shape[0] == 3 and shared[1].stride(0) == 0  # one map, expanded
+    assert sub._kept_map(same[:1]) is not None
+    affine_verts, affine_joints = sub(betas, same[:1].expand(4, -1))
+    torch.testing.assert_close(affine_verts, lbs_verts, atol=1e-12, rtol=0)
+    torch.testing.assert_close(affine_joints, lbs_joints, atol=1e-12, rtol=0)
     sub.float()
     as_float = sub.linear(pose.float())
     assert as_float[1].dtype == torch.float32

@@ -61,9 +61,15 @@ class SubsetLBS(nn.Module):
         part, linear in the joints, is made per row."""
         b = betas.shape[0]
         n_j = self.joint_template.shape[0]
+        poses, inverse = torch.unique(pose, dim=0, return_inverse=True)  # (U,3J), (B,)
+        kept = self._kept_map(poses) if poses.shape[0] == 1 else None
+        if kept is not None:  # one pose whose affine map `linear` made: two products
+            v0, basis, j0, j_basis = kept
+            k = basis.shape[-1]
+            verts = v0[0] + (betas @ basis[0].reshape(-1, k).T).reshape(b, -1, 3)
+            return verts, j0[0] + (betas @ j_basis[0].reshape(-1, k).T).reshape(b, n_j, 3)
         v = self.template + (betas @ self.dirs.T).reshape(b, -1, 3)
         joints = self.joint_template + (betas @ self.joint_dirs.T).reshape(b, n_j, 3)
-        poses, inverse = torch.unique(pose, dim=0, return_inverse=True)  # (U,3J), (B,)
         # smplx's Rodrigues, as smplx.lbs uses for the full model: the subset must equal it
         rot_u = batch_rodrigues(poses.reshape(-1, 3)).reshape(-1, n_j, 3, 3)
         posed_joints, rel = batch_rigid_transform(
@@ -105,8 +111,22 @@ class SubsetLBS(nn.Module):
         joints[p] + joint_basis[p] @ betas).
 
         The last few results are kept (read-only: callers must not write into them): a
-        fit's pose rarely moves while its betas do, and for ICT (no jaw skinning) never."""
-        key = (
+        fit's pose rarely moves while its betas do, and for ICT (no jaw skinning) never.
+        Rows with one pose share one map (expanded views)."""
+        if pose.shape[0] > 1:
+            poses = torch.unique(pose, dim=0)
+            if poses.shape[0] == 1:
+                return tuple(m.expand(pose.shape[0], *m.shape[1:]) for m in self.linear(poses))  # type: ignore[return-value]
+        memo = self.__dict__.setdefault("_linear_memo", {})
+        key = self._memo_key(pose)
+        if key not in memo:
+            if len(memo) >= 4:
+                memo.clear()
+            memo[key] = self._linear(pose)
+        return memo[key]
+
+    def _memo_key(self, pose: Tensor) -> tuple:
+        return (
             self.dirs.data_ptr(),
             self.dirs.dtype,
             pose.dtype,
@@ -114,12 +134,10 @@ class SubsetLBS(nn.Module):
             tuple(pose.shape),
             pose.detach().cpu().numpy().tobytes(),
         )
-        memo = self.__dict__.setdefault("_linear_memo", {})
-        if key not in memo:
-            if len(memo) >= 4:
-                memo.clear()
-            memo[key] = self._linear(pose)
-        return memo[key]
+
+    def _kept_map(self, pose: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+        """`linear`'s kept map of one pose (1,3J), if it made one."""
+        return self.__dict__.get("_linear_memo", {}).get(self._memo_key(pose))
 
     def _linear(self, pose: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         p = pose.shape[0]
