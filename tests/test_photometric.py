@@ -72,6 +72,38 @@ def test_masked_psnr_and_ssim():
     assert ours == pytest.approx(ref, abs=0.02)
 
 
+def _ssim_whole_image(image, reference, mask, sigma=1.5):
+    """masked_ssim's formula on the whole image, no crop: what the crop must equal."""
+    a = np.where(mask[..., None], image, reference).astype(np.float64)
+    b = reference.astype(np.float64)
+    vals = []
+    for ch in range(3):
+        x, y = a[..., ch], b[..., ch]
+        blur = lambda z: cv2.GaussianBlur(z, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)  # noqa: E731
+        mx, my = blur(x), blur(y)
+        sxx, syy, sxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
+        c1, c2 = 0.01**2, 0.03**2
+        s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
+        vals.append(s[mask].mean())
+    return float(np.mean(vals))
+
+
+@pytest.mark.parametrize("box", [(60, 140, 70, 150), (0, 50, 100, 199), (150, 200, 0, 30)])
+def test_masked_ssim_crops_to_the_mask_without_changing_it(box):
+    """The SSIM is computed on the mask's box plus the blur's reach: the same value as on
+    the whole image, also where the box meets the image border."""
+    rng = np.random.default_rng(2)
+    a = rng.uniform(0, 1, size=(200, 200, 3)).astype(np.float32)
+    img = np.clip(a + rng.normal(scale=0.1, size=a.shape), 0, 1).astype(np.float32)
+    mask = np.zeros((200, 200), bool)
+    y0, y1, x0, x1 = box
+    mask[y0:y1, x0:x1] = rng.uniform(size=(y1 - y0, x1 - x0)) > 0.3
+    assert pm.masked_ssim(img, a, mask) == pytest.approx(_ssim_whole_image(img, a, mask), abs=1e-12)
+    assert pm.masked_psnr(img, a, mask) == pytest.approx(
+        10 * np.log10(1 / ((img.astype(float) - a) ** 2)[mask].mean()), abs=1e-9
+    )
+
+
 @pytest.fixture(scope="module")
 def setup(test_head_assets):
     flame = FLAME(test_head_assets, n_shape=100, n_expr=50)

@@ -64,7 +64,8 @@ def masked_psnr(image: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> f
     """PSNR (dB) of float [0,1] images (H,W,C) over the pixels of mask (H,W)."""
     if not mask.any():
         return float("nan")
-    err = ((image.astype(np.float64) - reference.astype(np.float64)) ** 2)[mask].mean()
+    # only the masked pixels are converted (the same numbers, summed in the same order)
+    err = ((image[mask].astype(np.float64) - reference[mask].astype(np.float64)) ** 2).mean()
     return float(10 * np.log10(1.0 / max(err, 1e-12)))
 
 
@@ -77,6 +78,14 @@ def masked_ssim(
     straddle the mask border compare only what the mask covers."""
     if not mask.any():
         return float("nan")
+    # Only the mask's bounding box and the blur's reach around it matter: cropped there
+    # (inside the image, whose own border the blur reflects alike) the values are the same.
+    reach = _gaussian_radius(sigma)
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    y0, y1 = max(rows[0] - 2 * reach, 0), min(rows[-1] + 2 * reach + 1, mask.shape[0])
+    x0, x1 = max(cols[0] - 2 * reach, 0), min(cols[-1] + 2 * reach + 1, mask.shape[1])
+    if y0 > 0 or x0 > 0 or y1 < mask.shape[0] or x1 < mask.shape[1]:
+        return masked_ssim(image[y0:y1, x0:x1], reference[y0:y1, x0:x1], mask[y0:y1, x0:x1], sigma)
     a = np.where(mask[..., None] if image.ndim == 3 else mask, image, reference).astype(np.float64)
     b = reference.astype(np.float64)
     if a.ndim == 2:
@@ -93,6 +102,11 @@ def masked_ssim(
         s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
         vals.append(s[mask].mean())
     return float(np.mean(vals))
+
+
+def _gaussian_radius(sigma: float) -> int:
+    """The half width of OpenCV's Gaussian kernel for float images at `sigma` (ksize 0)."""
+    return (int(round(sigma * 4 * 2 + 1)) | 1) // 2
 
 
 # --------------------------------------------------------------------------------------
