@@ -246,16 +246,9 @@ def _load_photos(args: argparse.Namespace) -> list[ViewInput]:
         )
     photos = [load_photo(p) for p in args.photos]
     _check_output(args, [Path(p) for p in args.photos], [ph.rgb.shape[1::-1] for ph in photos])
-    from mfnet_core.inputs.landmarks import detect_in_background
-
-    # the landmarks need no torch: found while it loads
-    detections = detect_in_background(photos, args.landmarks)
     from mfnet_core.reconstruct import ViewInput
 
-    return [
-        ViewInput(photo=ph, label=labels[i] if labels else None, detection=detections[i])
-        for i, ph in enumerate(photos)
-    ]
+    return [ViewInput(photo=ph, label=labels[i] if labels else None) for i, ph in enumerate(photos)]
 
 
 def cmd_reconstruct(args: argparse.Namespace, progress: ProgressPrinter) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -128,9 +128,6 @@ class ViewInput:
     photo: Photo
     landmarks: np.ndarray | None = None  # (68,2) pixels
     label: str | None = None  # what the user called it (left/front/right)
-    # `detect_landmarks` already under way (`inputs.landmarks.detect_in_background`, started
-    # by the CLI while torch loads, with the run's backend): its result is used
-    detection: Future | None = None
 
 
 @dataclass
@@ -332,12 +329,8 @@ def _reconstruct(
         landmarks, pose_hints, detectors, irises = [], [], [], []
         for i, view in enumerate(inputs):
             if view.landmarks is None:
-                res = (
-                    view.detection.result()
-                    if view.detection is not None
-                    else detect_landmarks(
-                        view.photo, backend=options.landmark_backend, source_name=view.photo.name
-                    )
+                res = detect_landmarks(
+                    view.photo, backend=options.landmark_backend, source_name=view.photo.name
                 )
                 warnings.extend(res.warnings)
                 landmarks.append(np.asarray(res.landmarks, dtype=np.float32))

@@ -20,7 +20,6 @@ from mfnet_core.inputs.landmarks import (
     FaceDetection,
     LandmarkBackend,
     choose_face,
-    detect_in_background,
     detect_landmarks,
     face_recognition_models_dir,
     get_backend,
@@ -136,20 +135,6 @@ def test_blank_image_no_face() -> None:
     photo = photo_from_array(np.full((120, 160, 3), 200, np.uint8), "blank.png")
     with pytest.raises(NoFaceError, match=r"no face found in blank\.png.*100 px"):
         detect_landmarks(photo)
-
-
-def test_detection_in_background_gives_each_photo_its_result_or_error(astronaut) -> None:
-    """The command line detects while torch loads: one future per photo, in order, the
-    same landmarks as a direct call, a photo without a face keeps its own error."""
-    good = photo_from_array(astronaut, "astronaut.png")
-    blank = photo_from_array(np.full((120, 160, 3), 200, np.uint8), "blank.png")
-    futures = detect_in_background([good, blank, good], "dlib")
-    last = futures[2].result(timeout=300)  # the detector is not shared while it runs
-    with pytest.raises(NoFaceError, match=r"blank\.png"):
-        futures[1].result()
-    first = futures[0].result()
-    np.testing.assert_array_equal(first.landmarks, detect_landmarks(good, "dlib").landmarks)
-    np.testing.assert_array_equal(last.landmarks, first.landmarks)
 
 
 def test_photo_input_uses_its_name(tmp_path: Path, astronaut: np.ndarray) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import importlib.util
 import threading
 import time
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -470,24 +469,6 @@ def choose_face(faces: list[FaceDetection]) -> FaceDetection:
     biggest = max(f.area for f in faces)
     close = [f for f in faces if f.area >= 0.7 * biggest]
     return max(close, key=lambda f: (f.score, f.area))
-
-
-def detect_in_background(photos: list[Photo], backend: str) -> list[Future]:
-    """`detect_landmarks` of each photo, in turn, on a daemon thread: one future per photo
-    (its result or its error). Why: the command line starts it before importing torch
-    (~1 s), which it overlaps; MediaPipe's graph runs outside the GIL. The backends are
-    not thread-safe: nothing else may detect until the last future is done."""
-    futures: list[Future] = [Future() for _ in photos]
-
-    def run() -> None:
-        for photo, future in zip(photos, futures, strict=True):
-            try:
-                future.set_result(detect_landmarks(photo, backend, source_name=photo.name))
-            except BaseException as exc:  # noqa: BLE001 - raised where the result is asked for
-                future.set_exception(exc)
-
-    threading.Thread(target=run, name="mfnet-landmarks", daemon=True).start()
-    return futures
 
 
 def detect_landmarks(
