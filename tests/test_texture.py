@@ -362,3 +362,43 @@ def test_uv_layout_is_made_once_per_mesh_and_size_and_read_only(scene, plain_bak
     assert layout.sum() == len(texels.pix) == (texel_face >= 0).sum()
     smaller = uv_layout(scene.faces, scene.uv, scene.uv_faces, TEX // 2)[0]
     assert smaller.shape == (TEX // 2, TEX // 2)
+
+
+def test_uv_layout_is_kept_between_runs_in_the_cache_folder(scene, tmp_path, monkeypatch):
+    """A new process finds the layout in the cache folder, the same arrays; a damaged or
+    foreign file there is made again, a cache folder that cannot be written is no error."""
+    from mfnet_core.outputs import texture as tx
+
+    monkeypatch.setenv("MFNET_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(tx, "_LAYOUTS", {})
+    made = uv_layout(scene.faces, scene.uv, scene.uv_faces, TEX)
+    (kept,) = (tmp_path / "cache" / "uv_layouts").glob("*.npz")
+    monkeypatch.setattr(tx, "_LAYOUTS", {})  # as in a new process
+    monkeypatch.setattr(tx, "rasterize", None)  # read back, not made again
+    read = uv_layout(scene.faces, scene.uv, scene.uv_faces, TEX)
+    assert read[0] is not made[0]
+    for a, b in zip(
+        (made[0], made[2], *vars(made[1]).values()),
+        (read[0], read[2], *vars(read[1]).values()),
+        strict=True,
+    ):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    monkeypatch.undo()
+    monkeypatch.setenv("MFNET_CACHE", str(tmp_path / "cache"))
+    for damage in (b"not a zip", None):
+        if damage is None:  # a valid file whose layout does not fit this mesh
+            np.savez(
+                kept,
+                texel_face=np.full((TEX, TEX), 10**6, np.int32),
+                bary=np.zeros((0, 3), np.float32),
+            )
+        else:
+            kept.write_bytes(damage)
+        monkeypatch.setattr(tx, "_LAYOUTS", {})
+        again = uv_layout(scene.faces, scene.uv, scene.uv_faces, TEX)
+        assert np.array_equal(again[2], made[2])
+    kept.unlink()
+    (tmp_path / "cache" / "uv_layouts").rmdir()
+    (tmp_path / "cache" / "uv_layouts").write_text("a file where the folder would go")
+    monkeypatch.setattr(tx, "_LAYOUTS", {})
+    assert np.array_equal(uv_layout(scene.faces, scene.uv, scene.uv_faces, TEX)[2], made[2])
