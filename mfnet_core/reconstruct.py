@@ -498,15 +498,15 @@ def _reconstruct(
             )
         with atomic_folder(claim) as tmp, BackgroundWrites() as writes:
             # the PNGs and rig.npz compress on worker threads while this one writes the
-            # meshes; texture.png first (head.glb embeds it), then the overlays, the longest
-            # job, in one job (one rasteriser at a time: it sets torch's thread count)
+            # meshes; texture.png first (head.glb embeds it), then the overlays (their mesh
+            # outlines come from the bake's z-buffers)
             rgba = baked.texture if baked.alpha is None else np.dstack([baked.texture, baked.alpha])
             png = writes.submit(save_png, tmp / "texture.png", rgba)
 
             def overlays() -> None:
                 for i, view in enumerate(inputs):
                     overlay = make_overlay(
-                        view.photo.rgb, lmk[i], fit.landmarks_px[i], screen[i], faces_t, labels[i]
+                        view.photo.rgb, lmk[i], fit.landmarks_px[i], baked.outlines[i], labels[i]
                     )
                     save_png(tmp / f"overlay_{names[i]}.png", overlay)
 

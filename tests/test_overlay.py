@@ -78,6 +78,25 @@ def test_legend_can_be_left_out_and_names_the_crosses() -> None:
     assert np.array_equal(fitted[:-70], network[:-70])  # the markers are the same
 
 
+def test_coverage_outline_of_a_big_mask_is_found_small_and_scaled_up() -> None:
+    """A phone-size coverage mask (the bake's z-buffer) is brought down to <= 1024 px for
+    its contour: every point within one small pixel (2.9 px here) of the full-size one."""
+    import cv2
+
+    from mfnet_core.outputs.overlay import coverage_outline
+
+    mask = np.zeros((3000, 2000), bool)
+    cv2.ellipse(mask.view(np.uint8), (1000, 1400), (700, 1000), 15, 0, 360, 1, -1)
+    full = coverage_outline(mask, max_side=3000)
+    small = coverage_outline(mask)
+    assert len(full) == len(small) == 1 and len(small[0]) < len(full[0])
+    d = [
+        abs(cv2.pointPolygonTest(full[0].reshape(-1, 1, 2), (float(x), float(y)), True))
+        for x, y in small[0]
+    ]
+    assert max(d) <= 3000 / 1024, max(d)
+
+
 def test_mesh_outline_on_a_small_raster_matches_the_full_one() -> None:
     """The outline of a big photo is found on a <= 1024 px raster and scaled up: every
     point lies within a pixel of the small raster (2 px here) of the full-size outline."""

@@ -168,6 +168,21 @@ def test_bake_reproduces_the_known_texture(scene, plain_bake, tmp_path):
     cv2.imwrite(str(tmp_path / "baked.png"), res.texture[..., ::-1])
 
 
+def test_the_bake_gives_each_view_the_mesh_outline_the_overlays_draw(scene, plain_bake):
+    """The overlays draw the outline the bake's z-buffer gives (no second raster): the
+    same contours as `mesh_outline` of the mesh in that view."""
+    from mfnet_core.outputs.report import mesh_outline
+
+    views, res = plain_bake
+    assert len(res.outlines) == len(views)
+    for view, outline in zip(views, res.outlines, strict=True):
+        h, w = view.rgb.shape[:2]
+        ref = mesh_outline(view.verts_screen, scene.faces, h, w)
+        assert len(outline) == len(ref) >= 1
+        for a, b in zip(outline, ref, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_back_side_and_occluded_texels_get_zero_weight(scene, plain_bake):
     _, res = plain_bake
     assert res.per_view_weight.shape == (3, TEX, TEX)

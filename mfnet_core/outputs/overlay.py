@@ -173,3 +173,32 @@ def _legend(
     for text, colour in reversed(entries):
         _label(out, text, pad, y, colour, s)
         y -= line_h
+
+
+# The outline is found on a mask of at most this many pixels a side and scaled up: a line
+# drawn over a phone photo needs no more (a 4032 px raster of the whole mesh took 1.8 s).
+OUTLINE_MAX_SIDE = 1024
+
+
+def coverage_outline(covered: np.ndarray, max_side: int = OUTLINE_MAX_SIDE) -> list:
+    """The outer contours of a (H,W) bool mask of the pixels a mesh covers, as (M,2)
+    float32 pixel polylines in that image; found at most `max_side` pixels a side (a larger
+    mask is brought down by area, each small pixel covered when half of it is)."""
+    h0, w0 = covered.shape
+    s = min(1.0, max_side / max(h0, w0))
+    h, w = max(1, round(h0 * s)), max(1, round(w0 * s))
+    mask = covered.astype(np.uint8)
+    if (h, w) != (h0, w0):
+        mask = (cv2.resize(mask * 255, (w, h), interpolation=cv2.INTER_AREA) >= 128).astype(
+            np.uint8
+        )
+    return outline_of_mask(mask, (w / w0, h / h0))
+
+
+def outline_of_mask(mask: np.ndarray, scale: tuple[float, float]) -> list:
+    """Outer contours of a uint8 (h,w) mask that is the image brought down by `scale`
+    (sx, sy), as (M,2) float32 polylines in the image's pixels (pixel i's centre of the
+    small mask lies at (i + 0.5) / s)."""
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    factor = np.array(scale, dtype=np.float32)
+    return [((c[:, 0, :] + 0.5) / factor - 0.5).astype(np.float32) for c in contours]

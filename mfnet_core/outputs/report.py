@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 from itertools import permutations
 
-import cv2
 import numpy as np
 import torch
 
@@ -19,7 +18,12 @@ from mfnet_core.fit.flow import FlowOptions
 from mfnet_core.fit.landmark_fit import FitResult
 from mfnet_core.head.interface import ModelInfo
 from mfnet_core.inputs.images import Photo
-from mfnet_core.outputs.overlay import draw_overlay, title_panels
+from mfnet_core.outputs.overlay import (
+    OUTLINE_MAX_SIDE,
+    draw_overlay,
+    outline_of_mask,
+    title_panels,
+)
 from mfnet_core.render import rasterize, working_resolution
 
 
@@ -177,22 +181,14 @@ def make_overlay(
     rgb: np.ndarray,
     detected: np.ndarray,
     fitted: np.ndarray,
-    screen: torch.Tensor,
-    faces: torch.Tensor,
+    outline: list,
     name: str,
 ) -> np.ndarray:
-    """Detected vs fitted landmarks and the fitted mesh's outline over the photo."""
-    h, w = rgb.shape[:2]
+    """Detected vs fitted landmarks and the fitted mesh's outline (`mesh_outline`, or the
+    texture bake's `BakeResult.outlines`) over the photo."""
     res = np.linalg.norm(fitted - detected, axis=1)
     title = f"{name}: median landmark error {np.median(res):.1f} px"
-    return draw_overlay(
-        rgb, detected, fitted, outline_px=mesh_outline(screen, faces, h, w), title=title
-    )
-
-
-# The outline is found on a raster of at most this many pixels a side and scaled up: a line
-# drawn over a phone photo needs no more (a 4032 px raster of the whole mesh took 1.8 s).
-OUTLINE_MAX_SIDE = 1024
+    return draw_overlay(rgb, detected, fitted, outline_px=outline, title=title)
 
 
 def mesh_outline(
@@ -209,11 +205,7 @@ def mesh_outline(
     scr[:, 0] *= sx
     scr[:, 1] *= sy
     frags = rasterize(scr, faces, h, w)
-    mask = (frags.face_index >= 0).cpu().numpy().astype(np.uint8)
-    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    scale = np.array([sx, sy], dtype=np.float32)
-    # pixel i's centre of the small raster is at (i + 0.5) / s in the photo
-    return [((c[:, 0, :] + 0.5) / scale - 0.5).astype(np.float32) for c in contours]
+    return outline_of_mask((frags.face_index >= 0).cpu().numpy().astype(np.uint8), (sx, sy))
 
 
 def rerender_picture(picture: np.ndarray, label: str, quality: dict) -> np.ndarray:

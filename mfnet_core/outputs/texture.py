@@ -64,6 +64,7 @@ from mfnet_core.errors import MfnetError
 from mfnet_core.inputs.model_files import user_cache_dir
 from mfnet_core.inputs.npz import ArraySpec, read_npz
 from mfnet_core.outputs.albedo import ViewLighting, remove_lighting
+from mfnet_core.outputs.overlay import coverage_outline
 from mfnet_core.render import rasterize
 
 __all__ = ["BakeView", "BakeResult", "bake_texture", "srgb_to_linear", "linear_to_srgb"]
@@ -124,6 +125,9 @@ class BakeResult:
     texture_shaded: np.ndarray | None = None
     # seconds the light removal and the shaded bake added (benchmarks/bm_novel_views.py)
     timings: dict[str, float] = field(default_factory=dict)
+    # per view, the outline of what the opaque faces cover (`overlay.coverage_outline`):
+    # the overlays draw it, the bake's z-buffer already knows it
+    outlines: list[list[np.ndarray]] = field(default_factory=list)
 
 
 _LAYOUTS: dict[tuple, tuple[np.ndarray, _Texels, np.ndarray]] = {}
@@ -326,11 +330,12 @@ def bake_texture(
     report(0.1, "UV layout rasterised")
 
     # 2. Per-view samples on the texture grid (zero weight outside the layout).
-    cols, wts, nrms = [], [], []
+    cols, wts, nrms, outlines = [], [], [], []
     for i, view in enumerate(views):
         smp = _sample_view(
             view, faces_t, hiding, texels, n_verts, face_part, cos_power, depth_tol, fade
         )
+        outlines.append(smp.outline)
         cols.append(_to_grid(smp.colour, smp.pix, size, 3))
         wts.append(_to_grid(smp.weight, smp.pix, size))
         nrms.append(smp.normal)
@@ -392,7 +397,18 @@ def bake_texture(
         alpha = strand_alpha(texel_face, np.asarray(strand_faces, dtype=bool), gutter)
     report(1.0, "texture baked")
     return BakeResult(
-        texture, mask, norm_w, warnings, gains, layout, ref, alpha, lighting, shaded, timings
+        texture,
+        mask,
+        norm_w,
+        warnings,
+        gains,
+        layout,
+        ref,
+        alpha,
+        lighting,
+        shaded,
+        timings,
+        outlines,
     )
 
 
@@ -531,6 +547,7 @@ class _Samples:
     colour: np.ndarray
     weight: np.ndarray
     normal: np.ndarray
+    outline: list[np.ndarray]  # of the pixels the occluding faces cover
 
 
 def _sample_view(
@@ -623,7 +640,9 @@ def _sample_view(
     weight = np.where(vis, cosw * ramp, np.float32(0))
     seen = np.flatnonzero(weight > 0)
     colour = _bilinear_linear(rgb, mx[seen], my[seen])
-    return _Samples(texels.pix[rows[seen]], colour, weight[seen], attrs[seen, 3:6])
+    return _Samples(
+        texels.pix[rows[seen]], colour, weight[seen], attrs[seen, 3:6], coverage_outline(cover)
+    )
 
 
 def _nearest_pixel(mx: np.ndarray, my: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
