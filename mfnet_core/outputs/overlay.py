@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from mfnet_core.render import working_resolution
+
 # Colours in RGB (we draw on RGB arrays directly).
 DETECTED_RGB = (40, 230, 40)
 FITTED_RGB = (240, 40, 40)
@@ -185,14 +187,13 @@ def coverage_outline(covered: np.ndarray, max_side: int = OUTLINE_MAX_SIDE) -> l
     float32 pixel polylines in that image; found at most `max_side` pixels a side (a larger
     mask is brought down by area, each small pixel covered when half of it is)."""
     h0, w0 = covered.shape
-    s = min(1.0, max_side / max(h0, w0))
-    h, w = max(1, round(h0 * s)), max(1, round(w0 * s))
+    h, w, sx, sy = working_resolution(h0, w0, max_side, minimum=1)
     mask = covered.astype(np.uint8)
     if (h, w) != (h0, w0):
         mask = (cv2.resize(mask * 255, (w, h), interpolation=cv2.INTER_AREA) >= 128).astype(
             np.uint8
         )
-    return outline_of_mask(mask, (w / w0, h / h0))
+    return outline_of_mask(mask, (sx, sy))
 
 
 def outline_of_mask(mask: np.ndarray, scale: tuple[float, float]) -> list:
