@@ -412,7 +412,20 @@ def test_uv_layout_is_kept_between_runs_in_the_cache_folder(scene, tmp_path, mon
         monkeypatch.setattr(tx, "_LAYOUTS", {})
         again = uv_layout(scene.faces, scene.uv, scene.uv_faces, TEX)
         assert np.array_equal(again[2], made[2])
+    monkeypatch.setattr(tx, "_LAYOUT_FILE_MAX_SIZE", TEX // 2)  # too big to keep
+    monkeypatch.setattr(tx, "_LAYOUTS", {})
     kept.unlink()
+    uv_layout(scene.faces, scene.uv, scene.uv_faces, TEX)
+    assert not kept.exists()
+    monkeypatch.setattr(tx, "_LAYOUT_FILE_MAX_SIZE", TEX)
+
+    def no_home() -> None:
+        raise RuntimeError("Could not determine home directory")
+
+    with monkeypatch.context() as m:  # no home folder: no cache, no error
+        m.setattr(tx, "user_cache_dir", no_home)
+        m.setattr(tx, "_LAYOUTS", {})
+        assert np.array_equal(uv_layout(scene.faces, scene.uv, scene.uv_faces, TEX)[2], made[2])
     (tmp_path / "cache" / "uv_layouts").rmdir()
     (tmp_path / "cache" / "uv_layouts").write_text("a file where the folder would go")
     monkeypatch.setattr(tx, "_LAYOUTS", {})

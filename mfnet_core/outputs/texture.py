@@ -152,7 +152,7 @@ def uv_layout(
     if key in _LAYOUTS:
         return _LAYOUTS[key]
     disk = _layout_cache_file(key)
-    kept = _read_layout(disk, size, len(uvf_t))
+    kept = None if disk is None else _read_layout(disk, size, len(uvf_t))
     if kept is None:
         screen_uv = torch.stack(
             [uv_t[:, 0] * size, (1 - uv_t[:, 1]) * size, torch.ones(len(uv_t))], dim=-1
@@ -162,7 +162,8 @@ def uv_layout(
         tex_pix = (flat_face >= 0).nonzero().squeeze(1)
         texel_face = flat_face.numpy().astype(np.int32).reshape(size, size)
         bary = frags.bary.reshape(-1, 3)[tex_pix].float().numpy()
-        _write_layout(disk, texel_face, bary)
+        if disk is not None:
+            _write_layout(disk, texel_face, bary)
     else:
         texel_face, bary = kept
     layout = texel_face >= 0
@@ -181,10 +182,21 @@ def uv_layout(
 _LAYOUT_FILE_VERSION = 1
 
 
-def _layout_cache_file(key: tuple) -> Path:
-    """Where `uv_layout` keeps a layout between runs (in the user's cache folder)."""
+# Larger layouts are made each run: 4096 px would keep ~180 MB on disk per model.
+_LAYOUT_FILE_MAX_SIZE = 2048
+
+
+def _layout_cache_file(key: tuple) -> Path | None:
+    """Where `uv_layout` keeps a layout between runs (in the user's cache folder); None
+    for sizes above `_LAYOUT_FILE_MAX_SIZE` or without a home folder to find it in."""
+    if key[-1] > _LAYOUT_FILE_MAX_SIZE:
+        return None
     name = hashlib.blake2b(repr((_LAYOUT_FILE_VERSION, key)).encode(), digest_size=16)
-    return user_cache_dir() / "uv_layouts" / f"{name.hexdigest()}.npz"
+    try:
+        folder = user_cache_dir()
+    except (OSError, RuntimeError):  # Path.home() without HOME or a passwd entry
+        return None
+    return folder / "uv_layouts" / f"{name.hexdigest()}.npz"
 
 
 def _read_layout(path: Path, size: int, n_faces: int) -> tuple[np.ndarray, np.ndarray] | None:
