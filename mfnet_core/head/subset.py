@@ -50,6 +50,8 @@ class SubsetLBS(nn.Module):
         cols = (ids[:, None] * 3 + torch.arange(3, device=ids.device)).reshape(-1)
         self.register_buffer("posedirs", flame.posedirs[:, cols].to(dtype).contiguous())  # (P,S*3)
         self.register_buffer("weights", flame.lbs_weights[ids].to(dtype).contiguous())  # (S,J)
+        # `linear`'s last maps, by buffers and pose (the key says which buffers they came from)
+        self._linear_memo: dict[tuple, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
 
     def forward(self, betas: Tensor, pose: Tensor) -> tuple[Tensor, Tensor]:
         """betas (B,K) shape then expression; pose (B,3J) axis-angle per joint.
@@ -117,13 +119,12 @@ class SubsetLBS(nn.Module):
             poses = torch.unique(pose, dim=0)
             if poses.shape[0] == 1:
                 return tuple(m.expand(pose.shape[0], *m.shape[1:]) for m in self.linear(poses))  # type: ignore[return-value]
-        memo = self.__dict__.setdefault("_linear_memo", {})
         key = self._memo_key(pose)
-        if key not in memo:
-            if len(memo) >= 4:
-                memo.clear()
-            memo[key] = self._linear(pose)
-        return memo[key]
+        if key not in self._linear_memo:
+            if len(self._linear_memo) >= 4:
+                self._linear_memo.clear()
+            self._linear_memo[key] = self._linear(pose)
+        return self._linear_memo[key]
 
     def _memo_key(self, pose: Tensor) -> tuple:
         return (
@@ -137,7 +138,7 @@ class SubsetLBS(nn.Module):
 
     def _kept_map(self, pose: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
         """`linear`'s kept map of one pose (1,3J), if it made one."""
-        return self.__dict__.get("_linear_memo", {}).get(self._memo_key(pose))
+        return self._linear_memo.get(self._memo_key(pose))
 
     def _linear(self, pose: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         p = pose.shape[0]

@@ -142,9 +142,9 @@ def uv_layout(
     """The bake's first step: the UV layout rasterised at size x size. Returns layout (S,S)
     bool (texels inside it), its texels (`_Texels`) and texel_face (S,S) int32 (-1 outside).
     Depends on no photo and no fit, so it is kept per (mesh, layout, size), read-only, in
-    memory and in the user's cache folder (11 MB at 1024 px; making it takes 0.4-0.5 s on
-    the 2-core VM, reading it back ~0.03 s), and `reconstruct` asks for it beside the
-    landmark fit."""
+    memory and in the user's cache folder (13 MB for ICT at 1024 px; making it takes
+    0.2-0.5 s on the 2-core VM, reading it back ~0.04 s), and `reconstruct` asks for it
+    beside the landmark fit."""
     faces_t = _cpu_tensor(faces).long()
     uv_t = _cpu_tensor(uv_coords).float()
     uvf_t = _cpu_tensor(uv_faces).long()
@@ -180,8 +180,6 @@ def uv_layout(
 
 # What the on-disk copy of a layout holds; the rest follows from it (`uv_layout`).
 _LAYOUT_FILE_VERSION = 1
-
-
 # Larger layouts are made each run: 4096 px would keep ~180 MB on disk per model.
 _LAYOUT_FILE_MAX_SIZE = 2048
 
