@@ -22,7 +22,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -251,12 +251,32 @@ def _load_photos(args: argparse.Namespace) -> list[ViewInput]:
     return [ViewInput(photo=ph, label=labels[i] if labels else None) for i, ph in enumerate(photos)]
 
 
+@contextlib.contextmanager
+def _no_collection_while_loading() -> Iterator[None]:
+    """No garbage collection while the heavy modules and the model load, then every object
+    alive at that point moved out of the collector's reach (`gc.freeze`). Why: importing
+    torch and the rest makes a few hundred thousand objects that live until the process
+    ends, and the collections they trigger (three full ones) scan all of them: ~0.2 s of a
+    cold reconstruction on the 2-core VM, for nothing (docs/BENCHMARKS.md)."""
+    import gc
+
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if was_enabled:
+            gc.enable()
+
+
 def cmd_reconstruct(args: argparse.Namespace, progress: ProgressPrinter) -> dict:
     _check_arguments(args)
-    inputs = _load_photos(args)
-    from mfnet_core.reconstruct import ReconstructOptions, reconstruct
+    with _no_collection_while_loading():
+        inputs = _load_photos(args)
+        from mfnet_core.reconstruct import ReconstructOptions, reconstruct
 
-    head = _load_head(args)
+        head = _load_head(args)
     options = ReconstructOptions(
         device=args.device,
         texture_size=args.texture_size,
@@ -348,13 +368,14 @@ def cmd_track(args: argparse.Namespace, progress: ProgressPrinter) -> dict:
     out = Path(args.output)
     check_output_folder(out, args.overwrite)
 
-    from mfnet_core.head.registry import load_head_model
-    from mfnet_core.track.run import ClipOptions, TrackInterrupted, track_clip, write_track
-    from mfnet_core.track.tracker import TrackOptions
-    from mfnet_core.track.video import open_frames
+    with _no_collection_while_loading():
+        from mfnet_core.head.registry import load_head_model
+        from mfnet_core.track.run import ClipOptions, TrackInterrupted, track_clip, write_track
+        from mfnet_core.track.tracker import TrackOptions
+        from mfnet_core.track.video import open_frames
 
-    progress("track", 0.0, f"loading the {kind} head model")
-    head = load_head_model(kind, Path(args.flame) if args.flame else None)
+        progress("track", 0.0, f"loading the {kind} head model")
+        head = load_head_model(kind, Path(args.flame) if args.flame else None)
     source = open_frames(args.source, fps=args.fps, max_side=args.max_side)
     options = ClipOptions(
         focal_px=args.focal_px,

@@ -81,3 +81,37 @@ def test_the_command_ends_at_once_with_its_output_flushed(tmp_path, argv, rc, ou
     if out_json:
         assert "python" in json.dumps(json.loads(proc.stdout)).lower()
     assert err in proc.stderr
+
+
+GC_PROBE = """
+import gc, json
+from mfnet_core.cli import _no_collection_while_loading
+seen = {}
+with _no_collection_while_loading():
+    seen["inside"] = gc.isenabled()
+    kept = [[i] for i in range(1000)]  # objects made while loading
+seen["after"] = gc.isenabled()
+seen["frozen"] = gc.get_freeze_count()
+gc.unfreeze()
+gc.disable()
+try:
+    with _no_collection_while_loading():
+        raise KeyError("a failed import")
+except KeyError:
+    pass
+seen["disabled_stays_disabled"] = not gc.isenabled()
+print(json.dumps(seen))
+"""
+
+
+def test_loading_runs_without_collections_then_freezes_what_it_made():
+    """The heavy imports and the model load run with the collector off; what they made is
+    frozen (never scanned again) and the collector is back as it was, after errors too."""
+    proc = subprocess.run(
+        [sys.executable, "-c", GC_PROBE], capture_output=True, text=True, timeout=120
+    )
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert seen["inside"] is False
+    assert seen["after"] is True
+    assert seen["frozen"] >= 1000
+    assert seen["disabled_stays_disabled"] is True
