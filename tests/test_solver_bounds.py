@@ -63,3 +63,33 @@ def test_active_set():
     g = torch.tensor([1.0, -1.0, -1.0, 1.0])  # the step goes along -g
     assert active_set(x, g, bounds).tolist() == [True, False, True, False]
     assert not active_set(x, g, None).any()
+
+
+class Counting(Linear):
+    """`Linear` that counts its linearisations (one per iteration)."""
+
+    calls = 0
+
+    def linearise(self, free, x, state):
+        Counting.calls += 1
+        return super().linearise(free, x, state)
+
+
+def test_tolerance_ends_the_loop_when_steps_stop_paying():
+    """A step that lowers the cost by less than `tol` (relative) is the last one: a loose
+    tolerance stops a slow descent early, a tight one runs it further, and both reach a cost
+    close to the optimum."""
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(60, 8)) * np.geomspace(1, 300, 8)  # ill-conditioned: slow LM descent
+    b = rng.normal(size=60)
+    best = float(np.sum((a @ np.linalg.lstsq(a, b, rcond=None)[0] - b) ** 2))
+    runs = {}
+    for tol in (1e-2, 1e-10):
+        Counting.calls = 0
+        _x, cost = levenberg_marquardt(
+            torch.zeros(8, dtype=torch.float64), [], [Counting(a, b)], 100, mu=10.0, tol=tol
+        )
+        runs[tol] = (Counting.calls, cost)
+    assert runs[1e-2][0] < runs[1e-10][0]
+    assert runs[1e-10][1] <= runs[1e-2][1]
+    assert runs[1e-2][1] < best * 1.05

@@ -189,6 +189,7 @@ def lm_step(
     residual: Callable[[Tensor], Tensor],
     mu: float,
     bounds: Bounds | None = None,
+    tol: float = 1e-6,
 ) -> tuple[Tensor, float, float, bool]:
     """One Levenberg-Marquardt step with Marquardt's diagonal damping, projected into
     `bounds` when given (parameters held on a bound by the active set do not move).
@@ -196,7 +197,7 @@ def lm_step(
     x (P,) parameters; the normal equations at x: jtj = J^T J (P,P), g = J^T r (P,), cost =
     r^T r; residual(v) -> (R,) at other v. Raises the damping until the cost falls (at most 8
     tries). Returns the new x, its cost, the new damping and whether the cost fell by more
-    than 1e-6 relative.
+    than `tol` relative.
     """
     moving = ~active_set(x, g, bounds)
     if not bool(moving.any()):
@@ -211,7 +212,7 @@ def lm_step(
         r_new = residual(x_new)
         new_cost = float(r_new @ r_new)
         if new_cost < cost:
-            return x_new, new_cost, max(mu * 0.3, 1e-9), cost - new_cost > 1e-6 * cost
+            return x_new, new_cost, max(mu * 0.3, 1e-9), cost - new_cost > tol * cost
         mu *= 10
     return x, cost, mu, False
 
@@ -240,13 +241,14 @@ def levenberg_marquardt(
     iterations: int,
     mu: float = 1e-3,
     bounds: Bounds | None = None,
+    tol: float = 1e-6,
 ) -> tuple[Tensor, float]:
     """Minimises the sum of the terms' squared IRLS-weighted residuals from x (P,), inside
     the box `bounds` when given (x is projected into it first).
 
     Per iteration: every term re-weights at x, the stacked residuals are linearised, and one
     damped step is taken; the loop stops early when a step no longer lowers the cost by
-    1e-6 relative. Returns the final x and its cost (nan when `iterations` is 0).
+    `tol` relative. Returns the final x and its cost (nan when `iterations` is 0).
     """
     cost = float("nan")
     x = project(x, bounds)
@@ -258,7 +260,7 @@ def levenberg_marquardt(
             parts = [t.residuals(free, v[None], s)[0] for t, s in zip(terms, states, strict=True)]
             return torch.cat(parts)
 
-        x, cost, mu, improved = lm_step(x, jtj, g, cost, residual, mu, bounds)
+        x, cost, mu, improved = lm_step(x, jtj, g, cost, residual, mu, bounds, tol)
         if not improved:
             break
         for t in terms:
