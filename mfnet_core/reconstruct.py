@@ -6,7 +6,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
@@ -39,6 +39,7 @@ from mfnet_core.fit.plan import check_flow_estimator, plan_losses
 from mfnet_core.fit.solver import one_thread
 from mfnet_core.head.interface import HeadModel
 from mfnet_core.inputs.face_identity import (
+    DescriptorJob,
     IdentityCheck,
     check_identity,
     different_people_warnings,
@@ -205,16 +206,13 @@ def measure_quality(
 
 
 def _warm_up(head: HeadModel, texture_size: int, arkit_keys: bool) -> None:
-    """Loads and makes what later stages need whatever the fit gives: the face-recognition
-    model (identity check), the head's UV layout rasterised for the texture and for the
-    report's albedo, the texture's graph library and, for models whose keys ICT's ARKit keys
-    replace, ICT's source mesh (1.3 s). Errors are left for those stages to raise in their
-    own words."""
+    """Loads and makes what later stages need whatever the fit gives: the head's UV layout
+    rasterised for the texture and for the report's albedo, the texture's graph library and,
+    for models whose keys ICT's ARKit keys replace, ICT's source mesh (1.3 s). Errors are
+    left for those stages to raise in their own words. (The identity check's model loads
+    in its own process: `DescriptorJob`.)"""
     try:
         uv_layout(head.faces, head.uv.uv_coords, head.uv.uv_faces, texture_size)
-        from mfnet_core.inputs.landmarks import dlib_model
-
-        dlib_model("recognition")
         faces = head.faces.detach().cpu().numpy()
         uv_texels(faces, head.uv.uv_coords, head.uv.uv_faces, QUALITY_TEX_SIZE)
         import scipy.sparse.csgraph  # noqa: F401  (the texture's face components)
@@ -240,6 +238,7 @@ def _report_and_identity(
     dense_options: DenseOptions,
     lmk: np.ndarray,
     yaws: np.ndarray,
+    descriptors: DescriptorJob | None,
 ) -> tuple[DenseReport | None, list[dict], IdentityCheck, dict[str, float]]:
     """The work that needs only the final fit: the dense report (or, without dense terms,
     the PSNR / SSIM re-render) and the same-person check. Returns them and their seconds by
@@ -250,7 +249,7 @@ def _report_and_identity(
         dense, seconds["dense"] = _timed(dense_report, fitter, photos, rounds)
     else:
         quality, seconds["quality"] = _timed(measure_quality, fitter, photos, dense_options)
-    identity, seconds["identity"] = _timed(check_identity, photos, lmk, yaws)
+    identity, seconds["identity"] = _timed(check_identity, photos, lmk, yaws, descriptors)
     return dense, quality, identity, seconds
 
 
@@ -286,10 +285,13 @@ def reconstruct(
         textures=2 if options.texture == "both" else 1,
     )
     photos = [v.photo.path for v in inputs if v.photo.path is not None]
-    with claim_destination(
-        Path(out_dir), options.overwrite, protect=photos, needed_bytes=needed
-    ) as claim:
-        return _reconstruct(inputs, head, out_dir, options, progress, claim)
+    with (
+        claim_destination(
+            Path(out_dir), options.overwrite, protect=photos, needed_bytes=needed
+        ) as claim,
+        ExitStack() as cleanup,
+    ):
+        return _reconstruct(inputs, head, out_dir, options, progress, claim, cleanup)
 
 
 def _reconstruct(
@@ -299,6 +301,7 @@ def _reconstruct(
     options: ReconstructOptions,
     progress: StageProgress | None,
     claim: OutputClaim,
+    cleanup: ExitStack,
 ) -> Reconstruction:
     plan = plan_losses(options.fit.losses, len(inputs))
     losses, skipped = plan.used, plan.skipped
@@ -344,6 +347,8 @@ def _reconstruct(
                 irises.append(None)
             sub((i + 1) / len(inputs), f"landmarks {i + 1}/{len(inputs)}")
     lmk = np.stack(landmarks)
+    # the same-person check's descriptors, in a process of their own beside the fit
+    descriptors = cleanup.enter_context(DescriptorJob(photos, lmk)) if len(inputs) > 1 else None
 
     head = head.to(device)
     with timer.stage("fit", f"fitting the {head.kind}") as sub:
@@ -383,7 +388,14 @@ def _reconstruct(
     warm.join()
     with ThreadPoolExecutor(max_workers=2) as pool, one_thread():
         beside = pool.submit(
-            _report_and_identity, fitter, photos, dense_rounds, options.dense, lmk, yaws
+            _report_and_identity,
+            fitter,
+            photos,
+            dense_rounds,
+            options.dense,
+            lmk,
+            yaws,
+            descriptors,
         )
         # models whose keys are PCA components get ICT's ARKit keys (a non-rigid fit of
         # ICT's face to the rest mesh: 2 s), beside the texture too

@@ -14,11 +14,15 @@ from PIL import Image
 from skimage import data as skdata
 
 from mfnet_core.fit.landmark_fit import FitOptions
+from mfnet_core.inputs import identity_worker
 from mfnet_core.inputs.face_identity import (
     SAME_PERSON_DISTANCE,
+    DescriptorJob,
     IdentityCheck,
     check_identity,
     different_people_warnings,
+    face_crop,
+    face_descriptor,
 )
 from mfnet_core.inputs.images import load_photo, photo_from_array
 from mfnet_core.inputs.landmarks import detect_landmarks
@@ -72,6 +76,48 @@ def test_same_person_close_different_people_far(faces):
     )
     same = check_identity(photos[:2], lmk[:2], np.zeros(2))
     assert different_people_warnings(same, names[:2]) == []
+
+
+def test_descriptors_from_their_own_process_are_the_in_process_ones(faces):
+    """The child process (`DescriptorJob`) reads face crops: its descriptors equal the ones
+    from the whole photos, so the check's distances are the same; its folder is removed."""
+    photos = [faces[n][0] for n in faces]
+    lmk = np.stack([faces[n][1] for n in faces])
+    here = np.stack([face_descriptor(p, m) for p, m in zip(photos, lmk, strict=True)])
+    # a face in a bigger picture: the crop is smaller, the descriptor the same
+    padded = np.pad(photos[2], ((400, 300), (250, 350), (0, 0)))
+    crop, local = face_crop(padded, lmk[2] + [250, 400])
+    assert crop.shape[0] < padded.shape[0] and crop.shape[1] < padded.shape[1]
+    assert np.array_equal(
+        face_descriptor(crop, local), face_descriptor(padded, lmk[2] + [250, 400])
+    )
+    with DescriptorJob(photos, lmk) as job:
+        folder = job._folder
+        found = job.result()
+        check = check_identity(photos, lmk, np.zeros(len(photos)), job)
+    assert isinstance(found, np.ndarray) and np.array_equal(found, here)
+    assert np.array_equal(check.distances, check_identity(photos, lmk, np.zeros(3)).distances)
+    assert not folder.exists()
+
+
+def test_without_a_child_process_the_check_computes_the_descriptors_itself(faces, monkeypatch):
+    photos = [faces[n][0] for n in faces]
+    lmk = np.stack([faces[n][1] for n in faces])
+    expected = check_identity(photos, lmk, np.zeros(3)).distances
+    monkeypatch.setattr("sys.executable", "/nonexistent/python")  # the child cannot start
+    with DescriptorJob(photos, lmk) as job:
+        assert job.result() is None
+        check = check_identity(photos, lmk, np.zeros(3), job)
+    assert np.array_equal(check.distances, expected)
+
+
+def test_the_worker_says_when_dlib_is_missing(faces, tmp_path, monkeypatch):
+    photo, lmk = faces["james_a"]
+    crop, local = face_crop(photo, lmk)
+    np.savez(tmp_path / "faces.npz", landmarks=local[None], crop0=crop)
+    monkeypatch.setitem(__import__("sys").modules, "dlib", None)  # import dlib fails
+    assert identity_worker.main([str(tmp_path)]) == identity_worker.DLIB_MISSING
+    assert not (tmp_path / "descriptors.npy").exists()
 
 
 def test_grace_hopper_is_not_the_astronaut(faces):

@@ -12,7 +12,13 @@ made for faces turned up to ~45 degrees, so steeper views are left out of the co
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -52,11 +58,103 @@ def face_descriptor(rgb: np.ndarray, landmarks_px: np.ndarray) -> np.ndarray | N
     return np.asarray(model.compute_face_descriptor(image, shape), dtype=np.float64)
 
 
+def face_crop(rgb: np.ndarray, landmarks_px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The part of the photo (H,W,3) that dlib's aligned face chip can read, and the (68,2)
+    landmarks in it: the landmarks' box grown by its size on every side (the chip spans
+    1.5 times the aligned face, ~1.1 box sizes from the centre even turned 45 degrees).
+    The shift is whole pixels, so the chip, and the descriptor, are the same as from the
+    whole photo."""
+    h, w = rgb.shape[:2]
+    pts = np.asarray(landmarks_px, dtype=np.float64)
+    lo, hi = pts.min(0), pts.max(0)
+    grow = hi - lo
+    x0, y0 = (max(0, int(np.floor(v))) for v in lo - grow)
+    x1, y1 = min(w, int(np.ceil(hi[0] + grow[0]))), min(h, int(np.ceil(hi[1] + grow[1])))
+    return np.ascontiguousarray(rgb[y0:y1, x0:x1, :3]), pts - np.array([x0, y0], dtype=np.float64)
+
+
+class DescriptorJob:
+    """Every photo's face descriptor, computed by `identity_worker` in a child process that
+    starts at construction (see that module for why); `result` waits for it. Whatever goes
+    wrong there (no such process can start, it fails, it takes over `timeout` seconds)
+    makes `result` None, and the check computes the descriptors itself as before."""
+
+    def __init__(
+        self, photos: list[np.ndarray], landmarks_px: np.ndarray, timeout: float = 120.0
+    ) -> None:
+        self.timeout = timeout
+        self._n = len(photos)
+        self._folder = Path(tempfile.mkdtemp(prefix="mfnet-identity-"))
+        self._proc: subprocess.Popen | None = None
+        try:
+            crops = [face_crop(rgb, lmk) for rgb, lmk in zip(photos, landmarks_px, strict=True)]
+            np.savez(
+                self._folder / "faces.npz",
+                landmarks=np.stack([lmk for _crop, lmk in crops]),
+                **{f"crop{i}": crop for i, (crop, _lmk) in enumerate(crops)},
+            )
+            package_root = str(Path(__file__).resolve().parents[2])
+            env = dict(os.environ)
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (package_root, env.get("PYTHONPATH", "")) if p
+            )
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "mfnet_core.inputs.identity_worker", str(self._folder)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env=env,
+                creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0) if os.name == "nt" else 0,
+            )
+        except (OSError, ValueError):
+            self.close()
+
+    def result(self) -> np.ndarray | str | None:
+        """(N,128) descriptors; or why there are none (dlib or its model not installed);
+        or None when the child gave no answer."""
+        from mfnet_core.inputs.identity_worker import DLIB_MISSING, MODEL_MISSING
+
+        if self._proc is None:
+            return None
+        try:
+            code = self._proc.wait(self.timeout)
+        except subprocess.TimeoutExpired:
+            self.close()
+            return None
+        if code == DLIB_MISSING:
+            return "dlib is not installed"
+        if code == MODEL_MISSING:
+            return "dlib's face-recognition model is not installed"
+        try:
+            found = np.load(self._folder / "descriptors.npy", allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+        return found if code == 0 and found.shape == (self._n, 128) else None
+
+    def close(self) -> None:
+        """Stops the child if it still runs and removes its folder."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        self._proc = None
+        shutil.rmtree(self._folder, ignore_errors=True)
+
+    def __enter__(self) -> DescriptorJob:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def check_identity(
-    photos: list[np.ndarray], landmarks_px: np.ndarray, yaws_deg: np.ndarray
+    photos: list[np.ndarray],
+    landmarks_px: np.ndarray,
+    yaws_deg: np.ndarray,
+    job: DescriptorJob | None = None,
 ) -> IdentityCheck:
     """Descriptor distances between every pair of views turned less than
-    MAX_COMPARED_YAW_DEG. photos: N (H,W,3) uint8; landmarks_px (N,68,2); yaws_deg (N,)."""
+    MAX_COMPARED_YAW_DEG. photos: N (H,W,3) uint8; landmarks_px (N,68,2); yaws_deg (N,).
+    job: the photos' descriptors being computed elsewhere (computed here when it has none)."""
     n = len(photos)
     distances = np.full((n, n), np.nan)
     compared = [i for i in range(n) if abs(float(yaws_deg[i])) <= MAX_COMPARED_YAW_DEG]
@@ -66,8 +164,15 @@ def check_identity(
         return IdentityCheck(
             distances, [], f"fewer than two views turned <= {MAX_COMPARED_YAW_DEG:.0f}°"
         )
+    found = job.result() if job is not None else None
+    if isinstance(found, str):
+        return IdentityCheck(distances, [], found)
     try:
-        descriptors = {i: face_descriptor(photos[i], landmarks_px[i]) for i in compared}
+        descriptors = (
+            {i: face_descriptor(photos[i], landmarks_px[i]) for i in compared}
+            if found is None
+            else {i: found[i] for i in compared}
+        )
     except ImportError:
         return IdentityCheck(distances, [], "dlib is not installed")
     if any(d is None for d in descriptors.values()):
