@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from mfnet_core.fit import corner_term as ct
 from mfnet_core.fit import dense as dfm
 from mfnet_core.fit import flow as fl
 from mfnet_core.fit.landmark_fit import FitOptions, fit_landmarks
@@ -49,7 +50,8 @@ def test_vertex_rig_matches_flame(flame):
     np.testing.assert_allclose(joints.numpy(), out.joints.numpy(), atol=2e-6)
 
 
-def test_flow_term_jacobian_matches_finite_differences(flame, subject):
+def test_flow_term_jacobian_matches_finite_differences(flame, subject, monkeypatch):
+    monkeypatch.setattr(ct, "_MIN_CUT_ROWS", 100)  # the normal equations on two threads
     photos, intr, lmk = _inputs(subject)
     fitter = fit_landmarks(flame, lmk, intr, FitOptions())
     tri = fl.face_faces(flame.faces.numpy(), flame.face_region)
@@ -69,7 +71,14 @@ def test_flow_term_jacobian_matches_finite_differences(flame, subject):
     )
     err = (jac[:, cols].T - r_fd).norm() / r_fd.norm()
     assert float(err) < 1e-2, float(err)
-    # the solver's pair-by-pair normal equations are the dense Jacobian's
+    # the solver's pair-by-pair normal equations are the dense Jacobian's, also when the
+    # term is cut into two halves of whole view pairs summed on two threads
+    halves = term._cut()
+    assert len(halves) == 2
+    rows = torch.cat([r_ for _half, r_ in halves])
+    assert torch.equal(torch.sort(rows).values, torch.arange(len(term.ia)))
+    pair_of = term.ia * 100 + term.ib
+    assert not set(pair_of[halves[0][1]].tolist()) & set(pair_of[halves[1][1]].tolist())
     jtj, g, cost = term.normal_equations(free, x, irls)
     np.testing.assert_allclose(jtj.numpy(), (jac.T @ jac).numpy(), rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(g.numpy(), (jac.T @ r).numpy(), rtol=1e-9, atol=1e-9)

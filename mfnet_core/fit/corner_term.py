@@ -4,6 +4,9 @@ chain rule through the head model's vertex subset (`HeadModel.vertex_subset`).""
 
 from __future__ import annotations
 
+import copy
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -17,6 +20,7 @@ from mfnet_core.fit.solver import (
     cauchy_irls,
     charbonnier,
     charbonnier_irls,
+    one_thread,
 )
 
 __all__ = ["CornerTerm"]
@@ -43,6 +47,10 @@ class CornerTerm(ResidualTerm):
     name: str = "dense"
     eps: float = 1e-3
     cauchy: float | None = None
+    # A subclass that names its own per-residual tensors (first dimension K) here is cut
+    # into two halves of whole view pairs whose normal equations run on two threads
+    # (`normal_equations`); None: never cut.
+    row_fields: tuple[str, ...] | None = None
 
     def __init__(
         self,
@@ -64,6 +72,7 @@ class CornerTerm(ResidualTerm):
         self.subset = fitter.head.vertex_subset(ids)
         self.fitter = fitter
         self.total_weight = total_weight
+        self._halves: list[tuple[CornerTerm, Tensor]] | None = None
 
     # -- to be provided -------------------------------------------------------------------
     def error(self, ca: Tensor, cb: Tensor) -> Tensor:
@@ -135,12 +144,61 @@ class CornerTerm(ResidualTerm):
         return r, jac.reshape(k * c_dim, -1)
 
     def normal_equations(self, free: Free, x: Tensor, irls: Tensor) -> tuple[Tensor, Tensor, float]:
-        """J^T J (P,P), J^T r (P,) and r^T r of the weighted residuals at x (P,), pair by
-        pair: a residual touches only the identity, its two views' expression rows and
-        poses (Q ~ 220 of P columns), and the residuals of one view pair share those
-        columns, so each pair adds its small (Q,Q) block. With per-photo expressions P grows
-        with the photos, and the dense (K*C,P) Jacobian made the flow term's cost grow with
-        their square (9 photos: 36 pairs x 500 samples x 650 columns)."""
+        """J^T J (P,P), J^T r (P,) and r^T r of the weighted residuals at x (P,). A term
+        with `row_fields` and at least two view pairs is cut in two halves of whole pairs
+        whose sums run on two threads (each with single-threaded torch ops, which release
+        the GIL): the landmark fit's solver is otherwise one thread, and the second core
+        idles through the dense iterations (ICT, 3 photos: ~60 -> ~35 ms an iteration).
+        Torch's own intra-op threads are no substitute: with another process busy they
+        made these iterations 5x slower (docs/BENCHMARKS.md)."""
+        halves = self._cut()
+        if not halves:
+            return self._normal_equations(free, x, irls)
+        (first, rows_a), (second, rows_b) = halves
+        other = _worker().submit(_single_threaded, second._normal_equations, free, x, irls[rows_b])
+        jtj, g, cost = first._normal_equations(free, x, irls[rows_a])
+        jtj_b, g_b, cost_b = other.result()
+        return jtj + jtj_b, g + g_b, cost + cost_b
+
+    def _cut(self) -> list[tuple[CornerTerm, Tensor]]:
+        """The two halves (a term over some rows, and those rows) or [] (see
+        `normal_equations`); made once. Whole pairs go to the half with fewer rows so far,
+        the largest pairs first. The halves keep this term's weights (normalised over all
+        rows) and share its vertex subset."""
+        if self._halves is not None:
+            return self._halves
+        self._halves = []
+        k = len(self.ia)
+        if self.row_fields is None or k < _MIN_CUT_ROWS:
+            return self._halves
+        key = self.ia * (int(self.ib.max()) + 1) + self.ib
+        pairs, of_row, counts = torch.unique(key, return_inverse=True, return_counts=True)
+        if len(pairs) < 2:
+            return self._halves
+        side = torch.zeros(len(pairs), dtype=torch.bool)
+        sizes = [0, 0]
+        for p in torch.argsort(counts, descending=True).tolist():
+            half = int(sizes[1] < sizes[0])
+            side[p] = bool(half)
+            sizes[half] += int(counts[p])
+        for half in (False, True):
+            rows = torch.nonzero(side.to(of_row.device)[of_row] == half).flatten()
+            part = copy.copy(self)
+            for name in ("local", "ia", "ib", "w", *self.row_fields):
+                setattr(part, name, getattr(self, name)[rows])
+            part._halves = []
+            self._halves.append((part, rows))
+        return self._halves
+
+    def _normal_equations(
+        self, free: Free, x: Tensor, irls: Tensor
+    ) -> tuple[Tensor, Tensor, float]:
+        """`normal_equations` of all this term's rows, pair by pair: a residual touches only
+        the identity, its two views' expression rows and poses (Q ~ 220 of P columns), and
+        the residuals of one view pair share those columns, so each pair adds its small
+        (Q,Q) block. With per-photo expressions P grows with the photos, and the dense
+        (K*C,P) Jacobian made the flow term's cost grow with their square (9 photos: 36
+        pairs x 500 samples x 650 columns)."""
         r, d, cols = self._compact(free, x, irls)
         k, c_dim, q = d.shape
         n = x.shape[0]
@@ -254,6 +312,25 @@ class CornerTerm(ResidualTerm):
         r = (e[0] * sc[:, None]).reshape(-1)
         d_all = torch.cat(parts_d, 2) * sc[:, None, None]
         return r, d_all, torch.cat(parts_cols, 1)
+
+
+# Fewer residuals than this are not cut in two (thread hand-over costs more than it saves).
+_MIN_CUT_ROWS = 256
+_WORKER: ThreadPoolExecutor | None = None
+
+
+def _worker() -> ThreadPoolExecutor:
+    """The one thread that takes the second half of a cut term (made on first use)."""
+    global _WORKER
+    if _WORKER is None:
+        _WORKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mfnet-dense")
+    return _WORKER
+
+
+def _single_threaded(work, *args):  # noqa: ANN001, ANN002, ANN202 - a plain call-through
+    """work(*args) with torch on one CPU thread in this thread too."""
+    with one_thread():
+        return work(*args)
 
 
 def _affine_rows(v0: Tensor, basis: Tensor, rig_of: Tensor, betas: Tensor) -> Tensor:

@@ -93,6 +93,7 @@ class FlowTerm(CornerTerm):
 
     name = "flow"
     eps = fl.FLOW_EPS
+    row_fields = ("q_a", "target", "scale_b", "cam_a", "cam_b")
 
     def __init__(self, fitter: MultiViewFitter, pair_flows: list[fl.PairFlow], weight: float):
         cat = lambda key: np.concatenate([getattr(pf, key) for pf in pair_flows])  # noqa: E731
