@@ -11,6 +11,7 @@ import trimesh
 
 from mfnet_core.render import (
     Fragments,
+    depth_buffer,
     differentiable_bary,
     face_mask,
     fragments_for_faces,
@@ -262,6 +263,29 @@ def test_spans_match_brute_force_with_ties_and_offscreen_faces(perspective, seed
     # Barycentrics and depth at the chosen face: the brute force's, to float32 precision.
     assert_close(fr.bary.numpy()[won], bary[f, y, x], atol=2e-5)
     assert_close(fr.depth.numpy()[won], depth[f, y, x], atol=0, rtol=2e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_depth_buffer_is_the_rasterisers_face_and_depth(seed):
+    """`depth_buffer` (face and depth read from the z-buffer's keys) picks the faces
+    `rasterize` picks, with the brute force's depth to float32 precision, on a mesh with
+    ties, slivers and faces past the borders; +inf and -1 on the background."""
+    h, w = 53, 77
+    verts, all_faces, _first_dup, _dup = _tie_mesh(h, w, seed)
+    for faces in (all_faces, all_faces[-40:]):  # the grid covers everything; without it
+        fr = rasterize(verts, faces, h, w)
+        face, depth = depth_buffer(verts, faces, h, w)
+        assert torch.equal(face, fr.face_index)
+        assert depth.dtype == torch.float32
+        won = face.numpy() >= 0
+        assert np.isinf(depth.numpy()[~won]).all()
+        _wmin, brute, _bary = brute_force_all(verts, faces, h, w, False)
+        ys, xs = np.mgrid[0:h, 0:w]
+        f = face.numpy()[won]
+        assert_close(depth.numpy()[won], brute[f, ys[won], xs[won]], atol=0, rtol=2e-6)
+    assert (~won).sum() > 100, "the background is tested"
+    empty_face, empty_depth = depth_buffer(verts, faces[:0], h, w)
+    assert (empty_face == -1).all() and torch.isinf(empty_depth).all()
 
 
 @pytest.mark.parametrize("perspective", [False, True])

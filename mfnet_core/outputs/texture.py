@@ -65,7 +65,7 @@ from mfnet_core.inputs.model_files import user_cache_dir
 from mfnet_core.inputs.npz import ArraySpec, read_npz
 from mfnet_core.outputs.albedo import ViewLighting, remove_lighting
 from mfnet_core.outputs.overlay import coverage_outline
-from mfnet_core.render import rasterize
+from mfnet_core.render import depth_buffer, rasterize
 
 __all__ = ["BakeView", "BakeResult", "bake_texture", "srgb_to_linear", "linear_to_srgb"]
 
@@ -595,12 +595,12 @@ def _sample_view(
         )
 
     all_hide = len(hiding) == len(faces)
-    vfr = rasterize(vs, faces if all_hide else faces[torch.as_tensor(hiding)], h, w)
-    pixel_face = vfr.face_index.numpy()  # (h,w) ids of `faces`, -1 where nothing
+    face_t, depth_t = depth_buffer(vs, faces if all_hide else faces[torch.as_tensor(hiding)], h, w)
+    pixel_face = face_t.numpy()  # (h,w) ids of `faces`, -1 where nothing
     if not all_hide:
         pixel_face = np.where(pixel_face >= 0, hiding[pixel_face.clip(0)], -1)
     cover = pixel_face >= 0
-    zbuf = np.where(cover, vfr.depth.numpy(), np.float32(0)).astype(np.float32)  # 0: none
+    zbuf = np.where(cover, depth_t.numpy(), np.float32(0)).astype(np.float32)  # 0: none
     front = _front_facing(vs.numpy().astype(np.float64), faces.numpy(), pixel_face[cover])
 
     # The front-facing texels and their interpolated (u, v, depth, normal, depth slope).
