@@ -20,6 +20,7 @@ import argparse
 import hashlib
 import json
 import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,23 @@ def quantise(deltas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
     q = np.round(deltas / scale[:, None, None]).clip(-32767, 32767).astype(np.int16)
     return q, scale
+
+
+# Entries stored without compression: the int16 identity basis deflates only to 85 % of
+# its 16 MB, and inflating it took 95 ms of every model load (a third of it, issue 15).
+STORED = ("identity_q",)
+
+
+def save_model(target: Path, **arrays: np.ndarray) -> None:
+    """An .npz as `np.savez_compressed` writes it (one .npy per key, `np.load` reads it),
+    except that the `STORED` entries are not deflated."""
+    with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for key, value in arrays.items():
+            kind = zipfile.ZIP_STORED if key in STORED else zipfile.ZIP_DEFLATED
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = kind
+            with zf.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(value), allow_pickle=False)
 
 
 def main() -> None:
@@ -52,7 +70,7 @@ def main() -> None:
     ex_d = z["expression_deltas"][keep].astype(np.float64)
     ex_q, ex_s = quantise(ex_d)
     target = out / "ict_face_model.npz"
-    np.savez_compressed(
+    save_model(
         target,
         format=np.array("mfnet-ict-face-model-1"),
         units=np.array("cm"),

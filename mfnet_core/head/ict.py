@@ -56,7 +56,7 @@ DATA = Path(__file__).resolve().parent / "data"
 ICT_MODEL_FILE = DATA / "ict_face_model.npz"
 ICT_LICENCE_FILE = DATA / "LICENSE"  # the ICT-FaceKit MIT licence, beside the model
 # The shipped file's hash: a damaged or edited copy is refused with one line.
-ICT_MODEL_SHA256 = "38291ac5bf22983a41c56987907c00058ac790d429b1f583bfddb46408d5f7b6"
+ICT_MODEL_SHA256 = "9874699e97db60e2677d5d1b0d13ea4ec160331c974a82892a63523f2ce34ba1"
 ICT_LICENCE = (
     "ICT Face Model (ICT-FaceKit), Copyright (c) 2020 USC Institute for Creative "
     "Technologies, MIT licence (github.com/ICT-VGL/ICT-FaceKit)"
