@@ -26,6 +26,9 @@ import numpy as np
 SAME_PERSON_DISTANCE = 0.6
 # Views turned further than this are not compared (the aligned chip shows a cheek).
 MAX_COMPARED_YAW_DEG = 50.0
+# `identity_worker`'s exit status when dlib, or its recognition model, is not installed.
+DLIB_MISSING = 3
+MODEL_MISSING = 4
 
 
 @dataclass
@@ -112,8 +115,6 @@ class DescriptorJob:
     def result(self) -> np.ndarray | str | None:
         """(N,128) descriptors; or why there are none (dlib or its model not installed);
         or None when the child gave no answer."""
-        from mfnet_core.inputs.identity_worker import DLIB_MISSING, MODEL_MISSING
-
         if self._proc is None:
             return None
         try:

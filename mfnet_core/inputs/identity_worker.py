@@ -21,8 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-DLIB_MISSING = 3
-MODEL_MISSING = 4
+from mfnet_core.inputs.face_identity import DLIB_MISSING, MODEL_MISSING, face_descriptor
 
 
 def main(argv: list[str]) -> int:
@@ -34,8 +33,6 @@ def main(argv: list[str]) -> int:
         import dlib  # noqa: F401
     except ImportError:
         return DLIB_MISSING
-    from mfnet_core.inputs.face_identity import face_descriptor
-
     out = []
     for crop, lmk in zip(crops, landmarks, strict=True):
         descriptor = face_descriptor(crop, lmk)
