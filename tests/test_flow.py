@@ -213,17 +213,32 @@ def _flows(f, photos, size=320, workers=1):
     with torch.no_grad():
         ev = f.evaluate(with_vertices=True)
     views = fl.render_views(
-        ev["vertices_cam"], f.camera, faces, tri, photos, ev["landmarks_px"], f.contour_yaw(), size
+        ev["vertices_cam"],
+        f.camera,
+        faces,
+        tri,
+        photos,
+        ev["landmarks_px"],
+        f.contour_yaw(),
+        size,
+        workers=workers,
     )
-    return fl.all_pair_flows(views, faces, fl.FlowOptions(size=size), workers=workers)
+    return views, fl.all_pair_flows(views, faces, fl.FlowOptions(size=size), workers=workers)
 
 
 def test_pair_flows_on_two_threads_equal_one(subject):
-    """The dense rounds run the pairs on a second thread: same pairs, order and samples."""
+    """The dense rounds render the views and run the pairs on a second thread: the same
+    renders, and the same pairs, order and samples."""
     flame, subj = subject
     photos = [v.photo.rgb for v in subj.views]
     f = _fitter_at_truth(flame, subj)
-    one, two = _flows(f, photos), _flows(f, photos, workers=2)
+    (views_1, one), (views_2, two) = _flows(f, photos), _flows(f, photos, workers=2)
+    assert len(views_1) == len(views_2) == 3
+    for v, w in zip(views_1, views_2, strict=True):
+        assert torch.equal(v.fragments.face_index, w.fragments.face_index)
+        assert torch.equal(v.fragments.bary, w.fragments.bary)
+        np.testing.assert_array_equal(v.face_mask, w.face_mask)
+        np.testing.assert_array_equal(v.photo, w.photo)
     assert [(p.a, p.b) for p in one] == [(p.a, p.b) for p in two] and len(one) == 4
     for p, q in zip(one, two, strict=True):
         np.testing.assert_array_equal(p.faces, q.faces)
@@ -240,7 +255,7 @@ def test_flow_loss_is_zero_at_truth_and_points_the_right_way(subject):
     photos = [v.photo.rgb for v in subj.views]
     # Only the flow (and the tiny regulariser): landmarks must not be what pulls back.
     f = _fitter_at_truth(flame, subj, losses=("reg",))
-    pfs = _flows(f, photos)
+    _views, pfs = _flows(f, photos)
     assert len(pfs) == 4  # the +-35 degree pair is skipped (too little overlap)
     flow_at_truth = np.median([p.stats["median_flow_px"] for p in pfs])
     assert flow_at_truth < 0.5, flow_at_truth
@@ -255,7 +270,7 @@ def test_flow_loss_is_zero_at_truth_and_points_the_right_way(subject):
         f.params.shape.copy_(true_shape + delta)
     region = flame.face_region
     err_off = np.median(vertex_error_mm(f.result().vertices_model, subj.vertices_true, region))
-    pfs_off = _flows(f, photos)
+    _views, pfs_off = _flows(f, photos)
     flow_off = np.median([p.stats["median_flow_px"] for p in pfs_off])
     assert flow_off > 2 * flow_at_truth + 0.3, (flow_off, flow_at_truth)
     f.params.shape.requires_grad_(True)
@@ -270,7 +285,7 @@ def test_flow_loss_is_zero_at_truth_and_points_the_right_way(subject):
     # Gauss-Newton on the flow term alone, re-estimating the flow each round, heads back.
     errs = [err_off]
     for _round in range(3):
-        f.refine_with([dfm.FlowTerm(f, _flows(f, photos), 1.0)], 5)
+        f.refine_with([dfm.FlowTerm(f, _flows(f, photos)[1], 1.0)], 5)
         errs.append(
             np.median(vertex_error_mm(f.result().vertices_model, subj.vertices_true, region))
         )

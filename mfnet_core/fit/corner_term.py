@@ -20,7 +20,6 @@ from mfnet_core.fit.solver import (
     cauchy_irls,
     charbonnier,
     charbonnier_irls,
-    one_thread,
 )
 
 __all__ = ["CornerTerm"]
@@ -146,8 +145,9 @@ class CornerTerm(ResidualTerm):
     def normal_equations(self, free: Free, x: Tensor, irls: Tensor) -> tuple[Tensor, Tensor, float]:
         """J^T J (P,P), J^T r (P,) and r^T r of the weighted residuals at x (P,). A term
         with `row_fields` and at least two view pairs is cut in two halves of whole pairs
-        whose sums run on two threads (each with single-threaded torch ops, which release
-        the GIL): the landmark fit's solver is otherwise one thread, and the second core
+        whose sums run on two threads (torch's ops release the GIL; the solver runs under
+        `solver.one_thread`, which holds for the process): the fit's solver is otherwise one
+        thread, and the second core
         idles through the dense iterations (ICT, 3 photos: ~60 -> ~35 ms an iteration).
         Torch's own intra-op threads are no substitute: with another process busy they
         made these iterations 5x slower (docs/BENCHMARKS.md)."""
@@ -155,7 +155,7 @@ class CornerTerm(ResidualTerm):
         if not halves:
             return self._normal_equations(free, x, irls)
         (first, rows_a), (second, rows_b) = halves
-        other = _worker().submit(_single_threaded, second._normal_equations, free, x, irls[rows_b])
+        other = _worker().submit(second._normal_equations, free, x, irls[rows_b])
         jtj, g, cost = first._normal_equations(free, x, irls[rows_a])
         jtj_b, g_b, cost_b = other.result()
         return jtj + jtj_b, g + g_b, cost + cost_b
@@ -325,12 +325,6 @@ def _worker() -> ThreadPoolExecutor:
     if _WORKER is None:
         _WORKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mfnet-dense")
     return _WORKER
-
-
-def _single_threaded(work, *args):  # noqa: ANN001, ANN002, ANN202 - a plain call-through
-    """work(*args) with torch on one CPU thread in this thread too."""
-    with one_thread():
-        return work(*args)
 
 
 def _affine_rows(v0: Tensor, basis: Tensor, rig_of: Tensor, betas: Tensor) -> Tensor:

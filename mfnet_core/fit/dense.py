@@ -126,6 +126,7 @@ def _views(
         ev["landmarks_px"],
         fitter.contour_yaw(),
         size,
+        workers=FLOW_WORKERS,
     )
 
 

@@ -203,22 +203,25 @@ def render_views(
     landmarks_px: Tensor | np.ndarray,
     yaw_deg: Tensor | np.ndarray,
     size: int = 512,
+    workers: int = 1,
 ) -> list[ViewRender]:
-    """Rasterises the fitted mesh in every view at a working resolution.
+    """Rasterises the fitted mesh in every view at a working resolution, the views on
+    `workers` threads (the same renders on any number).
 
     vertices_cam: (N,V,3); camera: (N,4) at the photos' resolution; faces: (F,3);
     face_tri: (F,) bool face-region triangles; photos: N (H,W,3) uint8; landmarks_px:
     (N,68,2) the fitted model's landmarks in photo pixels; yaw_deg: (N,). Runs without
     gradients (the fragments only pick faces and barycentrics).
     """
-    out = []
     verts = vertices_cam.detach().to(torch.float64).cpu()
     cams = camera.detach().to(torch.float64).cpu()
     faces_c = faces.detach().cpu().long()
     lmk = np.asarray(torch.as_tensor(landmarks_px).detach().cpu(), dtype=np.float64)
     yaws = np.asarray(torch.as_tensor(yaw_deg).detach().cpu(), dtype=np.float64).reshape(-1)
     tri_ok = torch.as_tensor(np.asarray(face_tri, bool))
-    for i, photo in enumerate(photos):
+
+    def one(i: int) -> ViewRender:
+        photo = photos[i]
         h0, w0 = photo.shape[:2]
         h, w, sx, sy = working_resolution(h0, w0, size)
         img = (
@@ -229,20 +232,24 @@ def render_views(
         frags = rasterize(screen, faces_c, h, w, perspective_correct=True)
         fi = frags.face_index
         mf = (fi >= 0) & tri_ok[fi.clamp_min(0)]
-        out.append(
-            ViewRender(
-                photo=img.astype(np.float32) / 255.0,
-                camera=cam,
-                scale=(sx, sy),
-                verts_cam=verts[i],
-                screen=screen,
-                fragments=frags,
-                face_mask=mf.numpy(),
-                landmarks=lmk[i] * np.array([sx, sy]),
-                yaw_deg=float(yaws[i]),
-            )
+        return ViewRender(
+            photo=img.astype(np.float32) / 255.0,
+            camera=cam,
+            scale=(sx, sy),
+            verts_cam=verts[i],
+            screen=screen,
+            fragments=frags,
+            face_mask=mf.numpy(),
+            landmarks=lmk[i] * np.array([sx, sy]),
+            yaw_deg=float(yaws[i]),
         )
-    return out
+
+    if workers < 2 or len(photos) < 2:
+        return [one(i) for i in range(len(photos))]
+    # the views on `workers` threads: torch's ops release the GIL (its intra-op thread count
+    # is the process's: the dense stages run under `solver.one_thread`)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(one, range(len(photos))))
 
 
 # --------------------------------------------------------------------------------------
