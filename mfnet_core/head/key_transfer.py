@@ -420,13 +420,22 @@ class _SidedQuery:
         self.sub = {s: _MeshQuery(vertices, faces[ids]) for s, ids in self.ids.items()}
 
     def closest(self, points, side, normals=None, min_dot=-1.0):
-        tri, bary, pt, dist = self.all.closest(points, normals, min_dot)
-        for s in (1, -1):
-            sel = side == s
-            if sel.any() and len(self.ids[s]):
+        """`_MeshQuery.closest` of each point on the triangles its side may reach (all of
+        them for side 0, or when its side has none); each point is looked up once."""
+        points = np.asarray(points, dtype=np.float64)
+        n = len(points)
+        tri, bary = np.zeros(n, dtype=np.int64), np.zeros((n, 3))
+        pt, dist = np.zeros((n, 3)), np.zeros(n)
+        sided = {s: (side == s) & (len(self.ids[s]) > 0) for s in (1, -1)}
+        for query, sel, ids in (
+            (self.all, ~(sided[1] | sided[-1]), None),
+            *((self.sub[s], sided[s], self.ids[s]) for s in (1, -1)),
+        ):
+            if sel.any():
                 nrm = None if normals is None else normals[sel]
-                t, b, p, d = self.sub[s].closest(points[sel], nrm, min_dot)
-                tri[sel], bary[sel], pt[sel], dist[sel] = self.ids[s][t], b, p, d
+                t, b, p, d = query.closest(points[sel], nrm, min_dot)
+                tri[sel] = t if ids is None else ids[t]
+                bary[sel], pt[sel], dist[sel] = b, p, d
         return tri, bary, pt, dist
 
 
