@@ -29,7 +29,7 @@ from mfnet_core.fit.solver import cauchy_weights_mad
 from mfnet_core.render import (
     Fragments,
     fragments_for_faces,
-    interpolate,
+    interpolate_corners,
     rasterize,
     sample_texture,
     sh_basis,
@@ -235,16 +235,18 @@ def _pixel_attrs(
     view (a view has one mesh and one UV layout)."""
     if view.pixel_attrs is not None:
         return view.pixel_attrs
-    faces_c = faces.cpu().long()
-    uv = interpolate(
-        view.fragments,
-        torch.as_tensor(uv_coords, dtype=torch.float64),
-        torch.as_tensor(uv_faces).long(),
-    )
-    n = interpolate(view.fragments, view.normals, faces_c)
-    n = torch.nn.functional.normalize(n, dim=-1)
+    # interpolated at the mask pixels only (`render.interpolate`'s arithmetic, which makes
+    # whole images: the mask is a fifth of them)
     ys, xs = np.nonzero(view.mask)
-    view.pixel_attrs = (np.stack([ys, xs], 1), uv.numpy()[ys, xs], n.numpy()[ys, xs])
+    pix = torch.as_tensor(ys * view.mask.shape[1] + xs)
+    face = view.fragments.face_index.reshape(-1)[pix]
+    bary = view.fragments.bary.reshape(-1, 3)[pix]
+    uv_t = torch.as_tensor(uv_coords, dtype=torch.float64)
+    uv = interpolate_corners(uv_t, torch.as_tensor(uv_faces).long()[face], bary.to(uv_t.dtype))
+    normals = view.normals
+    n = interpolate_corners(normals, faces.cpu().long()[face], bary.to(normals.dtype))
+    n = torch.nn.functional.normalize(n, dim=-1)
+    view.pixel_attrs = (np.stack([ys, xs], 1), uv.numpy(), n.numpy())
     return view.pixel_attrs
 
 
