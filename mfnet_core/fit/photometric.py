@@ -268,6 +268,16 @@ def region_texels(pix: np.ndarray, fid: np.ndarray, region: np.ndarray, size: in
     return near.reshape(-1)[pix] > 0
 
 
+def _at_texels(attrs: np.ndarray, tri: np.ndarray, bary: np.ndarray) -> np.ndarray:
+    """attrs (V,C) at texels on triangles tri (T,3) with barycentrics bary (T,3): (T,C), the
+    sum over the corners in their order (as `(attrs[tri] * bary[..., None]).sum(1)`, without
+    its (T,3,C) temporaries)."""
+    out = attrs[tri[:, 0]] * bary[:, 0:1]
+    out += attrs[tri[:, 1]] * bary[:, 1:2]
+    out += attrs[tri[:, 2]] * bary[:, 2:3]
+    return out
+
+
 class AlbedoBake:
     """A multi-view albedo bake through one fitted mesh: the per-view, per-texel samples
     (texel colour, normal, visibility-and-angle weight) are made once, since the lighting's
@@ -294,11 +304,11 @@ class AlbedoBake:
         # per view: texels it sees (ids into pix), their weights, colours, SH basis
         self.samples: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         for view, vc in zip(views, verts_cam, strict=True):
-            scr = view.screen.numpy()
-            p = (scr[tri] * bary[..., None]).sum(1)  # texel screen position (affine approx)
-            n = (view.normals.numpy()[tri] * bary[..., None]).sum(1)
+            # texel screen position (affine approx), normal and camera-space point
+            p = _at_texels(view.screen.numpy(), tri, bary)
+            n = _at_texels(view.normals.numpy(), tri, bary)
             n /= np.linalg.norm(n, axis=1, keepdims=True) + 1e-12
-            pts = (vc.detach().double().cpu().numpy()[tri] * bary[..., None]).sum(1)
+            pts = _at_texels(vc.detach().double().cpu().numpy(), tri, bary)
             vdir = -pts / (np.linalg.norm(pts, axis=1, keepdims=True) + 1e-12)
             cos = np.clip((n * vdir).sum(1), 0, 1)
             h, w = view.mask.shape
