@@ -174,3 +174,14 @@ def test_photometric_term_is_stationary_at_truth(setup):
     np.testing.assert_allclose(jtj.numpy(), (jac.T @ jac).numpy(), rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(g.numpy(), (jac.T @ r).numpy(), rtol=1e-9, atol=1e-9)
     assert abs(cost - float(r @ r)) <= 1e-9 * max(float(r @ r), 1.0)
+
+
+def test_texel_attributes_are_the_corner_sum():
+    """`_at_texels` gives what `(attrs[tri] * bary[..., None]).sum(1)` gives, bit for bit."""
+    from mfnet_core.fit.photometric import _at_texels
+
+    rng = np.random.default_rng(1)
+    attrs = rng.normal(size=(500, 3))
+    tri = rng.integers(0, 500, (2000, 3))
+    for bary in (rng.random((2000, 3)), rng.random((2000, 3)).astype(np.float32)):
+        assert np.array_equal(_at_texels(attrs, tri, bary), (attrs[tri] * bary[..., None]).sum(1))
