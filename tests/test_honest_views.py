@@ -110,6 +110,14 @@ def test_without_a_child_process_the_check_computes_the_descriptors_itself(faces
         check = check_identity(photos, lmk, np.zeros(3), job)
     assert np.array_equal(check.distances, expected)
 
+    def no_temp_folder(*args, **kwargs):
+        raise PermissionError("read-only temp folder")
+
+    monkeypatch.setattr("tempfile.mkdtemp", no_temp_folder)
+    with DescriptorJob(photos, lmk) as job:
+        assert job.result() is None
+        assert np.array_equal(check_identity(photos, lmk, np.zeros(3), job).distances, expected)
+
 
 def test_the_worker_says_when_dlib_is_missing(faces, tmp_path, monkeypatch):
     photo, lmk = faces["james_a"]

@@ -87,9 +87,10 @@ class DescriptorJob:
     ) -> None:
         self.timeout = timeout
         self._n = len(photos)
-        self._folder = Path(tempfile.mkdtemp(prefix="mfnet-identity-"))
+        self._folder: Path | None = None
         self._proc: subprocess.Popen | None = None
         try:
+            self._folder = Path(tempfile.mkdtemp(prefix="mfnet-identity-"))
             crops = [face_crop(rgb, lmk) for rgb, lmk in zip(photos, landmarks_px, strict=True)]
             np.savez(
                 self._folder / "faces.npz",
@@ -109,7 +110,7 @@ class DescriptorJob:
                 env=env,
                 creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0) if os.name == "nt" else 0,
             )
-        except (OSError, ValueError):
+        except Exception:  # noqa: BLE001 - any failure: the check computes them itself
             self.close()
 
     def result(self) -> np.ndarray | str | None:
@@ -127,8 +128,9 @@ class DescriptorJob:
         if code == MODEL_MISSING:
             return "dlib's face-recognition model is not installed"
         try:
+            assert self._folder is not None
             found = np.load(self._folder / "descriptors.npy", allow_pickle=False)
-        except (OSError, ValueError):
+        except Exception:  # noqa: BLE001 - a missing or damaged answer is no answer
             return None
         return found if code == 0 and found.shape == (self._n, 128) else None
 
@@ -138,7 +140,9 @@ class DescriptorJob:
             self._proc.kill()
             self._proc.wait()
         self._proc = None
-        shutil.rmtree(self._folder, ignore_errors=True)
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
 
     def __enter__(self) -> DescriptorJob:
         return self
