@@ -147,8 +147,8 @@ class CornerTerm(ResidualTerm):
         with `row_fields` and at least two view pairs is cut in two halves of whole pairs
         whose sums run on two threads (torch's ops release the GIL; the solver runs under
         `solver.one_thread`, which holds for the process): the fit's solver is otherwise one
-        thread, and the second core
-        idles through the dense iterations (ICT, 3 photos: ~60 -> ~35 ms an iteration).
+        thread, and the second core idles through the dense iterations (ICT, 3 photos:
+        ~55 -> ~36 ms an iteration).
         Torch's own intra-op threads are no substitute: with another process busy they
         made these iterations 5x slower (docs/BENCHMARKS.md)."""
         halves = self._cut()
