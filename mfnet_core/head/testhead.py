@@ -18,15 +18,15 @@ joints (root, neck, jaw, eye_L, eye_R) regressed from vertices. Generation is de
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy.interpolate import PchipInterpolator, make_smoothing_spline
+
+from mfnet_core.inputs.files import atomic_write_bytes
 
 __all__ = [
     "TESTHEAD_VERSION",
@@ -1174,17 +1174,6 @@ def head_file_bytes(head: GeneratedHead) -> dict[str, bytes]:
     }
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_test_head(folder: Path) -> Path:
     """Generates the test head into `folder` (atomically per file, model last) and returns
     the model path."""
@@ -1192,8 +1181,8 @@ def write_test_head(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     files = head_file_bytes(build_test_head())
     for name in (LANDMARK_NAME, TEXTURE_NAME, MASKS_NAME, MODEL_NAME):
-        _atomic_write(folder / name, files[name])
-    _atomic_write(folder / _STAMP_NAME, _generator_stamp().encode())
+        atomic_write_bytes(folder / name, files[name])
+    atomic_write_bytes(folder / _STAMP_NAME, _generator_stamp().encode())
     return folder / MODEL_NAME
 
 

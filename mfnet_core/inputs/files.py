@@ -6,6 +6,9 @@ model path naming one would hang the run forever; a device like /dev/zero never 
 Every loader of user files goes through `regular_file` (os.stat + S_ISREG before opening)
 and `open_regular` (opened non-blocking and checked again with fstat, in case the path
 changed in between), with a size cap checked before a byte is read.
+
+Files mfnet writes for itself (a track, a cache entry, the generated test head) are written
+whole or not at all: `atomic_write_bytes`.
 """
 
 from __future__ import annotations
@@ -13,12 +16,21 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
 from mfnet_core.errors import MfnetError
 
-__all__ = ["regular_file", "open_regular", "read_regular", "describe_mode", "file_sha256"]
+__all__ = [
+    "regular_file",
+    "open_regular",
+    "read_regular",
+    "describe_mode",
+    "file_sha256",
+    "atomic_write_bytes",
+    "atomic_write_text",
+]
 
 
 def describe_mode(mode: int) -> str:
@@ -120,3 +132,30 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> None:
+    """Writes `data` to a temporary file beside `path`, then renames it into place: a reader
+    sees the old file or the new one, never half of one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path | str, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))

@@ -47,9 +47,8 @@ mesh's tensors may live on any device).
 from __future__ import annotations
 
 import hashlib
+import io
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,6 +60,7 @@ import torch
 from torch import Tensor
 
 from mfnet_core.errors import MfnetError
+from mfnet_core.inputs.files import atomic_write_bytes
 from mfnet_core.inputs.model_files import user_cache_dir
 from mfnet_core.inputs.npz import ArraySpec, read_npz
 from mfnet_core.outputs.albedo import ViewLighting, remove_lighting
@@ -225,16 +225,11 @@ def _read_layout(path: Path, size: int, n_faces: int) -> tuple[np.ndarray, np.nd
 def _write_layout(path: Path, texel_face: np.ndarray, bary: np.ndarray) -> None:
     """Keeps a layout for the next run (written beside and renamed: a reader never sees
     half a file); a cache folder that cannot be written is left alone."""
+    buf = io.BytesIO()
+    np.savez(buf, texel_face=texel_face, bary=bary)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".layout-", suffix=".npz", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, texel_face=texel_face, bary=bary)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_bytes(path, buf.getvalue())
     except OSError:
         pass
 

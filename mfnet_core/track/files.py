@@ -4,10 +4,10 @@ No torch (the CLI checks the output before loading it)."""
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 from mfnet_core.errors import MfnetError
+from mfnet_core.inputs.files import atomic_write_bytes, atomic_write_text
 
 __all__ = ["OUTPUT_FILES", "atomic_write_bytes", "atomic_write_text", "check_output_folder"]
 
@@ -34,30 +34,3 @@ def check_output_folder(out: Path | str, overwrite: bool) -> None:
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise MfnetError(f"{out}: cannot write there (permission denied)")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: Path | str, data: bytes) -> None:
-    """Writes `data` to a temporary file beside `path`, then renames it into place: a reader
-    sees the old file or the new one, never half of one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path | str, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
