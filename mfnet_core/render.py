@@ -412,8 +412,7 @@ def _unpack_depth(zkey: Tensor) -> Tensor:
         if sys.byteorder == "little"
         else (zkey >> 32).int()
     )
-    depth = bits.contiguous().view(torch.float32)
-    return torch.where(zkey == _INT64_MAX, torch.tensor(math.inf, dtype=torch.float32), depth)
+    return bits.contiguous().view(torch.float32).masked_fill(zkey == _INT64_MAX, math.inf)
 
 
 def _face_index_pytorch3d(
