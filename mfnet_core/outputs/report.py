@@ -24,7 +24,7 @@ from mfnet_core.outputs.overlay import (
     outline_of_mask,
     title_panels,
 )
-from mfnet_core.render import rasterize, working_resolution
+from mfnet_core.render import depth_buffer, working_resolution
 
 
 def view_report(fit: FitResult, i: int, name: str, file: str, k: Intrinsics, photo: Photo) -> dict:
@@ -204,8 +204,8 @@ def mesh_outline(
     scr = screen.detach().clone()
     scr[:, 0] *= sx
     scr[:, 1] *= sy
-    frags = rasterize(scr, faces, h, w)
-    return outline_of_mask((frags.face_index >= 0).cpu().numpy().astype(np.uint8), (sx, sy))
+    face, _depth = depth_buffer(scr, faces, h, w)  # only coverage matters
+    return outline_of_mask((face >= 0).cpu().numpy().astype(np.uint8), (sx, sy))
 
 
 def rerender_picture(picture: np.ndarray, label: str, quality: dict) -> np.ndarray:
